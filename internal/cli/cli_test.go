@@ -1,0 +1,156 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/statemesh/statemesh/internal/golden"
+)
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func run(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := Main(args, strings.NewReader(stdin), &out, &errb)
+	return result{code, out.String(), errb.String()}
+}
+
+func TestVersion(t *testing.T) {
+	r := run(t, "", "version")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "statemesh ") {
+		t.Fatalf("%+v", r)
+	}
+}
+
+func TestMTUDoneWhen(t *testing.T) {
+	for fam, want := range map[string]string{"ipv6": "WireGuard MTU: 1420", "ipv4": "WireGuard MTU: 1440"} {
+		r := run(t, "", "mtu", "--underlay-mtu", "1500", "--underlay-family", fam)
+		if r.code != 0 || !strings.Contains(r.stdout, want) {
+			t.Errorf("%s: %+v", fam, r)
+		}
+	}
+	r := run(t, "", "mtu", "--underlay-mtu", "1500", "--cilium", "vxlan", "-o", "json")
+	var v struct{ WireGuardMTU, PodMTU int }
+	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil || v.WireGuardMTU != 1440 || v.PodMTU != 1390 {
+		t.Errorf("json: %v %+v %s", err, v, r.stdout)
+	}
+}
+
+func TestMTURefusals(t *testing.T) {
+	r := run(t, "", "mtu", "--underlay-mtu", "1300", "--payload-family", "ipv6")
+	if r.code != ExitError || !strings.Contains(r.stderr, "needs at least 1280") {
+		t.Errorf("%+v", r)
+	}
+	r = run(t, "", "mtu")
+	if r.code != ExitUsage || !strings.Contains(r.stderr, "--underlay-mtu is required") {
+		t.Errorf("%+v", r)
+	}
+	r = run(t, "", "mtu", "--underlay-mtu", "x")
+	if r.code != ExitUsage {
+		t.Errorf("bad flag value: %+v", r)
+	}
+}
+
+func TestPlanExamples(t *testing.T) {
+	r := run(t, "", "plan", "-f", "../../examples/design-limit-ipv6.yaml")
+	if r.code != 0 || !strings.Contains(r.stdout, "paris/c10") {
+		t.Fatalf("%d %s", r.code, r.stderr)
+	}
+	r = run(t, "", "plan", "-f", "../../examples/small.yaml")
+	if r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	golden.Check(t, "plan-small.txt", []byte(r.stdout))
+
+	r = run(t, "", "plan", "-f", "../../examples/design-limit-ipv6.yaml", "-o", "json")
+	var p map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &p); err != nil || r.code != 0 {
+		t.Fatalf("json output: %v", err)
+	}
+	r = run(t, "", "plan", "-f", "../../examples/small.yaml", "-o", "yaml")
+	if r.code != 0 || !strings.Contains(r.stdout, "podMTU: 1440") || !strings.Contains(r.stdout, `used: "262144"`) {
+		t.Errorf("yaml output:\n%s", r.stdout)
+	}
+}
+
+func TestPlanIPv4DesignLimitFails(t *testing.T) {
+	r := run(t, "", "plan", "-f", "../../examples/design-limit-ipv4.yaml")
+	if r.code != ExitError {
+		t.Fatalf("exit %d", r.code)
+	}
+	for _, s := range []string{"209,715,200", "RFC 1918", "17 of 200 clusters", "addressing.podIPv6"} {
+		if !strings.Contains(r.stderr, s) {
+			t.Errorf("stderr lacks %q:\n%s", s, r.stderr)
+		}
+	}
+}
+
+func TestPlanWithState(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "plan.json")
+	r := run(t, "", "plan", "-f", "../../examples/small.yaml", "-o", "json")
+	if err := os.WriteFile(state, []byte(r.stdout), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r2 := run(t, "", "plan", "-f", "../../examples/small.yaml", "-o", "json", "--state", state)
+	if r2.code != 0 || r2.stdout != r.stdout {
+		t.Errorf("replanning with own state changed the plan: %s", r2.stderr)
+	}
+	r3 := run(t, "", "plan", "-f", "../../examples/small.yaml", "--state", "../../examples/small.yaml")
+	if r3.code != ExitError || !strings.Contains(r3.stderr, "not a StateMesh plan") {
+		t.Errorf("%+v", r3)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	r := run(t, "", "validate", "-f", "../../examples/small.yaml")
+	if r.code != 0 || !strings.Contains(r.stdout, "valid (mesh small: 2 regions, 3 clusters)") {
+		t.Errorf("%+v", r)
+	}
+	bad := `apiVersion: statemesh.dev/v1alpha1
+kind: Mesh
+metadata: {name: x}
+regions:
+  - name: EU
+    gateways: 1
+    clusters:
+      - {name: a, maxNodes: 9000, podCIDRs: [10.0.0.0/33]}
+`
+	r = run(t, bad, "validate", "-f", "-")
+	if r.code != ExitError {
+		t.Fatalf("exit %d", r.code)
+	}
+	golden.Check(t, "validate-bad.txt", []byte(r.stderr))
+	for _, s := range []string{"4 errors", "regions[0].name", "regions[0].gateways", "regions[0].clusters[0].maxNodes", "regions[0].clusters[0].podCIDRs[0]", "line 5", "fix:"} {
+		if !strings.Contains(r.stderr, s) {
+			t.Errorf("stderr lacks %q", s)
+		}
+	}
+	r = run(t, "", "validate", "-f", "../../examples/design-limit-ipv4.yaml")
+	if r.code != ExitError || !strings.Contains(r.stderr, "cannot be planned") {
+		t.Errorf("infeasible spec validated: %+v", r)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{{"plan"}, {"plan", "-f", "x", "-o", "xml"}, {"version", "extra"}, {"nosuch"}, {"plan", "--nosuch"}} {
+		r := run(t, "", args...)
+		if r.code == 0 {
+			t.Errorf("%v: exit 0", args)
+		}
+		if r.stderr == "" {
+			t.Errorf("%v: no error text", args)
+		}
+	}
+	if r := run(t, "", "plan", "-f", "/nonexistent.yaml"); r.code != ExitError || !strings.Contains(r.stderr, "no such file") {
+		t.Errorf("%+v", r)
+	}
+}

@@ -1,0 +1,100 @@
+// Package cli owns the statemesh command line: one cobra command per
+// subcommand, turning flags into calls of the packages that do the work and
+// their results into tables (for people) or JSON/YAML (for scripts).
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+)
+
+// Version is set at build time with -ldflags "-X .../internal/cli.Version=...".
+var Version = "dev"
+
+// Exit statuses.
+const (
+	ExitOK    = 0
+	ExitError = 1 // the command ran and failed: invalid spec, infeasible plan, API error
+	ExitUsage = 2 // the command line itself is wrong
+)
+
+// usageError marks errors in how the command was called.
+type usageError struct{ error }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// env is what commands read and write; tests supply buffers.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+}
+
+// Main runs the CLI with args and returns the exit status.
+func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
+	root := newRoot(e)
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.Execute()
+	if err == nil {
+		return ExitOK
+	}
+	fmt.Fprintln(stderr, "error:", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return ExitUsage
+	}
+	return ExitError
+}
+
+func newRoot(e *env) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "statemesh",
+		Short: "StateMesh: one encrypted, zero-trust WireGuard network across a fleet of Kubernetes clusters",
+		Long: `StateMesh plans the addressing and MTU of a multi-region fleet, runs a WireGuard
+mesh with HA regional gateways, admits nodes on TPM attestation and enforces policy.
+
+Start with:  statemesh validate -f mesh.yaml
+             statemesh plan -f mesh.yaml`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w (see %s --help)", err, c.CommandPath())}
+	})
+	root.AddCommand(
+		newVersionCmd(e),
+		newValidateCmd(e),
+		newPlanCmd(e),
+		newMTUCmd(e),
+	)
+	for _, c := range root.Commands() {
+		if c.Args == nil {
+			c.Args = noArgs
+		}
+	}
+	return root
+}
+
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usagef("%s takes no arguments, got %q", cmd.CommandPath(), args)
+	}
+	return nil
+}
+
+func newVersionCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fmt.Fprintf(e.stdout, "statemesh %s\n", Version)
+			return nil
+		},
+	}
+}

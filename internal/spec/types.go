@@ -1,0 +1,149 @@
+// Package spec owns the mesh specification: the declarative, versioned YAML
+// document an operator writes (kind: Mesh), its defaults and its validation.
+// It is pure: it reads bytes and returns values and errors, nothing else.
+//
+// Every error a user can cause carries the field path to fix
+// (regions[3].clusters[1].podCIDRs[0]) and, where known, the source line.
+package spec
+
+// APIVersion is the version of the spec this package reads.
+const APIVersion = "statemesh.dev/v1alpha1"
+
+// Kind is the kind of the mesh document.
+const Kind = "Mesh"
+
+// Design limits (ARCHITECTURE §1).
+const (
+	MaxRegions           = 20
+	MaxClustersPerRegion = 10
+	MaxNodesPerCluster   = 5000
+	MaxPodsPerCluster    = 150000
+	MinGateways          = 2
+	MaxGateways          = 16
+	MaxPodsPerNodeLimit  = 1024
+)
+
+// Defaults.
+const (
+	DefaultOverlayIPv4    = "100.64.0.0/10"
+	DefaultGateways       = 2
+	DefaultUnderlayMTU    = 1500
+	DefaultFamily         = "ipv4"
+	DefaultMaxPodsPerNode = 110
+	DefaultWANMTU         = 1500
+	DefaultListenPort     = 51820
+)
+
+// Underlay address families.
+const (
+	FamilyIPv4 = "ipv4"
+	FamilyIPv6 = "ipv6"
+)
+
+// Cilium routing modes.
+const (
+	RoutingNative = "native"
+	RoutingVXLAN  = "vxlan"
+	RoutingGeneve = "geneve"
+)
+
+// Mesh is the whole mesh spec.
+type Mesh struct {
+	APIVersion string     `yaml:"apiVersion" json:"apiVersion"`
+	Kind       string     `yaml:"kind" json:"kind"`
+	Metadata   Metadata   `yaml:"metadata" json:"metadata"`
+	Addressing Addressing `yaml:"addressing" json:"addressing"`
+	// Underlay holds mesh-wide underlay defaults and the WAN between regions.
+	Underlay Underlay `yaml:"underlay" json:"underlay"`
+	// Roles overrides the underlay per node role (operator nodes often sit
+	// on a different network).
+	Roles   Roles    `yaml:"roles" json:"roles"`
+	Cilium  Cilium   `yaml:"cilium" json:"cilium"`
+	Regions []Region `yaml:"regions" json:"regions"`
+}
+
+// Metadata names the mesh.
+type Metadata struct {
+	Name   string            `yaml:"name" json:"name"`
+	Labels map[string]string `yaml:"labels" json:"labels,omitempty"`
+}
+
+// Addressing holds the supernets everything is allocated from.
+type Addressing struct {
+	// OverlayIPv4 is the supernet of node (WireGuard) addresses.
+	OverlayIPv4 string `yaml:"overlayIPv4" json:"overlayIPv4"`
+	// OverlayIPv6 optionally gives every node an IPv6 overlay address too.
+	OverlayIPv6 string `yaml:"overlayIPv6" json:"overlayIPv6,omitempty"`
+	// PodIPv4 are the supernets pod CIDRs are allocated from (IPv4).
+	PodIPv4 []string `yaml:"podIPv4" json:"podIPv4,omitempty"`
+	// PodIPv6 are the supernets pod CIDRs are allocated from (IPv6).
+	PodIPv6 []string `yaml:"podIPv6" json:"podIPv6,omitempty"`
+}
+
+// Underlay describes the network WireGuard runs over.
+type Underlay struct {
+	// MTU is the default underlay MTU for every region and role.
+	MTU int `yaml:"mtu" json:"mtu"`
+	// Family is the default underlay address family (ipv4 or ipv6).
+	Family string `yaml:"family" json:"family"`
+	// WAN is the network between regions' gateways.
+	WAN WAN `yaml:"wan" json:"wan"`
+}
+
+// WAN describes the inter-region network.
+type WAN struct {
+	MTU    int    `yaml:"mtu" json:"mtu"`
+	Family string `yaml:"family" json:"family"`
+}
+
+// Roles holds per-role underlay overrides.
+type Roles struct {
+	Node     RoleUnderlay `yaml:"node" json:"node"`
+	Operator RoleUnderlay `yaml:"operator" json:"operator"`
+	Gateway  RoleUnderlay `yaml:"gateway" json:"gateway"`
+}
+
+// RoleUnderlay overrides the underlay for one role; zero values inherit.
+type RoleUnderlay struct {
+	UnderlayMTU    int    `yaml:"underlayMTU" json:"underlayMTU,omitempty"`
+	UnderlayFamily string `yaml:"underlayFamily" json:"underlayFamily,omitempty"`
+}
+
+// Cilium holds mesh-wide Cilium settings.
+type Cilium struct {
+	// RoutingMode is native (default), vxlan or geneve.
+	RoutingMode string `yaml:"routingMode" json:"routingMode"`
+	// GeneveOptionBytes is the size of Geneve options Cilium adds.
+	GeneveOptionBytes int `yaml:"geneveOptionBytes" json:"geneveOptionBytes,omitempty"`
+	// WireGuard enables Cilium's own WireGuard encryption on top of the
+	// StateMesh overlay (double encryption; off by default).
+	WireGuard bool `yaml:"wireguard" json:"wireguard"`
+	// MaxConnectedClusters is 255 (default) or 511; it bounds cluster IDs.
+	MaxConnectedClusters int `yaml:"maxConnectedClusters" json:"maxConnectedClusters"`
+}
+
+// Region is one geographic region.
+type Region struct {
+	Name string `yaml:"name" json:"name"`
+	// Gateways is the number of HA WireGuard servers in the region.
+	Gateways int `yaml:"gateways" json:"gateways"`
+	// UnderlayMTU and UnderlayFamily override the mesh defaults.
+	UnderlayMTU    int               `yaml:"underlayMTU" json:"underlayMTU"`
+	UnderlayFamily string            `yaml:"underlayFamily" json:"underlayFamily"`
+	Labels         map[string]string `yaml:"labels" json:"labels,omitempty"`
+	Roles          Roles             `yaml:"roles" json:"roles"`
+	Clusters       []Cluster         `yaml:"clusters" json:"clusters"`
+}
+
+// Cluster is one Kubernetes cluster.
+type Cluster struct {
+	Name string `yaml:"name" json:"name"`
+	// PodCIDRs optionally pins the cluster's pod CIDRs (at most one IPv4 and
+	// one IPv6).
+	PodCIDRs       []string          `yaml:"podCIDRs" json:"podCIDRs,omitempty"`
+	MaxNodes       int               `yaml:"maxNodes" json:"maxNodes"`
+	MaxPods        int               `yaml:"maxPods" json:"maxPods"`
+	MaxPodsPerNode int               `yaml:"maxPodsPerNode" json:"maxPodsPerNode"`
+	ClusterID      int               `yaml:"clusterID" json:"clusterID,omitempty"`
+	Labels         map[string]string `yaml:"labels" json:"labels,omitempty"`
+}

@@ -1,0 +1,344 @@
+package spec
+
+import (
+	"fmt"
+	"math/bits"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+)
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// MaxCiliumClusterName is Cilium's limit on cluster.name.
+const MaxCiliumClusterName = 32
+
+// Validate checks a defaulted spec and returns every mistake at once.
+func (m *Mesh) Validate() error { return m.validate(nil).Err() }
+
+// CiliumClusterName is the name a cluster has in Cilium: region-cluster.
+func CiliumClusterName(region, cluster string) string { return region + "-" + cluster }
+
+// PodBlockBits returns the number of host bits of a node's pod block: the
+// smallest power of two that holds maxPodsPerNode addresses.
+func PodBlockBits(maxPodsPerNode int) int {
+	if maxPodsPerNode <= 1 {
+		return 0
+	}
+	return bits.Len(uint(maxPodsPerNode - 1))
+}
+
+// ClusterPodBits returns the host bits a cluster's pod CIDR needs: room for
+// maxNodes node blocks.
+func ClusterPodBits(maxNodes, maxPodsPerNode int) int {
+	return PodBlockBits(maxPodsPerNode) + PodBlockBits(maxNodes)
+}
+
+type rangeRef struct {
+	path   string
+	prefix netip.Prefix
+}
+
+func (m *Mesh) validate(lines map[string]int) Errors {
+	e := &errs{lines: lines}
+	if m.APIVersion != APIVersion {
+		e.add("apiVersion", "set apiVersion: "+APIVersion, "unsupported apiVersion %q", m.APIVersion)
+	}
+	if m.Kind != Kind {
+		e.add("kind", "set kind: "+Kind, "unsupported kind %q", m.Kind)
+	}
+	if !dnsLabel.MatchString(m.Metadata.Name) {
+		e.add("metadata.name", "use lowercase letters, digits and '-', at most 63 characters", "mesh name %q is not a DNS label", m.Metadata.Name)
+	}
+
+	var ranges []rangeRef
+	ranges = append(ranges, m.checkPrefix(e, "addressing.overlayIPv4", m.Addressing.OverlayIPv4, 4, 8, 28)...)
+	if m.Addressing.OverlayIPv6 != "" {
+		ranges = append(ranges, m.checkPrefix(e, "addressing.overlayIPv6", m.Addressing.OverlayIPv6, 6, 16, 112)...)
+	}
+	var podV4, podV6 []netip.Prefix
+	for i, s := range m.Addressing.PodIPv4 {
+		r := m.checkPrefix(e, fmt.Sprintf("addressing.podIPv4[%d]", i), s, 4, 8, 30)
+		ranges = append(ranges, r...)
+		for _, x := range r {
+			podV4 = append(podV4, x.prefix)
+		}
+	}
+	for i, s := range m.Addressing.PodIPv6 {
+		r := m.checkPrefix(e, fmt.Sprintf("addressing.podIPv6[%d]", i), s, 6, 16, 120)
+		ranges = append(ranges, r...)
+		for _, x := range r {
+			podV6 = append(podV6, x.prefix)
+		}
+	}
+
+	checkUnderlay(e, "underlay.mtu", "underlay.family", m.Underlay.MTU, m.Underlay.Family)
+	checkUnderlay(e, "underlay.wan.mtu", "underlay.wan.family", m.Underlay.WAN.MTU, m.Underlay.WAN.Family)
+	checkRoles(e, "roles", m.Roles)
+
+	switch m.Cilium.RoutingMode {
+	case RoutingNative, RoutingVXLAN, RoutingGeneve:
+	default:
+		e.add("cilium.routingMode", "use native (recommended), vxlan or geneve", "unknown routing mode %q", m.Cilium.RoutingMode)
+	}
+	if m.Cilium.MaxConnectedClusters != 255 && m.Cilium.MaxConnectedClusters != 511 {
+		e.add("cilium.maxConnectedClusters", "use 255 or 511", "Cilium supports 255 or 511 connected clusters, not %d", m.Cilium.MaxConnectedClusters)
+	}
+	if o := m.Cilium.GeneveOptionBytes; o < 0 || o > 252 || o%4 != 0 {
+		e.add("cilium.geneveOptionBytes", "use a multiple of 4 between 0 and 252", "invalid Geneve option length %d", o)
+	}
+	if m.Cilium.GeneveOptionBytes != 0 && m.Cilium.RoutingMode != RoutingGeneve {
+		e.add("cilium.geneveOptionBytes", "remove it, or set routingMode: geneve", "Geneve options are set but routing mode is %s", m.Cilium.RoutingMode)
+	}
+
+	if len(m.Regions) == 0 {
+		e.add("regions", "add at least one region", "the mesh has no regions")
+	}
+	if len(m.Regions) > MaxRegions {
+		e.add("regions", fmt.Sprintf("split the fleet into meshes of at most %d regions", MaxRegions), "%d regions exceed the design limit of %d", len(m.Regions), MaxRegions)
+	}
+	regionNames := map[string]int{}
+	clusterIDs := map[int]string{}
+	for i, r := range m.Regions {
+		p := fmt.Sprintf("regions[%d]", i)
+		if !dnsLabel.MatchString(r.Name) {
+			e.add(p+".name", "use lowercase letters, digits and '-' (e.g. eu-central)", "region name %q is not a DNS label", r.Name)
+		} else if j, dup := regionNames[r.Name]; dup {
+			e.add(p+".name", "give every region a unique name", "region %q is already defined at regions[%d]", r.Name, j)
+		} else {
+			regionNames[r.Name] = i
+		}
+		if r.Gateways < MinGateways || r.Gateways > MaxGateways {
+			e.add(p+".gateways", fmt.Sprintf("use between %d and %d gateways (HA needs at least %d)", MinGateways, MaxGateways, MinGateways), "a region needs %d to %d gateways, got %d", MinGateways, MaxGateways, r.Gateways)
+		}
+		checkUnderlay(e, p+".underlayMTU", p+".underlayFamily", r.UnderlayMTU, r.UnderlayFamily)
+		checkRoles(e, p+".roles", r.Roles)
+		checkLabels(e, p+".labels", r.Labels)
+		if len(r.Clusters) > MaxClustersPerRegion {
+			e.add(p+".clusters", fmt.Sprintf("move clusters to another region; at most %d per region", MaxClustersPerRegion), "%d clusters exceed the design limit of %d", len(r.Clusters), MaxClustersPerRegion)
+		}
+		clusterNames := map[string]int{}
+		for j, c := range r.Clusters {
+			cp := fmt.Sprintf("%s.clusters[%d]", p, j)
+			if !dnsLabel.MatchString(c.Name) {
+				e.add(cp+".name", "use lowercase letters, digits and '-'", "cluster name %q is not a DNS label", c.Name)
+			} else if k, dup := clusterNames[c.Name]; dup {
+				e.add(cp+".name", "give every cluster of a region a unique name", "cluster %q is already defined at %s.clusters[%d]", c.Name, p, k)
+			} else {
+				clusterNames[c.Name] = j
+				if n := CiliumClusterName(r.Name, c.Name); len(n) > MaxCiliumClusterName {
+					e.add(cp+".name", fmt.Sprintf("shorten the region or cluster name so that region-cluster has at most %d characters", MaxCiliumClusterName), "Cilium cluster name %q is %d characters long", n, len(n))
+				}
+			}
+			if c.MaxNodes < 1 || c.MaxNodes > MaxNodesPerCluster {
+				e.add(cp+".maxNodes", fmt.Sprintf("use 1..%d; split larger clusters", MaxNodesPerCluster), "maxNodes %d is outside the design limit", c.MaxNodes)
+			}
+			if c.MaxPods < 1 || c.MaxPods > MaxPodsPerCluster {
+				e.add(cp+".maxPods", fmt.Sprintf("use 1..%d", MaxPodsPerCluster), "maxPods %d is outside the design limit", c.MaxPods)
+			}
+			if c.MaxPodsPerNode < 1 || c.MaxPodsPerNode > MaxPodsPerNodeLimit {
+				e.add(cp+".maxPodsPerNode", fmt.Sprintf("use 1..%d (Kubernetes defaults to 110)", MaxPodsPerNodeLimit), "maxPodsPerNode %d is out of range", c.MaxPodsPerNode)
+			} else if c.MaxNodes >= 1 && c.MaxPods > c.MaxNodes*c.MaxPodsPerNode {
+				e.add(cp+".maxPods", fmt.Sprintf("lower maxPods to %d or raise maxNodes/maxPodsPerNode", c.MaxNodes*c.MaxPodsPerNode), "maxPods %d can never be reached with %d nodes × %d pods per node", c.MaxPods, c.MaxNodes, c.MaxPodsPerNode)
+			}
+			if c.ClusterID != 0 {
+				if c.ClusterID < 1 || c.ClusterID > m.Cilium.MaxConnectedClusters {
+					fix := fmt.Sprintf("use 1..%d", m.Cilium.MaxConnectedClusters)
+					if c.ClusterID <= 511 && m.Cilium.MaxConnectedClusters == 255 {
+						fix += ", or set cilium.maxConnectedClusters: 511"
+					}
+					e.add(cp+".clusterID", fix, "cluster ID %d is out of range", c.ClusterID)
+				} else if other, dup := clusterIDs[c.ClusterID]; dup {
+					e.add(cp+".clusterID", "leave clusterID out to have one assigned, or pick an unused one", "cluster ID %d is already used by %s", c.ClusterID, other)
+				} else {
+					clusterIDs[c.ClusterID] = r.Name + "/" + c.Name
+				}
+			}
+			checkLabels(e, cp+".labels", c.Labels)
+			ranges = append(ranges, m.checkClusterPods(e, cp, c, podV4, podV6)...)
+		}
+	}
+	checkOverlaps(e, ranges)
+	return e.list
+}
+
+func (m *Mesh) checkPrefix(e *errs, path, s string, family, minBits, maxBits int) []rangeRef {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		e.add(path, "write a CIDR such as 100.64.0.0/10 or fd00::/48", "%q is not a valid CIDR", s)
+		return nil
+	}
+	if (family == 4) != p.Addr().Is4() || p.Addr().Is4In6() {
+		want := "IPv4"
+		if family == 6 {
+			want = "IPv6"
+		}
+		e.add(path, "write an "+want+" CIDR here", "%s is not an %s CIDR", s, want)
+		return nil
+	}
+	if p.Masked() != p {
+		e.add(path, fmt.Sprintf("write %s", p.Masked()), "%s has host bits set", s)
+		return nil
+	}
+	if p.Bits() < minBits || p.Bits() > maxBits {
+		e.add(path, fmt.Sprintf("use a prefix length between /%d and /%d", minBits, maxBits), "prefix length /%d is out of range", p.Bits())
+		return nil
+	}
+	return []rangeRef{{path: path, prefix: p}}
+}
+
+func (m *Mesh) checkClusterPods(e *errs, cp string, c Cluster, podV4, podV6 []netip.Prefix) []rangeRef {
+	var out []rangeRef
+	seen := map[bool]bool{}
+	for k, s := range c.PodCIDRs {
+		path := fmt.Sprintf("%s.podCIDRs[%d]", cp, k)
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			e.add(path, "write a CIDR such as 10.16.0.0/12", "%q is not a valid CIDR", s)
+			continue
+		}
+		if p.Masked() != p {
+			e.add(path, fmt.Sprintf("write %s", p.Masked()), "%s has host bits set", s)
+			continue
+		}
+		is4 := p.Addr().Is4()
+		if seen[is4] {
+			e.add(path, "give at most one IPv4 and one IPv6 pod CIDR", "a second %s pod CIDR", familyName(is4))
+			continue
+		}
+		seen[is4] = true
+		supers := podV6
+		total := 128
+		if is4 {
+			supers, total = podV4, 32
+		}
+		if len(supers) > 0 && !slices.ContainsFunc(supers, func(s netip.Prefix) bool { return s.Bits() <= p.Bits() && s.Contains(p.Addr()) }) {
+			e.add(path, fmt.Sprintf("pick a range inside %s, or add its supernet to %s", joinPrefixes(supers), podField(is4)), "%s is outside every %s pod supernet", s, familyName(is4))
+		}
+		if c.MaxNodes >= 1 && c.MaxPodsPerNode >= 1 && c.MaxPodsPerNode <= MaxPodsPerNodeLimit {
+			need := ClusterPodBits(c.MaxNodes, c.MaxPodsPerNode)
+			if total-p.Bits() < need {
+				e.add(path, fmt.Sprintf("use at least a /%d, or lower maxNodes or maxPodsPerNode", total-need),
+					"%s holds %s addresses, but %d nodes × %d-address pod blocks need %s", s, pow2(total-p.Bits()), c.MaxNodes, 1<<PodBlockBits(c.MaxPodsPerNode), pow2(need))
+			}
+		}
+		out = append(out, rangeRef{path: path, prefix: p})
+	}
+	return out
+}
+
+func podField(is4 bool) string {
+	if is4 {
+		return "addressing.podIPv4"
+	}
+	return "addressing.podIPv6"
+}
+
+func familyName(is4 bool) string {
+	if is4 {
+		return "ipv4"
+	}
+	return "ipv6"
+}
+
+func pow2(n int) string {
+	if n >= 63 {
+		return fmt.Sprintf("2^%d", n)
+	}
+	return Count(uint64(1) << n)
+}
+
+// Count formats a count with thousands separators.
+func Count(n uint64) string {
+	s := fmt.Sprint(n)
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func joinPrefixes(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+func checkUnderlay(e *errs, mtuPath, familyPath string, mtu int, family string) {
+	if family != FamilyIPv4 && family != FamilyIPv6 {
+		e.add(familyPath, "use ipv4 or ipv6", "unknown address family %q", family)
+		return
+	}
+	checkMTU(e, mtuPath, mtu, family)
+}
+
+// checkMTU checks that an underlay MTU is a valid link MTU for its family.
+func checkMTU(e *errs, path string, mtu int, family string) {
+	low := 576
+	if family == FamilyIPv6 {
+		low = 1280
+	}
+	if mtu < low || mtu > 65535 {
+		e.add(path, fmt.Sprintf("use an MTU between %d and 65535 for an %s underlay", low, family), "MTU %d is not a valid %s link MTU", mtu, family)
+	}
+}
+
+func checkRoles(e *errs, path string, r Roles) {
+	for _, x := range []struct {
+		name string
+		o    RoleUnderlay
+	}{{"node", r.Node}, {"operator", r.Operator}, {"gateway", r.Gateway}} {
+		p := path + "." + x.name
+		fam := x.o.UnderlayFamily
+		if fam != "" && fam != FamilyIPv4 && fam != FamilyIPv6 {
+			e.add(p+".underlayFamily", "use ipv4 or ipv6", "unknown address family %q", fam)
+			continue
+		}
+		if x.o.UnderlayMTU != 0 {
+			if fam == "" {
+				fam = FamilyIPv4
+			}
+			checkMTU(e, p+".underlayMTU", x.o.UnderlayMTU, fam)
+		}
+	}
+}
+
+var labelKey = regexp.MustCompile(`^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`)
+var labelValue = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$`)
+
+func checkLabels(e *errs, path string, labels map[string]string) {
+	keys := make([]string, 0, len(labels))
+	for k := range labels {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		if !labelKey.MatchString(k) {
+			e.add(path+"."+k, "use a Kubernetes-style label key", "invalid label key %q", k)
+		} else if !labelValue.MatchString(labels[k]) {
+			e.add(path+"."+k, "use at most 63 letters, digits, '-', '_' or '.'", "invalid label value %q", labels[k])
+		}
+	}
+}
+
+func checkOverlaps(e *errs, ranges []rangeRef) {
+	for i := range ranges {
+		for j := i + 1; j < len(ranges); j++ {
+			a, b := ranges[i], ranges[j]
+			if !a.prefix.Overlaps(b.prefix) {
+				continue
+			}
+			// A cluster's pod CIDR inside a pod supernet is expected.
+			if strings.Contains(b.path, ".podCIDRs[") && strings.HasPrefix(a.path, "addressing.pod") && a.prefix.Bits() <= b.prefix.Bits() {
+				continue
+			}
+			e.add(b.path, fmt.Sprintf("pick a range that does not overlap %s", a.path), "%s overlaps %s (%s)", b.prefix, a.prefix, a.path)
+		}
+	}
+}
