@@ -14,6 +14,7 @@ var pure = []string{
 	"github.com/statemesh/statemesh/internal/plan",
 	"github.com/statemesh/statemesh/internal/mtu",
 	"github.com/statemesh/statemesh/internal/netmap",
+	"github.com/statemesh/statemesh/internal/topology",
 }
 
 // forbidden are import path prefixes the pure core must not reach, even

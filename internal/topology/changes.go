@@ -1,0 +1,312 @@
+package topology
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/plan"
+)
+
+// Scope is one part of an audience.
+type Scope struct {
+	Kind    ScopeKind `json:"kind"`
+	Region  string    `json:"region,omitempty"`
+	Cluster string    `json:"cluster,omitempty"`
+	Node    string    `json:"node,omitempty"`
+}
+
+// ScopeKind selects nodes.
+type ScopeKind int
+
+// Scope kinds.
+const (
+	// ScopeCluster is every active node (not gateway) of Region/Cluster.
+	ScopeCluster ScopeKind = iota
+	// ScopeRegionGateways is every active gateway of Region.
+	ScopeRegionGateways
+	// ScopeOtherGateways is every active gateway not in Region.
+	ScopeOtherGateways
+	// ScopeNode is the node named Node, whatever its state.
+	ScopeNode
+	// ScopeAll is every node.
+	ScopeAll
+)
+
+// Audience is who a change is for: any node some scope selects, except the
+// node named Except.
+type Audience struct {
+	Scopes []Scope `json:"scopes"`
+	Except string  `json:"except,omitempty"`
+}
+
+// Includes reports whether a node is in the audience.
+func (a Audience) Includes(n *Node) bool {
+	if n.Name == a.Except {
+		return false
+	}
+	for _, s := range a.Scopes {
+		switch s.Kind {
+		case ScopeCluster:
+			if n.active() && !n.IsGateway() && n.Region == s.Region && n.Cluster == s.Cluster {
+				return true
+			}
+		case ScopeRegionGateways:
+			if n.active() && n.IsGateway() && n.Region == s.Region {
+				return true
+			}
+		case ScopeOtherGateways:
+			if n.active() && n.IsGateway() && n.Region != s.Region {
+				return true
+			}
+		case ScopeNode:
+			if n.Name == s.Node {
+				return true
+			}
+		case ScopeAll:
+			return true
+		}
+	}
+	return false
+}
+
+// Change is one delta for an audience. When Resync is set, the audience
+// must fetch a fresh map (Map) instead of applying Delta.
+type Change struct {
+	Audience Audience     `json:"audience"`
+	Delta    netmap.Delta `json:"delta"`
+	Resync   bool         `json:"resync,omitempty"`
+}
+
+func resyncNode(name string) Change {
+	return Change{Audience: Audience{Scopes: []Scope{{Kind: ScopeNode, Node: name}}}, Resync: true}
+}
+
+// SetPlan replaces the plan. Every map may change, so every node resyncs;
+// plans change rarely (an admin applies a spec).
+func (ix *Index) SetPlan(p *plan.Plan) []Change {
+	nodes := ix.nodes
+	ix.nodes = map[string]*Node{}
+	ix.setPlan(p)
+	for _, n := range nodes {
+		ix.insert(n)
+	}
+	for _, r := range ix.regions {
+		ix.refreshRegion(r)
+	}
+	return []Change{{Audience: Audience{Scopes: []Scope{{Kind: ScopeAll}}}, Resync: true}}
+}
+
+// ErrUnknownCluster is returned when a node names a cluster or region the
+// plan does not have.
+type ErrUnknownCluster struct{ Region, Cluster string }
+
+func (e ErrUnknownCluster) Error() string {
+	if e.Cluster == "" {
+		return fmt.Sprintf("region %q is not in the plan", e.Region)
+	}
+	return fmt.Sprintf("cluster %s/%s is not in the plan", e.Region, e.Cluster)
+}
+
+// insert adds n to the indexes without computing changes.
+func (ix *Index) insert(n *Node) {
+	ix.nodes[n.Name] = n
+	if n.IsGateway() {
+		if r, ok := ix.regions[n.Region]; ok {
+			i, _ := slices.BinarySearchFunc(r.gateways, n.Name, func(g *Node, name string) int { return cmpString(g.Name, name) })
+			r.gateways = slices.Insert(r.gateways, i, n)
+		}
+		return
+	}
+	if c, ok := ix.clusters[clusterKey(n.Region, n.Cluster)]; ok {
+		c.members[n.Name] = n
+	}
+}
+
+func (ix *Index) delete(n *Node) {
+	delete(ix.nodes, n.Name)
+	if n.IsGateway() {
+		if r, ok := ix.regions[n.Region]; ok {
+			r.gateways = slices.DeleteFunc(r.gateways, func(g *Node) bool { return g.Name == n.Name })
+		}
+		return
+	}
+	if c, ok := ix.clusters[clusterKey(n.Region, n.Cluster)]; ok {
+		delete(c.members, n.Name)
+	}
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Check reports whether a node could be placed in the index.
+func (ix *Index) Check(n Node) error {
+	if n.IsGateway() {
+		if _, ok := ix.regions[n.Region]; !ok {
+			return ErrUnknownCluster{Region: n.Region}
+		}
+		return nil
+	}
+	if _, ok := ix.clusters[clusterKey(n.Region, n.Cluster)]; !ok {
+		return ErrUnknownCluster{Region: n.Region, Cluster: n.Cluster}
+	}
+	return nil
+}
+
+// Upsert adds or updates a node and returns the changes it causes.
+func (ix *Index) Upsert(in Node) ([]Change, error) {
+	if err := ix.Check(in); err != nil {
+		return nil, err
+	}
+	n := &in
+	old, existed := ix.nodes[n.Name]
+	if existed && (old.Region != n.Region || old.Cluster != n.Cluster || old.Role != n.Role) {
+		changes := ix.Remove(old.Name)
+		more, err := ix.Upsert(in)
+		return append(changes, more...), err
+	}
+	if existed {
+		ix.delete(old)
+	}
+	ix.insert(n)
+	if n.IsGateway() {
+		changes := ix.refreshRegion(ix.regions[n.Region])
+		if !existed || old.active() != n.active() || old.Class != n.Class || old.PublicKey != n.PublicKey {
+			changes = append(changes, resyncNode(n.Name))
+		}
+		return changes, nil
+	}
+	var changes []Change
+	entry := nodeEntry(n)
+	audience := Audience{Scopes: []Scope{{Kind: ScopeCluster, Region: n.Region, Cluster: n.Cluster}, {Kind: ScopeRegionGateways, Region: n.Region}}, Except: n.Name}
+	switch {
+	case n.active() && (!existed || !old.active() || !nodeEntry(old).Equal(entry)):
+		changes = append(changes, Change{Audience: audience, Delta: netmap.Delta{Upsert: []netmap.Peer{entry}}})
+	case !n.active() && existed && old.active():
+		changes = append(changes, Change{Audience: audience, Delta: netmap.Delta{Remove: []string{n.Name}}})
+	}
+	if !existed || old.active() != n.active() || old.Class != n.Class || old.PodIPv4 != n.PodIPv4 || old.PodIPv6 != n.PodIPv6 ||
+		old.OverlayIPv4 != n.OverlayIPv4 || old.OverlayIPv6 != n.OverlayIPv6 {
+		changes = append(changes, resyncNode(n.Name))
+	}
+	return changes, nil
+}
+
+// Remove deletes a node and returns the changes it causes.
+func (ix *Index) Remove(name string) []Change {
+	n, ok := ix.nodes[name]
+	if !ok {
+		return nil
+	}
+	ix.delete(n)
+	if n.IsGateway() {
+		changes := ix.refreshRegion(ix.regions[n.Region])
+		return append(changes, resyncNode(n.Name))
+	}
+	changes := []Change{resyncNode(n.Name)}
+	if n.active() {
+		changes = append(changes, Change{
+			Audience: Audience{Scopes: []Scope{{Kind: ScopeCluster, Region: n.Region, Cluster: n.Cluster}, {Kind: ScopeRegionGateways, Region: n.Region}}, Except: n.Name},
+			Delta:    netmap.Delta{Remove: []string{n.Name}},
+		})
+	}
+	return changes
+}
+
+// SetHealth marks a gateway healthy or not and returns the changes.
+func (ix *Index) SetHealth(name string, healthy bool) []Change {
+	n, ok := ix.nodes[name]
+	if !ok || !n.IsGateway() || n.Healthy == healthy {
+		return nil
+	}
+	m := *n
+	m.Healthy = healthy
+	changes, _ := ix.Upsert(m)
+	return changes
+}
+
+// refreshRegion recomputes the gateway entries of a region (as its
+// clusters, its own gateways and other regions' gateways see them) and
+// returns deltas for the entries that changed. Work: gateways × clusters.
+func (ix *Index) refreshRegion(r *region) []Change {
+	if r == nil {
+		return nil
+	}
+	var changes []Change
+	for _, cn := range r.clusters {
+		c := ix.clusters[clusterKey(r.name, cn)]
+		view := map[string]netmap.Peer{}
+		for _, g := range r.gateways {
+			if g.active() {
+				view[g.Name] = ix.gatewayForCluster(r, g, c)
+			}
+		}
+		if d := diffEntries(c.gwView, view); !d.Empty() {
+			changes = append(changes, Change{Audience: Audience{Scopes: []Scope{{Kind: ScopeCluster, Region: r.name, Cluster: cn}}}, Delta: d})
+		}
+		c.gwView = view
+	}
+	remote := map[string]netmap.Peer{}
+	local := map[string]netmap.Peer{}
+	for _, g := range r.gateways {
+		if g.active() {
+			remote[g.Name] = ix.gatewayRemote(r, g)
+			local[g.Name] = gatewayLocal(g)
+		}
+	}
+	if d := diffEntries(r.remoteView, remote); !d.Empty() {
+		changes = append(changes, Change{Audience: Audience{Scopes: []Scope{{Kind: ScopeOtherGateways, Region: r.name}}}, Delta: d})
+	}
+	r.remoteView = remote
+	// A gateway's own entry is in this delta too; For drops it for that
+	// gateway.
+	if d := diffEntries(r.localView, local); !d.Empty() {
+		changes = append(changes, Change{Audience: Audience{Scopes: []Scope{{Kind: ScopeRegionGateways, Region: r.name}}}, Delta: d})
+	}
+	r.localView = local
+	return changes
+}
+
+// Names reports whether the change's delta names the node (upserts or
+// removes a peer of that name), in which case For must be used to deliver
+// it to that node.
+func (c Change) Names(name string) bool {
+	return slices.ContainsFunc(c.Delta.Upsert, func(p netmap.Peer) bool { return p.Name == name }) || slices.Contains(c.Delta.Remove, name)
+}
+
+// For returns the delta as node name must receive it: a node is never its
+// own peer.
+func (c Change) For(name string) netmap.Delta {
+	if !c.Names(name) {
+		return c.Delta
+	}
+	d := c.Delta
+	d.Upsert = slices.DeleteFunc(slices.Clone(d.Upsert), func(p netmap.Peer) bool { return p.Name == name })
+	d.Remove = slices.DeleteFunc(slices.Clone(d.Remove), func(n string) bool { return n == name })
+	return d
+}
+
+// diffEntries returns the delta from one set of peer entries to another.
+func diffEntries(old, new map[string]netmap.Peer) netmap.Delta {
+	var d netmap.Delta
+	for name, p := range new {
+		if o, ok := old[name]; !ok || !o.Equal(p) {
+			d.Upsert = append(d.Upsert, p)
+		}
+	}
+	for name := range old {
+		if _, ok := new[name]; !ok {
+			d.Remove = append(d.Remove, name)
+		}
+	}
+	sortPeers(d.Upsert)
+	slices.Sort(d.Remove)
+	return d
+}

@@ -1,0 +1,92 @@
+package topology
+
+import (
+	"net/netip"
+
+	"github.com/statemesh/statemesh/internal/netmap"
+)
+
+// Map builds the full map of one node (a snapshot). Work: the node's peers.
+func (ix *Index) Map(name string) (netmap.Map, bool) {
+	n, ok := ix.nodes[name]
+	if !ok {
+		return netmap.Map{}, false
+	}
+	m := netmap.Map{
+		Self: netmap.Self{Name: n.Name, Region: n.Region, Cluster: n.Cluster, Role: n.Role, Class: n.Class},
+		Interface: netmap.Interface{
+			Name:       ix.opts.InterfaceName,
+			Addresses:  netmap.SortPrefixes(n.hostPrefixes()),
+			ListenPort: ix.opts.ListenPort,
+			MTU:        ix.mtu(n),
+		},
+		Forwarding: n.IsGateway(),
+	}
+	for _, p := range []netip.Prefix{n.PodIPv4, n.PodIPv6} {
+		if p.IsValid() {
+			m.Self.PodPrefixes = append(m.Self.PodPrefixes, p)
+		}
+	}
+	if !n.active() {
+		// A quarantined node keeps its interface but has no peers and no
+		// routes: it is cut off from the mesh.
+		return m.Normalize(), true
+	}
+	m.Routes = append([]netip.Prefix(nil), ix.supernet...)
+	r := ix.regions[n.Region]
+	if n.IsGateway() {
+		for _, rn := range ix.regionNodes(n.Region) {
+			m.Peers = append(m.Peers, nodeEntry(rn))
+		}
+		for name, p := range r.localView {
+			if name != n.Name {
+				m.Peers = append(m.Peers, p)
+			}
+		}
+		for _, other := range ix.regions {
+			if other.name == n.Region {
+				continue
+			}
+			for _, p := range other.remoteView {
+				m.Peers = append(m.Peers, p)
+			}
+		}
+	} else {
+		c := ix.clusters[clusterKey(n.Region, n.Cluster)]
+		for _, peer := range c.members {
+			if peer.Name != n.Name && peer.active() {
+				m.Peers = append(m.Peers, nodeEntry(peer))
+			}
+		}
+		for _, p := range c.gwView {
+			m.Peers = append(m.Peers, p)
+		}
+	}
+	sortPeers(m.Peers)
+	m.Self.PodPrefixes = netmap.SortPrefixes(m.Self.PodPrefixes)
+	return m, true
+}
+
+// regionNodes lists the active non-gateway nodes of a region.
+func (ix *Index) regionNodes(region string) []*Node {
+	var out []*Node
+	r := ix.regions[region]
+	for _, cn := range r.clusters {
+		for _, n := range ix.clusters[clusterKey(region, cn)].members {
+			if n.active() {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// mtu is the planned WireGuard MTU of the node's role in its region.
+func (ix *Index) mtu(n *Node) int {
+	if pr, ok := ix.plan.Region(n.Region); ok {
+		if l, ok := pr.Role(n.Role); ok {
+			return l.WireGuardMTU
+		}
+	}
+	return 1420
+}

@@ -1,0 +1,490 @@
+package topology
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/spec"
+)
+
+// world is a random mesh for property tests.
+type world struct {
+	t    testing.TB
+	r    *rand.Rand
+	plan *plan.Plan
+	ix   *Index
+	// next node index per cluster / gateway index per region
+	nextNode map[string]int
+	nextGw   map[string]int
+}
+
+func newWorld(t testing.TB, seed uint64, regions, clusters int) *world {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata: {name: w}\naddressing: {overlayIPv6: 'fd7a::/48', podIPv4: [10.0.0.0/8], podIPv6: ['fd00::/48']}\nregions:\n")
+	for r := range regions {
+		fmt.Fprintf(&b, "  - name: r%d\n    gateways: 3\n    clusters:\n", r)
+		for c := range clusters {
+			fmt.Fprintf(&b, "      - {name: c%d, maxNodes: 100, maxPodsPerNode: 16}\n", c)
+		}
+	}
+	m, err := spec.Parse([]byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := plan.Compute(m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &world{t: t, r: rand.New(rand.NewPCG(seed, 7)), plan: p, ix: New(p, Options{}), nextNode: map[string]int{}, nextGw: map[string]int{}}
+}
+
+func (w *world) key() netmap.Key {
+	var k netmap.Key
+	for i := range k {
+		k[i] = byte(w.r.UintN(256))
+	}
+	return k
+}
+
+func (w *world) newNode(region, cluster string) Node {
+	pc, _ := w.plan.Cluster(region, cluster)
+	k := clusterKey(region, cluster)
+	i := w.nextNode[k]
+	w.nextNode[k]++
+	role := netmap.RoleNode
+	if w.r.IntN(5) == 0 {
+		role = netmap.RoleOperator
+	}
+	n := Node{
+		Name: fmt.Sprintf("%s-%s-n%d", region, cluster, i), Region: region, Cluster: cluster, Role: role, Class: netmap.ClassWeak,
+		PublicKey:   w.key(),
+		OverlayIPv4: addrAt(pc.OverlayIPv4, uint64(1+i)),
+		OverlayIPv6: addrAt(pc.OverlayIPv6, uint64(1+i)),
+		PodIPv4:     subnet(pc.PodIPv4, pc.NodeMaskIPv4, i),
+		PodIPv6:     subnet(pc.PodIPv6, pc.NodeMaskIPv6, i),
+		Endpoint:    netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 168, byte(i), 1}), 51820),
+	}
+	return n
+}
+
+func (w *world) newGateway(region string) Node {
+	pr, _ := w.plan.Region(region)
+	i := w.nextGw[region]
+	w.nextGw[region]++
+	return Node{
+		Name: fmt.Sprintf("%s-gw%d", region, i), Region: region, Role: netmap.RoleGateway, Class: netmap.ClassStrong,
+		PublicKey: w.key(), Healthy: true,
+		OverlayIPv4:    addrAt(pr.InfraIPv4, uint64(1+i)),
+		OverlayIPv6:    addrAt(pr.InfraIPv6, uint64(1+i)),
+		Endpoint:       netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 168, 200, byte(i)}), 51820),
+		PublicEndpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), 51820),
+	}
+}
+
+func addrAt(p netip.Prefix, i uint64) netip.Addr {
+	a := p.Addr()
+	for range i {
+		a = a.Next()
+	}
+	return a
+}
+
+func subnet(p netip.Prefix, bits, i int) netip.Prefix {
+	if !p.IsValid() {
+		return netip.Prefix{}
+	}
+	a := p.Addr()
+	step := 1 << (a.BitLen() - bits)
+	for range i * step {
+		a = a.Next()
+	}
+	return netip.PrefixFrom(a, bits)
+}
+
+func (w *world) upsert(n Node) []Change {
+	w.t.Helper()
+	ch, err := w.ix.Upsert(n)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return ch
+}
+
+// populate adds gateways and nodes to every region and cluster.
+func (w *world) populate(gateways, nodes int) {
+	for _, r := range w.plan.Regions {
+		for range gateways {
+			w.upsert(w.newGateway(r.Name))
+		}
+		for _, c := range r.Clusters {
+			for range nodes {
+				w.upsert(w.newNode(r.Name, c.Name))
+			}
+		}
+	}
+}
+
+// owner returns the node owning an address.
+func (w *world) owner(a netip.Addr) *Node {
+	for _, n := range w.ix.nodes {
+		if !n.active() {
+			continue
+		}
+		if n.OverlayIPv4 == a || n.OverlayIPv6 == a || (n.PodIPv4.IsValid() && n.PodIPv4.Contains(a)) || (n.PodIPv6.IsValid() && n.PodIPv6.Contains(a)) {
+			return n
+		}
+	}
+	return nil
+}
+
+func lookup(m netmap.Map, a netip.Addr) (string, bool) {
+	best, bits := "", -1
+	for _, p := range m.Peers {
+		for _, pfx := range p.AllowedIPs {
+			if pfx.Contains(a) && pfx.Bits() > bits {
+				best, bits = p.Name, pfx.Bits()
+			}
+		}
+	}
+	return best, bits >= 0
+}
+
+// walk forwards a packet from src to dst through the maps, checking
+// WireGuard's source filter at every hop. It returns the hops or an error.
+func (w *world) walk(maps map[string]netmap.Map, from string, src, dst netip.Addr) ([]string, error) {
+	cur := from
+	hops := []string{cur}
+	for range 8 {
+		if o := w.owner(dst); o != nil && o.Name == cur {
+			return hops, nil
+		}
+		m := maps[cur]
+		if !slices.ContainsFunc(m.Routes, func(p netip.Prefix) bool { return p.Contains(dst) }) {
+			return hops, fmt.Errorf("%s has no route to %s", cur, dst)
+		}
+		next, ok := lookup(m, dst)
+		if !ok {
+			return hops, fmt.Errorf("%s: no peer carries %s", cur, dst)
+		}
+		nm, ok := maps[next]
+		if !ok {
+			return hops, fmt.Errorf("%s: peer %s has no map", cur, next)
+		}
+		back, ok := lookup(nm, src)
+		if !ok || back != cur {
+			return hops, fmt.Errorf("%s drops the packet from %s: source %s maps to peer %q (asymmetric)", next, cur, src, back)
+		}
+		if p, ok := nm.Peer(cur); !ok || p.PublicKey != w.ix.nodes[cur].PublicKey {
+			return hops, fmt.Errorf("%s does not know %s's key", next, cur)
+		}
+		cur = next
+		hops = append(hops, cur)
+	}
+	return hops, fmt.Errorf("loop: %v", hops)
+}
+
+func (w *world) maps() map[string]netmap.Map {
+	out := map[string]netmap.Map{}
+	for name := range w.ix.nodes {
+		m, _ := w.ix.Map(name)
+		out[name] = m
+	}
+	return out
+}
+
+func endpointsOf(n *Node) []netip.Addr {
+	out := []netip.Addr{n.OverlayIPv4}
+	if n.PodIPv4.IsValid() {
+		out = append(out, n.PodIPv4.Addr().Next())
+	}
+	if n.PodIPv6.IsValid() {
+		out = append(out, n.PodIPv6.Addr().Next())
+	}
+	if n.OverlayIPv6.IsValid() {
+		out = append(out, n.OverlayIPv6)
+	}
+	return out
+}
+
+// checkInvariants: no self peering, no prefix on two peers, keys right,
+// and every active pair reaches each other both ways, hop by hop.
+func (w *world) checkInvariants(maps map[string]netmap.Map) {
+	w.t.Helper()
+	for name, m := range maps {
+		seen := map[netip.Prefix]string{}
+		for _, p := range m.Peers {
+			if p.Name == name {
+				w.t.Fatalf("%s peers with itself", name)
+			}
+			if n, ok := w.ix.nodes[p.Name]; !ok || n.PublicKey != p.PublicKey {
+				w.t.Fatalf("%s: peer %s has a wrong or unknown key", name, p.Name)
+			}
+			for _, pfx := range p.AllowedIPs {
+				if o, dup := seen[pfx]; dup {
+					w.t.Fatalf("%s: prefix %s on peers %s and %s", name, pfx, o, p.Name)
+				}
+				seen[pfx] = p.Name
+			}
+		}
+	}
+	var active []*Node
+	for _, n := range w.ix.nodes {
+		if n.active() {
+			active = append(active, n)
+		}
+	}
+	slices.SortFunc(active, func(a, b *Node) int { return strings.Compare(a.Name, b.Name) })
+	hasGateway := map[string]bool{}
+	for _, n := range active {
+		if n.IsGateway() {
+			hasGateway[n.Region] = true
+		}
+	}
+	for _, a := range active {
+		for _, b := range active {
+			if a == b {
+				continue
+			}
+			sameCluster := a.Region == b.Region && a.Cluster == b.Cluster && !a.IsGateway() && !b.IsGateway()
+			if !sameCluster && (!hasGateway[a.Region] || !hasGateway[b.Region]) {
+				continue // no gateway left to carry it: unreachable by design
+			}
+			sa, da := endpointsOf(a), endpointsOf(b)
+			for i := range sa {
+				if i >= len(da) || sa[i].Is4() != da[i].Is4() {
+					continue
+				}
+				if _, err := w.walk(maps, a.Name, sa[i], da[i]); err != nil {
+					w.t.Fatalf("%s (%s) -> %s (%s): %v", a.Name, sa[i], b.Name, da[i], err)
+				}
+			}
+		}
+	}
+}
+
+func TestInvariantsRandomMeshes(t *testing.T) {
+	for seed := range uint64(12) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			w := newWorld(t, seed, 1+int(seed%3), 1+int(seed%3))
+			w.populate(2+int(seed%2), 1+int(seed%3))
+			// Some gateways unhealthy, some nodes quarantined.
+			for _, n := range w.ix.nodes {
+				if n.IsGateway() && w.r.IntN(3) == 0 {
+					w.ix.SetHealth(n.Name, false)
+				}
+			}
+			w.checkInvariants(w.maps())
+		})
+	}
+}
+
+func TestCrossRegionPathUsesDesignatedGateways(t *testing.T) {
+	w := newWorld(t, 1, 2, 2)
+	w.populate(2, 1)
+	maps := w.maps()
+	a := w.ix.nodes["r0-c0-n0"]
+	b := w.ix.nodes["r1-c1-n0"]
+	hops, err := w.walk(maps, a.Name, a.OverlayIPv4, b.OverlayIPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{a.Name, w.ix.regions["r0"].designated("c0"), w.ix.regions["r1"].designated("c1"), b.Name}
+	if !slices.Equal(hops, want) {
+		t.Errorf("hops %v, want %v", hops, want)
+	}
+	// The way back takes the same gateways.
+	back, err := w.walk(maps, b.Name, b.OverlayIPv4, a.OverlayIPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Reverse(back)
+	if !slices.Equal(back, want) {
+		t.Errorf("return path %v differs from %v", back, want)
+	}
+}
+
+// TestIncrementalEqualsRecompute applies random changes and checks that
+// every node's map, kept up to date only by the deltas addressed to it,
+// equals the map computed from scratch.
+func TestIncrementalEqualsRecompute(t *testing.T) {
+	for seed := range uint64(6) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			w := newWorld(t, seed, 2, 3)
+			w.populate(2, 2)
+			held := w.maps()
+			apply := func(changes []Change) {
+				for _, ch := range changes {
+					for name, n := range w.ix.nodes {
+						if !ch.Audience.Includes(n) {
+							continue
+						}
+						if ch.Resync {
+							held[name], _ = w.ix.Map(name)
+							continue
+						}
+						held[name] = held[name].Apply(ch.For(name))
+					}
+				}
+				for name := range held {
+					if _, ok := w.ix.nodes[name]; !ok {
+						delete(held, name)
+					}
+				}
+			}
+			for step := range 60 {
+				var what string
+				regions := []string{"r0", "r1"}
+				r := regions[w.r.IntN(2)]
+				switch op := w.r.IntN(6); op {
+				case 0:
+					n := w.newNode(r, fmt.Sprintf("c%d", w.r.IntN(3)))
+					what = "add " + n.Name
+					apply(w.upsert(n))
+				case 1:
+					names := w.nodeNames(false)
+					if len(names) == 0 {
+						continue
+					}
+					name := names[w.r.IntN(len(names))]
+					what = "remove " + name
+					apply(w.ix.Remove(name))
+				case 2:
+					gws := w.ix.Gateways(r)
+					if len(gws) == 0 {
+						continue
+					}
+					g := gws[w.r.IntN(len(gws))]
+					h := !w.ix.nodes[g].Healthy
+					what = fmt.Sprintf("health %s %v", g, h)
+					apply(w.ix.SetHealth(g, h))
+				case 3:
+					g := w.newGateway(r)
+					what = "add gateway " + g.Name
+					apply(w.upsert(g))
+				case 4:
+					names := w.nodeNames(true)
+					name := names[w.r.IntN(len(names))]
+					n := *w.ix.nodes[name]
+					if n.State == StateQuarantined {
+						n.State = StateActive
+					} else {
+						n.State = StateQuarantined
+					}
+					what = "state " + name + " " + n.State
+					apply(w.upsert(n))
+				case 5:
+					gws := w.ix.Gateways(r)
+					if len(gws) <= 1 {
+						continue
+					}
+					g := gws[w.r.IntN(len(gws))]
+					what = "remove gateway " + g
+					apply(w.ix.Remove(g))
+				}
+				fresh := w.maps()
+				for name, m := range fresh {
+					if !held[name].Equal(m) {
+						t.Fatalf("step %d (%s): %s's map from deltas differs from recompute:\nheld  %+v\nfresh %+v", step, what, name, held[name].Peers, m.Peers)
+					}
+				}
+				w.checkInvariants(fresh)
+			}
+		})
+	}
+}
+
+func (w *world) nodeNames(withGateways bool) []string {
+	var out []string
+	for name, n := range w.ix.nodes {
+		if withGateways || !n.IsGateway() {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestRendezvousMovesOnlyTheLostGatewaysClusters(t *testing.T) {
+	gws := []string{"g0", "g1", "g2"}
+	var keys []string
+	for i := range 300 {
+		keys = append(keys, fmt.Sprintf("cluster:c%d", i))
+	}
+	before := map[string]string{}
+	count := map[string]int{}
+	for _, k := range keys {
+		before[k] = Rendezvous(k, gws)
+		count[before[k]]++
+	}
+	for _, g := range gws {
+		if count[g] < 70 || count[g] > 130 {
+			t.Errorf("gateway %s carries %d of 300 clusters: poor load distribution", g, count[g])
+		}
+	}
+	moved := 0
+	for _, k := range keys {
+		after := Rendezvous(k, []string{"g0", "g2"})
+		if before[k] != "g1" && after != before[k] {
+			t.Fatalf("%s moved from %s though %s is alive", k, before[k], before[k])
+		}
+		if before[k] == "g1" {
+			moved++
+		}
+	}
+	// Adding a fourth gateway moves about a quarter.
+	grown := 0
+	for _, k := range keys {
+		if Rendezvous(k, []string{"g0", "g1", "g2", "g3"}) != before[k] {
+			grown++
+		}
+	}
+	if grown < 45 || grown > 105 {
+		t.Errorf("adding a 4th gateway moved %d of 300 clusters, want about 75", grown)
+	}
+}
+
+func TestJoinCostsOneEntry(t *testing.T) {
+	w := newWorld(t, 3, 1, 1)
+	w.populate(2, 50)
+	n := w.newNode("r0", "c0")
+	changes := w.upsert(n)
+	peerDeltas := 0
+	for _, c := range changes {
+		if !c.Resync {
+			peerDeltas++
+			if len(c.Delta.Upsert) != 1 || c.Delta.Upsert[0].Name != n.Name {
+				t.Errorf("join delta carries %d peers", len(c.Delta.Upsert))
+			}
+		}
+	}
+	if peerDeltas != 1 {
+		t.Errorf("join produced %d peer deltas, want 1 shared by the cluster and its gateways", peerDeltas)
+	}
+}
+
+func TestQuarantinedNodeIsCutOff(t *testing.T) {
+	w := newWorld(t, 4, 1, 1)
+	w.populate(2, 3)
+	n := *w.ix.nodes["r0-c0-n1"]
+	n.State = StateQuarantined
+	w.upsert(n)
+	for name, m := range w.maps() {
+		if name == n.Name {
+			if len(m.Peers) != 0 || len(m.Routes) != 0 {
+				t.Errorf("quarantined node still has %d peers", len(m.Peers))
+			}
+			continue
+		}
+		if _, ok := m.Peer(n.Name); ok {
+			t.Errorf("%s still peers with quarantined %s", name, n.Name)
+		}
+	}
+}
+
