@@ -169,4 +169,3 @@ func (ix *Index) Gateways(regionName string) []string {
 	}
 	return out
 }
-

@@ -487,4 +487,3 @@ func TestQuarantinedNodeIsCutOff(t *testing.T) {
 		}
 	}
 }
-
