@@ -72,12 +72,22 @@ Start with:  statemesh validate -f mesh.yaml
 		newValidateCmd(e),
 		newPlanCmd(e),
 		newMTUCmd(e),
+		newControllerCmd(e),
+		newApplyCmd(e),
+		newGetCmd(e),
+		newTokenCmd(e),
+		newNodeCmd(e),
 	)
-	for _, c := range root.Commands() {
-		if c.Args == nil {
-			c.Args = noArgs
+	var setArgs func(c *cobra.Command)
+	setArgs = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			if sub.Args == nil {
+				sub.Args = noArgs
+			}
+			setArgs(sub)
 		}
 	}
+	setArgs(root)
 	return root
 }
 

@@ -156,3 +156,22 @@ func (r *Region) Role(role string) (RoleMTU, bool) {
 	}
 	return RoleMTU{}, false
 }
+
+// NodeAddresses returns the addresses of address slot n of a cluster: the
+// (n+1)-th overlay address(es) of its block and its n-th pod block(s).
+func (c *Cluster) NodeAddresses(n int) (v4, v6 netip.Addr, pod4, pod6 netip.Prefix) {
+	v4 = addrAt(c.OverlayIPv4, uint64(1+n))
+	if c.OverlayIPv6.IsValid() {
+		v6 = addrAt(c.OverlayIPv6, uint64(1+n))
+	}
+	if c.PodIPv4.IsValid() {
+		pod4 = nth(c.PodIPv4, c.NodeMaskIPv4, uint64(n))
+	}
+	if c.PodIPv6.IsValid() {
+		pod6 = nth(c.PodIPv6, c.NodeMaskIPv6, uint64(n))
+	}
+	return v4, v6, pod4, pod6
+}
+
+// Slots is how many node address slots a cluster has: its maxNodes.
+func (c *Cluster) Slots() int { return c.MaxNodes }

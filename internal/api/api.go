@@ -1,0 +1,247 @@
+// Package api is StateMesh's wire contract in Go: the request and response
+// bodies of the controller's HTTP/JSON API (v1), its error codes and the
+// frames of the network-map watch stream. The same contract is described
+// for other languages in openapi.yaml (served at /v1/openapi.yaml), and
+// contract tests check the server against it.
+package api
+
+import (
+	_ "embed"
+	"fmt"
+	"time"
+
+	"github.com/statemesh/statemesh/internal/netmap"
+)
+
+// Version is the API version, the first path segment.
+const Version = "v1"
+
+// OpenAPI is the contract as an OpenAPI 3 document.
+//
+//go:embed openapi.yaml
+var OpenAPI []byte
+
+// Limits on request bodies.
+const (
+	MaxRequestBytes = 1 << 20
+	MaxSpecBytes    = 4 << 20
+)
+
+// Error codes. Every error response carries exactly one.
+const (
+	CodeInvalidArgument   = "invalid_argument"
+	CodeSpecInvalid       = "spec_invalid"
+	CodePlanInfeasible    = "plan_infeasible"
+	CodeUnauthenticated   = "unauthenticated"
+	CodePermissionDenied  = "permission_denied"
+	CodeNotFound          = "not_found"
+	CodeAlreadyExists     = "already_exists"
+	CodeConflict          = "conflict"
+	CodeTokenInvalid      = "token_invalid"
+	CodeTokenExpired      = "token_expired"
+	CodeTokenUsedUp       = "token_used_up"
+	CodeTokenRevoked      = "token_revoked"
+	CodeClusterFull       = "cluster_full"
+	CodeNoSpec            = "no_spec"
+	CodeTooLarge          = "too_large"
+	CodeAttestationFailed = "attestation_failed"
+	CodeQuarantined       = "quarantined"
+	CodeUnavailable       = "unavailable"
+	CodeInternal          = "internal"
+)
+
+// Error is the body of every error response.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// Fields lists field-level problems (spec errors), when any.
+	Fields []FieldError `json:"fields,omitempty"`
+}
+
+// FieldError is one problem with one field.
+type FieldError struct {
+	Path    string `json:"path"`
+	Line    int    `json:"line,omitempty"`
+	Message string `json:"message"`
+	Fix     string `json:"fix,omitempty"`
+}
+
+func (e *Error) Error() string {
+	s := fmt.Sprintf("%s: %s", e.Code, e.Message)
+	for _, f := range e.Fields {
+		s += "\n  " + f.Path
+		if f.Line > 0 {
+			s += fmt.Sprintf(" (line %d)", f.Line)
+		}
+		s += ": " + f.Message
+		if f.Fix != "" {
+			s += "; fix: " + f.Fix
+		}
+	}
+	return s
+}
+
+// ErrorResponse wraps an Error.
+type ErrorResponse struct {
+	Error Error `json:"error"`
+}
+
+// ApplyResult is the answer to PUT /v1/spec.
+type ApplyResult struct {
+	Mesh     string `json:"mesh"`
+	Revision int64  `json:"revision"`
+	Regions  int    `json:"regions"`
+	Clusters int    `json:"clusters"`
+	// Unchanged is true when the spec equals the one in force.
+	Unchanged bool `json:"unchanged"`
+}
+
+// Region is a region as the admin API shows it.
+type Region struct {
+	Name        string            `json:"name"`
+	OverlayIPv4 string            `json:"overlayIPv4"`
+	Gateways    []Gateway         `json:"gateways"`
+	Clusters    int               `json:"clusters"`
+	Nodes       int               `json:"nodes"`
+	Designation map[string]string `json:"designation"`
+}
+
+// Gateway is a gateway's health and load.
+type Gateway struct {
+	Name     string   `json:"name"`
+	Healthy  bool     `json:"healthy"`
+	State    string   `json:"state"`
+	Clusters []string `json:"clusters"`
+}
+
+// Cluster is a cluster as the admin API shows it.
+type Cluster struct {
+	Region            string `json:"region"`
+	Name              string `json:"name"`
+	ClusterID         int    `json:"clusterID"`
+	OverlayIPv4       string `json:"overlayIPv4"`
+	PodIPv4           string `json:"podIPv4,omitempty"`
+	PodIPv6           string `json:"podIPv6,omitempty"`
+	MaxNodes          int    `json:"maxNodes"`
+	Nodes             int    `json:"nodes"`
+	DesignatedGateway string `json:"designatedGateway"`
+}
+
+// Node is an enrolled node.
+type Node struct {
+	Name           string     `json:"name"`
+	Region         string     `json:"region"`
+	Cluster        string     `json:"cluster,omitempty"`
+	Role           string     `json:"role"`
+	Class          string     `json:"class"`
+	State          string     `json:"state"`
+	PublicKey      netmap.Key `json:"publicKey"`
+	OverlayIPv4    string     `json:"overlayIPv4"`
+	OverlayIPv6    string     `json:"overlayIPv6,omitempty"`
+	PodIPv4        string     `json:"podIPv4,omitempty"`
+	PodIPv6        string     `json:"podIPv6,omitempty"`
+	Endpoint       string     `json:"endpoint,omitempty"`
+	PublicEndpoint string     `json:"publicEndpoint,omitempty"`
+	EnrolledAt     time.Time  `json:"enrolledAt"`
+	// Healthy is set for gateways.
+	Healthy *bool `json:"healthy,omitempty"`
+}
+
+// CreateTokenRequest asks for a join token. Node and operator tokens are
+// bound to a cluster ("region/cluster"); gateway tokens to a region.
+type CreateTokenRequest struct {
+	Cluster string `json:"cluster,omitempty"`
+	Region  string `json:"region,omitempty"`
+	Role    string `json:"role,omitempty"`
+	// TTL is a Go duration ("24h"); default 24h, at most 8760h.
+	TTL string `json:"ttl,omitempty"`
+	// Uses is how many enrollments the token allows; default 1.
+	Uses int `json:"uses,omitempty"`
+}
+
+// Token describes a join token; its secret is never shown again.
+type Token struct {
+	ID        string    `json:"id"`
+	Region    string    `json:"region"`
+	Cluster   string    `json:"cluster,omitempty"`
+	Role      string    `json:"role"`
+	CreatedAt time.Time `json:"createdAt"`
+	ExpiresAt time.Time `json:"expiresAt"`
+	Uses      int       `json:"uses"`
+	Used      int       `json:"used"`
+	Revoked   bool      `json:"revoked"`
+}
+
+// CreatedToken carries the token string, shown once.
+type CreatedToken struct {
+	Token
+	// Secret is the full join token to give the agent (--token).
+	Secret string `json:"secret"`
+}
+
+// EnrollRequest is a node's enrollment.
+type EnrollRequest struct {
+	Token string `json:"token"`
+	Name  string `json:"name"`
+	Role  string `json:"role"`
+	// PublicKey is the node's WireGuard public key; the private key never
+	// leaves the node.
+	PublicKey netmap.Key `json:"publicKey"`
+	// Endpoint is host:port where peers of the region reach the node.
+	Endpoint string `json:"endpoint"`
+	// PublicEndpoint is host:port where other regions' gateways reach a
+	// gateway.
+	PublicEndpoint string `json:"publicEndpoint,omitempty"`
+	// CSR is a PEM certificate request for the node's client identity.
+	CSR string `json:"csr"`
+	// Evidence is the node's attestation evidence, when it has a TPM.
+	Evidence []byte `json:"evidence,omitempty"`
+}
+
+// EnrollResponse is the controller's answer to an enrollment.
+type EnrollResponse struct {
+	Node Node `json:"node"`
+	// Certificate is the node's client certificate (PEM), CA the
+	// controller's CA (PEM).
+	Certificate string `json:"certificate"`
+	CA          string `json:"ca"`
+	// Revision is the store revision of the enrollment: the node's map is
+	// served from this revision on.
+	Revision int64 `json:"revision"`
+}
+
+// StatusReport is what an agent reports periodically. For gateways it is
+// also the heartbeat.
+type StatusReport struct {
+	AppliedRevision int64 `json:"appliedRevision"`
+	Peers           int   `json:"peers"`
+	// StalePeers are peers whose last handshake is older than the agent's
+	// staleness bound (3 minutes by default) or that never shook hands.
+	StalePeers []string `json:"stalePeers,omitempty"`
+	// Healthy is the agent's own verdict on its data plane.
+	Healthy bool   `json:"healthy"`
+	Message string `json:"message,omitempty"`
+}
+
+// Watch frame types.
+const (
+	FrameSnapshot = "snapshot"
+	FrameDelta    = "delta"
+	FramePing     = "ping"
+)
+
+// Frame is one line of the watch stream (newline-delimited JSON).
+type Frame struct {
+	Type     string        `json:"type"`
+	Revision int64         `json:"revision"`
+	Map      *netmap.Map   `json:"map,omitempty"`
+	Delta    *netmap.Delta `json:"delta,omitempty"`
+}
+
+// AdminConfig is the admin credential file the controller writes at first
+// start (0600) and the CLI reads.
+type AdminConfig struct {
+	Server string `json:"server"`
+	CA     string `json:"ca"`
+	Token  string `json:"token"`
+}

@@ -1,0 +1,74 @@
+package apiclient
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+
+	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/controller"
+)
+
+// Identity is what a node holds after enrollment: its client certificate
+// and key (for the control channel; not its WireGuard key) and the CA.
+type Identity struct {
+	Server   string   `json:"server"`
+	Node     api.Node `json:"node"`
+	CA       string   `json:"ca"`
+	CertPEM  string   `json:"cert"`
+	KeyPEM   string   `json:"key"`
+	Revision int64    `json:"revision"`
+}
+
+// Enroll enrolls a node: it makes a fresh key and certificate request,
+// pins the controller's CA from the join token, and sends req (whose CSR
+// and Token it fills in).
+func Enroll(ctx context.Context, server, token string, req api.EnrollRequest) (*Identity, error) {
+	tok, err := controller.ParseJoinToken(token)
+	if err != nil {
+		return nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: req.Name}}, key)
+	if err != nil {
+		return nil, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	req.Token = token
+	req.CSR = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))
+	c, err := NewPinned(server, tok.CAPin)
+	if err != nil {
+		return nil, err
+	}
+	defer c.CloseIdle()
+	resp, err := c.Enroll(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return &Identity{
+		Server: server, Node: resp.Node, CA: resp.CA, CertPEM: resp.Certificate,
+		KeyPEM:   string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})),
+		Revision: resp.Revision,
+	}, nil
+}
+
+// Client returns a client authenticated as the node.
+func (id *Identity) Client() (*Client, error) {
+	cert, err := tls.X509KeyPair([]byte(id.CertPEM), []byte(id.KeyPEM))
+	if err != nil {
+		return nil, fmt.Errorf("node certificate: %w", err)
+	}
+	return NewNode(id.Server, id.CA, cert)
+}

@@ -1,0 +1,183 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/controller"
+	"github.com/statemesh/statemesh/internal/server"
+	"github.com/statemesh/statemesh/internal/store"
+	"github.com/statemesh/statemesh/internal/store/bolt"
+	etcdstore "github.com/statemesh/statemesh/internal/store/etcd"
+)
+
+// AdminConfigFile is the admin credential the controller writes in its data
+// directory.
+const AdminConfigFile = "admin.json"
+
+func newLogger(w *os.File, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("--log-level %q: use debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+type controllerFlags struct {
+	dataDir, listen, advertise, storeKind, etcdEndpoints, etcdPrefix, logLevel, apply string
+	hosts                                                                            []string
+	heartbeatTimeout                                                                 time.Duration
+}
+
+func newControllerCmd(e *env) *cobra.Command {
+	var f controllerFlags
+	cmd := &cobra.Command{
+		Use:   "controller [--data-dir DIR] [--listen ADDR] [--store bolt|etcd --etcd-endpoints A,B,C]",
+		Short: "Run the controller: the mesh's source of truth and peer manager",
+		Long: `Run the controller. With the default embedded store (bbolt) it needs nothing else:
+state lives in DATA-DIR/statemesh.db. With --store etcd, several replicas share one etcd
+cluster; every allocation is a compare-and-swap transaction.
+
+At first start the controller creates its CA and an admin credential, and writes
+DATA-DIR/admin.json (mode 0600) for the CLI:
+
+  export STATEMESH_CONFIG=DATA-DIR/admin.json
+  statemesh apply -f mesh.yaml`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runController(cmd.Context(), e, f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.dataDir, "data-dir", "/var/lib/statemesh", "state directory (embedded store, admin.json)")
+	fl.StringVar(&f.listen, "listen", "0.0.0.0:7443", "address of the HTTPS API")
+	fl.StringVar(&f.advertise, "advertise", "", "URL agents and the CLI use to reach this controller (default https://<listen address>)")
+	fl.StringSliceVar(&f.hosts, "tls-san", nil, "extra names/addresses for the serving certificate")
+	fl.StringVar(&f.storeKind, "store", "bolt", "state store: bolt (embedded) or etcd")
+	fl.StringVar(&f.etcdEndpoints, "etcd-endpoints", "", "comma-separated etcd client URLs (with --store etcd)")
+	fl.StringVar(&f.etcdPrefix, "etcd-prefix", "/statemesh/", "key prefix in etcd")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.apply, "apply", "", "apply this spec at start (as statemesh apply -f would)")
+	fl.DurationVar(&f.heartbeatTimeout, "gateway-timeout", 3*time.Second, "mark a gateway unhealthy after this long without a heartbeat")
+	return cmd
+}
+
+func openStore(ctx context.Context, f controllerFlags) (store.Store, error) {
+	switch f.storeKind {
+	case "bolt":
+		return bolt.Open(f.dataDir, bolt.Options{})
+	case "etcd":
+		if f.etcdEndpoints == "" {
+			return nil, usagef("--store etcd needs --etcd-endpoints")
+		}
+		return etcdstore.Open(ctx, etcdstore.Options{Endpoints: strings.Split(f.etcdEndpoints, ","), Prefix: f.etcdPrefix})
+	}
+	return nil, usagef("--store %q: use bolt or etcd", f.storeKind)
+}
+
+func runController(parent context.Context, e *env, f controllerFlags) error {
+	log, err := newLogger(os.Stderr, f.logLevel)
+	if err != nil {
+		return err
+	}
+	if parent == nil {
+		parent = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
+		return err
+	}
+	st, err := openStore(ctx, f)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	c, err := controller.New(controller.Config{Store: st, Logger: log, HeartbeatTimeout: f.heartbeatTimeout})
+	if err != nil {
+		return err
+	}
+	adminToken, err := c.Bootstrap(ctx, "statemesh")
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", f.listen, err)
+	}
+	advertise := f.advertise
+	if advertise == "" {
+		host, port, _ := net.SplitHostPort(l.Addr().String())
+		if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+			host = "127.0.0.1"
+		}
+		advertise = "https://" + net.JoinHostPort(host, port)
+	}
+	hosts := append([]string{}, f.hosts...)
+	if u := strings.TrimPrefix(advertise, "https://"); u != advertise {
+		if h, _, err := net.SplitHostPort(u); err == nil {
+			hosts = append(hosts, h)
+		}
+	}
+	cfgPath := filepath.Join(f.dataDir, AdminConfigFile)
+	if adminToken != "" {
+		if err := writeAdminConfig(cfgPath, api.AdminConfig{Server: advertise, CA: c.CA().CertPEM(), Token: adminToken}); err != nil {
+			return err
+		}
+		log.Info("admin credential created", "file", cfgPath)
+	} else if _, err := os.Stat(cfgPath); errors.Is(err, os.ErrNotExist) {
+		log.Warn("the store already has an admin credential but this data dir has no admin.json; use the admin.json of the replica that created it", "file", cfgPath)
+	}
+	srv := server.New(server.Config{Controller: c, Logger: log, Hosts: hosts})
+	errc := make(chan error, 2)
+	go func() { errc <- c.Run(ctx) }()
+	go func() { errc <- srv.Serve(ctx, l) }()
+	select {
+	case <-c.Ready():
+	case err := <-errc:
+		return err
+	}
+	if f.apply != "" {
+		data, err := os.ReadFile(f.apply)
+		if err != nil {
+			return err
+		}
+		res, err := c.ApplySpec(ctx, data)
+		if err != nil {
+			return fmt.Errorf("applying %s: %w", f.apply, err)
+		}
+		log.Info("spec applied at start", "mesh", res.Mesh, "unchanged", res.Unchanged)
+	}
+	log.Info("controller serving", "listen", l.Addr().String(), "advertise", advertise, "store", f.storeKind, "config", cfgPath)
+	fmt.Fprintf(e.stderr, "controller ready on %s (admin config: %s)\n", advertise, cfgPath)
+	err = <-errc
+	stop()
+	if err != nil && ctx.Err() == nil {
+		return err
+	}
+	return nil
+}
+
+func writeAdminConfig(path string, cfg api.AdminConfig) error {
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("writing admin config: %w", err)
+	}
+	return os.Rename(tmp, path)
+}

@@ -1,0 +1,326 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/spec"
+	"github.com/statemesh/statemesh/internal/store"
+	"github.com/statemesh/statemesh/internal/topology"
+)
+
+// ApplySpec validates and plans a spec and, when both succeed, stores the
+// spec and the plan in one transaction. The plan in force is the planner's
+// state, so existing allocations never move. A rejected spec leaves the one
+// in force untouched.
+func (c *Controller) ApplySpec(ctx context.Context, yaml []byte) (api.ApplyResult, error) {
+	m, err := spec.Parse(yaml)
+	if err != nil {
+		var es spec.Errors
+		if errors.As(err, &es) {
+			ae := apiErr(api.CodeSpecInvalid, "the spec has %d error(s); nothing was changed", len(es))
+			for _, e := range es {
+				ae.Fields = append(ae.Fields, api.FieldError{Path: e.Path, Line: e.Line, Message: e.Msg, Fix: e.Fix})
+			}
+			return api.ApplyResult{}, ae
+		}
+		return api.ApplyResult{}, apiErr(api.CodeSpecInvalid, "%v", err)
+	}
+	clusters := 0
+	for _, r := range m.Regions {
+		clusters += len(r.Clusters)
+	}
+	res := api.ApplyResult{Mesh: m.Metadata.Name, Regions: len(m.Regions), Clusters: clusters}
+	rev, err := c.st.Update(ctx, func(tx store.Tx) error {
+		res.Unchanged = false
+		var prev *plan.Plan
+		if kv, err := tx.Get(keySpec); err == nil {
+			if r, err := decode[SpecRecord](kv.Value); err == nil && r.YAML == string(yaml) {
+				res.Unchanged = true
+				return nil
+			}
+		}
+		if kv, err := tx.Get(keyPlan); err == nil {
+			if prev, err = plan.Decode(kv.Value); err != nil {
+				return fmt.Errorf("plan in store: %w", err)
+			}
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		if prev != nil && prev.Mesh != m.Metadata.Name {
+			return apiErr(api.CodeConflict, "this controller runs mesh %q; the spec is for mesh %q", prev.Mesh, m.Metadata.Name)
+		}
+		p, err := plan.Compute(m, prev)
+		if err != nil {
+			var inf *plan.InfeasibleError
+			if errors.As(err, &inf) {
+				return apiErr(api.CodePlanInfeasible, "%v", err)
+			}
+			return err
+		}
+		if err := c.checkRemovals(tx, p); err != nil {
+			return err
+		}
+		pj, err := json.Marshal(p)
+		if err != nil {
+			return err
+		}
+		if err := tx.Put(keySpec, encode(SpecRecord{YAML: string(yaml), AppliedAt: c.cfg.Now()})); err != nil {
+			return err
+		}
+		return tx.Put(keyPlan, pj)
+	})
+	if err != nil {
+		return api.ApplyResult{}, err
+	}
+	res.Revision = rev
+	if !res.Unchanged {
+		c.log.Info("spec applied", "mesh", res.Mesh, "regions", res.Regions, "clusters", res.Clusters, "revision", rev)
+	}
+	return res, nil
+}
+
+// checkRemovals refuses a plan that drops a cluster or region that still
+// has nodes, or shrinks a cluster below its nodes' slots.
+func (c *Controller) checkRemovals(tx store.Tx, p *plan.Plan) error {
+	kvs, err := tx.List(prefixNodes)
+	if err != nil {
+		return err
+	}
+	for _, kv := range kvs {
+		n, err := decode[NodeRecord](kv.Value)
+		if err != nil {
+			continue
+		}
+		limit, err := slotLimit(p, n.Region, n.Cluster)
+		if err != nil {
+			return apiErr(api.CodeConflict, "the spec removes %s, which still has node %s; remove its nodes first", where(n), n.Name)
+		}
+		if n.Slot >= limit {
+			return apiErr(api.CodeConflict, "the spec shrinks %s below node %s's address slot %d; remove the node first", where(n), n.Name, n.Slot)
+		}
+	}
+	return nil
+}
+
+func where(n NodeRecord) string {
+	if n.Cluster == "" {
+		return "region " + n.Region
+	}
+	return "cluster " + n.Region + "/" + n.Cluster
+}
+
+// Spec returns the spec in force.
+func (c *Controller) Spec() (string, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.specYAML == "" {
+		return "", apiErr(api.CodeNoSpec, "no spec has been applied")
+	}
+	return c.specYAML, nil
+}
+
+// Plan returns the plan in force.
+func (c *Controller) Plan() (*plan.Plan, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.plan == nil {
+		return nil, apiErr(api.CodeNoSpec, "no spec has been applied")
+	}
+	return c.plan, nil
+}
+
+func nodeView(n *NodeRecord, h HealthRecord) api.Node {
+	v := api.Node{
+		Name: n.Name, Region: n.Region, Cluster: n.Cluster, Role: n.Role, Class: n.Class, State: n.State,
+		PublicKey: n.PublicKey, OverlayIPv4: n.OverlayIPv4.String(), EnrolledAt: n.EnrolledAt,
+	}
+	if n.OverlayIPv6.IsValid() {
+		v.OverlayIPv6 = n.OverlayIPv6.String()
+	}
+	if n.PodIPv4.IsValid() {
+		v.PodIPv4 = n.PodIPv4.String()
+	}
+	if n.PodIPv6.IsValid() {
+		v.PodIPv6 = n.PodIPv6.String()
+	}
+	if n.Endpoint.IsValid() {
+		v.Endpoint = n.Endpoint.String()
+	}
+	if n.PublicEndpoint.IsValid() {
+		v.PublicEndpoint = n.PublicEndpoint.String()
+	}
+	if n.Role == netmap.RoleGateway {
+		healthy := h.Healthy
+		v.Healthy = &healthy
+	}
+	return v
+}
+
+// Nodes lists nodes, optionally of one region and/or cluster.
+func (c *Controller) Nodes(region, cluster string) []api.Node {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := []api.Node{}
+	for _, n := range c.nodes {
+		if (region == "" || n.Region == region) && (cluster == "" || n.Cluster == cluster) {
+			out = append(out, nodeView(n, c.health[n.Name]))
+		}
+	}
+	slices.SortFunc(out, func(a, b api.Node) int { return cmpStr(a.Name, b.Name) })
+	return out
+}
+
+func cmpStr(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Node returns one node.
+func (c *Controller) Node(name string) (api.Node, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	n, ok := c.nodes[name]
+	if !ok {
+		return api.Node{}, apiErr(api.CodeNotFound, "no node %q", name)
+	}
+	return nodeView(n, c.health[name]), nil
+}
+
+// Regions lists the regions with their gateways and designation.
+func (c *Controller) Regions() ([]api.Region, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.plan == nil {
+		return nil, apiErr(api.CodeNoSpec, "no spec has been applied")
+	}
+	counts := map[string]int{}
+	for _, n := range c.nodes {
+		counts[n.Region]++
+	}
+	out := []api.Region{}
+	for _, r := range c.plan.Regions {
+		ar := api.Region{Name: r.Name, OverlayIPv4: r.OverlayIPv4.String(), Clusters: len(r.Clusters), Nodes: counts[r.Name], Designation: c.ix.Designation(r.Name)}
+		load := map[string][]string{}
+		for cl, g := range ar.Designation {
+			load[g] = append(load[g], cl)
+		}
+		for _, g := range c.ix.Gateways(r.Name) {
+			n := c.nodes[g]
+			cls := load[g]
+			slices.Sort(cls)
+			ar.Gateways = append(ar.Gateways, api.Gateway{Name: g, Healthy: c.health[g].Healthy, State: n.State, Clusters: cls})
+		}
+		out = append(out, ar)
+	}
+	return out, nil
+}
+
+// Clusters lists the clusters with node counts and designated gateways.
+func (c *Controller) Clusters() ([]api.Cluster, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.plan == nil {
+		return nil, apiErr(api.CodeNoSpec, "no spec has been applied")
+	}
+	counts := map[string]int{}
+	for _, n := range c.nodes {
+		if n.Cluster != "" {
+			counts[n.Region+"/"+n.Cluster]++
+		}
+	}
+	out := []api.Cluster{}
+	for _, r := range c.plan.Regions {
+		des := c.ix.Designation(r.Name)
+		for _, cl := range r.Clusters {
+			ac := api.Cluster{Region: r.Name, Name: cl.Name, ClusterID: cl.ClusterID, OverlayIPv4: cl.OverlayIPv4.String(),
+				MaxNodes: cl.MaxNodes, Nodes: counts[r.Name+"/"+cl.Name], DesignatedGateway: des[cl.Name]}
+			if cl.PodIPv4.IsValid() {
+				ac.PodIPv4 = cl.PodIPv4.String()
+			}
+			if cl.PodIPv6.IsValid() {
+				ac.PodIPv6 = cl.PodIPv6.String()
+			}
+			out = append(out, ac)
+		}
+	}
+	return out, nil
+}
+
+// RemoveNode deletes a node; its address slot is released (kept for the
+// grace period) in the same transaction.
+func (c *Controller) RemoveNode(ctx context.Context, name string) error {
+	now := c.cfg.Now()
+	_, err := c.st.Update(ctx, func(tx store.Tx) error {
+		kv, err := tx.Get(nodeKey(name))
+		if errors.Is(err, store.ErrNotFound) {
+			return apiErr(api.CodeNotFound, "no node %q", name)
+		}
+		if err != nil {
+			return err
+		}
+		n, err := decode[NodeRecord](kv.Value)
+		if err != nil {
+			return err
+		}
+		if err := tx.Delete(nodeKey(name)); err != nil {
+			return err
+		}
+		if err := tx.Delete(healthKey(name)); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		return tx.Put(slotKey(n.Region, n.Cluster, n.Slot), encode(SlotRecord{Node: name, ReleasedAt: now}))
+	})
+	if err == nil {
+		c.log.Info("node removed", "node", name)
+	}
+	return err
+}
+
+// SetState quarantines a node (state quarantined) or releases it (active).
+func (c *Controller) SetState(ctx context.Context, name, state, reason string) (api.Node, error) {
+	var rec NodeRecord
+	_, err := c.st.Update(ctx, func(tx store.Tx) error {
+		kv, err := tx.Get(nodeKey(name))
+		if errors.Is(err, store.ErrNotFound) {
+			return apiErr(api.CodeNotFound, "no node %q", name)
+		}
+		if err != nil {
+			return err
+		}
+		if rec, err = decode[NodeRecord](kv.Value); err != nil {
+			return err
+		}
+		if rec.State == state {
+			return nil
+		}
+		rec.State = state
+		return tx.Put(nodeKey(name), encode(rec))
+	})
+	if err != nil {
+		return api.Node{}, err
+	}
+	c.log.Info("node state", "node", name, "state", state, "reason", reason)
+	return nodeView(&rec, HealthRecord{}), nil
+}
+
+// Quarantine and Release are SetState shorthands.
+func (c *Controller) Quarantine(ctx context.Context, name, reason string) (api.Node, error) {
+	return c.SetState(ctx, name, topology.StateQuarantined, reason)
+}
+
+// Release lifts a quarantine.
+func (c *Controller) Release(ctx context.Context, name string) (api.Node, error) {
+	return c.SetState(ctx, name, topology.StateActive, "released by admin")
+}

@@ -1,0 +1,423 @@
+// Package controller is StateMesh's source of truth and dynamic peer
+// manager: it holds the spec and the plan, admits nodes (join tokens, IPAM,
+// certificates), keeps an in-memory registry that follows the store, turns
+// every store change into the few network-map deltas it causes (package
+// topology) and fans them out to the nodes' watch streams.
+//
+// Data flows one way: every write goes to the store in a transaction; the
+// registry learns of it only through the store's watch, so several
+// replicas sharing one etcd converge on the same state and compute the same
+// deltas, each for the nodes streaming from it.
+//
+// Locking: mu guards the registry (index, records, revision) and the hub's
+// subscriber sets. The watch loop holds it while applying an event and
+// enqueueing the resulting frames, so a subscriber that takes its snapshot
+// under mu misses nothing and sees nothing twice.
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/store"
+	"github.com/statemesh/statemesh/internal/topology"
+)
+
+// Store is what the controller needs of a store backend.
+type Store interface {
+	Get(ctx context.Context, key string) (store.KV, error)
+	List(ctx context.Context, prefix string) ([]store.KV, int64, error)
+	Update(ctx context.Context, fn func(tx store.Tx) error) (int64, error)
+	Watch(ctx context.Context, prefix string, fromRev int64) <-chan store.WatchResponse
+}
+
+// Config configures a controller.
+type Config struct {
+	Store  Store
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// SlotGrace is how long a removed node's addresses stay reserved.
+	SlotGrace time.Duration
+	// HeartbeatTimeout is how long a gateway may go without a heartbeat
+	// before it is marked unhealthy; HealthInterval how often that is
+	// checked.
+	HeartbeatTimeout time.Duration
+	HealthInterval   time.Duration
+	// CertTTL is the lifetime of node certificates.
+	CertTTL time.Duration
+	// HistoryLen is how many changes are kept for watch resumption.
+	HistoryLen int
+	// QueueLen bounds each watch stream's queue of frames.
+	QueueLen int
+	// Topology options (interface name, port).
+	Topology topology.Options
+}
+
+func (c *Config) setDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.SlotGrace == 0 {
+		c.SlotGrace = 10 * time.Minute
+	}
+	if c.HeartbeatTimeout == 0 {
+		c.HeartbeatTimeout = 3 * time.Second
+	}
+	if c.HealthInterval == 0 {
+		c.HealthInterval = 250 * time.Millisecond
+	}
+	if c.CertTTL == 0 {
+		c.CertTTL = 24 * time.Hour
+	}
+	if c.HistoryLen == 0 {
+		c.HistoryLen = 8192
+	}
+	if c.QueueLen == 0 {
+		c.QueueLen = 512
+	}
+}
+
+// Controller is one controller replica.
+type Controller struct {
+	cfg Config
+	log *slog.Logger
+	st  Store
+	ca  *CA
+
+	mu       sync.RWMutex
+	rev      int64
+	revWait  chan struct{} // closed and replaced whenever rev advances
+	specYAML string
+	plan     *plan.Plan
+	ix       *topology.Index
+	nodes    map[string]*NodeRecord
+	health   map[string]HealthRecord
+	slots    map[string]map[int]SlotRecord // region/cluster -> slot -> record
+	status   map[string]statusEntry
+	hub      *hub
+
+	ready chan struct{}
+}
+
+// New returns a controller; Run starts it.
+func New(cfg Config) (*Controller, error) {
+	cfg.setDefaults()
+	if cfg.Store == nil {
+		return nil, errors.New("controller: no store")
+	}
+	return &Controller{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		st:      cfg.Store,
+		revWait: make(chan struct{}),
+		nodes:   map[string]*NodeRecord{},
+		health:  map[string]HealthRecord{},
+		slots:   map[string]map[int]SlotRecord{},
+		status:  map[string]statusEntry{},
+		hub:     newHub(cfg.HistoryLen, cfg.QueueLen),
+		ready:   make(chan struct{}),
+	}, nil
+}
+
+// Bootstrap creates the CA (and, when none exists, an admin credential) in
+// the store, or loads them. It returns the admin token when it created one:
+// the only time it exists in plain text.
+func (c *Controller) Bootstrap(ctx context.Context, mesh string) (adminToken string, err error) {
+	now := c.cfg.Now()
+	newCARec := func() (*CA, CARecord, error) { return newCA(mesh, now) }
+	var ca *CA
+	var admin string
+	_, err = c.st.Update(ctx, func(tx store.Tx) error {
+		ca, admin = nil, ""
+		kv, err := tx.Get(keyCA)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			var rec CARecord
+			ca, rec, err = newCARec()
+			if err != nil {
+				return err
+			}
+			if err := tx.Put(keyCA, encode(rec)); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		default:
+			rec, err := decode[CARecord](kv.Value)
+			if err != nil {
+				return fmt.Errorf("decoding CA record: %w", err)
+			}
+			if ca, err = loadCA(rec); err != nil {
+				return err
+			}
+		}
+		admins, err := tx.List(prefixAdmin)
+		if err != nil {
+			return err
+		}
+		if len(admins) == 0 {
+			rec, token, err := newAdminCredential(now)
+			if err != nil {
+				return err
+			}
+			admin = token
+			return tx.Put(prefixAdmin+rec.ID, encode(rec))
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("bootstrapping CA and admin credential: %w", err)
+	}
+	c.ca = ca
+	return admin, nil
+}
+
+// CA returns the controller's CA (after Bootstrap).
+func (c *Controller) CA() *CA { return c.ca }
+
+// Ready is closed once the registry has loaded the store.
+func (c *Controller) Ready() <-chan struct{} { return c.ready }
+
+// Run loads the registry from the store and follows the store's watch
+// until ctx ends. It also runs the gateway health monitor.
+func (c *Controller) Run(ctx context.Context) error {
+	if c.ca == nil {
+		return errors.New("controller: Run before Bootstrap")
+	}
+	kvs, rev, err := c.st.List(ctx, "")
+	if err != nil {
+		return fmt.Errorf("loading registry: %w", err)
+	}
+	c.mu.Lock()
+	for _, kv := range kvs {
+		c.applyLocked(kv.Key, kv.Value, false, 0)
+	}
+	c.rebuildIndexLocked()
+	c.setRevLocked(rev)
+	c.hub.floor = rev
+	nodes := len(c.nodes)
+	c.mu.Unlock()
+	c.log.Info("registry loaded", "revision", rev, "nodes", nodes)
+	close(c.ready)
+
+	go c.healthMonitor(ctx)
+	for {
+		if err := c.follow(ctx, rev); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, store.ErrCompacted) {
+				// Fell too far behind: reload everything.
+				c.log.Warn("store history compacted; reloading registry", "revision", rev)
+				kvs, r, lerr := c.st.List(ctx, "")
+				if lerr != nil {
+					return fmt.Errorf("reloading registry: %w", lerr)
+				}
+				c.reload(kvs, r)
+				rev = r
+				continue
+			}
+			c.log.Warn("store watch ended; resuming", "err", err, "revision", c.Revision())
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+		rev = c.Revision()
+	}
+}
+
+func (c *Controller) follow(ctx context.Context, from int64) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for resp := range c.st.Watch(wctx, "", from) {
+		if resp.Err != nil {
+			return resp.Err
+		}
+		c.mu.Lock()
+		for _, ev := range resp.Events {
+			c.applyLocked(ev.KV.Key, ev.KV.Value, ev.Type == store.EventDelete, resp.Revision)
+		}
+		c.setRevLocked(resp.Revision)
+		c.mu.Unlock()
+	}
+	return ctx.Err()
+}
+
+func (c *Controller) reload(kvs []store.KV, rev int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.nodes = map[string]*NodeRecord{}
+	c.health = map[string]HealthRecord{}
+	c.slots = map[string]map[int]SlotRecord{}
+	c.plan, c.ix, c.specYAML = nil, nil, ""
+	for _, kv := range kvs {
+		c.applyLocked(kv.Key, kv.Value, false, 0)
+	}
+	c.rebuildIndexLocked()
+	c.setRevLocked(rev)
+	c.hub.resyncAll(rev)
+}
+
+func (c *Controller) setRevLocked(rev int64) {
+	if rev > c.rev {
+		c.rev = rev
+		close(c.revWait)
+		c.revWait = make(chan struct{})
+	}
+}
+
+// Revision returns the store revision the registry reflects.
+func (c *Controller) Revision() int64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.rev
+}
+
+// WaitRevision blocks until the registry reflects rev.
+func (c *Controller) WaitRevision(ctx context.Context, rev int64) error {
+	for {
+		c.mu.RLock()
+		cur, ch := c.rev, c.revWait
+		c.mu.RUnlock()
+		if cur >= rev {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// rebuildIndexLocked builds the topology index from the records (at load).
+func (c *Controller) rebuildIndexLocked() {
+	if c.plan == nil {
+		return
+	}
+	c.ix = topology.New(c.plan, c.cfg.Topology)
+	for _, n := range c.nodes {
+		if _, err := c.ix.Upsert(n.topo(c.health[n.Name].Healthy)); err != nil {
+			c.log.Warn("node outside the plan", "node", n.Name, "err", err)
+		}
+	}
+}
+
+// applyLocked applies one store event to the registry and, when live
+// (rev > 0), publishes the changes it causes.
+func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int64) {
+	var changes []topology.Change
+	switch {
+	case key == keySpec:
+		if deleted {
+			c.specYAML = ""
+			return
+		}
+		if r, err := decode[SpecRecord](value); err == nil {
+			c.specYAML = r.YAML
+		}
+	case key == keyPlan:
+		if deleted {
+			return
+		}
+		p, err := plan.Decode(value)
+		if err != nil {
+			c.log.Error("undecodable plan in store", "err", err)
+			return
+		}
+		c.plan = p
+		if rev == 0 {
+			return // the index is built once the load is complete
+		}
+		if c.ix == nil {
+			c.rebuildIndexLocked()
+			changes = []topology.Change{{Audience: topology.Audience{Scopes: []topology.Scope{{Kind: topology.ScopeAll}}}, Resync: true}}
+		} else {
+			changes = c.ix.SetPlan(p)
+		}
+	case strings.HasPrefix(key, prefixNodes):
+		name := strings.TrimPrefix(key, prefixNodes)
+		if deleted {
+			delete(c.nodes, name)
+			delete(c.status, name)
+			if c.ix != nil && rev > 0 {
+				changes = c.ix.Remove(name)
+			}
+			break
+		}
+		n, err := decode[NodeRecord](value)
+		if err != nil {
+			c.log.Error("undecodable node record", "key", key, "err", err)
+			return
+		}
+		c.nodes[name] = &n
+		if c.ix != nil && rev > 0 {
+			ch, err := c.ix.Upsert(n.topo(c.health[name].Healthy))
+			if err != nil {
+				c.log.Warn("node outside the plan", "node", name, "err", err)
+			}
+			changes = ch
+		}
+	case strings.HasPrefix(key, prefixHealth):
+		name := strings.TrimPrefix(key, prefixHealth)
+		if deleted {
+			delete(c.health, name)
+			if c.ix != nil && rev > 0 {
+				changes = c.ix.SetHealth(name, false)
+			}
+			break
+		}
+		h, err := decode[HealthRecord](value)
+		if err != nil {
+			return
+		}
+		old := c.health[name]
+		c.health[name] = h
+		if old.Healthy != h.Healthy {
+			c.log.Info("gateway health", "gateway", name, "healthy", h.Healthy, "reason", h.Reason)
+		}
+		if c.ix != nil && rev > 0 {
+			changes = c.ix.SetHealth(name, h.Healthy)
+		}
+	case strings.HasPrefix(key, prefixSlots):
+		region, cluster, n, ok := parseSlotKey(key)
+		if !ok {
+			return
+		}
+		ck := region + "/" + cluster
+		if deleted {
+			delete(c.slots[ck], n)
+			return
+		}
+		s, err := decode[SlotRecord](value)
+		if err != nil {
+			return
+		}
+		if c.slots[ck] == nil {
+			c.slots[ck] = map[int]SlotRecord{}
+		}
+		c.slots[ck][n] = s
+	}
+	if len(changes) > 0 && rev > 0 {
+		c.hub.publish(rev, changes, c.lookupLocked)
+	}
+}
+
+func (c *Controller) lookupLocked(name string) (*topology.Node, bool) {
+	if c.ix == nil {
+		return nil, false
+	}
+	return c.ix.Node(name)
+}

@@ -1,0 +1,230 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"time"
+
+	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/store"
+	"github.com/statemesh/statemesh/internal/topology"
+)
+
+var nodeNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// maxCandidates is how many free slots the in-memory registry proposes to
+// an enrollment transaction before it falls back to listing the slots.
+const maxCandidates = 8
+
+func parseEndpoint(field, s string) (netip.AddrPort, error) {
+	if s == "" {
+		return netip.AddrPort{}, nil
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Port() == 0 {
+		return netip.AddrPort{}, apiErr(api.CodeInvalidArgument, "%s %q: write IP:port (e.g. 192.0.2.10:51820)", field, s)
+	}
+	return ap, nil
+}
+
+// Enroll admits a node with a join token: it checks the token, allocates an
+// address slot in the token's cluster (or region, for gateways), signs the
+// node's certificate, and writes the node, its slot and the token's use
+// count in one transaction.
+func (c *Controller) Enroll(ctx context.Context, req api.EnrollRequest) (api.EnrollResponse, error) {
+	now := c.cfg.Now()
+	if !nodeNameRE.MatchString(req.Name) {
+		return api.EnrollResponse{}, apiErr(api.CodeInvalidArgument, "node name %q: use lowercase letters, digits and '-', at most 63 characters", req.Name)
+	}
+	switch req.Role {
+	case netmap.RoleNode, netmap.RoleOperator, netmap.RoleGateway:
+	default:
+		return api.EnrollResponse{}, apiErr(api.CodeInvalidArgument, "role %q: use node, operator or gateway", req.Role)
+	}
+	if req.PublicKey.IsZero() {
+		return api.EnrollResponse{}, apiErr(api.CodeInvalidArgument, "publicKey is missing")
+	}
+	ep, err := parseEndpoint("endpoint", req.Endpoint)
+	if err != nil {
+		return api.EnrollResponse{}, err
+	}
+	pep, err := parseEndpoint("publicEndpoint", req.PublicEndpoint)
+	if err != nil {
+		return api.EnrollResponse{}, err
+	}
+	tok, err := ParseJoinToken(req.Token)
+	if err != nil {
+		return api.EnrollResponse{}, apiErr(api.CodeTokenInvalid, "%v", err)
+	}
+	if tok.CAPin != c.ca.Pin() {
+		return api.EnrollResponse{}, apiErr(api.CodeTokenInvalid, "the token was issued by another controller CA")
+	}
+	if req.CSR == "" {
+		return api.EnrollResponse{}, apiErr(api.CodeInvalidArgument, "csr is missing")
+	}
+
+	c.mu.RLock()
+	p := c.plan
+	c.mu.RUnlock()
+	if p == nil {
+		return api.EnrollResponse{}, apiErr(api.CodeNoSpec, "no spec has been applied")
+	}
+
+	var rec NodeRecord
+	var certPEM string
+	rev, err := c.st.Update(ctx, func(tx store.Tx) error {
+		t, err := checkToken(tx, tok, req.Role, now)
+		if err != nil {
+			return err
+		}
+		if kv, err := tx.Get(nodeKey(req.Name)); err == nil {
+			old, derr := decode[NodeRecord](kv.Value)
+			if derr == nil && old.PublicKey == req.PublicKey && old.TokenID == t.ID {
+				// The same node enrolling again (it lost our answer):
+				// same record, fresh certificate.
+				rec = old
+				certPEM, rec.CertSerial, err = c.ca.SignNode(req.CSR, rec.Name, now, c.cfg.CertTTL)
+				if err != nil {
+					return apiErr(api.CodeInvalidArgument, "%v", err)
+				}
+				return tx.Put(nodeKey(rec.Name), encode(rec))
+			}
+			return apiErr(api.CodeAlreadyExists, "node %q is already enrolled with another key; remove it first (statemesh node remove %s)", req.Name, req.Name)
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		slot, err := c.allocateSlot(tx, p, t.Region, t.Cluster, now)
+		if err != nil {
+			return err
+		}
+		rec = NodeRecord{
+			Name: req.Name, Region: t.Region, Cluster: t.Cluster, Role: req.Role,
+			Class: netmap.ClassWeak, State: topology.StateActive,
+			PublicKey: req.PublicKey, Slot: slot, Endpoint: ep, PublicEndpoint: pep,
+			TokenID: t.ID, EnrolledAt: now,
+		}
+		if err := assignAddresses(&rec, p); err != nil {
+			return err
+		}
+		certPEM, rec.CertSerial, err = c.ca.SignNode(req.CSR, rec.Name, now, c.cfg.CertTTL)
+		if err != nil {
+			return apiErr(api.CodeInvalidArgument, "%v", err)
+		}
+		t.Used++
+		if err := tx.Put(tokenKey(t.ID), encode(t)); err != nil {
+			return err
+		}
+		if err := tx.Put(slotKey(rec.Region, rec.Cluster, slot), encode(SlotRecord{Node: rec.Name})); err != nil {
+			return err
+		}
+		return tx.Put(nodeKey(rec.Name), encode(rec))
+	})
+	if err != nil {
+		var ae *api.Error
+		if errors.As(err, &ae) {
+			c.log.Warn("enrollment refused", "node", req.Name, "code", ae.Code, "reason", ae.Message)
+		}
+		return api.EnrollResponse{}, err
+	}
+	c.log.Info("node enrolled", "node", rec.Name, "region", rec.Region, "cluster", rec.Cluster, "role", rec.Role, "overlay", rec.OverlayIPv4, "revision", rev)
+	return api.EnrollResponse{Node: nodeView(&rec, HealthRecord{}), Certificate: certPEM, CA: c.ca.CertPEM(), Revision: rev}, nil
+}
+
+// assignAddresses fills a node's addresses from its slot.
+func assignAddresses(rec *NodeRecord, p *plan.Plan) error {
+	if rec.Role == netmap.RoleGateway {
+		r, ok := p.Region(rec.Region)
+		if !ok || rec.Slot >= len(r.Gateways) {
+			return apiErr(api.CodeClusterFull, "region %s has no gateway slot %d", rec.Region, rec.Slot)
+		}
+		rec.OverlayIPv4, rec.OverlayIPv6 = r.Gateways[rec.Slot].OverlayIPv4, r.Gateways[rec.Slot].OverlayIPv6
+		return nil
+	}
+	cl, ok := p.Cluster(rec.Region, rec.Cluster)
+	if !ok {
+		return apiErr(api.CodeNotFound, "cluster %s/%s is not in the plan", rec.Region, rec.Cluster)
+	}
+	rec.OverlayIPv4, rec.OverlayIPv6, rec.PodIPv4, rec.PodIPv6 = cl.NodeAddresses(rec.Slot)
+	return nil
+}
+
+// slotLimit is how many slots a cluster (or a region's gateways) has.
+func slotLimit(p *plan.Plan, region, cluster string) (int, error) {
+	if cluster == "" {
+		r, ok := p.Region(region)
+		if !ok {
+			return 0, apiErr(api.CodeNotFound, "region %q is not in the plan", region)
+		}
+		return len(r.Gateways), nil
+	}
+	cl, ok := p.Cluster(region, cluster)
+	if !ok {
+		return 0, apiErr(api.CodeNotFound, "cluster %s/%s is not in the plan", region, cluster)
+	}
+	return cl.Slots(), nil
+}
+
+// allocateSlot finds a free address slot inside the transaction. The
+// registry proposes candidates; each is confirmed by reading its slot key in
+// the transaction (so concurrent enrollments on other replicas conflict and
+// retry rather than share a slot). When every candidate is taken, the
+// cluster's slots are listed in the transaction to decide authoritatively.
+func (c *Controller) allocateSlot(tx store.Tx, p *plan.Plan, region, cluster string, now time.Time) (int, error) {
+	limit, err := slotLimit(p, region, cluster)
+	if err != nil {
+		return 0, err
+	}
+	for _, n := range c.slotCandidates(region, cluster, limit, now) {
+		kv, err := tx.Get(slotKey(region, cluster, n))
+		if errors.Is(err, store.ErrNotFound) {
+			return n, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		if s, err := decode[SlotRecord](kv.Value); err == nil && s.free(now, c.cfg.SlotGrace) {
+			return n, nil
+		}
+	}
+	kvs, err := tx.List(slotPrefix(region, cluster))
+	if err != nil {
+		return 0, err
+	}
+	taken := make(map[int]bool, len(kvs))
+	for _, kv := range kvs {
+		_, _, n, ok := parseSlotKey(kv.Key)
+		s, err := decode[SlotRecord](kv.Value)
+		if ok && (err != nil || !s.free(now, c.cfg.SlotGrace)) {
+			taken[n] = true
+		}
+	}
+	for n := range limit {
+		if !taken[n] {
+			return n, nil
+		}
+	}
+	what := fmt.Sprintf("cluster %s/%s", region, cluster)
+	if cluster == "" {
+		what = fmt.Sprintf("region %s's gateways", region)
+	}
+	return 0, apiErr(api.CodeClusterFull, "%s is full: all %d address slots are in use (or released less than %s ago); raise maxNodes (or gateways) in the spec, or remove nodes", what, limit, c.cfg.SlotGrace)
+}
+
+// slotCandidates proposes free slots from the registry.
+func (c *Controller) slotCandidates(region, cluster string, limit int, now time.Time) []int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	used := c.slots[region+"/"+cluster]
+	var out []int
+	for n := 0; n < limit && len(out) < maxCandidates; n++ {
+		if s, ok := used[n]; !ok || s.free(now, c.cfg.SlotGrace) {
+			out = append(out, n)
+		}
+	}
+	return out
+}

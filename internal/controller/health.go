@@ -1,0 +1,128 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/store"
+	"github.com/statemesh/statemesh/internal/topology"
+)
+
+// statusEntry is the last status a node reported to this replica.
+type statusEntry struct {
+	at     time.Time
+	report api.StatusReport
+}
+
+// AuthenticateNode checks that a node's client certificate is its current
+// one and that the node still exists: removal takes effect at once.
+func (c *Controller) AuthenticateNode(name, serial string) error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	n, ok := c.nodes[name]
+	if !ok {
+		return apiErr(api.CodeUnauthenticated, "node %q is not enrolled (removed?)", name)
+	}
+	if n.CertSerial != serial {
+		return apiErr(api.CodeUnauthenticated, "certificate of node %q was superseded", name)
+	}
+	return nil
+}
+
+// ReportStatus records a node's status. For a gateway it is also the
+// heartbeat that keeps it designated.
+func (c *Controller) ReportStatus(ctx context.Context, name string, r api.StatusReport) error {
+	now := c.cfg.Now()
+	c.mu.Lock()
+	n, ok := c.nodes[name]
+	if !ok {
+		c.mu.Unlock()
+		return apiErr(api.CodeNotFound, "no node %q", name)
+	}
+	c.status[name] = statusEntry{at: now, report: r}
+	gateway := n.Role == netmap.RoleGateway && n.State == topology.StateActive
+	h := c.health[name]
+	c.mu.Unlock()
+	if !gateway {
+		return nil
+	}
+	// Write the heartbeat when health flips, and otherwise often enough
+	// that every replica's monitor sees it alive.
+	if h.Healthy == r.Healthy && now.Sub(h.LastHeartbeat) < c.cfg.HeartbeatTimeout/3 {
+		return nil
+	}
+	_, err := c.st.Update(ctx, func(tx store.Tx) error {
+		cur := HealthRecord{}
+		if kv, err := tx.Get(healthKey(name)); err == nil {
+			cur, _ = decode[HealthRecord](kv.Value)
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		next := HealthRecord{Healthy: r.Healthy, LastHeartbeat: now, Since: cur.Since, Reason: r.Message}
+		if cur.Healthy != r.Healthy || cur.Since.IsZero() {
+			next.Since = now
+		}
+		if next.Reason == "" && r.Healthy {
+			next.Reason = "heartbeat"
+		}
+		return tx.Put(healthKey(name), encode(next))
+	})
+	if err != nil {
+		return fmt.Errorf("recording heartbeat: %w", err)
+	}
+	return nil
+}
+
+// healthMonitor marks gateways unhealthy when their heartbeats stop. Every
+// replica runs it; the transaction re-reads the record so that a heartbeat
+// that arrived meanwhile wins.
+func (c *Controller) healthMonitor(ctx context.Context) {
+	t := time.NewTicker(c.cfg.HealthInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := c.cfg.Now()
+		var stale []string
+		c.mu.RLock()
+		for name, h := range c.health {
+			if h.Healthy && now.Sub(h.LastHeartbeat) > c.cfg.HeartbeatTimeout {
+				stale = append(stale, name)
+			}
+		}
+		c.mu.RUnlock()
+		for _, name := range stale {
+			_, err := c.st.Update(ctx, func(tx store.Tx) error {
+				kv, err := tx.Get(healthKey(name))
+				if err != nil {
+					return err
+				}
+				h, err := decode[HealthRecord](kv.Value)
+				if err != nil || !h.Healthy || now.Sub(h.LastHeartbeat) <= c.cfg.HeartbeatTimeout {
+					return err
+				}
+				h.Healthy = false
+				h.Since = now
+				h.Reason = fmt.Sprintf("no heartbeat for %s", now.Sub(h.LastHeartbeat).Round(time.Millisecond))
+				return tx.Put(healthKey(name), encode(h))
+			})
+			if err != nil && ctx.Err() == nil && !errors.Is(err, store.ErrNotFound) {
+				c.log.Warn("marking gateway unhealthy", "gateway", name, "err", err)
+			}
+		}
+	}
+}
+
+// Streams returns the number of open watch streams on this replica.
+func (c *Controller) Streams() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.hub.len()
+}

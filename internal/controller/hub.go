@@ -1,0 +1,236 @@
+package controller
+
+import (
+	"encoding/json"
+	"sync/atomic"
+
+	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/topology"
+)
+
+// hub fans deltas out to watch streams. Each change is encoded once and the
+// same bytes are queued to every subscriber in its audience; subscribers
+// are indexed by cluster and by region so a change visits only the streams
+// it concerns. Each subscriber has a bounded queue: one that falls behind
+// is flagged and resynchronized with a snapshot instead of growing memory
+// or slowing the others.
+//
+// All methods are called with Controller.mu held (write for publish and
+// subscribe, so a new subscriber's snapshot and its queue are consistent).
+type hub struct {
+	queueLen  int
+	subs      map[string]*subscriber
+	byCluster map[string]map[*subscriber]struct{}
+	byRegion  map[string]map[*subscriber]struct{} // gateways by region
+	gateways  map[*subscriber]struct{}
+	history   []histEntry // ring, oldest first
+	histLen   int
+	// floor is the highest revision not covered by history: a resume from
+	// a revision ≥ floor is complete.
+	floor int64
+
+	published atomic.Int64 // frames queued, for tests and metrics
+	dropped   atomic.Int64 // subscribers flagged for overflow
+}
+
+type histEntry struct {
+	rev    int64
+	change topology.Change
+}
+
+// subscriber is one node's watch stream.
+type subscriber struct {
+	name     string
+	cluster  string // region/cluster, "" for gateways
+	region   string
+	gateway  bool
+	frames   chan frame
+	overflow atomic.Bool
+}
+
+// frame is a pre-encoded watch frame; resync asks the stream for a fresh
+// snapshot.
+type frame struct {
+	rev    int64
+	data   []byte
+	resync bool
+}
+
+func newHub(histLen, queueLen int) *hub {
+	return &hub{
+		queueLen:  queueLen,
+		subs:      map[string]*subscriber{},
+		byCluster: map[string]map[*subscriber]struct{}{},
+		byRegion:  map[string]map[*subscriber]struct{}{},
+		gateways:  map[*subscriber]struct{}{},
+		histLen:   histLen,
+	}
+}
+
+func addTo(m map[string]map[*subscriber]struct{}, k string, s *subscriber) {
+	if m[k] == nil {
+		m[k] = map[*subscriber]struct{}{}
+	}
+	m[k][s] = struct{}{}
+}
+
+// subscribe registers a stream for node n, replacing an older stream of
+// the same node (which is told to stop by closing its queue).
+func (h *hub) subscribe(n *topology.Node) *subscriber {
+	if old, ok := h.subs[n.Name]; ok {
+		h.unsubscribe(old)
+	}
+	s := &subscriber{name: n.Name, region: n.Region, gateway: n.IsGateway(), frames: make(chan frame, h.queueLen)}
+	h.subs[n.Name] = s
+	if s.gateway {
+		addTo(h.byRegion, n.Region, s)
+		h.gateways[s] = struct{}{}
+	} else {
+		s.cluster = n.Region + "/" + n.Cluster
+		addTo(h.byCluster, s.cluster, s)
+	}
+	return s
+}
+
+// unsubscribe removes a stream; it is a no-op for a replaced stream.
+func (h *hub) unsubscribe(s *subscriber) {
+	if h.subs[s.name] != s {
+		return
+	}
+	delete(h.subs, s.name)
+	delete(h.byCluster[s.cluster], s)
+	delete(h.byRegion[s.region], s)
+	delete(h.gateways, s)
+	close(s.frames)
+}
+
+// Len returns the number of open streams.
+func (h *hub) len() int { return len(h.subs) }
+
+func (h *hub) enqueue(s *subscriber, f frame) {
+	select {
+	case s.frames <- f:
+		h.published.Add(1)
+	default:
+		if !s.overflow.Swap(true) {
+			h.dropped.Add(1)
+		}
+	}
+}
+
+// publish queues the changes of one revision to every stream in their
+// audiences and records them for resumption. lookup returns a node's
+// current topology record (its state decides whether it is included).
+func (h *hub) publish(rev int64, changes []topology.Change, lookup func(string) (*topology.Node, bool)) {
+	for _, ch := range changes {
+		h.record(rev, ch)
+		var shared []byte
+		deliver := func(s *subscriber) {
+			n, ok := lookup(s.name)
+			if !ok {
+				// Removed: a resync makes the stream notice and end.
+				h.enqueue(s, frame{rev: rev, resync: true})
+				return
+			}
+			if !ch.Audience.Includes(n) {
+				return
+			}
+			if ch.Resync {
+				h.enqueue(s, frame{rev: rev, resync: true})
+				return
+			}
+			if ch.Names(s.name) {
+				d := ch.For(s.name)
+				if d.Empty() {
+					return
+				}
+				h.enqueue(s, frame{rev: rev, data: encodeDelta(rev, d)})
+				return
+			}
+			if shared == nil {
+				shared = encodeDelta(rev, ch.Delta)
+			}
+			h.enqueue(s, frame{rev: rev, data: shared})
+		}
+		for _, sc := range ch.Audience.Scopes {
+			switch sc.Kind {
+			case topology.ScopeCluster:
+				for s := range h.byCluster[sc.Region+"/"+sc.Cluster] {
+					deliver(s)
+				}
+			case topology.ScopeRegionGateways:
+				for s := range h.byRegion[sc.Region] {
+					deliver(s)
+				}
+			case topology.ScopeOtherGateways:
+				for s := range h.gateways {
+					if s.region != sc.Region {
+						deliver(s)
+					}
+				}
+			case topology.ScopeNode:
+				if s, ok := h.subs[sc.Node]; ok {
+					deliver(s)
+				}
+			case topology.ScopeAll:
+				for _, s := range h.subs {
+					deliver(s)
+				}
+			}
+		}
+	}
+}
+
+func (h *hub) record(rev int64, ch topology.Change) {
+	if len(h.history) >= h.histLen {
+		// Drop the oldest quarter at once to keep appends amortized.
+		n := max(1, h.histLen/4)
+		h.floor = h.history[n-1].rev
+		h.history = append(h.history[:0], h.history[n:]...)
+	}
+	h.history = append(h.history, histEntry{rev: rev, change: ch})
+}
+
+// since returns the frames node n missed after revision from, or ok=false
+// when history does not cover it or a resync is among them (then the stream
+// starts with a snapshot).
+func (h *hub) since(from int64, n *topology.Node) ([]frame, bool) {
+	if from < h.floor {
+		return nil, false
+	}
+	var out []frame
+	for _, e := range h.history {
+		if e.rev <= from || !e.change.Audience.Includes(n) {
+			continue
+		}
+		if e.change.Resync {
+			return nil, false
+		}
+		d := e.change.For(n.Name)
+		if d.Empty() {
+			continue
+		}
+		out = append(out, frame{rev: e.rev, data: encodeDelta(e.rev, d)})
+	}
+	return out, true
+}
+
+// resyncAll asks every stream for a fresh snapshot (after a reload) and
+// forgets history.
+func (h *hub) resyncAll(rev int64) {
+	h.history = nil
+	h.floor = rev
+	for _, s := range h.subs {
+		h.enqueue(s, frame{rev: rev, resync: true})
+	}
+}
+
+func encodeDelta(rev int64, d netmap.Delta) []byte {
+	d.Revision = rev
+	b, err := json.Marshal(api.Frame{Type: api.FrameDelta, Revision: rev, Delta: &d})
+	if err != nil {
+		panic(err) // plain structs
+	}
+	return append(b, '\n')
+}

@@ -1,0 +1,199 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/netmap"
+)
+
+// ErrStreamReplaced ends a stream that a newer stream of the same node
+// replaced.
+var ErrStreamReplaced = errors.New("a newer watch stream of this node replaced this one")
+
+// ErrNodeGone ends the stream of a node that was removed.
+var ErrNodeGone = errors.New("node removed")
+
+// Snapshot returns a node's current map and the revision it reflects.
+func (c *Controller) Snapshot(name string) (netmap.Map, int64, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.snapshotLocked(name)
+}
+
+func (c *Controller) snapshotLocked(name string) (netmap.Map, int64, error) {
+	if c.ix == nil {
+		return netmap.Map{}, c.rev, apiErr(api.CodeNoSpec, "no spec has been applied")
+	}
+	m, ok := c.ix.Map(name)
+	if !ok {
+		return netmap.Map{}, c.rev, ErrNodeGone
+	}
+	m.Revision = c.rev
+	return m, c.rev, nil
+}
+
+func encodeSnapshot(m netmap.Map) []byte {
+	b, err := json.Marshal(api.Frame{Type: api.FrameSnapshot, Revision: m.Revision, Map: &m})
+	if err != nil {
+		panic(err)
+	}
+	return append(b, '\n')
+}
+
+// Sink receives a watch stream's frames. Flush is called when no frame is
+// waiting, so transports can batch writes.
+type Sink interface {
+	Write(frame []byte) error
+	Flush() error
+}
+
+// Watch streams a node's map: a snapshot (or, when from > 0 and history
+// covers it, only the missed deltas), then deltas, and pings every
+// pingEvery. It returns when ctx ends, the sink fails, the node is removed,
+// or a newer stream of the same node replaces it.
+func (c *Controller) Watch(ctx context.Context, name string, from int64, sink Sink, pingEvery time.Duration) error {
+	// The node may have enrolled a moment ago on this or another replica:
+	// wait (briefly) for the registry to know it.
+	deadline := time.Now().Add(10 * time.Second)
+	var initial [][]byte
+	var sub *subscriber
+	var last int64 // revision of the last snapshot sent; frames up to it are skipped
+	for {
+		c.mu.Lock()
+		n, ok := c.lookupLocked(name)
+		if ok {
+			frames, covered := []frame(nil), false
+			if from > 0 && from <= c.rev {
+				frames, covered = c.hub.since(from, n)
+			}
+			if covered {
+				for _, f := range frames {
+					initial = append(initial, f.data)
+				}
+				if len(frames) == 0 {
+					// Nothing missed: a ping tells the client where it is.
+					initial = append(initial, pingFrame(c.rev))
+				}
+			} else {
+				m, _, err := c.snapshotLocked(name)
+				if err != nil {
+					c.mu.Unlock()
+					return err
+				}
+				initial = append(initial, encodeSnapshot(m))
+				last = m.Revision
+			}
+			sub = c.hub.subscribe(n)
+			c.mu.Unlock()
+			break
+		}
+		ch := c.revWait
+		c.mu.Unlock()
+		if time.Now().After(deadline) {
+			return ErrNodeGone
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	defer func() {
+		c.mu.Lock()
+		c.hub.unsubscribe(sub)
+		c.mu.Unlock()
+	}()
+	for _, f := range initial {
+		if err := sink.Write(f); err != nil {
+			return err
+		}
+	}
+	if err := sink.Flush(); err != nil {
+		return err
+	}
+	ping := time.NewTicker(pingEvery)
+	defer ping.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ping.C:
+			if err := sink.Write(pingFrame(c.Revision())); err != nil {
+				return err
+			}
+			if err := sink.Flush(); err != nil {
+				return err
+			}
+		case f, ok := <-sub.frames:
+			if !ok {
+				return ErrStreamReplaced
+			}
+			if err := c.deliver(sub, f, sink, &last); err != nil {
+				return err
+			}
+			// Drain what is already queued before flushing.
+		drain:
+			for {
+				select {
+				case f, ok := <-sub.frames:
+					if !ok {
+						return ErrStreamReplaced
+					}
+					if err := c.deliver(sub, f, sink, &last); err != nil {
+						return err
+					}
+				default:
+					break drain
+				}
+			}
+			if err := sink.Flush(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// deliver writes one frame; a resync frame, or a stream that overflowed,
+// gets a fresh snapshot instead.
+func (c *Controller) deliver(sub *subscriber, f frame, sink Sink, last *int64) error {
+	if sub.overflow.Load() {
+		// Skip everything queued: the snapshot supersedes it.
+		for {
+			select {
+			case _, ok := <-sub.frames:
+				if !ok {
+					return ErrStreamReplaced
+				}
+				continue
+			default:
+			}
+			break
+		}
+		sub.overflow.Store(false)
+		f = frame{resync: true}
+	}
+	if !f.resync {
+		if f.rev <= *last {
+			return nil // already in the snapshot the client has
+		}
+		return sink.Write(f.data)
+	}
+	c.mu.RLock()
+	m, _, err := c.snapshotLocked(sub.name)
+	c.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	*last = m.Revision
+	return sink.Write(encodeSnapshot(m))
+}
+
+func pingFrame(rev int64) []byte {
+	b, _ := json.Marshal(api.Frame{Type: api.FramePing, Revision: rev})
+	return append(b, '\n')
+}

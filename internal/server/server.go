@@ -1,0 +1,426 @@
+// Package server exposes a controller over HTTPS: the v1 JSON API of
+// package api, TLS 1.3 with the controller's CA, admin bearer tokens, node
+// client certificates, body limits, and streaming of network maps.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/controller"
+)
+
+// Config configures the server.
+type Config struct {
+	Controller *controller.Controller
+	Logger     *slog.Logger
+	// Hosts are the names and addresses the serving certificate is valid
+	// for (the listen address is added).
+	Hosts []string
+	// PingEvery is the watch keepalive interval (default 15s).
+	PingEvery time.Duration
+}
+
+// Server is the HTTPS API server.
+type Server struct {
+	cfg  Config
+	c    *controller.Controller
+	log  *slog.Logger
+	http *http.Server
+	mux  *http.ServeMux
+}
+
+// New builds a server.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.PingEvery == 0 {
+		cfg.PingEvery = 15 * time.Second
+	}
+	s := &Server{cfg: cfg, c: cfg.Controller, log: cfg.Logger, mux: http.NewServeMux()}
+	s.routes()
+	return s
+}
+
+// Handler returns the API handler (tests wrap it).
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// TLSConfig returns the server's TLS configuration: TLS 1.3 only, no
+// session resumption, client certificates verified when presented.
+func (s *Server) TLSConfig(hosts []string) (*tls.Config, error) {
+	cert, err := s.c.CA().ServerCertificate(hosts, time.Now(), 365*24*time.Hour)
+	if err != nil {
+		return nil, fmt.Errorf("issuing serving certificate: %w", err)
+	}
+	return &tls.Config{
+		MinVersion:             tls.VersionTLS13,
+		Certificates:           []tls.Certificate{cert},
+		ClientAuth:             tls.VerifyClientCertIfGiven,
+		ClientCAs:              s.c.CA().Pool(),
+		SessionTicketsDisabled: true,
+	}, nil
+}
+
+// Serve serves on l until ctx ends.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	hosts := append([]string{}, s.cfg.Hosts...)
+	if host, _, err := net.SplitHostPort(l.Addr().String()); err == nil {
+		hosts = append(hosts, host)
+	}
+	hosts = append(hosts, "localhost", "127.0.0.1", "::1")
+	tc, err := s.TLSConfig(hosts)
+	if err != nil {
+		return err
+	}
+	s.http = &http.Server{
+		Handler:           s.mux,
+		TLSConfig:         tc,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		s.http.Shutdown(sctx)
+		s.http.Close()
+	}()
+	err = s.http.Serve(tls.NewListener(l, tc))
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+type handler func(w http.ResponseWriter, r *http.Request) error
+
+func (s *Server) routes() {
+	admin := func(pattern string, h handler) { s.mux.Handle(pattern, s.wrap(s.adminAuth(h))) }
+	node := func(pattern string, h func(w http.ResponseWriter, r *http.Request, name string) error) {
+		s.mux.Handle(pattern, s.wrap(s.nodeAuth(h)))
+	}
+	admin("PUT /v1/spec", s.applySpec)
+	admin("GET /v1/spec", s.getSpec)
+	admin("GET /v1/plan", s.getPlan)
+	admin("GET /v1/regions", s.listRegions)
+	admin("GET /v1/clusters", s.listClusters)
+	admin("GET /v1/nodes", s.listNodes)
+	admin("GET /v1/nodes/{name}", s.getNode)
+	admin("DELETE /v1/nodes/{name}", s.removeNode)
+	admin("POST /v1/nodes/{name}/quarantine", s.quarantine)
+	admin("POST /v1/nodes/{name}/release", s.release)
+	admin("GET /v1/tokens", s.listTokens)
+	admin("POST /v1/tokens", s.createToken)
+	admin("DELETE /v1/tokens/{id}", s.revokeToken)
+	s.mux.Handle("POST /v1/enroll", s.wrap(s.enroll))
+	node("GET /v1/node/map", s.watchMap)
+	node("POST /v1/node/status", s.reportStatus)
+	s.mux.HandleFunc("GET /v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/yaml")
+		w.Write(api.OpenAPI)
+	})
+	s.mux.Handle("/", s.wrap(func(w http.ResponseWriter, r *http.Request) error {
+		return &api.Error{Code: api.CodeNotFound, Message: fmt.Sprintf("no API route %s %s", r.Method, r.URL.Path)}
+	}))
+}
+
+// status maps error codes to HTTP statuses.
+func status(code string) int {
+	switch code {
+	case api.CodeInvalidArgument, api.CodeSpecInvalid, api.CodePlanInfeasible:
+		return http.StatusBadRequest
+	case api.CodeUnauthenticated, api.CodeTokenInvalid, api.CodeTokenExpired, api.CodeTokenUsedUp, api.CodeTokenRevoked:
+		return http.StatusUnauthorized
+	case api.CodePermissionDenied, api.CodeAttestationFailed, api.CodeQuarantined:
+		return http.StatusForbidden
+	case api.CodeNotFound:
+		return http.StatusNotFound
+	case api.CodeAlreadyExists, api.CodeConflict, api.CodeNoSpec:
+		return http.StatusConflict
+	case api.CodeTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case api.CodeClusterFull:
+		return http.StatusInsufficientStorage
+	case api.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+// wrap turns handler errors into API error responses.
+func (s *Server) wrap(h handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		err := h(w, r)
+		if err == nil {
+			return
+		}
+		var ae *api.Error
+		if !errors.As(err, &ae) {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				ae = &api.Error{Code: api.CodeTooLarge, Message: fmt.Sprintf("request body exceeds %d bytes", mbe.Limit)}
+			} else if errors.Is(err, context.Canceled) {
+				return
+			} else {
+				s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+				ae = &api.Error{Code: api.CodeInternal, Message: "internal error; see the controller log"}
+			}
+		}
+		writeJSON(w, status(ae.Code), api.ErrorResponse{Error: *ae})
+	})
+}
+
+func (s *Server) adminAuth(h handler) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || tok == "" {
+			return &api.Error{Code: api.CodeUnauthenticated, Message: "admin calls need Authorization: Bearer <admin token> (see the controller's admin.json)"}
+		}
+		if err := s.c.AuthenticateAdmin(r.Context(), tok); err != nil {
+			return err
+		}
+		return h(w, r)
+	}
+}
+
+func (s *Server) nodeAuth(h func(w http.ResponseWriter, r *http.Request, name string) error) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+			return &api.Error{Code: api.CodeUnauthenticated, Message: "node calls need the client certificate issued at enrollment"}
+		}
+		name, serial, err := controller.NodeIdentity(r.TLS.VerifiedChains[0][0])
+		if err != nil {
+			return &api.Error{Code: api.CodeUnauthenticated, Message: err.Error()}
+		}
+		if err := s.c.AuthenticateNode(name, serial); err != nil {
+			return err
+		}
+		return h(w, r, name)
+	}
+}
+
+// readJSON decodes a bounded JSON body, refusing unknown fields.
+func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	r.Body = http.MaxBytesReader(w, r.Body, api.MaxRequestBytes)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return &api.Error{Code: api.CodeInvalidArgument, Message: "malformed JSON body: " + err.Error()}
+	}
+	if dec.More() {
+		return &api.Error{Code: api.CodeInvalidArgument, Message: "trailing data after the JSON body"}
+	}
+	return nil
+}
+
+func (s *Server) applySpec(w http.ResponseWriter, r *http.Request) error {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, api.MaxSpecBytes))
+	if err != nil {
+		return err
+	}
+	res, err := s.c.ApplySpec(r.Context(), body)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+func (s *Server) getSpec(w http.ResponseWriter, r *http.Request) error {
+	y, err := s.c.Spec()
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/yaml")
+	io.WriteString(w, y)
+	return nil
+}
+
+func (s *Server) getPlan(w http.ResponseWriter, r *http.Request) error {
+	p, err := s.c.Plan()
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, p)
+	return nil
+}
+
+func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) error {
+	rs, err := s.c.Regions()
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, rs)
+	return nil
+}
+
+func (s *Server) listClusters(w http.ResponseWriter, r *http.Request) error {
+	cs, err := s.c.Clusters()
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, cs)
+	return nil
+}
+
+func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, s.c.Nodes(r.URL.Query().Get("region"), r.URL.Query().Get("cluster")))
+	return nil
+}
+
+func (s *Server) getNode(w http.ResponseWriter, r *http.Request) error {
+	n, err := s.c.Node(r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, n)
+	return nil
+}
+
+func (s *Server) removeNode(w http.ResponseWriter, r *http.Request) error {
+	if err := s.c.RemoveNode(r.Context(), r.PathValue("name")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) quarantine(w http.ResponseWriter, r *http.Request) error {
+	n, err := s.c.Quarantine(r.Context(), r.PathValue("name"), "quarantined by admin")
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, n)
+	return nil
+}
+
+func (s *Server) release(w http.ResponseWriter, r *http.Request) error {
+	n, err := s.c.Release(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, n)
+	return nil
+}
+
+func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) error {
+	ts, err := s.c.ListTokens(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, ts)
+	return nil
+}
+
+func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
+	var req api.CreateTokenRequest
+	if err := readJSON(w, r, &req); err != nil {
+		return err
+	}
+	t, err := s.c.CreateToken(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, t)
+	return nil
+}
+
+func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) error {
+	if err := s.c.RevokeToken(r.Context(), r.PathValue("id")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
+	var req api.EnrollRequest
+	if err := readJSON(w, r, &req); err != nil {
+		return err
+	}
+	resp, err := s.c.Enroll(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+func (s *Server) reportStatus(w http.ResponseWriter, r *http.Request, name string) error {
+	var rep api.StatusReport
+	if err := readJSON(w, r, &rep); err != nil {
+		return err
+	}
+	if err := s.c.ReportStatus(r.Context(), name, rep); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// streamSink writes frames to a streaming response.
+type streamSink struct {
+	w http.ResponseWriter
+	f http.Flusher
+}
+
+func (s streamSink) Write(b []byte) error { _, err := s.w.Write(b); return err }
+func (s streamSink) Flush() error         { s.f.Flush(); return nil }
+
+func (s *Server) watchMap(w http.ResponseWriter, r *http.Request, name string) error {
+	q := r.URL.Query()
+	var from int64
+	if v := q.Get("revision"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return &api.Error{Code: api.CodeInvalidArgument, Message: fmt.Sprintf("revision %q: want a non-negative integer", v)}
+		}
+		from = n
+	}
+	watch := q.Get("watch") == "true" || q.Get("watch") == "1"
+	if !watch {
+		m, _, err := s.c.Snapshot(name)
+		if err != nil {
+			return err
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		json.NewEncoder(w).Encode(api.Frame{Type: api.FrameSnapshot, Revision: m.Revision, Map: &m})
+		return nil
+	}
+	f, ok := w.(http.Flusher)
+	if !ok {
+		return errors.New("response writer cannot stream")
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	err := s.c.Watch(r.Context(), name, from, streamSink{w, f}, s.cfg.PingEvery)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		s.log.Debug("watch stream ended", "node", name, "err", err)
+	}
+	return nil
+}
