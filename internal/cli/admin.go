@@ -393,4 +393,3 @@ func newNodeCmd(e *env) *cobra.Command {
 	)
 	return cmd
 }
-

@@ -38,8 +38,8 @@ func newLogger(w *os.File, level string) (*slog.Logger, error) {
 
 type controllerFlags struct {
 	dataDir, listen, advertise, storeKind, etcdEndpoints, etcdPrefix, logLevel, apply string
-	hosts                                                                            []string
-	heartbeatTimeout                                                                 time.Duration
+	hosts                                                                             []string
+	heartbeatTimeout                                                                  time.Duration
 }
 
 func newControllerCmd(e *env) *cobra.Command {
