@@ -77,6 +77,9 @@ Start with:  statemesh validate -f mesh.yaml
 		newGetCmd(e),
 		newTokenCmd(e),
 		newNodeCmd(e),
+		newAgentCmd(e),
+		newWireGuardGoCmd(e),
+		newLabCmd(e),
 	)
 	var setArgs func(c *cobra.Command)
 	setArgs = func(c *cobra.Command) {

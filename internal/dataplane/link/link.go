@@ -33,7 +33,7 @@ type Link struct {
 func New(name string, ns netns.NsHandle) (*Link, error) {
 	var h *netlink.Handle
 	var err error
-	if ns.IsOpen() {
+	if ns > 0 {
 		h, err = netlink.NewHandleAt(ns)
 	} else {
 		h, err = netlink.NewHandle()
@@ -217,7 +217,7 @@ func (l *Link) setForwarding(on bool) error {
 // Do runs fn on an OS thread switched into ns (or directly when ns is not
 // open).
 func Do(ns netns.NsHandle, fn func() error) error {
-	if !ns.IsOpen() {
+	if ns <= 0 {
 		return fn()
 	}
 	runtime.LockOSThread()

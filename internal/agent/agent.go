@@ -1,0 +1,489 @@
+// Package agent is the node agent: it owns the node's WireGuard key,
+// enrolls with a join token, then follows its network map from the
+// controller and keeps the kernel in line with it (package dataplane/wg).
+//
+// It is restart-safe and headless: the last applied map is persisted, so a
+// restarted agent re-applies it (adopting the existing interface with zero
+// operations) before the controller answers, and keeps the data plane as it
+// is while the controller is away; on reconnection it resumes from the
+// revision it has.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/apiclient"
+	"github.com/statemesh/statemesh/internal/dataplane/wg"
+	"github.com/statemesh/statemesh/internal/netmap"
+)
+
+// Files in the agent's data directory.
+const (
+	KeyFile      = "wireguard.key"
+	IdentityFile = "identity.json"
+	MapFile      = "map.json"
+)
+
+// Config configures an agent.
+type Config struct {
+	Controller string
+	Token      string
+	Name       string
+	Role       string
+	DataDir    string
+	// Endpoint is where peers reach this node (IP:port); default: the
+	// address this host uses to reach the controller, port ListenPort.
+	Endpoint string
+	// PublicEndpoint is where other regions' gateways reach a gateway.
+	PublicEndpoint string
+	ListenPort     int
+	// Interface overrides the map's interface name (default: the map's).
+	Interface string
+	// WireGuard is kernel, userspace or auto.
+	WireGuard        string
+	UserspaceCommand []string
+	// StatusEvery is the status/heartbeat interval (default 1s for
+	// gateways, 10s otherwise). ReconcileEvery re-applies the map to repair
+	// drift (default 30s).
+	StatusEvery    time.Duration
+	ReconcileEvery time.Duration
+	// StaleAfter is the handshake age after which a peer with keepalive
+	// counts as stale (default 3m).
+	StaleAfter time.Duration
+	Logger     *slog.Logger
+}
+
+// Agent is a running node agent.
+type Agent struct {
+	cfg  Config
+	log  *slog.Logger
+	key  netmap.Key
+	id   *apiclient.Identity
+	cli  *apiclient.Client
+	dev  *wg.Device
+	mu   sync.Mutex
+	cur  netmap.Map // desired map (from the controller)
+	prev netmap.Map // last successfully applied map
+	ok   bool       // last apply succeeded
+	// applies counts map applications (tests and metrics).
+	applies int
+}
+
+func (c *Config) setDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Role == "" {
+		c.Role = netmap.RoleNode
+	}
+	if c.ListenPort == 0 {
+		c.ListenPort = 51820
+	}
+	if c.WireGuard == "" {
+		c.WireGuard = wg.ModeAuto
+	}
+	if c.StatusEvery == 0 {
+		c.StatusEvery = 10 * time.Second
+		if c.Role == netmap.RoleGateway {
+			c.StatusEvery = time.Second
+		}
+	}
+	if c.ReconcileEvery == 0 {
+		c.ReconcileEvery = 30 * time.Second
+	}
+	if c.StaleAfter == 0 {
+		c.StaleAfter = 3 * time.Minute
+	}
+	if c.Name == "" {
+		c.Name, _ = os.Hostname()
+	}
+}
+
+// New prepares an agent: loads or creates its key, loads its identity or
+// enrolls.
+func New(ctx context.Context, cfg Config) (*Agent, error) {
+	cfg.setDefaults()
+	if cfg.DataDir == "" {
+		return nil, errors.New("agent: no data dir")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger}
+	var err error
+	if a.key, err = loadOrCreateKey(filepath.Join(cfg.DataDir, KeyFile)); err != nil {
+		return nil, err
+	}
+	if a.id, err = a.identity(ctx); err != nil {
+		return nil, err
+	}
+	if a.cli, err = a.id.Client(); err != nil {
+		return nil, err
+	}
+	if m, err := loadMap(filepath.Join(cfg.DataDir, MapFile)); err == nil {
+		a.cur = m
+		a.log.Info("loaded last applied map", "revision", m.Revision, "peers", len(m.Peers))
+	} else if !errors.Is(err, os.ErrNotExist) {
+		a.log.Warn("ignoring unreadable saved map; resyncing from the controller", "err", err)
+	}
+	return a, nil
+}
+
+// Name returns the node's name.
+func (a *Agent) Name() string { return a.id.Node.Name }
+
+// Identity returns the node's enrollment.
+func (a *Agent) Identity() *apiclient.Identity { return a.id }
+
+func loadOrCreateKey(path string) (netmap.Key, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		k, err := netmap.ParseKey(string(trimSpace(b)))
+		if err != nil {
+			return k, fmt.Errorf("%s: %w", path, err)
+		}
+		return k, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return netmap.Key{}, err
+	}
+	k, err := netmap.GeneratePrivateKey()
+	if err != nil {
+		return k, err
+	}
+	return k, writeFileAtomic(path, []byte(k.String()+"\n"), 0o600)
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func (a *Agent) identity(ctx context.Context) (*apiclient.Identity, error) {
+	path := filepath.Join(a.cfg.DataDir, IdentityFile)
+	if b, err := os.ReadFile(path); err == nil {
+		var id apiclient.Identity
+		if err := json.Unmarshal(b, &id); err != nil {
+			return nil, fmt.Errorf("%s is corrupt (%v); remove it and enroll again with a new token", path, err)
+		}
+		if a.cfg.Controller != "" && id.Server != a.cfg.Controller {
+			id.Server = a.cfg.Controller
+		}
+		return &id, nil
+	}
+	if a.cfg.Token == "" {
+		return nil, fmt.Errorf("not enrolled yet (no %s): give --token", path)
+	}
+	if a.cfg.Controller == "" {
+		return nil, errors.New("give --controller https://HOST:PORT")
+	}
+	endpoint := a.cfg.Endpoint
+	if endpoint == "" {
+		ip, err := localAddrTowards(a.cfg.Controller)
+		if err != nil {
+			return nil, fmt.Errorf("finding this node's endpoint (give --endpoint): %w", err)
+		}
+		endpoint = netip.AddrPortFrom(ip, uint16(a.cfg.ListenPort)).String()
+	}
+	var id *apiclient.Identity
+	var err error
+	for attempt := 0; ; attempt++ {
+		id, err = apiclient.Enroll(ctx, a.cfg.Controller, a.cfg.Token, api.EnrollRequest{
+			Name: a.cfg.Name, Role: a.cfg.Role, PublicKey: a.key.PublicKey(),
+			Endpoint: endpoint, PublicEndpoint: a.cfg.PublicEndpoint,
+		})
+		var ae *api.Error
+		if err == nil || errors.As(err, &ae) || attempt >= 30 {
+			break
+		}
+		// The controller may not be up yet.
+		a.log.Info("controller not reachable; retrying enrollment", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("enrolling: %w", err)
+	}
+	b, _ := json.MarshalIndent(id, "", "  ")
+	if err := writeFileAtomic(path, b, 0o600); err != nil {
+		return nil, err
+	}
+	a.log.Info("enrolled", "node", id.Node.Name, "region", id.Node.Region, "cluster", id.Node.Cluster, "overlay", id.Node.OverlayIPv4, "class", id.Node.Class)
+	return id, nil
+}
+
+// localAddrTowards returns the local address used to reach the URL's host.
+func localAddrTowards(server string) (netip.Addr, error) {
+	u, err := url.Parse(server)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	c, err := net.Dial("udp", net.JoinHostPort(u.Hostname(), "9"))
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer c.Close()
+	ap := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	return ap.Addr().Unmap(), nil
+}
+
+func loadMap(path string) (netmap.Map, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return netmap.Map{}, err
+	}
+	var m netmap.Map
+	if err := json.Unmarshal(b, &m); err != nil {
+		return netmap.Map{}, fmt.Errorf("%s: %w", path, err)
+	}
+	if m.Self.Name == "" || m.Interface.Name == "" {
+		return netmap.Map{}, fmt.Errorf("%s: not a network map", path)
+	}
+	return m.Normalize(), nil
+}
+
+func (a *Agent) saveMap(m netmap.Map) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(a.cfg.DataDir, MapFile), b, 0o600)
+}
+
+func (a *Agent) device(ifname string) (*wg.Device, error) {
+	if a.cfg.Interface != "" {
+		ifname = a.cfg.Interface
+	}
+	if a.dev != nil {
+		return a.dev, nil
+	}
+	d, err := wg.Open(wg.Config{Interface: ifname, Mode: a.cfg.WireGuard, PrivateKey: a.key,
+		UserspaceCommand: a.cfg.UserspaceCommand, LogDir: a.cfg.DataDir, Logger: a.log})
+	if err != nil {
+		return nil, err
+	}
+	a.dev = d
+	return d, nil
+}
+
+// apply makes the kernel match the current desired map.
+func (a *Agent) apply(ctx context.Context) error {
+	a.mu.Lock()
+	desired, prev := a.cur, a.prev
+	a.mu.Unlock()
+	if desired.Interface.Name == "" {
+		return nil
+	}
+	if a.cfg.Interface != "" {
+		desired.Interface.Name = a.cfg.Interface
+	}
+	dev, err := a.device(desired.Interface.Name)
+	if err != nil {
+		return err
+	}
+	res, err := dev.Apply(ctx, desired, prev)
+	a.mu.Lock()
+	a.applies++
+	a.ok = err == nil
+	if err == nil {
+		a.prev = desired
+	}
+	a.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("applying map revision %d: %w", desired.Revision, err)
+	}
+	if !res.NoChanges {
+		a.log.Info("applied map", "revision", desired.Revision, "peers", len(desired.Peers), "added", res.Added, "updated", res.Updated,
+			"removed", res.Removed, "other", res.OtherOps, "took", res.Duration.Round(time.Microsecond), "mode", dev.Mode())
+	}
+	return a.saveMap(desired)
+}
+
+// Run applies the saved map (if any), then follows the controller until
+// ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	if a.cur.Interface.Name != "" {
+		if err := a.apply(ctx); err != nil {
+			a.log.Error("re-applying saved map", "err", err)
+		}
+	}
+	var wgRun sync.WaitGroup
+	wgRun.Add(2)
+	go func() { defer wgRun.Done(); a.statusLoop(ctx) }()
+	go func() { defer wgRun.Done(); a.reconcileLoop(ctx) }()
+	defer wgRun.Wait()
+	backoff := 200 * time.Millisecond
+	for {
+		a.mu.Lock()
+		from := a.cur.Revision
+		a.mu.Unlock()
+		start := time.Now()
+		err := a.cli.Watch(ctx, from, func(f api.Frame) error { return a.onFrame(ctx, f) })
+		if ctx.Err() != nil {
+			return nil
+		}
+		var ae *api.Error
+		if errors.As(err, &ae) && ae.Code == api.CodeUnauthenticated {
+			a.log.Error("the controller no longer accepts this node (removed?); keeping the data plane as it is", "err", err)
+		} else {
+			a.log.Warn("watch ended; the data plane keeps its last map", "err", err, "revision", from)
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = 200 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (a *Agent) onFrame(ctx context.Context, f api.Frame) error {
+	switch f.Type {
+	case api.FrameSnapshot:
+		if f.Map == nil {
+			return errors.New("snapshot frame without a map")
+		}
+		a.mu.Lock()
+		a.cur = f.Map.Normalize()
+		a.mu.Unlock()
+	case api.FrameDelta:
+		if f.Delta == nil {
+			return errors.New("delta frame without a delta")
+		}
+		a.mu.Lock()
+		if f.Revision <= a.cur.Revision && a.cur.Revision != 0 {
+			a.mu.Unlock()
+			return nil
+		}
+		a.cur = a.cur.Apply(*f.Delta)
+		a.mu.Unlock()
+	default:
+		return nil
+	}
+	if err := a.apply(ctx); err != nil {
+		// Keep streaming: the reconcile loop retries.
+		a.log.Error("apply failed", "err", err)
+	}
+	return nil
+}
+
+func (a *Agent) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.ReconcileEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := a.apply(ctx); err != nil {
+				a.log.Error("reconcile failed", "err", err)
+			}
+		}
+	}
+}
+
+// Status is the agent's own view of its data plane.
+func (a *Agent) Status() api.StatusReport {
+	a.mu.Lock()
+	m, ok := a.prev, a.ok
+	a.mu.Unlock()
+	r := api.StatusReport{AppliedRevision: m.Revision, Peers: len(m.Peers), Healthy: ok}
+	if a.dev == nil {
+		r.Healthy = false
+		r.Message = "no map applied yet"
+		return r
+	}
+	st, err := a.dev.Status()
+	if err != nil {
+		r.Healthy = false
+		r.Message = err.Error()
+		return r
+	}
+	names := map[netmap.Key]netmap.Peer{}
+	for _, p := range m.Peers {
+		names[p.PublicKey] = p
+	}
+	now := time.Now()
+	for _, s := range st {
+		p, ok := names[s.PublicKey]
+		if !ok || p.PersistentKeepalive == 0 {
+			continue
+		}
+		if s.LastHandshake.IsZero() || now.Sub(s.LastHandshake) > a.cfg.StaleAfter {
+			r.StalePeers = append(r.StalePeers, p.Name)
+		}
+	}
+	return r
+}
+
+func (a *Agent) statusLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.StatusEvery)
+	defer t.Stop()
+	for {
+		rctx, cancel := context.WithTimeout(ctx, a.cfg.StatusEvery+time.Second)
+		if err := a.cli.ReportStatus(rctx, a.Status()); err != nil && ctx.Err() == nil {
+			a.log.Debug("status report failed", "err", err)
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Applied returns the last applied map.
+func (a *Agent) Applied() netmap.Map {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.prev
+}
+
+// Close releases the device handle (the interface stays).
+func (a *Agent) Close() error {
+	if a.dev != nil {
+		return a.dev.Close()
+	}
+	return nil
+}

@@ -1,0 +1,93 @@
+package cli
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/statemesh/statemesh/internal/agent"
+	"github.com/statemesh/statemesh/internal/dataplane/wg"
+)
+
+func newAgentCmd(e *env) *cobra.Command {
+	var cfg agent.Config
+	var logLevel string
+	cmd := &cobra.Command{
+		Use:   "agent --controller URL --token TOKEN [--role node|operator|gateway] [--data-dir DIR]",
+		Short: "Run the node agent: enroll, then keep this node's WireGuard, addresses and routes in line with its network map",
+		Long: `Run the node agent. It generates the node's WireGuard key locally (the private key never
+leaves DATA-DIR), enrolls with the join token (once; the identity is kept in DATA-DIR),
+then follows the node's network map and applies it: WireGuard peers (one operation per
+changed peer), addresses, MTU, routes, forwarding on gateways.
+
+WireGuard is the kernel module when the kernel has it, otherwise embedded wireguard-go,
+which runs as its own process (statemesh wireguard-go IFNAME) so the data plane survives
+agent restarts; either way 'wg show' works.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := newLogger(os.Stderr, logLevel)
+			if err != nil {
+				return err
+			}
+			switch cfg.Role {
+			case "node", "operator", "gateway":
+			default:
+				return usagef("--role %q: use node, operator or gateway", cfg.Role)
+			}
+			switch cfg.WireGuard {
+			case wg.ModeAuto, wg.ModeKernel, wg.ModeUserspace:
+			default:
+				return usagef("--wireguard %q: use kernel, userspace or auto", cfg.WireGuard)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			cfg.Logger = log
+			a, err := agent.New(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			log.Info("agent running", "node", a.Name(), "controller", a.Identity().Server)
+			return a.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Controller, "controller", "", "controller URL (https://HOST:PORT)")
+	f.StringVar(&cfg.Token, "token", "", "join token (only needed for the first start)")
+	f.StringVar(&cfg.Name, "name", "", "node name (default: the hostname)")
+	f.StringVar(&cfg.Role, "role", "node", "node, operator or gateway")
+	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/statemesh-agent", "key, identity and last applied map")
+	f.StringVar(&cfg.Endpoint, "endpoint", "", "IP:PORT where peers reach this node (default: the address towards the controller)")
+	f.StringVar(&cfg.PublicEndpoint, "public-endpoint", "", "IP:PORT where other regions' gateways reach this gateway")
+	f.IntVar(&cfg.ListenPort, "listen-port", 51820, "WireGuard UDP port advertised in the default endpoint")
+	f.StringVar(&cfg.Interface, "interface", "", "WireGuard interface name (default: the map's, sm0)")
+	f.StringVar(&cfg.WireGuard, "wireguard", wg.ModeAuto, "kernel, userspace or auto")
+	f.DurationVar(&cfg.StatusEvery, "status-interval", 0, "status/heartbeat interval (default 1s for gateways, 10s otherwise)")
+	f.DurationVar(&cfg.ReconcileEvery, "reconcile-interval", 30*time.Second, "re-apply the map this often to repair drift")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func newWireGuardGoCmd(e *env) *cobra.Command {
+	var logLevel string
+	cmd := &cobra.Command{
+		Use:    "wireguard-go IFNAME",
+		Short:  "Run an embedded userspace WireGuard device (started by the agent)",
+		Hidden: true,
+		Args:   exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := newLogger(os.Stderr, logLevel)
+			if err != nil {
+				return err
+			}
+			mtu, _ := strconv.Atoi(os.Getenv("STATEMESH_WG_MTU"))
+			return wg.RunUserspace(context.Background(), args[0], mtu, log)
+		},
+	}
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}

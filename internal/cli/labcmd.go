@@ -1,0 +1,208 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/statemesh/statemesh/internal/lab"
+)
+
+func newLabCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "lab up|check|down|exec|status",
+		Short: "A real StateMesh in network namespaces on this host (root, Linux)",
+		Long: `The lab builds regions, clusters, nodes, gateways and pods as network namespaces on this
+host, runs a real controller and real agents (WireGuard: kernel or wireguard-go), and
+checks the mesh with real packets.
+
+  sudo statemesh lab up                 # 2 regions × 2 clusters × 2 nodes, 2 gateways per region
+  sudo statemesh lab check              # ICMP + TCP matrix, node↔node and pod↔pod
+  sudo statemesh lab exec eu-central-c1-n1 -- wg show
+  sudo statemesh lab down               # removes everything the lab created`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return usagef("lab what? use up, check, down, exec or status (got %q)", args)
+		},
+	}
+	var dir string
+	cmd.PersistentFlags().StringVar(&dir, "dir", lab.DefaultDir, "lab state, logs and data")
+
+	var cfg lab.Config
+	var file string
+	up := &cobra.Command{
+		Use:   "up [-f lab.yaml | --regions R --clusters C --nodes N --gateways G]",
+		Short: "Build and start a lab, and wait until it converges",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if file != "" {
+				data, err := e.readInput(file)
+				if err != nil {
+					return err
+				}
+				dec := yaml.NewDecoder(bytes.NewReader(data))
+				dec.KnownFields(true)
+				if err := dec.Decode(&cfg); err != nil {
+					return fmt.Errorf("%s: %w", file, err)
+				}
+			}
+			cfg.Dir = dir
+			cfg.Pods = true
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			_, err := lab.Up(ctx, cfg, e.stdout)
+			return err
+		},
+	}
+	f := up.Flags()
+	f.StringVarP(&file, "file", "f", "", "lab description (YAML: regions, clusters, nodes, gateways, wanDelay, wanMTU, underlayMTU)")
+	f.IntVar(&cfg.Regions, "regions", 2, "regions")
+	f.IntVar(&cfg.Clusters, "clusters", 2, "clusters per region")
+	f.IntVar(&cfg.Nodes, "nodes", 2, "nodes per cluster")
+	f.IntVar(&cfg.Gateways, "gateways", 2, "gateways per region")
+	f.DurationVar(&cfg.WANDelay, "wan-delay", 10*time.Millisecond, "one-way delay between regions (tc netem)")
+	f.IntVar(&cfg.WANMTU, "wan-mtu", 1500, "MTU of the WAN between regions")
+	f.IntVar(&cfg.UnderlayMTU, "underlay-mtu", 1500, "MTU of each region's underlay")
+
+	var timeout time.Duration
+	check := &cobra.Command{
+		Use:   "check",
+		Short: "Probe node↔node and pod↔pod with ICMP and TCP; exit 1 on any unexpected result",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Open(dir)
+			if err != nil {
+				return err
+			}
+			m, err := l.Check(context.Background(), lab.CheckOptions{Timeout: timeout})
+			if err != nil {
+				return err
+			}
+			m.Print(e.stdout)
+			if n := m.Failures(); n > 0 {
+				return fmt.Errorf("%d of %d probes failed", n, len(m.Results))
+			}
+			fmt.Fprintf(e.stdout, "all %d probes passed\n", len(m.Results))
+			return nil
+		},
+	}
+	check.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "per-probe timeout")
+
+	down := &cobra.Command{
+		Use:   "down",
+		Short: "Remove everything the lab created (also after a crash)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return lab.Down(dir, e.stdout)
+		},
+	}
+
+	exec := &cobra.Command{
+		Use:   "exec HOST -- COMMAND [ARGS...]",
+		Short: "Run a command on a lab host (its network and mount namespaces), e.g. wg show",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Open(dir)
+			if err != nil {
+				return err
+			}
+			c, err := l.State.HostCmd(context.Background(), args[0], args[1:]...)
+			if err != nil {
+				return err
+			}
+			c.Stdin, c.Stdout, c.Stderr = e.stdin, e.stdout, e.stderr
+			return c.Run()
+		},
+	}
+
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "List the lab's hosts and processes",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Open(dir)
+			if err != nil {
+				return err
+			}
+			t := newTable(e.stdout, "HOST", "ROLE", "REGION", "CLUSTER", "UNDERLAY", "WAN", "OVERLAY", "POD")
+			for _, h := range l.State.Hosts {
+				t.row(h.Name, h.Role, h.Region, dash(h.Cluster), h.Underlay, orDash(h.WAN), orDash(h.Overlay), orDash(h.PodIP))
+			}
+			if err := t.flush(); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "\ncontroller pid %d, log %s\nexport STATEMESH_CONFIG=%s\n", l.State.Controller.PID, l.State.Controller.Log, l.State.AdminConfig)
+			return nil
+		},
+	}
+
+	// Hidden helpers that run inside lab namespaces.
+	var from string
+	var targets []string
+	var port int
+	var ptimeout time.Duration
+	probe := &cobra.Command{
+		Use: "probe", Hidden: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var ts []lab.Target
+			for _, t := range targets {
+				name, addr, ok := strings.Cut(t, "=")
+				a, err := netip.ParseAddr(addr)
+				if !ok || err != nil {
+					return usagef("--target %q: want NAME=IP", t)
+				}
+				ts = append(ts, lab.Target{Name: name, Addr: a})
+			}
+			return json.NewEncoder(e.stdout).Encode(lab.Probe(context.Background(), from, ts, port, ptimeout))
+		},
+	}
+	probe.Flags().StringVar(&from, "from", "", "source name")
+	probe.Flags().StringArrayVar(&targets, "target", nil, "NAME=IP")
+	probe.Flags().IntVar(&port, "port", 7000, "TCP port")
+	probe.Flags().DurationVar(&ptimeout, "timeout", 2*time.Second, "timeout")
+
+	var name string
+	serve := &cobra.Command{
+		Use: "serve", Hidden: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return lab.Serve(ctx, port, name)
+		},
+	}
+	serve.Flags().IntVar(&port, "port", 7000, "TCP port")
+	serve.Flags().StringVar(&name, "name", "", "name to answer with")
+
+	var interval, duration time.Duration
+	var target string
+	stream := &cobra.Command{
+		Use: "stream", Hidden: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ap, err := netip.ParseAddrPort(target)
+			if err != nil {
+				return usagef("--target: %v", err)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if duration > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, duration)
+				defer cancel()
+			}
+			lab.Stream(ctx, ap, interval, e.stdout)
+			return nil
+		},
+	}
+	stream.Flags().StringVar(&target, "target", "", "IP:PORT")
+	stream.Flags().DurationVar(&interval, "interval", 20*time.Millisecond, "probe interval")
+	stream.Flags().DurationVar(&duration, "duration", 0, "stop after")
+
+	cmd.AddCommand(up, check, down, exec, status, probe, serve, stream)
+	return cmd
+}

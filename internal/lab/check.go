@@ -1,0 +1,213 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Endpoint is a probe source or target: a node or a pod.
+type Endpoint struct {
+	Name    string
+	Host    *Host
+	Pod     bool
+	Addr    string
+	execPre []string
+}
+
+// Category of a pair.
+func category(a, b *Host) string {
+	switch {
+	case a.Region != b.Region:
+		return "across regions"
+	case a.Cluster != b.Cluster:
+		return "across clusters"
+	}
+	return "within a cluster"
+}
+
+// Matrix is a measured reachability matrix.
+type Matrix struct {
+	Endpoints []string
+	Results   []ProbeResult
+	kinds     map[string]*Endpoint
+}
+
+// Failures counts probes that did not get through (ICMP or TCP).
+func (m *Matrix) Failures() int {
+	n := 0
+	for _, r := range m.Results {
+		if !r.ICMP || !r.TCP {
+			n++
+		}
+	}
+	return n
+}
+
+// CheckOptions tune a check.
+type CheckOptions struct {
+	Timeout time.Duration
+	// Only probe from these endpoints (default all).
+	From []string
+}
+
+func (l *Lab) endpoints() []*Endpoint {
+	var eps []*Endpoint
+	for _, h := range l.State.Hosts {
+		if h.Role == "gateway" || !h.Overlay.IsValid() {
+			continue
+		}
+		eps = append(eps, &Endpoint{Name: h.Name, Host: h, Addr: h.Overlay.String(), execPre: nsenterArgs(l.State.Holders[h.Name])})
+		if h.PodIP.IsValid() {
+			eps = append(eps, &Endpoint{Name: h.Name + "/pod", Host: h, Pod: true, Addr: h.PodIP.String(), execPre: []string{"ip", "netns", "exec", h.PodNS()}})
+		}
+	}
+	return eps
+}
+
+// Check probes every endpoint from every endpoint of the same kind (node
+// to node, pod to pod) with ICMP and TCP, from inside the source's
+// namespace, and returns the measured matrix.
+func (l *Lab) Check(ctx context.Context, opts CheckOptions) (*Matrix, error) {
+	if opts.Timeout == 0 {
+		opts.Timeout = 2 * time.Second
+	}
+	eps := l.endpoints()
+	m := &Matrix{kinds: map[string]*Endpoint{}}
+	for _, e := range eps {
+		m.Endpoints = append(m.Endpoints, e.Name)
+		m.kinds[e.Name] = e
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var firstErr error
+	sem := make(chan struct{}, 8)
+	for _, src := range eps {
+		if len(opts.From) > 0 && !slices.Contains(opts.From, src.Name) {
+			continue
+		}
+		var targets []string
+		for _, dst := range eps {
+			if dst != src && dst.Pod == src.Pod {
+				targets = append(targets, dst.Name+"="+dst.Addr)
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			argv := append(append([]string{}, src.execPre...), l.State.Config.Binary, "lab", "probe", "--from", src.Name,
+				"--port", strconv.Itoa(servePort), "--timeout", opts.Timeout.String())
+			for _, t := range targets {
+				argv = append(argv, "--target", t)
+			}
+			out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).Output()
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if firstErr == nil {
+					firstErr = fmt.Errorf("probing from %s: %w", src.Name, err)
+				}
+				return
+			}
+			var rs []ProbeResult
+			if err := json.Unmarshal(out, &rs); err != nil {
+				if firstErr == nil {
+					firstErr = fmt.Errorf("probe output from %s: %w", src.Name, err)
+				}
+				return
+			}
+			m.Results = append(m.Results, rs...)
+		}()
+	}
+	wg.Wait()
+	slices.SortFunc(m.Results, func(a, b ProbeResult) int {
+		if c := strings.Compare(a.From, b.From); c != 0 {
+			return c
+		}
+		return strings.Compare(a.To, b.To)
+	})
+	return m, firstErr
+}
+
+// Print writes the summary by category and the full matrix.
+func (m *Matrix) Print(w io.Writer) {
+	type agg struct{ ok, total int }
+	cats := map[string]*agg{}
+	var order []string
+	for _, r := range m.Results {
+		a, b := m.kinds[r.From], m.kinds[r.To]
+		kind := "node↔node"
+		if a.Pod {
+			kind = "pod↔pod"
+		}
+		key := kind + " " + category(a.Host, b.Host)
+		if cats[key] == nil {
+			cats[key] = &agg{}
+			order = append(order, key)
+		}
+		cats[key].total++
+		if r.ICMP && r.TCP && strings.HasPrefix(r.Peer, strings.TrimSuffix(r.To, "/pod")) {
+			cats[key].ok++
+		}
+	}
+	slices.Sort(order)
+	fmt.Fprintln(w, "REACHABILITY (ICMP echo and TCP connect, from inside each source's namespace)")
+	for _, k := range order {
+		status := "ok"
+		if cats[k].ok != cats[k].total {
+			status = "FAIL"
+		}
+		fmt.Fprintf(w, "  %-32s %4d/%-4d %s\n", k, cats[k].ok, cats[k].total, status)
+	}
+	fmt.Fprintln(w)
+	// Full matrix: rows are sources, columns targets (by index).
+	fmt.Fprintln(w, "MATRIX (row → column; ✓ both probes answered, I only ICMP, T only TCP, ✗ neither, · self/other kind)")
+	idx := map[string]int{}
+	for i, e := range m.Endpoints {
+		idx[e] = i
+		fmt.Fprintf(w, "  %2d  %s (%s)\n", i, e, m.kinds[e].Addr)
+	}
+	cell := map[[2]int]string{}
+	for _, r := range m.Results {
+		c := "✗"
+		switch {
+		case r.ICMP && r.TCP:
+			c = "✓"
+		case r.ICMP:
+			c = "I"
+		case r.TCP:
+			c = "T"
+		}
+		cell[[2]int{idx[r.From], idx[r.To]}] = c
+	}
+	fmt.Fprint(w, "     ")
+	for j := range m.Endpoints {
+		fmt.Fprintf(w, "%2d", j%100)
+	}
+	fmt.Fprintln(w)
+	for i := range m.Endpoints {
+		fmt.Fprintf(w, "  %2d ", i)
+		for j := range m.Endpoints {
+			c, ok := cell[[2]int{i, j}]
+			if !ok {
+				c = "·"
+			}
+			fmt.Fprintf(w, " %s", c)
+		}
+		fmt.Fprintln(w)
+	}
+	for _, r := range m.Results {
+		if !r.ICMP || !r.TCP {
+			fmt.Fprintf(w, "FAIL %s → %s: icmp=%v tcp=%v %s\n", r.From, r.To, r.ICMP, r.TCP, r.Error)
+		}
+	}
+}

@@ -1,0 +1,182 @@
+// Package lab builds a StateMesh on one Linux host out of network
+// namespaces: a switch per region (the region's underlay), a WAN switch
+// between regions' gateways (with tc netem delay and a configurable MTU), a
+// management network to the controller, hosts (nodes, operators, gateways),
+// and a pod namespace behind every node. It runs a real controller and real
+// agents as separate processes and checks the mesh with real packets. It is
+// both the demo (statemesh lab up/check/down) and the e2e test bed.
+//
+// Every host is a network namespace plus a private mount namespace held
+// open by a "holder" process, so that each host's /var/run/wireguard is its
+// own (wireguard-go's UAPI sockets would collide otherwise) and `wg show`
+// run through `statemesh lab exec HOST -- wg show` sees that host only.
+// Everything the lab creates is recorded in a state file as it is created,
+// so `lab down` removes it all, and nothing else, even after a crash.
+package lab
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Config describes a lab.
+type Config struct {
+	Regions  int `json:"regions" yaml:"regions"`
+	Clusters int `json:"clusters" yaml:"clusters"` // per region
+	Nodes    int `json:"nodes" yaml:"nodes"`    // per cluster
+	Gateways int `json:"gateways" yaml:"gateways"` // per region
+	// WANDelay is the one-way delay between regions (netem).
+	WANDelay time.Duration `json:"wanDelay" yaml:"wanDelay"`
+	// WANMTU is the MTU of the WAN between gateways.
+	WANMTU int `json:"wanMTU" yaml:"wanMTU"`
+	// UnderlayMTU is the MTU of each region's underlay.
+	UnderlayMTU int `json:"underlayMTU" yaml:"underlayMTU"`
+	// Dir holds the state file, logs and data dirs.
+	Dir string `json:"dir" yaml:"dir"`
+	// Binary is the statemesh executable to run (default: this one).
+	Binary string `json:"binary" yaml:"binary"`
+	// Pods creates a pod namespace behind every node.
+	Pods bool `json:"pods" yaml:"pods"`
+	// GatewayTimeout is the controller's gateway heartbeat timeout.
+	GatewayTimeout time.Duration `json:"gatewayTimeout" yaml:"gatewayTimeout"`
+}
+
+// Defaults.
+const (
+	DefaultDir    = "/run/statemesh-lab"
+	ControllerIP  = "10.255.0.1"
+	ControllerURL = "https://10.255.0.1:7443"
+	mgmtBridge    = "smlmgmt0"
+	nsPrefix      = "sml-"
+	servePort     = 7000
+)
+
+// SetDefaults fills unset fields.
+func (c *Config) SetDefaults() {
+	if c.Regions == 0 {
+		c.Regions = 2
+	}
+	if c.Clusters == 0 {
+		c.Clusters = 2
+	}
+	if c.Nodes == 0 {
+		c.Nodes = 2
+	}
+	if c.Gateways == 0 {
+		c.Gateways = 2
+	}
+	if c.WANMTU == 0 {
+		c.WANMTU = 1500
+	}
+	if c.UnderlayMTU == 0 {
+		c.UnderlayMTU = 1500
+	}
+	if c.Dir == "" {
+		c.Dir = DefaultDir
+	}
+	if c.GatewayTimeout == 0 {
+		c.GatewayTimeout = 2 * time.Second
+	}
+}
+
+// Validate checks the sizes.
+func (c *Config) Validate() error {
+	switch {
+	case c.Regions < 1 || c.Regions > len(regionNames):
+		return fmt.Errorf("regions: 1..%d", len(regionNames))
+	case c.Clusters < 1 || c.Clusters > 9:
+		return fmt.Errorf("clusters: 1..9 per region")
+	case c.Nodes < 1 || c.Nodes > 20:
+		return fmt.Errorf("nodes: 1..20 per cluster")
+	case c.Gateways < 2 || c.Gateways > 9:
+		return fmt.Errorf("gateways: 2..9 per region (HA needs 2)")
+	case c.WANMTU < 1280 || c.UnderlayMTU < 1280:
+		return fmt.Errorf("MTUs must be at least 1280")
+	}
+	return nil
+}
+
+var regionNames = []string{"eu-central", "us-east", "ap-south", "eu-north", "us-west", "sa-east"}
+
+// Host is one lab machine.
+type Host struct {
+	Name    string `json:"name"`
+	Region  string `json:"region"`
+	Cluster string `json:"cluster,omitempty"`
+	Role    string `json:"role"`
+	// Index is the host's number within its region (gateways 1.., nodes 20..).
+	Index     int        `json:"index"`
+	RegionIdx int        `json:"regionIdx"`
+	Underlay  netip.Addr `json:"underlay"`
+	WAN       netip.Addr `json:"wan,omitzero"`
+	Mgmt      netip.Addr `json:"mgmt"`
+	// Overlay and PodBlock are filled in after enrollment.
+	Overlay  netip.Addr   `json:"overlay,omitzero"`
+	PodBlock netip.Prefix `json:"podBlock,omitzero"`
+	PodIP    netip.Addr   `json:"podIP,omitzero"`
+}
+
+// NS is the host's network namespace name.
+func (h *Host) NS() string { return nsPrefix + h.Name }
+
+// PodNS is the namespace of the host's pod.
+func (h *Host) PodNS() string { return nsPrefix + h.Name + "-pod" }
+
+func regionSwitch(region string) string { return nsPrefix + "sw-" + region }
+
+const wanSwitch = nsPrefix + "wan"
+
+// Hosts lays out the lab's machines.
+func (c *Config) Hosts() []*Host {
+	var hosts []*Host
+	for ri := range c.Regions {
+		region := regionNames[ri]
+		r := ri + 1
+		for g := 1; g <= c.Gateways; g++ {
+			hosts = append(hosts, &Host{
+				Name: fmt.Sprintf("%s-gw%d", region, g), Region: region, Role: "gateway", Index: g, RegionIdx: r,
+				Underlay: netip.AddrFrom4([4]byte{172, 16, byte(r), byte(g)}),
+				WAN:      netip.AddrFrom4([4]byte{203, 0, 113, byte(r*10 + g)}),
+				Mgmt:     netip.AddrFrom4([4]byte{10, 255, byte(r), byte(g)}),
+			})
+		}
+		idx := 20
+		for cl := 1; cl <= c.Clusters; cl++ {
+			for n := 1; n <= c.Nodes; n++ {
+				hosts = append(hosts, &Host{
+					Name: fmt.Sprintf("%s-c%d-n%d", region, cl, n), Region: region, Cluster: fmt.Sprintf("c%d", cl), Role: "node",
+					Index: idx, RegionIdx: r,
+					Underlay: netip.AddrFrom4([4]byte{172, 16, byte(r), byte(idx)}),
+					Mgmt:     netip.AddrFrom4([4]byte{10, 255, byte(r), byte(idx)}),
+				})
+				idx++
+			}
+		}
+	}
+	return hosts
+}
+
+// Spec renders the lab's mesh spec.
+func (c *Config) Spec() string {
+	s := fmt.Sprintf(`apiVersion: statemesh.dev/v1alpha1
+kind: Mesh
+metadata:
+  name: lab
+addressing:
+  overlayIPv4: 100.64.0.0/10
+  podIPv4: [10.0.0.0/8]
+underlay:
+  mtu: %d
+  wan:
+    mtu: %d
+regions:
+`, c.UnderlayMTU, c.WANMTU)
+	for ri := range c.Regions {
+		s += fmt.Sprintf("  - name: %s\n    gateways: %d\n    clusters:\n", regionNames[ri], c.Gateways)
+		for cl := 1; cl <= c.Clusters; cl++ {
+			s += fmt.Sprintf("      - {name: c%d, maxNodes: 64, maxPodsPerNode: 16}\n", cl)
+		}
+	}
+	return s
+}
