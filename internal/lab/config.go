@@ -24,7 +24,7 @@ import (
 type Config struct {
 	Regions  int `json:"regions" yaml:"regions"`
 	Clusters int `json:"clusters" yaml:"clusters"` // per region
-	Nodes    int `json:"nodes" yaml:"nodes"`    // per cluster
+	Nodes    int `json:"nodes" yaml:"nodes"`       // per cluster
 	Gateways int `json:"gateways" yaml:"gateways"` // per region
 	// WANDelay is the one-way delay between regions (netem).
 	WANDelay time.Duration `json:"wanDelay" yaml:"wanDelay"`

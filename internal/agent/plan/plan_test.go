@@ -16,7 +16,7 @@ func key(i int) netmap.Key {
 	return k
 }
 
-func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+func pfx(s string) netip.Prefix  { return netip.MustParsePrefix(s) }
 func ep(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
 func desiredMap(n int) netmap.Map {
