@@ -23,6 +23,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/controller"
+	"github.com/statemesh/statemesh/internal/netmap"
 )
 
 // Client calls one controller.
@@ -210,6 +211,12 @@ func (c *Client) Nodes(ctx context.Context, region, cluster string) ([]api.Node,
 func (c *Client) Node(ctx context.Context, name string) (api.Node, error) {
 	var n api.Node
 	return n, c.jsonCall(ctx, http.MethodGet, "/v1/nodes/"+url.PathEscape(name), nil, &n)
+}
+
+// NodeMap returns a node's map as the controller computes it.
+func (c *Client) NodeMap(ctx context.Context, name string) (netmap.Map, error) {
+	var m netmap.Map
+	return m, c.jsonCall(ctx, http.MethodGet, "/v1/nodes/"+url.PathEscape(name)+"/map", nil, &m)
 }
 
 // RemoveNode removes a node.

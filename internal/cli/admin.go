@@ -142,6 +142,44 @@ func newGetCmd(e *env) *cobra.Command {
 	for _, w := range []string{"regions", "clusters", "nodes", "spec", "plan"} {
 		cmd.AddCommand(get(w))
 	}
+	var ma adminFlags
+	mapCmd := &cobra.Command{
+		Use:   "map NODE",
+		Short: "Show a node's network map as the controller computes it (what its agent applies)",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkFormat(ma.output, formatTable, formatJSON); err != nil {
+				return err
+			}
+			cl, err := ma.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := callCtx(cmd)
+			defer cancel()
+			m, err := cl.NodeMap(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			if ma.output == formatJSON {
+				return writeJSON(e.stdout, m)
+			}
+			fmt.Fprintf(e.stdout, "node %s (%s %s/%s, %s) revision %d\ninterface %s mtu %d port %d addresses %v forwarding %v\nroutes %v\n\n",
+				m.Self.Name, m.Self.Role, m.Self.Region, dash(m.Self.Cluster), m.Self.Class, m.Revision,
+				m.Interface.Name, m.Interface.MTU, m.Interface.ListenPort, m.Interface.Addresses, m.Forwarding, m.Routes)
+			t := newTable(e.stdout, "PEER", "ROLE", "PUBLIC KEY", "ENDPOINT", "ALLOWED IPS", "KEEPALIVE")
+			for _, p := range m.Peers {
+				ep := "-"
+				if p.Endpoint.IsValid() {
+					ep = p.Endpoint.String()
+				}
+				t.row(p.Name, p.Role, p.PublicKey, ep, joinAny(p.AllowedIPs), p.PersistentKeepalive)
+			}
+			return t.flush()
+		},
+	}
+	ma.register(mapCmd, formatTable, formatJSON)
+	cmd.AddCommand(mapCmd)
 	return cmd
 }
 

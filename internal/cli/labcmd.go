@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"errors"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -96,13 +97,24 @@ checks the mesh with real packets.
 	}
 	check.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "per-probe timeout")
 
+	var force bool
 	down := &cobra.Command{
-		Use:   "down",
+		Use:   "down [--force]",
 		Short: "Remove everything the lab created (also after a crash)",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return lab.Down(dir, e.stdout)
+			err := lab.Down(dir, e.stdout)
+			if force {
+				if errors.Is(err, lab.ErrNoLab) {
+					err = nil
+				}
+				if ferr := lab.ForceClean(e.stdout); ferr != nil {
+					return ferr
+				}
+			}
+			return err
 		},
 	}
+	down.Flags().BoolVar(&force, "force", false, "also remove every sml-* namespace and the lab bridge, state file or not")
 
 	exec := &cobra.Command{
 		Use:   "exec HOST -- COMMAND [ARGS...]",

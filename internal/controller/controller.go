@@ -107,6 +107,10 @@ type Controller struct {
 	hub      *hub
 
 	ready chan struct{}
+	// started is when Run began: gateways get a heartbeat timeout's grace
+	// from it, so a restarted controller does not declare every gateway
+	// dead because nobody heartbeated while it was down.
+	started time.Time
 }
 
 // New returns a controller; Run starts it.
@@ -194,6 +198,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	if c.ca == nil {
 		return errors.New("controller: Run before Bootstrap")
 	}
+	c.started = c.cfg.Now()
 	kvs, rev, err := c.st.List(ctx, "")
 	if err != nil {
 		return fmt.Errorf("loading registry: %w", err)

@@ -93,7 +93,11 @@ func (c *Controller) healthMonitor(ctx context.Context) {
 		var stale []string
 		c.mu.RLock()
 		for name, h := range c.health {
-			if h.Healthy && now.Sub(h.LastHeartbeat) > c.cfg.HeartbeatTimeout {
+			last := h.LastHeartbeat
+			if c.started.After(last) {
+				last = c.started
+			}
+			if h.Healthy && now.Sub(last) > c.cfg.HeartbeatTimeout {
 				stale = append(stale, name)
 			}
 		}
@@ -105,7 +109,11 @@ func (c *Controller) healthMonitor(ctx context.Context) {
 					return err
 				}
 				h, err := decode[HealthRecord](kv.Value)
-				if err != nil || !h.Healthy || now.Sub(h.LastHeartbeat) <= c.cfg.HeartbeatTimeout {
+				last := h.LastHeartbeat
+				if c.started.After(last) {
+					last = c.started
+				}
+				if err != nil || !h.Healthy || now.Sub(last) <= c.cfg.HeartbeatTimeout {
 					return err
 				}
 				h.Healthy = false

@@ -61,7 +61,7 @@ type CheckOptions struct {
 func (l *Lab) endpoints() []*Endpoint {
 	var eps []*Endpoint
 	for _, h := range l.State.Hosts {
-		if h.Role == "gateway" || !h.Overlay.IsValid() {
+		if h.Role == "gateway" || !h.Overlay.IsValid() || h.Removed {
 			continue
 		}
 		eps = append(eps, &Endpoint{Name: h.Name, Host: h, Addr: h.Overlay.String(), execPre: nsenterArgs(l.State.Holders[h.Name])})

@@ -115,6 +115,9 @@ type Host struct {
 	Overlay  netip.Addr   `json:"overlay,omitzero"`
 	PodBlock netip.Prefix `json:"podBlock,omitzero"`
 	PodIP    netip.Addr   `json:"podIP,omitzero"`
+	// Removed is set once the host was removed from the mesh: checks
+	// leave it out.
+	Removed bool `json:"removed,omitempty"`
 }
 
 // NS is the host's network namespace name.

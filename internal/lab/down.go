@@ -59,3 +59,48 @@ func Down(dir string, out io.Writer) error {
 	os.RemoveAll(filepath.Join(dir, "controller"))
 	return nil
 }
+
+// ForceClean removes every namespace and root link a lab could have
+// created (names starting with sml-, the smlmgmt0 bridge), whatever the
+// state file says. For a lab whose state file was lost.
+func ForceClean(out io.Writer) error {
+	list, err := sh("ip", "netns", "list")
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, line := range strings.Split(list, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.HasPrefix(f[0], nsPrefix) {
+			continue
+		}
+		if pids, err := sh("ip", "netns", "pids", f[0]); err == nil {
+			for _, p := range strings.Fields(pids) {
+				if pid, err := strconv.Atoi(p); err == nil {
+					killWait(pid)
+				}
+			}
+		}
+		sh("ip", "netns", "del", f[0])
+		n++
+	}
+	// Deleting a namespace frees its veths asynchronously; remove the
+	// root-side ends now so a new lab can reuse their names.
+	if links, err := sh("ip", "-o", "link", "show"); err == nil {
+		for _, line := range strings.Split(links, "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
+			}
+			name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+			if strings.HasPrefix(name, "smlm") {
+				sh("ip", "link", "del", name)
+			}
+		}
+	}
+	sh("ip", "link", "del", mgmtBridge)
+	if out != nil {
+		fmt.Fprintf(out, "removed %d lab namespaces\n", n)
+	}
+	return nil
+}

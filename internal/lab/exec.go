@@ -59,13 +59,16 @@ func startDetached(argv []string, logPath string, env []string) (int, error) {
 	return pid, nil
 }
 
-// alive reports whether a process exists.
+// alive reports whether a process exists and is not a zombie.
 func alive(pid int) bool {
 	if pid <= 0 {
 		return false
 	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || err == syscall.EPERM
+	if err := syscall.Kill(pid, 0); err != nil && err != syscall.EPERM {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err == nil && !strings.Contains(string(b), ") Z ")
 }
 
 // killWait sends SIGKILL and waits (bounded) for the process to go.
@@ -74,11 +77,7 @@ func killWait(pid int) {
 		return
 	}
 	syscall.Kill(pid, syscall.SIGKILL)
-	for i := 0; i < 100 && alive(pid); i++ {
-		// A zombie of ours counts as gone once reaped by our Wait.
-		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Contains(string(b), ") Z ") {
-			return
-		}
+	for i := 0; i < 500 && alive(pid); i++ {
 		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -121,6 +121,7 @@ func (s *Server) routes() {
 	admin("GET /v1/nodes", s.listNodes)
 	admin("GET /v1/nodes/{name}", s.getNode)
 	admin("DELETE /v1/nodes/{name}", s.removeNode)
+	admin("GET /v1/nodes/{name}/map", s.nodeMap)
 	admin("POST /v1/nodes/{name}/quarantine", s.quarantine)
 	admin("POST /v1/nodes/{name}/release", s.release)
 	admin("GET /v1/tokens", s.listTokens)
@@ -298,6 +299,18 @@ func (s *Server) getNode(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, http.StatusOK, n)
+	return nil
+}
+
+func (s *Server) nodeMap(w http.ResponseWriter, r *http.Request) error {
+	m, _, err := s.c.Snapshot(r.PathValue("name"))
+	if errors.Is(err, controller.ErrNodeGone) {
+		return &api.Error{Code: api.CodeNotFound, Message: fmt.Sprintf("no node %q", r.PathValue("name"))}
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, m)
 	return nil
 }
 

@@ -394,6 +394,9 @@ func TestContractCoversEveryOperation(t *testing.T) {
 	}
 	h.admin.Nodes(ctx, "", "")
 	h.admin.Node(ctx, "n0")
+	if m, err := h.admin.NodeMap(ctx, "n0"); err != nil || m.Self.Name != "n0" {
+		t.Errorf("node map: %+v %v", m.Self, err)
+	}
 	nc, _ := id.Client()
 	nc.ReportStatus(ctx, api.StatusReport{Healthy: true, Peers: 2})
 	nc.Map(ctx)
@@ -408,7 +411,7 @@ func TestContractCoversEveryOperation(t *testing.T) {
 	}
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: nil}}
 	_ = hc
-	for _, op := range []string{"applySpec", "getSpec", "getPlan", "listRegions", "listClusters", "listNodes", "getNode", "removeNode",
+	for _, op := range []string{"applySpec", "getSpec", "getPlan", "listRegions", "listClusters", "listNodes", "getNode", "getNodeMap", "removeNode",
 		"quarantineNode", "releaseNode", "listTokens", "createToken", "revokeToken", "enroll", "watchMap", "reportStatus"} {
 		if !h.ct.seen[op] {
 			t.Errorf("operation %s was not exercised through the contract", op)

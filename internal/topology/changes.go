@@ -184,13 +184,16 @@ func (ix *Index) Upsert(in Node) ([]Change, error) {
 		return changes, nil
 	}
 	var changes []Change
-	entry := nodeEntry(n)
-	audience := Audience{Scopes: []Scope{{Kind: ScopeCluster, Region: n.Region, Cluster: n.Cluster}, {Kind: ScopeRegionGateways, Region: n.Region}}, Except: n.Name}
+	entry, gwEntry := nodeEntry(n), ix.nodeEntryForGateways(n)
+	cluster := Audience{Scopes: []Scope{{Kind: ScopeCluster, Region: n.Region, Cluster: n.Cluster}}, Except: n.Name}
+	gateways := Audience{Scopes: []Scope{{Kind: ScopeRegionGateways, Region: n.Region}}}
 	switch {
 	case n.active() && (!existed || !old.active() || !nodeEntry(old).Equal(entry)):
-		changes = append(changes, Change{Audience: audience, Delta: netmap.Delta{Upsert: []netmap.Peer{entry}}})
+		changes = append(changes,
+			Change{Audience: cluster, Delta: netmap.Delta{Upsert: []netmap.Peer{entry}}},
+			Change{Audience: gateways, Delta: netmap.Delta{Upsert: []netmap.Peer{gwEntry}}})
 	case !n.active() && existed && old.active():
-		changes = append(changes, Change{Audience: audience, Delta: netmap.Delta{Remove: []string{n.Name}}})
+		changes = append(changes, Change{Audience: Audience{Scopes: append(cluster.Scopes, gateways.Scopes...), Except: n.Name}, Delta: netmap.Delta{Remove: []string{n.Name}}})
 	}
 	if !existed || old.active() != n.active() || old.Class != n.Class || old.PodIPv4 != n.PodIPv4 || old.PodIPv6 != n.PodIPv6 ||
 		old.OverlayIPv4 != n.OverlayIPv4 || old.OverlayIPv6 != n.OverlayIPv6 {
@@ -258,7 +261,7 @@ func (ix *Index) refreshRegion(r *region) []Change {
 	for _, g := range r.gateways {
 		if g.active() {
 			remote[g.Name] = ix.gatewayRemote(r, g)
-			local[g.Name] = gatewayLocal(g)
+			local[g.Name] = ix.gatewayLocal(g)
 		}
 	}
 	if d := diffEntries(r.remoteView, remote); !d.Empty() {

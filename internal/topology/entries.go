@@ -91,6 +91,15 @@ func nodeEntry(n *Node) netmap.Peer {
 	}
 }
 
+// nodeEntryForGateways is a node as its region's gateways see it: with a
+// keepalive, so a gateway that restarts re-establishes its sessions at
+// once instead of waiting for WireGuard's dead-peer detection (~15 s).
+func (ix *Index) nodeEntryForGateways(n *Node) netmap.Peer {
+	p := nodeEntry(n)
+	p.PersistentKeepalive = ix.opts.GatewayKeepalive
+	return p
+}
+
 // gatewayForCluster is gateway g as the nodes of cluster c see it.
 func (ix *Index) gatewayForCluster(r *region, g *Node, c *cluster) netmap.Peer {
 	allowed := g.hostPrefixes()
@@ -113,11 +122,12 @@ func (ix *Index) gatewayForCluster(r *region, g *Node, c *cluster) netmap.Peer {
 }
 
 // gatewayLocal is gateway g as the other gateways of its region see it.
-func gatewayLocal(g *Node) netmap.Peer {
+func (ix *Index) gatewayLocal(g *Node) netmap.Peer {
 	return netmap.Peer{
 		Name: g.Name, PublicKey: g.PublicKey, Endpoint: g.Endpoint,
-		AllowedIPs: netmap.SortPrefixes(g.hostPrefixes()),
-		Role:       g.Role, Region: g.Region,
+		AllowedIPs:          netmap.SortPrefixes(g.hostPrefixes()),
+		PersistentKeepalive: ix.opts.GatewayKeepalive,
+		Role:                g.Role, Region: g.Region,
 	}
 }
 

@@ -36,7 +36,7 @@ func (ix *Index) Map(name string) (netmap.Map, bool) {
 	r := ix.regions[n.Region]
 	if n.IsGateway() {
 		for _, rn := range ix.regionNodes(n.Region) {
-			m.Peers = append(m.Peers, nodeEntry(rn))
+			m.Peers = append(m.Peers, ix.nodeEntryForGateways(rn))
 		}
 		for name, p := range r.localView {
 			if name != n.Name {

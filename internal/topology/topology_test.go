@@ -464,8 +464,8 @@ func TestJoinCostsOneEntry(t *testing.T) {
 			}
 		}
 	}
-	if peerDeltas != 1 {
-		t.Errorf("join produced %d peer deltas, want 1 shared by the cluster and its gateways", peerDeltas)
+	if peerDeltas != 2 {
+		t.Errorf("join produced %d peer deltas, want 2: one shared by the cluster, one by its gateways", peerDeltas)
 	}
 }
 

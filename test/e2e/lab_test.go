@@ -1,0 +1,318 @@
+// Package e2e runs StateMesh end to end in the lab: real controller and
+// agent processes, real WireGuard (kernel or wireguard-go), real packets in
+// network namespaces. It needs root; under CI (STATEMESH_CI=1) it fails
+// rather than skips without it.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/statemesh/statemesh/internal/lab"
+	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/testenv"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "statemesh-e2e-")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "statemesh")
+	out, err := exec.Command("go", "build", "-o", binary, "../../cmd/statemesh").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building statemesh: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type logw struct{ t *testing.T }
+
+func (w logw) Write(p []byte) (int, error) { w.t.Logf("%s", strings.TrimRight(string(p), "\n")); return len(p), nil }
+
+// upLab starts the 2 regions × 2 clusters × 2 nodes lab with 2 gateways
+// per region and tears it down when the test ends.
+func upLab(t *testing.T) *lab.Lab {
+	testenv.RequireRoot(t)
+	if err := lab.CheckPrerequisites(); err != nil {
+		if testenv.InCI() {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	lab.ForceClean(nil)
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	l, err := lab.Up(ctx, lab.Config{Dir: dir, Binary: binary, Pods: true, GatewayTimeout: 1500 * time.Millisecond}, logw{t})
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, f := range []string{"controller.log"} {
+				b, _ := os.ReadFile(filepath.Join(dir, f))
+				t.Logf("--- %s (tail)\n%s", f, tail(string(b), 40))
+			}
+		}
+		if err := lab.Down(dir, nil); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+		lab.ForceClean(nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func check(t *testing.T, l *lab.Lab) {
+	t.Helper()
+	m, err := l.Check(context.Background(), lab.CheckOptions{Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Failures() > 0 {
+		var b strings.Builder
+		m.Print(&b)
+		t.Fatalf("%d of %d probes failed:\n%s", m.Failures(), len(m.Results), b.String())
+	}
+}
+
+// controllerPeers returns the public keys of a host's peers per the
+// controller's map of it.
+func controllerPeers(t *testing.T, l *lab.Lab, host string) []string {
+	t.Helper()
+	m, err := l.Admin.NodeMap(context.Background(), host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, p := range m.Peers {
+		keys = append(keys, p.PublicKey.String())
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > timeout {
+			t.Fatalf("%s: not within %s", what, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func host(t *testing.T, l *lab.Lab, name string) *lab.Host {
+	h, ok := l.State.Host(name)
+	if !ok {
+		t.Fatalf("no host %s", name)
+	}
+	return h
+}
+
+func TestLab(t *testing.T) {
+	l := upLab(t)
+	ctx := context.Background()
+
+	t.Run("ConnectivityMatrix", func(t *testing.T) { check(t, l) })
+
+	t.Run("WGShowMatchesControllerMap", func(t *testing.T) {
+		for _, h := range l.State.Hosts {
+			want := controllerPeers(t, l, h.Name)
+			got, err := l.WGPeers(ctx, h.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(want, got) {
+				t.Errorf("%s: wg show lists %d peers, the controller's map %d:\nwg:  %v\nmap: %v", h.Name, len(got), len(want), got, want)
+			}
+		}
+	})
+
+	t.Run("GatewayFailover", func(t *testing.T) {
+		src, dst := host(t, l, "eu-central-c1-n1"), host(t, l, "us-east-c1-n1")
+		regions, err := l.Admin.Regions(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		victim := regions[0].Designation["c1"]
+		fwd, err := l.Stream(ctx, src.Name, true, dst.PodIP, 20*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fwd.Stop()
+		back, err := l.Stream(ctx, dst.Name, true, src.PodIP, 20*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer back.Stop()
+		if !fwd.WaitOK(time.Time{}, 10, 15*time.Second) || !back.WaitOK(time.Time{}, 10, 15*time.Second) {
+			t.Fatal("cross-region pod traffic not flowing before the failure")
+		}
+		killed := time.Now()
+		if err := l.KillHost(victim); err != nil {
+			t.Fatal(err)
+		}
+		if !fwd.WaitOK(killed, 25, 30*time.Second) || !back.WaitOK(killed, 25, 30*time.Second) {
+			t.Fatalf("traffic did not recover within 30s after killing %s", victim)
+		}
+		of, nf := fwd.Outage(killed)
+		ob, nb := back.Outage(killed)
+		t.Logf("killed designated gateway %s: outage %s → %s: %s (%d failed probes), back: %s (%d failed probes)",
+			victim, src.Name, dst.Name, of.Round(time.Millisecond), nf, ob.Round(time.Millisecond), nb)
+		if of > 10*time.Second || ob > 10*time.Second {
+			t.Errorf("outage above the baseline's few seconds: %s / %s", of, ob)
+		}
+		regions, _ = l.Admin.Regions(ctx)
+		if now := regions[0].Designation["c1"]; now == victim {
+			t.Errorf("designation did not move off the dead gateway %s", victim)
+		}
+		// Bring the gateway back for the next scenarios.
+		if err := l.StartAgent(victim); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "gateway back healthy", 30*time.Second, func() bool {
+			n, err := l.Admin.Node(ctx, victim)
+			return err == nil && n.Healthy != nil && *n.Healthy
+		})
+	})
+
+	t.Run("RemoveNode", func(t *testing.T) {
+		victim := host(t, l, "eu-central-c2-n2")
+		pub := nodeKey(t, l, victim.Name)
+		if err := l.Admin.RemoveNode(ctx, victim.Name); err != nil {
+			t.Fatal(err)
+		}
+		l.Forget(victim.Name)
+		took := waitFor(t, "removed node gone from every wg show", 15*time.Second, func() bool {
+			for _, h := range l.State.Hosts {
+				if h.Name == victim.Name {
+					continue
+				}
+				peers, err := l.WGPeers(ctx, h.Name)
+				if err != nil || slices.Contains(peers, pub) {
+					return false
+				}
+			}
+			return true
+		})
+		t.Logf("removed %s: gone from all %d peers' wg show in %s", victim.Name, len(l.State.Hosts)-1, took.Round(time.Millisecond))
+	})
+
+	t.Run("ControllerDownDataPlaneUp", func(t *testing.T) {
+		src, dst := host(t, l, "eu-central-c1-n2"), host(t, l, "us-east-c2-n1")
+		s, err := l.Stream(ctx, src.Name, false, dst.Overlay, 20*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Stop()
+		if !s.WaitOK(time.Time{}, 10, 15*time.Second) {
+			t.Fatal("traffic not flowing before stopping the controller")
+		}
+		stopped := time.Now()
+		l.StopController()
+		time.Sleep(3 * time.Second)
+		if o, n := s.Outage(stopped); n > 0 {
+			t.Errorf("traffic interrupted while the controller was down: %d failed probes, longest gap %s", n, o)
+		}
+		if err := l.StartController(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// Agents resync: a change made after the restart reaches them.
+		victim := "us-east-c2-n2"
+		pub := nodeKey(t, l, victim)
+		if _, err := l.Admin.Quarantine(ctx, victim); err != nil {
+			t.Fatal(err)
+		}
+		took := waitFor(t, "quarantine propagated after controller restart", 20*time.Second, func() bool {
+			peers, err := l.WGPeers(ctx, "us-east-c2-n1")
+			return err == nil && !slices.Contains(peers, pub)
+		})
+		t.Logf("controller restarted; agents resynced; a quarantine reached the peers in %s", took.Round(time.Millisecond))
+		if _, err := l.Admin.Release(ctx, victim); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "release propagated", 20*time.Second, func() bool {
+			peers, err := l.WGPeers(ctx, "us-east-c2-n1")
+			return err == nil && slices.Contains(peers, pub)
+		})
+	})
+
+	t.Run("AgentRestartKeepsFlows", func(t *testing.T) {
+		h := host(t, l, "us-east-c1-n2")
+		peersBefore, err := l.WGPeers(ctx, h.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		routesBefore := routes(t, l, h.Name)
+		s, err := l.Stream(ctx, "us-east-c1-n1", false, h.Overlay, 20*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Stop()
+		if !s.WaitOK(time.Time{}, 10, 15*time.Second) {
+			t.Fatal("traffic not flowing before the restart")
+		}
+		restarted := time.Now()
+		if err := l.KillAgent(h.Name); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.StartAgent(h.Name); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Second)
+		if o, n := s.Outage(restarted); n > 0 {
+			t.Errorf("flow interrupted by the agent restart: %d failed probes, longest gap %s", n, o)
+		}
+		peersAfter, _ := l.WGPeers(ctx, h.Name)
+		if !slices.Equal(peersBefore, peersAfter) {
+			t.Errorf("peers changed across the restart:\nbefore %v\nafter  %v", peersBefore, peersAfter)
+		}
+		if r := routes(t, l, h.Name); r != routesBefore {
+			t.Errorf("routes changed across the restart:\nbefore %s\nafter  %s", routesBefore, r)
+		}
+		check(t, l)
+	})
+}
+
+func nodeKey(t *testing.T, l *lab.Lab, name string) string {
+	n, err := l.Admin.Node(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return netmap.Key(n.PublicKey).String()
+}
+
+func routes(t *testing.T, l *lab.Lab, host string) string {
+	cmd, err := l.State.HostCmd(context.Background(), host, "ip", "route", "show", "proto", "158")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
