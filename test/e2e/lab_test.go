@@ -40,7 +40,10 @@ func TestMain(m *testing.M) {
 
 type logw struct{ t *testing.T }
 
-func (w logw) Write(p []byte) (int, error) { w.t.Logf("%s", strings.TrimRight(string(p), "\n")); return len(p), nil }
+func (w logw) Write(p []byte) (int, error) {
+	w.t.Logf("%s", strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
 
 // upLab starts the 2 regions × 2 clusters × 2 nodes lab with 2 gateways
 // per region and tears it down when the test ends.
