@@ -78,7 +78,9 @@ type Agent struct {
 	prev netmap.Map // last successfully applied map
 	ok   bool       // last apply succeeded
 	// applies counts map applications (tests and metrics).
-	applies int
+	applies  int
+	dirty    bool
+	saveKick chan struct{}
 }
 
 func (c *Config) setDefaults() {
@@ -121,7 +123,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger}
+	a := &Agent{cfg: cfg, log: cfg.Logger, saveKick: make(chan struct{}, 1)}
 	var err error
 	if a.key, err = loadOrCreateKey(filepath.Join(cfg.DataDir, KeyFile)); err != nil {
 		return nil, err
@@ -303,10 +305,16 @@ func (a *Agent) device(ifname string) (*wg.Device, error) {
 	return d, nil
 }
 
-// apply makes the kernel match the current desired map.
-func (a *Agent) apply(ctx context.Context) error {
+// apply makes the kernel match the current desired map with a full diff
+// against the device.
+func (a *Agent) apply(ctx context.Context) error { return a.applyDelta(ctx, nil) }
+
+// applyDelta applies the current desired map. When delta is the only
+// change since the last successful apply, only its operations are made
+// (without reading the whole device); otherwise it diffs the full state.
+func (a *Agent) applyDelta(ctx context.Context, delta *netmap.Delta) error {
 	a.mu.Lock()
-	desired, prev := a.cur, a.prev
+	desired, prev, ok := a.cur, a.prev, a.ok
 	a.mu.Unlock()
 	if desired.Interface.Name == "" {
 		return nil
@@ -318,7 +326,15 @@ func (a *Agent) apply(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := dev.Apply(ctx, desired, prev)
+	var res wg.Result
+	if delta != nil && ok && prev.Interface.Name != "" {
+		if a.cfg.Interface != "" {
+			prev.Interface.Name = a.cfg.Interface
+		}
+		res, err = dev.ApplyDelta(ctx, prev, desired, *delta)
+	} else {
+		res, err = dev.Apply(ctx, desired, prev)
+	}
 	a.mu.Lock()
 	a.applies++
 	a.ok = err == nil
@@ -333,7 +349,54 @@ func (a *Agent) apply(ctx context.Context) error {
 		a.log.Info("applied map", "revision", desired.Revision, "peers", len(desired.Peers), "added", res.Added, "updated", res.Updated,
 			"removed", res.Removed, "other", res.OtherOps, "took", res.Duration.Round(time.Microsecond), "mode", dev.Mode())
 	}
-	return a.saveMap(desired)
+	a.markDirty()
+	return nil
+}
+
+// markDirty schedules saving the applied map. Saving is coalesced (at most
+// every saveEvery) so a burst of deltas on a 5,000-peer map does not write
+// the whole map each time; Run saves on exit.
+func (a *Agent) markDirty() {
+	a.mu.Lock()
+	a.dirty = true
+	a.mu.Unlock()
+	select {
+	case a.saveKick <- struct{}{}:
+	default:
+	}
+}
+
+const saveEvery = time.Second
+
+func (a *Agent) saveLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			a.flush()
+			return
+		case <-a.saveKick:
+		}
+		a.flush()
+		select {
+		case <-ctx.Done():
+			a.flush()
+			return
+		case <-time.After(saveEvery):
+		}
+	}
+}
+
+func (a *Agent) flush() {
+	a.mu.Lock()
+	m, dirty := a.prev, a.dirty
+	a.dirty = false
+	a.mu.Unlock()
+	if !dirty {
+		return
+	}
+	if err := a.saveMap(m); err != nil {
+		a.log.Error("saving the applied map", "err", err)
+	}
 }
 
 // Run applies the saved map (if any), then follows the controller until
@@ -345,7 +408,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	var wgRun sync.WaitGroup
-	wgRun.Add(2)
+	wgRun.Add(3)
+	go func() { defer wgRun.Done(); a.saveLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.statusLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.reconcileLoop(ctx) }()
 	defer wgRun.Wait()
@@ -391,12 +455,23 @@ func (a *Agent) onFrame(ctx context.Context, f api.Frame) error {
 			return errors.New("delta frame without a delta")
 		}
 		a.mu.Lock()
-		if f.Revision <= a.cur.Revision && a.cur.Revision != 0 {
+		if f.Revision < a.cur.Revision {
 			a.mu.Unlock()
 			return nil
 		}
+		// Deltas apply to the map just before them: the last applied one
+		// when nothing is pending.
+		incremental := a.ok && a.prev.Revision == a.cur.Revision
 		a.cur = a.cur.Apply(*f.Delta)
 		a.mu.Unlock()
+		var d *netmap.Delta
+		if incremental {
+			d = f.Delta
+		}
+		if err := a.applyDelta(ctx, d); err != nil {
+			a.log.Error("apply failed", "err", err)
+		}
+		return nil
 	default:
 		return nil
 	}

@@ -80,6 +80,10 @@ func (c *Controller) ApplySpec(ctx context.Context, yaml []byte) (api.ApplyResul
 		return api.ApplyResult{}, err
 	}
 	res.Revision = rev
+	// Read your writes: later calls on this replica see the new plan.
+	if err := c.WaitRevision(ctx, rev); err != nil {
+		return res, err
+	}
 	if !res.Unchanged {
 		c.log.Info("spec applied", "mesh", res.Mesh, "regions", res.Regions, "clusters", res.Clusters, "revision", rev)
 	}
@@ -262,7 +266,7 @@ func (c *Controller) Clusters() ([]api.Cluster, error) {
 // grace period) in the same transaction.
 func (c *Controller) RemoveNode(ctx context.Context, name string) error {
 	now := c.cfg.Now()
-	_, err := c.st.Update(ctx, func(tx store.Tx) error {
+	rev, err := c.st.Update(ctx, func(tx store.Tx) error {
 		kv, err := tx.Get(nodeKey(name))
 		if errors.Is(err, store.ErrNotFound) {
 			return apiErr(api.CodeNotFound, "no node %q", name)
@@ -282,16 +286,17 @@ func (c *Controller) RemoveNode(ctx context.Context, name string) error {
 		}
 		return tx.Put(slotKey(n.Region, n.Cluster, n.Slot), encode(SlotRecord{Node: name, ReleasedAt: now}))
 	})
-	if err == nil {
-		c.log.Info("node removed", "node", name)
+	if err != nil {
+		return err
 	}
-	return err
+	c.log.Info("node removed", "node", name)
+	return c.WaitRevision(ctx, rev)
 }
 
 // SetState quarantines a node (state quarantined) or releases it (active).
 func (c *Controller) SetState(ctx context.Context, name, state, reason string) (api.Node, error) {
 	var rec NodeRecord
-	_, err := c.st.Update(ctx, func(tx store.Tx) error {
+	rev, err := c.st.Update(ctx, func(tx store.Tx) error {
 		kv, err := tx.Get(nodeKey(name))
 		if errors.Is(err, store.ErrNotFound) {
 			return apiErr(api.CodeNotFound, "no node %q", name)
@@ -312,7 +317,7 @@ func (c *Controller) SetState(ctx context.Context, name, state, reason string) (
 		return api.Node{}, err
 	}
 	c.log.Info("node state", "node", name, "state", state, "reason", reason)
-	return nodeView(&rec, HealthRecord{}), nil
+	return nodeView(&rec, HealthRecord{}), c.WaitRevision(ctx, rev)
 }
 
 // Quarantine and Release are SetState shorthands.

@@ -214,3 +214,84 @@ func Compute(desired netmap.Map, prev netmap.Map, actual Device, ourKey netmap.K
 	}
 	return ops
 }
+
+// FromDelta returns the operations for one delta, without reading the
+// device: the device is assumed to hold prev (the agent's last applied
+// map), and next is prev with d applied. The work is proportional to the
+// delta, not to the number of peers; the agent's periodic full Compute
+// repairs any drift this assumption misses.
+func FromDelta(prev, next netmap.Map, d netmap.Delta) Ops {
+	var ops Ops
+	prevPeers := make(map[string]netmap.Peer, len(d.Upsert)+len(d.Remove))
+	for _, name := range d.Remove {
+		if p, ok := prev.Peer(name); ok {
+			prevPeers[name] = p
+		}
+	}
+	for _, u := range d.Upsert {
+		if p, ok := prev.Peer(u.Name); ok {
+			prevPeers[u.Name] = p
+		}
+	}
+	for _, name := range d.Remove {
+		if p, ok := prevPeers[name]; ok {
+			ops.Peers = append(ops.Peers, PeerOp{Kind: OpRemove, Name: name, PublicKey: p.PublicKey})
+		}
+	}
+	for _, u := range d.Upsert {
+		old, existed := prevPeers[u.Name]
+		if existed && old.PublicKey != u.PublicKey {
+			// A new key is a new WireGuard peer.
+			ops.Peers = append(ops.Peers, PeerOp{Kind: OpRemove, Name: u.Name, PublicKey: old.PublicKey})
+			existed = false
+		}
+		if !existed {
+			op := PeerOp{Kind: OpAdd, Name: u.Name, PublicKey: u.PublicKey, AllowedIPs: u.AllowedIPs, ReplaceIPs: true}
+			if u.Endpoint.IsValid() {
+				ep := u.Endpoint
+				op.Endpoint = &ep
+			}
+			if u.PersistentKeepalive != 0 {
+				k := u.PersistentKeepalive
+				op.Keepalive = &k
+			}
+			ops.Peers = append(ops.Peers, op)
+			continue
+		}
+		op := PeerOp{Kind: OpUpdate, Name: u.Name, PublicKey: u.PublicKey}
+		changed := false
+		if !slices.Equal(old.AllowedIPs, u.AllowedIPs) {
+			op.AllowedIPs, op.ReplaceIPs, changed = u.AllowedIPs, true, true
+		}
+		if u.Endpoint.IsValid() && u.Endpoint != old.Endpoint {
+			ep := u.Endpoint
+			op.Endpoint, changed = &ep, true
+		}
+		if u.PersistentKeepalive != old.PersistentKeepalive {
+			k := u.PersistentKeepalive
+			op.Keepalive, changed = &k, true
+		}
+		if changed {
+			ops.Peers = append(ops.Peers, op)
+		}
+	}
+	if d.Interface != nil {
+		if next.Interface.MTU != prev.Interface.MTU && next.Interface.MTU != 0 {
+			m := next.Interface.MTU
+			ops.MTU = &m
+		}
+		if next.Interface.ListenPort != prev.Interface.ListenPort && next.Interface.ListenPort != 0 {
+			p := next.Interface.ListenPort
+			ops.ListenPort = &p
+		}
+		ops.AddAddrs, ops.DelAddrs = addrDiff(next.Interface.Addresses, prev.Interface.Addresses)
+	}
+	if d.RoutesChanged {
+		ops.AddRoutes, ops.DelRoutes = setDiff(next.Routes, prev.Routes)
+	}
+	if d.Forwarding != nil && *d.Forwarding && !prev.Forwarding {
+		f := true
+		ops.Forwarding = &f
+	}
+	return ops
+}

@@ -1,8 +1,10 @@
 package plan
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -138,3 +140,123 @@ func TestForeignKeyIsRewritten(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestFromDeltaMatchesCompute(t *testing.T) {
+	base := desiredMap(200)
+	for name, mutate := range map[string]func(m netmap.Map) netmap.Map{
+		"add": func(m netmap.Map) netmap.Map {
+			m.Peers = append(m.Peers, netmap.Peer{Name: "zz", PublicKey: key(99999), AllowedIPs: []netip.Prefix{pfx("100.70.0.1/32")}, Endpoint: ep("192.0.2.9:51820")})
+			return m.Normalize()
+		},
+		"remove": func(m netmap.Map) netmap.Map { m.Peers = m.Peers[1:]; return m },
+		"change allowed IPs": func(m netmap.Map) netmap.Map {
+			m.Peers[5].AllowedIPs = []netip.Prefix{pfx("100.70.0.0/24")}
+			return m
+		},
+		"change endpoint and keepalive": func(m netmap.Map) netmap.Map {
+			m.Peers[7].Endpoint = ep("198.51.100.7:51820")
+			m.Peers[7].PersistentKeepalive = 25
+			return m
+		},
+		"rekey": func(m netmap.Map) netmap.Map { m.Peers[9].PublicKey = key(77777); return m },
+		"routes and mtu": func(m netmap.Map) netmap.Map {
+			m.Routes = []netip.Prefix{pfx("100.64.0.0/10")}
+			m.Interface.MTU = 1380
+			return m
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			next := mutate(base.Clone())
+			d := netmap.Diff(base, next)
+			fromDelta := FromDelta(base, base.Apply(d), d)
+			full := Compute(next, base, actualOf(base, our), our)
+			if fromDelta.Count() != full.Count() {
+				t.Fatalf("delta ops %d (%+v), full diff %d (%+v)", fromDelta.Count(), fromDelta, full.Count(), full)
+			}
+			// Applying the delta's ops to the device gives the same state
+			// the full diff would.
+			after := canon(apply(actualOf(base, our), fromDelta))
+			if diff := cmp.Diff(canon(actualOf(next, our)), after, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }),
+				cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
+				t.Errorf("device after delta ops differs from the target (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// apply simulates a device executing ops.
+func apply(d Device, ops Ops) Device {
+	peers := map[netmap.Key]Peer{}
+	var order []netmap.Key
+	for _, p := range d.Peers {
+		peers[p.PublicKey] = p
+		order = append(order, p.PublicKey)
+	}
+	for _, op := range ops.Peers {
+		switch op.Kind {
+		case OpRemove:
+			delete(peers, op.PublicKey)
+		default:
+			p := peers[op.PublicKey]
+			if _, ok := peers[op.PublicKey]; !ok {
+				order = append(order, op.PublicKey)
+			}
+			p.PublicKey = op.PublicKey
+			if op.Endpoint != nil {
+				p.Endpoint = *op.Endpoint
+			}
+			if op.ReplaceIPs {
+				p.AllowedIPs = op.AllowedIPs
+			}
+			if op.Keepalive != nil {
+				p.PersistentKeepalive = *op.Keepalive
+			}
+			peers[op.PublicKey] = p
+		}
+	}
+	out := d
+	out.Peers = nil
+	for _, k := range order {
+		if p, ok := peers[k]; ok && !containsKey(out.Peers, k) {
+			out.Peers = append(out.Peers, p)
+		}
+	}
+	if ops.MTU != nil {
+		out.MTU = *ops.MTU
+	}
+	out.Routes = netmap.SortPrefixes(append(slicesDelete(out.Routes, ops.DelRoutes), ops.AddRoutes...))
+	return out
+}
+
+func containsKey(ps []Peer, k netmap.Key) bool {
+	for _, p := range ps {
+		if p.PublicKey == k {
+			return true
+		}
+	}
+	return false
+}
+
+func slicesDelete(ps, del []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		keep := true
+		for _, d := range del {
+			if p == d {
+				keep = false
+			}
+		}
+		if keep {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// canon sorts a device's lists so devices compare as sets.
+func canon(d Device) Device {
+	d.Peers = slices.Clone(d.Peers)
+	slices.SortFunc(d.Peers, func(a, b Peer) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
+	d.Routes = netmap.SortPrefixes(slices.Clone(d.Routes))
+	return d
+}

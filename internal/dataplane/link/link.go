@@ -56,6 +56,12 @@ func (l *Link) CreateWireGuard() error {
 	return nil
 }
 
+// Exists reports whether the interface exists.
+func (l *Link) Exists() bool {
+	_, err := l.h.LinkByName(l.name)
+	return err == nil
+}
+
 // Delete removes the interface; a missing one is not an error.
 func (l *Link) Delete() error {
 	lk, err := l.h.LinkByName(l.name)

@@ -117,8 +117,15 @@ func (d *Device) Close() error {
 // the device exists.
 func (d *Device) Mode() string { return d.mode }
 
-// exists reports whether the interface is there and configurable.
+// exists reports whether the interface is there and configurable. Once
+// the implementation is known it avoids reading the whole device.
 func (d *Device) exists() bool {
+	switch d.mode {
+	case ModeUserspace:
+		return socketAlive(d.cfg.Interface)
+	case ModeKernel:
+		return d.link.Exists()
+	}
 	_, err := d.wg.Device(d.cfg.Interface)
 	return err == nil
 }
@@ -271,8 +278,30 @@ func (d *Device) Apply(ctx context.Context, desired, prev netmap.Map) (Result, e
 	if err != nil {
 		return res, err
 	}
-	ours := d.cfg.PrivateKey.PublicKey()
-	ops := plan.Compute(desired, prev, actual, ours)
+	ops := plan.Compute(desired, prev, actual, d.cfg.PrivateKey.PublicKey())
+	return d.execute(ops, desired.Revision, start, res)
+}
+
+// ApplyDelta applies one delta without reading the device: it assumes the
+// device holds prev (the last map applied) and makes it hold next. Its cost
+// is proportional to the delta, not to the number of peers. Callers run a
+// full Apply periodically to repair drift.
+func (d *Device) ApplyDelta(ctx context.Context, prev, next netmap.Map, delta netmap.Delta) (Result, error) {
+	start := time.Now()
+	created, err := d.ensure(ctx, next.Interface.MTU)
+	if err != nil {
+		return Result{}, err
+	}
+	if created {
+		// A new device holds nothing: apply everything.
+		return d.Apply(ctx, next, netmap.Map{})
+	}
+	return d.execute(plan.FromDelta(prev, next, delta), next.Revision, start, Result{})
+}
+
+// execute carries out operations: one wgctrl call per batch of peer
+// operations (each touching only its own peer), then the link changes.
+func (d *Device) execute(ops plan.Ops, revision int64, start time.Time, res Result) (Result, error) {
 	if ops.Empty() {
 		res.NoChanges = true
 		res.Duration = time.Since(start)
@@ -334,7 +363,7 @@ func (d *Device) Apply(ctx context.Context, desired, prev netmap.Map) (Result, e
 	if err != nil {
 		return res, err
 	}
-	d.log.Debug("applied map", "interface", d.cfg.Interface, "revision", desired.Revision, "added", res.Added, "updated", res.Updated, "removed", res.Removed, "other", res.OtherOps, "took", res.Duration)
+	d.log.Debug("applied map", "interface", d.cfg.Interface, "revision", revision, "added", res.Added, "updated", res.Updated, "removed", res.Removed, "other", res.OtherOps, "took", res.Duration)
 	return res, nil
 }
 

@@ -56,7 +56,9 @@ type host struct {
 	ovl    netip.Addr // overlay
 }
 
-func newPair(t *testing.T) (*host, *host) {
+func newPair(t *testing.T) (*host, *host) { return newPairB(t) }
+
+func newPairB(t testing.TB) (*host, *host) {
 	testenv.RequireRoot(t)
 	testenv.RequireBinary(t, "ip")
 	s := suffix()

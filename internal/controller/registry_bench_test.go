@@ -1,0 +1,136 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/spec"
+	"github.com/statemesh/statemesh/internal/store"
+	"github.com/statemesh/statemesh/internal/store/bolt"
+	"github.com/statemesh/statemesh/internal/topology"
+)
+
+// seedDesignLimit writes n enrolled nodes spread over the design-limit
+// mesh's clusters into a store, with the spec and plan.
+func seedDesignLimit(b *testing.B, st store.Store, n int) {
+	data, err := os.ReadFile("../../examples/design-limit-ipv6.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	m, err := spec.Parse(data)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := plan.Compute(m, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pj, _ := json.Marshal(p)
+	ctx := context.Background()
+	if _, err := st.Update(ctx, func(tx store.Tx) error {
+		tx.Put(keySpec, encode(SpecRecord{YAML: string(data)}))
+		return tx.Put(keyPlan, pj)
+	}); err != nil {
+		b.Fatal(err)
+	}
+	var clusters []*plan.Cluster
+	for ri := range p.Regions {
+		for ci := range p.Regions[ri].Clusters {
+			clusters = append(clusters, &p.Regions[ri].Clusters[ci])
+		}
+	}
+	const batch = 10000
+	now := time.Now()
+	for start := 0; start < n; start += batch {
+		if _, err := st.Update(ctx, func(tx store.Tx) error {
+			for i := start; i < min(start+batch, n); i++ {
+				c := clusters[i%len(clusters)]
+				slot := i / len(clusters)
+				var k netmap.Key
+				copy(k[:], strconv.Itoa(i))
+				rec := NodeRecord{Name: fmt.Sprintf("%s-%s-n%04d", c.Region, c.Name, slot), Region: c.Region, Cluster: c.Name, Role: "node",
+					Class: "weak", State: topology.StateActive, PublicKey: k, Slot: slot, TokenID: "bench", EnrolledAt: now, CertSerial: "1",
+					Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 51820)}
+				rec.OverlayIPv4, rec.OverlayIPv6, rec.PodIPv4, rec.PodIPv6 = c.NodeAddresses(slot)
+				if err := tx.Put(nodeKey(rec.Name), encode(rec)); err != nil {
+					return err
+				}
+				if err := tx.Put(slotKey(rec.Region, rec.Cluster, slot), encode(SlotRecord{Node: rec.Name})); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// BenchmarkRegistryLoad: a controller restarting on an embedded store that
+// holds 1,000,000 nodes (the design limit): time to load the registry and
+// build the topology index, and heap bytes per node. Run with
+// -benchtime=1x; STATEMESH_BENCH_NODES overrides the count.
+func BenchmarkRegistryLoad(b *testing.B) {
+	n := 1_000_000
+	if v, err := strconv.Atoi(os.Getenv("STATEMESH_BENCH_NODES")); err == nil {
+		n = v
+	}
+	dir := b.TempDir()
+	st, err := bolt.Open(dir, bolt.Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	seedStart := time.Now()
+	seedDesignLimit(b, st, n)
+	b.Logf("seeded %d nodes in %s", n, time.Since(seedStart).Round(time.Millisecond))
+	st.Close()
+	if fi, err := os.Stat(dir + "/" + bolt.FileName); err == nil {
+		b.ReportMetric(float64(fi.Size())/float64(n), "disk-B/node")
+	}
+	b.ResetTimer()
+	for range b.N {
+		st, err := bolt.Open(dir, bolt.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		before := heapInUse()
+		start := time.Now()
+		c, err := New(Config{Store: st})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Bootstrap(context.Background(), "bench"); err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		go c.Run(ctx)
+		<-c.Ready()
+		load := time.Since(start)
+		after := heapInUse()
+		if got := len(c.Nodes("", "")); got != n {
+			b.Fatalf("loaded %d nodes, want %d", got, n)
+		}
+		b.ReportMetric(load.Seconds(), "load-s")
+		b.ReportMetric(float64(after-before)/float64(n), "heap-B/node")
+		b.Logf("%d nodes: registry loaded in %s, %d heap bytes per node", n, load.Round(time.Millisecond), (after-before)/uint64(n))
+		cancel()
+		st.Close()
+	}
+}
