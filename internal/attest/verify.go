@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/hex"
 	"fmt"
 	"slices"
@@ -116,16 +117,21 @@ func (p Policy) CheckIdentity(id Identity) (Checked, error) {
 	return c, nil
 }
 
-// parseEKCert parses an EK certificate, tolerating the NV index's trailing
-// padding that some TPMs add.
+// oidSAN is the subject alternative name extension. TCG EK certificates
+// mark it critical and fill it with a directoryName of TPM manufacturer
+// attributes that Go's x509 does not interpret.
+var oidSAN = asn1.ObjectIdentifier{2, 5, 29, 17}
+
+// parseEKCert parses an EK certificate. The TCG subject alternative name is
+// accepted as understood; any other unhandled critical extension still
+// fails verification.
 func parseEKCert(der []byte) (*x509.Certificate, error) {
 	cert, err := x509.ParseCertificate(der)
-	if err == nil {
-		return cert, nil
+	if err != nil {
+		return nil, err
 	}
-	// Some certificates carry unhandled critical extensions (TCG SAN); the
-	// chain check still verifies the signature.
-	return nil, err
+	cert.UnhandledCriticalExtensions = slices.DeleteFunc(cert.UnhandledCriticalExtensions, func(o asn1.ObjectIdentifier) bool { return o.Equal(oidSAN) })
+	return cert, nil
 }
 
 // NewChallenge makes a challenge for a checked identity: a fresh nonce and,

@@ -1,0 +1,61 @@
+package attest
+
+import (
+	"errors"
+	"path/filepath"
+	"testing"
+
+	"github.com/statemesh/statemesh/internal/swtpm"
+	"github.com/statemesh/statemesh/internal/testenv"
+	"github.com/statemesh/statemesh/internal/tpm"
+)
+
+// TestSWTPM attests Debian's swtpm, provisioned with an EK certificate from
+// a local CA: accepted with that CA as root, refused with another.
+func TestSWTPM(t *testing.T) {
+	testenv.RequireBinary(t, "swtpm")
+	testenv.RequireBinary(t, "swtpm_setup")
+	dir := t.TempDir()
+	ca, err := swtpm.NewCA(filepath.Join(dir, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "state")
+	if err := ca.Provision(state); err != nil {
+		t.Fatal(err)
+	}
+	tp, err := swtpm.Start(state, filepath.Join(dir, "tpm.sock"), filepath.Join(dir, "swtpm.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Stop()
+	rw, err := tpm.Open(tp.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewAttester(rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	id, err := a.Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(id.EKCert) == 0 {
+		t.Fatal("swtpm has no EK certificate in NV")
+	}
+	roots, inter, err := ca.Pools()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := Policy{Roots: roots, Intermediates: inter, PCRs: []int{0, 1, 2, 3, 4, 5, 6, 7}}
+	if err := attest(p, a, id, nil); err != nil {
+		t.Fatalf("swtpm with its CA as root: %v", err)
+	}
+	other := newCA(t, "not the swtpm CA")
+	p.Roots = other.pool()
+	if err := attest(p, a, id, nil); !errors.Is(err, ErrEKUntrusted) {
+		t.Fatalf("swtpm with another root: %v", err)
+	}
+}
