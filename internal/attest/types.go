@@ -23,10 +23,10 @@ package attest
 import (
 	"bytes"
 	"crypto/sha256"
-	"crypto/tls"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
+
+	"github.com/statemesh/statemesh/internal/atls"
 )
 
 // Version of the evidence encoding.
@@ -152,32 +152,5 @@ func Encode(v any) []byte {
 	return b
 }
 
-// ExporterLabel is the TLS exporter label of StateMesh's aTLS binding.
-const ExporterLabel = "EXPORTER-statemesh-attestation"
-
-// Exporter returns the TLS 1.3 exporter value of a connection: both ends
-// compute the same 32 bytes, and no other connection has them.
-func Exporter(cs *tls.ConnectionState) ([]byte, error) {
-	if cs == nil {
-		return nil, fmt.Errorf("%w: not a TLS connection", ErrBinding)
-	}
-	if cs.Version != tls.VersionTLS13 {
-		return nil, fmt.Errorf("%w: TLS version %x, want 1.3", ErrBinding, cs.Version)
-	}
-	return cs.ExportKeyingMaterial(ExporterLabel, nil, 32)
-}
-
-// Binding is the quote's extraData: it ties the evidence to one TLS
-// connection (its exporter value), one challenge (the nonce) and one
-// WireGuard key.
-func Binding(exporter, nonce, wgPub []byte) []byte {
-	h := sha256.New()
-	h.Write([]byte("statemesh-attestation-v1\x00"))
-	for _, part := range [][]byte{exporter, nonce, wgPub} {
-		var l [4]byte
-		binary.BigEndian.PutUint32(l[:], uint32(len(part)))
-		h.Write(l[:])
-		h.Write(part)
-	}
-	return h.Sum(nil)
-}
+// Binding is atls.Binding: the quote's extraData.
+func Binding(exporter, nonce, wgPub []byte) []byte { return atls.Binding(exporter, nonce, wgPub) }

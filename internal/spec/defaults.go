@@ -23,6 +23,17 @@ func (m *Mesh) SetDefaults() {
 	if m.Cilium.MaxConnectedClusters == 0 {
 		m.Cilium.MaxConnectedClusters = 255
 	}
+	if a := m.Attestation; a != nil {
+		if a.PCRs == nil {
+			a.PCRs = []int{0, 1, 2, 3, 4, 5, 6, 7}
+		}
+		if a.ReattestInterval == "" {
+			a.ReattestInterval = DefaultReattest
+		}
+		if a.OnFailure == "" {
+			a.OnFailure = OnFailureQuarantine
+		}
+	}
 	explicitPods := false
 	for i := range m.Regions {
 		r := &m.Regions[i]
@@ -89,4 +100,20 @@ func (r Roles) get(role string) RoleUnderlay {
 		return r.Gateway
 	}
 	return RoleUnderlay{}
+}
+
+// AdmitsWithoutTPM says whether a cluster admits nodes without TPM
+// evidence (as weak).
+func (m *Mesh) AdmitsWithoutTPM(region, cluster string) bool {
+	if m.Attestation == nil {
+		return true
+	}
+	for _, r := range m.Regions {
+		for _, c := range r.Clusters {
+			if r.Name == region && c.Name == cluster && c.AdmitWithoutTPM != nil {
+				return *c.AdmitWithoutTPM
+			}
+		}
+	}
+	return m.Attestation.AdmitWithoutTPM
 }

@@ -98,6 +98,8 @@ func (w *walker) check(n *yaml.Node, t reflect.Type, path string) {
 		return // absent value: the default applies
 	}
 	switch t.Kind() {
+	case reflect.Pointer:
+		w.check(n, t.Elem(), path)
 	case reflect.Struct:
 		if n.Kind != yaml.MappingNode {
 			w.fail(path, n, "", "expected a mapping, got %s", describe(n))
@@ -132,6 +134,10 @@ func (w *walker) check(n *yaml.Node, t reflect.Type, path string) {
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
+			if t.Key().Kind() == reflect.Int && (k.Kind != yaml.ScalarNode || k.Tag != "!!int") {
+				w.fail(join(path, k.Value), k, "", "expected an integer key, got %s", describe(k))
+				continue
+			}
 			w.check(v, t.Elem(), join(path, k.Value))
 		}
 	case reflect.String:

@@ -266,3 +266,42 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestAttestationPolicy(t *testing.T) {
+	in := good + `attestation:
+  ekRoots: ["not pem"]
+  ekAllowList: [abc]
+  pcrs: [0, 7, 7, 30]
+  reference:
+    9: [00]
+  reattestInterval: 1s
+  onFailure: panic
+  bogus: 1
+`
+	_, err := Parse([]byte(in))
+	if diff := cmp.Diff([]string{"attestation.bogus"}, paths(err)); diff != "" {
+		t.Fatalf("unknown field inside attestation (-want +got):\n%s", diff)
+	}
+	in = strings.Replace(in, "  bogus: 1\n", "", 1)
+	_, err = Parse([]byte(in))
+	want := []string{"attestation.ekRoots[0]", "attestation.ekAllowList[0]", "attestation.pcrs[2]", "attestation.pcrs[3]",
+		"attestation.reference.9", "attestation.reference.9[0]", "attestation.reattestInterval", "attestation.onFailure"}
+	if diff := cmp.Diff(want, paths(err)); diff != "" {
+		t.Errorf("(-want +got):\n%s\n%v", diff, err)
+	}
+	m, err := Parse([]byte(good + "attestation:\n  ekAllowList: [" + strings.Repeat("ab", 32) + "]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.AdmitsWithoutTPM("eu-central", "prod") || len(m.Attestation.PCRs) != 8 || m.Attestation.OnFailure != "quarantine" {
+		t.Errorf("attestation defaults: %+v", m.Attestation)
+	}
+	m, _ = Parse([]byte(strings.Replace(good, "maxNodes: 100", "maxNodes: 100\n        admitWithoutTPM: true", 1) + "attestation:\n  ekAllowList: [" + strings.Repeat("ab", 32) + "]\n"))
+	if !m.AdmitsWithoutTPM("eu-central", "prod") {
+		t.Error("cluster override ignored")
+	}
+	m, _ = Parse([]byte(good))
+	if !m.AdmitsWithoutTPM("eu-central", "prod") {
+		t.Error("without an attestation policy every node is admitted (as weak)")
+	}
+}

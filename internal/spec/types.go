@@ -59,7 +59,41 @@ type Mesh struct {
 	// on a different network).
 	Roles   Roles    `yaml:"roles" json:"roles"`
 	Cilium  Cilium   `yaml:"cilium" json:"cilium"`
-	Regions []Region `yaml:"regions" json:"regions"`
+	// Attestation is the zero-trust admission policy. Without it,
+	// attestation is off and every node is admitted as weak.
+	Attestation *Attestation `yaml:"attestation" json:"attestation,omitempty"`
+	Regions     []Region     `yaml:"regions" json:"regions"`
+}
+
+// Attestation policy.
+const (
+	OnFailureQuarantine = "quarantine"
+	OnFailureDowngrade  = "downgrade"
+	DefaultReattest     = "30s"
+)
+
+// Attestation is the TPM attestation policy.
+type Attestation struct {
+	// EKRoots are PEM certificates: self-signed ones are accepted EK roots,
+	// the others intermediates that may complete a chain.
+	EKRoots []string `yaml:"ekRoots" json:"ekRoots,omitempty"`
+	// EKAllowList holds SHA-256 digests (hex) of PKIX EK public keys
+	// accepted without a certificate (vTPMs).
+	EKAllowList []string `yaml:"ekAllowList" json:"ekAllowList,omitempty"`
+	// PCRs every quote must cover (SHA-256 bank); default 0-7.
+	PCRs []int `yaml:"pcrs" json:"pcrs"`
+	// Reference maps a PCR to its accepted values (hex SHA-256); a PCR not
+	// listed may hold anything.
+	Reference map[int][]string `yaml:"reference" json:"reference,omitempty"`
+	// ReattestInterval is how often strong nodes re-attest (Go duration,
+	// default 30s); a node three intervals late is treated as failed.
+	ReattestInterval string `yaml:"reattestInterval" json:"reattestInterval"`
+	// OnFailure is quarantine (default: cut the node off) or downgrade
+	// (keep it as weak; gateways are quarantined regardless).
+	OnFailure string `yaml:"onFailure" json:"onFailure"`
+	// AdmitWithoutTPM admits nodes without TPM evidence as weak (default
+	// false: refused). Clusters may override it. Gateways always need it.
+	AdmitWithoutTPM bool `yaml:"admitWithoutTPM" json:"admitWithoutTPM"`
 }
 
 // Metadata names the mesh.
@@ -146,4 +180,7 @@ type Cluster struct {
 	MaxPodsPerNode int               `yaml:"maxPodsPerNode" json:"maxPodsPerNode"`
 	ClusterID      int               `yaml:"clusterID" json:"clusterID,omitempty"`
 	Labels         map[string]string `yaml:"labels" json:"labels,omitempty"`
+	// AdmitWithoutTPM overrides attestation.admitWithoutTPM for this
+	// cluster.
+	AdmitWithoutTPM *bool `yaml:"admitWithoutTPM" json:"admitWithoutTPM,omitempty"`
 }

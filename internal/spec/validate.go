@@ -1,7 +1,11 @@
 package spec
 
 import (
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
 	"fmt"
+	"time"
 	"math/bits"
 	"net/netip"
 	"regexp"
@@ -92,6 +96,7 @@ func (m *Mesh) validate(lines map[string]int) Errors {
 		e.add("cilium.geneveOptionBytes", "remove it, or set routingMode: geneve", "Geneve options are set but routing mode is %s", m.Cilium.RoutingMode)
 	}
 
+	checkAttestation(e, m.Attestation)
 	if len(m.Regions) == 0 {
 		e.add("regions", "add at least one region", "the mesh has no regions")
 	}
@@ -340,5 +345,65 @@ func checkOverlaps(e *errs, ranges []rangeRef) {
 			}
 			e.add(b.path, fmt.Sprintf("pick a range that does not overlap %s", a.path), "%s overlaps %s (%s)", b.prefix, a.prefix, a.path)
 		}
+	}
+}
+
+func checkAttestation(e *errs, a *Attestation) {
+	if a == nil {
+		return
+	}
+	for i, p := range a.EKRoots {
+		path := fmt.Sprintf("attestation.ekRoots[%d]", i)
+		blk, _ := pem.Decode([]byte(p))
+		if blk == nil || blk.Type != "CERTIFICATE" {
+			e.add(path, "paste the CA's PEM certificate (-----BEGIN CERTIFICATE-----...)", "not a PEM certificate")
+			continue
+		}
+		if _, err := x509.ParseCertificate(blk.Bytes); err != nil {
+			e.add(path, "use the EK CA's certificate", "certificate does not parse: %v", err)
+		}
+	}
+	for i, h := range a.EKAllowList {
+		if b, err := hex.DecodeString(h); err != nil || len(b) != 32 {
+			e.add(fmt.Sprintf("attestation.ekAllowList[%d]", i), "give the SHA-256 (64 hex digits) of the EK's PKIX public key", "%q is not a SHA-256 digest", h)
+		}
+	}
+	if len(a.EKRoots) == 0 && len(a.EKAllowList) == 0 {
+		e.add("attestation", "add ekRoots (your TPM vendors' EK CAs) or ekAllowList (vTPM EK digests)", "no EK can be trusted: every TPM node would be refused")
+	}
+	seen := map[int]bool{}
+	for i, p := range a.PCRs {
+		path := fmt.Sprintf("attestation.pcrs[%d]", i)
+		if p < 0 || p > 23 {
+			e.add(path, "use PCR indexes 0..23", "PCR %d does not exist", p)
+		} else if seen[p] {
+			e.add(path, "list each PCR once", "PCR %d is listed twice", p)
+		}
+		seen[p] = true
+	}
+	keys := make([]int, 0, len(a.Reference))
+	for k := range a.Reference {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, pcr := range keys {
+		path := fmt.Sprintf("attestation.reference.%d", pcr)
+		if !seen[pcr] {
+			e.add(path, fmt.Sprintf("add %d to attestation.pcrs", pcr), "PCR %d has reference values but is not quoted", pcr)
+		}
+		if len(a.Reference[pcr]) == 0 {
+			e.add(path, "list at least one accepted value, or remove the entry", "no accepted value")
+		}
+		for j, v := range a.Reference[pcr] {
+			if b, err := hex.DecodeString(v); err != nil || len(b) != 32 {
+				e.add(fmt.Sprintf("%s[%d]", path, j), "write the SHA-256 PCR value as 64 hex digits", "%q is not a SHA-256 value", v)
+			}
+		}
+	}
+	if d, err := time.ParseDuration(a.ReattestInterval); err != nil || d < 5*time.Second || d > 24*time.Hour {
+		e.add("attestation.reattestInterval", "use a Go duration between 5s and 24h (e.g. 30s)", "invalid interval %q", a.ReattestInterval)
+	}
+	if a.OnFailure != OnFailureQuarantine && a.OnFailure != OnFailureDowngrade {
+		e.add("attestation.onFailure", "use quarantine or downgrade", "unknown action %q", a.OnFailure)
 	}
 }
