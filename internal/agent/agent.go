@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -51,6 +52,9 @@ type Config struct {
 	ListenPort     int
 	// Interface overrides the map's interface name (default: the map's).
 	Interface string
+	// TPM is the node's TPM (/dev/tpmrm0, swtpm://HOST:PORT, unix:PATH,
+	// mssim://HOST:PORT) or "none".
+	TPM string
 	// WireGuard is kernel, userspace or auto.
 	WireGuard        string
 	UserspaceCommand []string
@@ -223,12 +227,22 @@ func (a *Agent) identity(ctx context.Context) (*apiclient.Identity, error) {
 	}
 	var id *apiclient.Identity
 	var err error
+	var att apiclient.Attester
+	if t := a.attester(); t != nil {
+		att = t
+	}
 	for attempt := 0; ; attempt++ {
-		id, err = apiclient.Enroll(ctx, a.cfg.Controller, a.cfg.Token, api.EnrollRequest{
+		req := api.EnrollRequest{
 			Name: a.cfg.Name, Role: a.cfg.Role, PublicKey: a.key.PublicKey(),
 			Endpoint: endpoint, PublicEndpoint: a.cfg.PublicEndpoint,
-		})
+		}
+		id, err = apiclient.EnrollAttested(ctx, a.cfg.Controller, a.cfg.Token, req, att)
 		var ae *api.Error
+		if att != nil && errors.As(err, &ae) && ae.Code == api.CodeInvalidArgument && strings.Contains(ae.Message, "attestation is not configured") {
+			a.log.Warn("the mesh does not use attestation; enrolling without TPM evidence (as weak)")
+			att = nil
+			id, err = apiclient.EnrollAttested(ctx, a.cfg.Controller, a.cfg.Token, req, nil)
+		}
 		if err == nil || errors.As(err, &ae) || attempt >= 30 {
 			break
 		}
@@ -248,6 +262,9 @@ func (a *Agent) identity(ctx context.Context) (*apiclient.Identity, error) {
 		return nil, err
 	}
 	a.log.Info("enrolled", "node", id.Node.Name, "region", id.Node.Region, "cluster", id.Node.Cluster, "overlay", id.Node.OverlayIPv4, "class", id.Node.Class)
+	if id.Node.Class != "strong" && att != nil {
+		a.log.Warn("enrolled as weak although a TPM is configured")
+	}
 	return id, nil
 }
 
@@ -408,7 +425,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	var wgRun sync.WaitGroup
-	wgRun.Add(3)
+	wgRun.Add(4)
+	go func() { defer wgRun.Done(); a.reattestLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.saveLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.statusLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.reconcileLoop(ctx) }()

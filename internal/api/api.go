@@ -7,6 +7,7 @@ package api
 
 import (
 	_ "embed"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -143,6 +144,10 @@ type Node struct {
 	Endpoint       string     `json:"endpoint,omitempty"`
 	PublicEndpoint string     `json:"publicEndpoint,omitempty"`
 	EnrolledAt     time.Time  `json:"enrolledAt"`
+	// AttestedAt is the last successful attestation (strong nodes).
+	AttestedAt *time.Time `json:"attestedAt,omitempty"`
+	// Reason says why a node is quarantined or was downgraded.
+	Reason string `json:"reason,omitempty"`
 	// Healthy is set for gateways.
 	Healthy *bool `json:"healthy,omitempty"`
 }
@@ -194,8 +199,10 @@ type EnrollRequest struct {
 	PublicEndpoint string `json:"publicEndpoint,omitempty"`
 	// CSR is a PEM certificate request for the node's client identity.
 	CSR string `json:"csr"`
-	// Evidence is the node's attestation evidence, when it has a TPM.
-	Evidence []byte `json:"evidence,omitempty"`
+	// Evidence is the node's attestation evidence (attest.Evidence as
+	// JSON), answering a challenge from /v1/attest/challenge and bound to
+	// the TLS connection that carries this request.
+	Evidence json.RawMessage `json:"evidence,omitempty"`
 }
 
 // EnrollResponse is the controller's answer to an enrollment.
@@ -208,6 +215,27 @@ type EnrollResponse struct {
 	// Revision is the store revision of the enrollment: the node's map is
 	// served from this revision on.
 	Revision int64 `json:"revision"`
+}
+
+// AttestChallengeRequest opens an attestation session: a node's TPM
+// identity (attest.Identity as JSON), with its join token when it is not
+// enrolled yet.
+type AttestChallengeRequest struct {
+	Token    string          `json:"token,omitempty"`
+	Identity json.RawMessage `json:"identity,omitempty"`
+}
+
+// AttestChallenge is the controller's challenge (attest.Challenge as JSON).
+type AttestChallenge struct {
+	Challenge json.RawMessage `json:"challenge"`
+	// ReattestInterval is how often the node must re-attest (seconds).
+	ReattestInterval int `json:"reattestInterval"`
+}
+
+// AttestRequest carries evidence for re-attestation (attest.Evidence as
+// JSON), bound to the TLS connection that carries it.
+type AttestRequest struct {
+	Evidence json.RawMessage `json:"evidence"`
 }
 
 // StatusReport is what an agent reports periodically. For gateways it is

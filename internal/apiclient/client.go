@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/atls"
 	"github.com/statemesh/statemesh/internal/controller"
 	"github.com/statemesh/statemesh/internal/netmap"
 )
@@ -38,7 +39,7 @@ func newClient(base string, tc *tls.Config, token string) (*Client, error) {
 	if err != nil || u.Scheme != "https" || u.Host == "" {
 		return nil, fmt.Errorf("controller URL %q: want https://HOST:PORT", base)
 	}
-	tc.MinVersion = tls.VersionTLS13
+	atls.Harden(tc)
 	tr := &http.Transport{
 		TLSClientConfig:     tc,
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/controller"
@@ -24,12 +25,31 @@ type Identity struct {
 	CertPEM  string   `json:"cert"`
 	KeyPEM   string   `json:"key"`
 	Revision int64    `json:"revision"`
+	// ReattestInterval is how often a strong node re-attests.
+	ReattestInterval time.Duration `json:"reattestInterval,omitempty"`
+}
+
+// Attester answers attestation challenges for Enroll (package attest's
+// Attester, through a small interface so this package needs no TPM).
+type Attester interface {
+	// Identity returns the TPM identity (attest.Identity as JSON).
+	Identity() ([]byte, error)
+	// Respond answers a challenge (attest.Challenge as JSON) with evidence
+	// (attest.Evidence as JSON) bound to exporter and the WireGuard key.
+	Respond(challenge, exporter, wgPub []byte) ([]byte, error)
 }
 
 // Enroll enrolls a node: it makes a fresh key and certificate request,
 // pins the controller's CA from the join token, and sends req (whose CSR
 // and Token it fills in).
 func Enroll(ctx context.Context, server, token string, req api.EnrollRequest) (*Identity, error) {
+	return EnrollAttested(ctx, server, token, req, nil)
+}
+
+// EnrollAttested enrolls with TPM evidence when att is not nil: it opens
+// an attestation session, then sends the enrollment with evidence bound
+// to the TLS connection that carries it.
+func EnrollAttested(ctx context.Context, server, token string, req api.EnrollRequest, att Attester) (*Identity, error) {
 	tok, err := controller.ParseJoinToken(token)
 	if err != nil {
 		return nil, err
@@ -53,14 +73,37 @@ func Enroll(ctx context.Context, server, token string, req api.EnrollRequest) (*
 		return nil, err
 	}
 	defer c.CloseIdle()
-	resp, err := c.Enroll(ctx, req)
+	var resp api.EnrollResponse
+	var interval time.Duration
+	if att == nil {
+		resp, err = c.Enroll(ctx, req)
+	} else {
+		idJSON, ierr := att.Identity()
+		if ierr != nil {
+			return nil, fmt.Errorf("reading the TPM identity: %w", ierr)
+		}
+		ch, cerr := c.AttestChallenge(ctx, token, idJSON)
+		if cerr != nil {
+			return nil, cerr
+		}
+		interval = time.Duration(ch.ReattestInterval) * time.Second
+		err = c.PostBound(ctx, "/v1/enroll", func(exp []byte) (any, error) {
+			ev, err := att.Respond(ch.Challenge, exp, req.PublicKey[:])
+			if err != nil {
+				return nil, fmt.Errorf("answering the attestation challenge: %w", err)
+			}
+			r := req
+			r.Evidence = ev
+			return r, nil
+		}, &resp)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return &Identity{
 		Server: server, Node: resp.Node, CA: resp.CA, CertPEM: resp.Certificate,
 		KeyPEM:   string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})),
-		Revision: resp.Revision,
+		Revision: resp.Revision, ReattestInterval: interval,
 	}, nil
 }
 

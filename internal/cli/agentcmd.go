@@ -12,6 +12,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/agent"
 	"github.com/statemesh/statemesh/internal/dataplane/wg"
+	"github.com/statemesh/statemesh/internal/tpm"
 )
 
 func newAgentCmd(e *env) *cobra.Command {
@@ -66,6 +67,7 @@ agent restarts; either way 'wg show' works.`,
 	f.IntVar(&cfg.ListenPort, "listen-port", 51820, "WireGuard UDP port advertised in the default endpoint")
 	f.StringVar(&cfg.Interface, "interface", "", "WireGuard interface name (default: the map's, sm0)")
 	f.StringVar(&cfg.WireGuard, "wireguard", wg.ModeAuto, "kernel, userspace or auto")
+	f.StringVar(&cfg.TPM, "tpm", tpm.Default(), "TPM: /dev/tpmrm0, swtpm://HOST:PORT, unix:PATH (swtpm socket), mssim://HOST:PORT, or none")
 	f.DurationVar(&cfg.StatusEvery, "status-interval", 0, "status/heartbeat interval (default 1s for gateways, 10s otherwise)")
 	f.DurationVar(&cfg.ReconcileEvery, "reconcile-interval", 30*time.Second, "re-apply the map this often to repair drift")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

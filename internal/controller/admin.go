@@ -164,6 +164,11 @@ func nodeView(n *NodeRecord, h HealthRecord) api.Node {
 		healthy := h.Healthy
 		v.Healthy = &healthy
 	}
+	if !n.AttestedAt.IsZero() {
+		at := n.AttestedAt
+		v.AttestedAt = &at
+	}
+	v.Reason = n.Reason
 	return v
 }
 
@@ -284,6 +289,11 @@ func (c *Controller) RemoveNode(ctx context.Context, name string) error {
 		if err := tx.Delete(healthKey(name)); err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
+		if n.EKHash != "" {
+			if err := tx.Delete(ekKey(n.EKHash)); err != nil {
+				return err
+			}
+		}
 		return tx.Put(slotKey(n.Region, n.Cluster, n.Slot), encode(SlotRecord{Node: name, ReleasedAt: now}))
 	})
 	if err != nil {
@@ -311,6 +321,11 @@ func (c *Controller) SetState(ctx context.Context, name, state, reason string) (
 			return nil
 		}
 		rec.State = state
+		if state == topology.StateActive {
+			rec.Reason = ""
+		} else {
+			rec.Reason = reason
+		}
 		return tx.Put(nodeKey(name), encode(rec))
 	})
 	if err != nil {

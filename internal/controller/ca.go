@@ -185,3 +185,17 @@ func NodeIdentity(cert *x509.Certificate) (name, serial string, err error) {
 	}
 	return "", "", errors.New("certificate carries no StateMesh node identity")
 }
+
+// nextPEM returns the DER of the next PEM CERTIFICATE block and the rest.
+func nextPEM(b []byte) (der, rest []byte) {
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return nil, nil
+		}
+		if blk.Type == "CERTIFICATE" {
+			return blk.Bytes, b
+		}
+	}
+}

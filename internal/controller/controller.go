@@ -24,7 +24,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/statemesh/statemesh/internal/attest"
 	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/spec"
 	"github.com/statemesh/statemesh/internal/store"
 	"github.com/statemesh/statemesh/internal/topology"
 )
@@ -98,13 +100,18 @@ type Controller struct {
 	rev      int64
 	revWait  chan struct{} // closed and replaced whenever rev advances
 	specYAML string
+	mesh     *spec.Mesh
 	plan     *plan.Plan
-	ix       *topology.Index
-	nodes    map[string]*NodeRecord
-	health   map[string]HealthRecord
-	slots    map[string]map[int]SlotRecord // region/cluster -> slot -> record
-	status   map[string]statusEntry
-	hub      *hub
+	// attestPolicy is the verifier's policy from the spec (nil: off);
+	// reattest its re-attestation interval.
+	attestPolicy *attest.Policy
+	reattest     time.Duration
+	ix           *topology.Index
+	nodes        map[string]*NodeRecord
+	health       map[string]HealthRecord
+	slots        map[string]map[int]SlotRecord // region/cluster -> slot -> record
+	status       map[string]statusEntry
+	hub          *hub
 
 	ready chan struct{}
 	// started is when Run began: gateways get a heartbeat timeout's grace
@@ -332,6 +339,14 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 		}
 		if r, err := decode[SpecRecord](value); err == nil {
 			c.specYAML = r.YAML
+			if m, err := spec.Parse([]byte(r.YAML)); err == nil {
+				c.mesh = m
+				if p, d, err := policyFromSpec(m); err == nil {
+					c.attestPolicy, c.reattest = p, d
+				} else {
+					c.log.Error("attestation policy in the spec does not load", "err", err)
+				}
+			}
 		}
 	case key == keyPlan:
 		if deleted {

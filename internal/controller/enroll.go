@@ -36,7 +36,13 @@ func parseEndpoint(field, s string) (netip.AddrPort, error) {
 // address slot in the token's cluster (or region, for gateways), signs the
 // node's certificate, and writes the node, its slot and the token's use
 // count in one transaction.
-func (c *Controller) Enroll(ctx context.Context, req api.EnrollRequest) (api.EnrollResponse, error) {
+//
+// With attestation configured, a node either brings evidence answering a
+// challenge from Challenge, bound to exporter (the TLS exporter value of the
+// connection carrying the request) and is admitted as strong, or brings
+// none and is admitted as weak only where the spec allows it (never as a
+// gateway). Evidence that fails verification is refused, never weak.
+func (c *Controller) Enroll(ctx context.Context, req api.EnrollRequest, exporter []byte) (api.EnrollResponse, error) {
 	now := c.cfg.Now()
 	if !nodeNameRE.MatchString(req.Name) {
 		return api.EnrollResponse{}, apiErr(api.CodeInvalidArgument, "node name %q: use lowercase letters, digits and '-', at most 63 characters", req.Name)
@@ -74,6 +80,19 @@ func (c *Controller) Enroll(ctx context.Context, req api.EnrollRequest) (api.Enr
 	if p == nil {
 		return api.EnrollResponse{}, apiErr(api.CodeNoSpec, "no spec has been applied")
 	}
+	pol, mesh, _ := c.policy()
+	var attested *SessionRecord
+	if len(req.Evidence) > 0 {
+		if pol == nil {
+			return api.EnrollResponse{}, apiErr(api.CodeInvalidArgument, "evidence given, but attestation is not configured in the mesh spec")
+		}
+		s, err := c.verifyEnrollment(ctx, req.Evidence, tok.ID, req.PublicKey, exporter)
+		if err != nil {
+			c.log.Warn("enrollment refused", "node", req.Name, "code", api.CodeAttestationFailed, "reason", err)
+			return api.EnrollResponse{}, err
+		}
+		attested = &s
+	}
 
 	var rec NodeRecord
 	var certPEM string
@@ -98,6 +117,14 @@ func (c *Controller) Enroll(ctx context.Context, req api.EnrollRequest) (api.Enr
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
+		if pol != nil && attested == nil {
+			if req.Role == netmap.RoleGateway {
+				return apiErr(api.CodeAttestationFailed, "gateways must be strong: enroll %s with TPM evidence (--tpm)", req.Name)
+			}
+			if !mesh.AdmitsWithoutTPM(t.Region, t.Cluster) {
+				return apiErr(api.CodeAttestationFailed, "cluster %s/%s admits only nodes with TPM evidence (set admitWithoutTPM to admit them as weak)", t.Region, t.Cluster)
+			}
+		}
 		slot, err := c.allocateSlot(tx, p, t.Region, t.Cluster, now)
 		if err != nil {
 			return err
@@ -107,6 +134,17 @@ func (c *Controller) Enroll(ctx context.Context, req api.EnrollRequest) (api.Enr
 			Class: netmap.ClassWeak, State: topology.StateActive,
 			PublicKey: req.PublicKey, Slot: slot, Endpoint: ep, PublicEndpoint: pep,
 			TokenID: t.ID, EnrolledAt: now,
+		}
+		if attested != nil {
+			if kv, err := tx.Get(ekKey(attested.EKHash)); err == nil && string(kv.Value) != req.Name {
+				if _, err := tx.Get(nodeKey(string(kv.Value))); err == nil {
+					return apiErr(api.CodeAlreadyExists, "this TPM is already enrolled as node %s", kv.Value)
+				}
+			}
+			rec.Class, rec.AKArea, rec.EKHash, rec.AttestedAt = netmap.ClassStrong, attested.AKArea, attested.EKHash, now
+			if err := tx.Put(ekKey(attested.EKHash), []byte(req.Name)); err != nil {
+				return err
+			}
 		}
 		if err := assignAddresses(&rec, p); err != nil {
 			return err

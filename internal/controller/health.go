@@ -90,6 +90,7 @@ func (c *Controller) healthMonitor(ctx context.Context) {
 		case <-t.C:
 		}
 		now := c.cfg.Now()
+		c.checkAttestationDeadlines(ctx, now)
 		var stale []string
 		c.mu.RLock()
 		for name, h := range c.health {

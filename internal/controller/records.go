@@ -23,6 +23,8 @@ import (
 //	health/<gateway>              HealthRecord
 //	pki/ca                        CARecord
 //	admin/<id>                    AdminRecord (hash of the admin credential)
+//	attest/sessions/<id>          SessionRecord: an open attestation challenge
+//	ek/<sha256 of the EK>         the node a TPM is enrolled as
 const (
 	keySpec       = "spec"
 	keyPlan       = "plan"
@@ -31,6 +33,8 @@ const (
 	prefixTokens  = "tokens/"
 	prefixHealth  = "health/"
 	keyCA         = "pki/ca"
+	prefixSession = "attest/sessions/"
+	prefixEK      = "ek/"
 	prefixAdmin   = "admin/"
 	gatewaysSlots = "_gateways"
 )
@@ -90,6 +94,28 @@ type NodeRecord struct {
 	EnrolledAt     time.Time      `json:"enrolledAt"`
 	// CertSerial is the serial of the node's current client certificate.
 	CertSerial string `json:"certSerial"`
+	// AKArea is the TPM attestation key proved at enrollment (strong
+	// nodes): re-attestation quotes must verify with it.
+	AKArea []byte `json:"akArea,omitempty"`
+	// EKHash identifies the node's TPM (one TPM, one node).
+	EKHash string `json:"ekHash,omitempty"`
+	// AttestedAt is the last successful attestation.
+	AttestedAt time.Time `json:"attestedAt,omitzero"`
+	// Reason says why the node is quarantined or was downgraded.
+	Reason string `json:"reason,omitempty"`
+}
+
+// SessionRecord is an open attestation challenge. The secret is kept only
+// as a hash; a session is consumed (deleted) by the evidence that answers
+// it, whatever the verdict.
+type SessionRecord struct {
+	Nonce      []byte    `json:"nonce"`
+	SecretHash []byte    `json:"secretHash,omitempty"`
+	AKArea     []byte    `json:"akArea"`
+	EKHash     string    `json:"ekHash"`
+	TokenID    string    `json:"tokenID,omitempty"`
+	Node       string    `json:"node,omitempty"`
+	ExpiresAt  time.Time `json:"expiresAt"`
 }
 
 func (n *NodeRecord) topo(healthy bool) topology.Node {

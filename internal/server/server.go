@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/atls"
 	"github.com/statemesh/statemesh/internal/controller"
 )
 
@@ -64,13 +65,11 @@ func (s *Server) TLSConfig(hosts []string) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("issuing serving certificate: %w", err)
 	}
-	return &tls.Config{
-		MinVersion:             tls.VersionTLS13,
-		Certificates:           []tls.Certificate{cert},
-		ClientAuth:             tls.VerifyClientCertIfGiven,
-		ClientCAs:              s.c.CA().Pool(),
-		SessionTicketsDisabled: true,
-	}, nil
+	return atls.Harden(&tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientCAs:    s.c.CA().Pool(),
+	}), nil
 }
 
 // Serve serves on l until ctx ends.
@@ -128,6 +127,9 @@ func (s *Server) routes() {
 	admin("POST /v1/tokens", s.createToken)
 	admin("DELETE /v1/tokens/{id}", s.revokeToken)
 	s.mux.Handle("POST /v1/enroll", s.wrap(s.enroll))
+	s.mux.Handle("POST /v1/attest/challenge", s.wrap(s.attestChallenge))
+	node("POST /v1/node/attest/challenge", s.nodeChallenge)
+	node("POST /v1/node/attest", s.nodeAttest)
 	node("GET /v1/node/map", s.watchMap)
 	node("POST /v1/node/status", s.reportStatus)
 	s.mux.HandleFunc("GET /v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
@@ -375,11 +377,60 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
 	if err := readJSON(w, r, &req); err != nil {
 		return err
 	}
-	resp, err := s.c.Enroll(r.Context(), req)
+	var exporter []byte
+	if len(req.Evidence) > 0 {
+		var err error
+		if exporter, err = atls.Exporter(r.TLS); err != nil {
+			return &api.Error{Code: api.CodeAttestationFailed, Message: err.Error()}
+		}
+	}
+	resp, err := s.c.Enroll(r.Context(), req, exporter)
 	if err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+func (s *Server) attestChallenge(w http.ResponseWriter, r *http.Request) error {
+	var req api.AttestChallengeRequest
+	if err := readJSON(w, r, &req); err != nil {
+		return err
+	}
+	ch, err := s.c.Challenge(r.Context(), "", req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, ch)
+	return nil
+}
+
+func (s *Server) nodeChallenge(w http.ResponseWriter, r *http.Request, name string) error {
+	var req api.AttestChallengeRequest
+	if err := readJSON(w, r, &req); err != nil {
+		return err
+	}
+	ch, err := s.c.Challenge(r.Context(), name, req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, ch)
+	return nil
+}
+
+func (s *Server) nodeAttest(w http.ResponseWriter, r *http.Request, name string) error {
+	var req api.AttestRequest
+	if err := readJSON(w, r, &req); err != nil {
+		return err
+	}
+	exporter, err := atls.Exporter(r.TLS)
+	if err != nil {
+		return &api.Error{Code: api.CodeAttestationFailed, Message: err.Error()}
+	}
+	if err := s.c.Reattest(r.Context(), name, req.Evidence, exporter); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 

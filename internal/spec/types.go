@@ -57,8 +57,8 @@ type Mesh struct {
 	Underlay Underlay `yaml:"underlay" json:"underlay"`
 	// Roles overrides the underlay per node role (operator nodes often sit
 	// on a different network).
-	Roles   Roles    `yaml:"roles" json:"roles"`
-	Cilium  Cilium   `yaml:"cilium" json:"cilium"`
+	Roles  Roles  `yaml:"roles" json:"roles"`
+	Cilium Cilium `yaml:"cilium" json:"cilium"`
 	// Attestation is the zero-trust admission policy. Without it,
 	// attestation is off and every node is admitted as weak.
 	Attestation *Attestation `yaml:"attestation" json:"attestation,omitempty"`

@@ -5,12 +5,12 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
-	"time"
 	"math/bits"
 	"net/netip"
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 )
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)

@@ -1,0 +1,115 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/attest"
+	"github.com/statemesh/statemesh/internal/tpm"
+)
+
+// tpmAttester answers challenges with the node's TPM. It opens the TPM for
+// each operation: the EK and AK live at persistent handles, so every open
+// finds the same keys, and the TPM is never held between operations (a
+// software TPM serves one client at a time).
+type tpmAttester struct {
+	url string
+}
+
+func (t tpmAttester) with(fn func(a *attest.Attester) error) error {
+	rw, err := tpm.Open(t.url)
+	if err != nil {
+		return err
+	}
+	a, err := attest.NewAttester(rw)
+	if err != nil {
+		rw.Close()
+		return err
+	}
+	defer a.Close()
+	return fn(a)
+}
+
+// Identity implements apiclient.Attester.
+func (t tpmAttester) Identity() ([]byte, error) {
+	var out []byte
+	err := t.with(func(a *attest.Attester) error {
+		id, err := a.Identity()
+		out = attest.Encode(id)
+		return err
+	})
+	return out, err
+}
+
+// Respond implements apiclient.Attester.
+func (t tpmAttester) Respond(challenge, exporter, wgPub []byte) ([]byte, error) {
+	var ch attest.Challenge
+	if err := json.Unmarshal(challenge, &ch); err != nil {
+		return nil, fmt.Errorf("decoding the challenge: %w", err)
+	}
+	var out []byte
+	err := t.with(func(a *attest.Attester) error {
+		ev, err := a.Respond(ch, exporter, wgPub, nil)
+		out = attest.Encode(ev)
+		return err
+	})
+	return out, err
+}
+
+// attester returns the node's TPM attester, or nil without a TPM.
+func (a *Agent) attester() *tpmAttester {
+	if a.cfg.TPM == "" || a.cfg.TPM == tpm.None {
+		return nil
+	}
+	return &tpmAttester{url: a.cfg.TPM}
+}
+
+// reattestLoop re-attests a strong node on the controller's interval. A
+// failure is the controller's to act on (quarantine or downgrade); the
+// agent only reports and keeps trying.
+func (a *Agent) reattestLoop(ctx context.Context) {
+	att := a.attester()
+	if att == nil || a.id.Node.Class != "strong" {
+		return
+	}
+	interval := a.id.ReattestInterval
+	if interval <= 0 {
+		interval = 30 * time.Second
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := a.reattest(cctx, att, &interval)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			var ae *api.Error
+			if errors.As(err, &ae) && ae.Code == api.CodeAttestationFailed {
+				a.log.Error("re-attestation refused by the controller", "reason", ae.Message)
+			} else {
+				a.log.Warn("re-attestation did not complete", "err", err)
+			}
+		}
+	}
+}
+
+func (a *Agent) reattest(ctx context.Context, att *tpmAttester, interval *time.Duration) error {
+	ch, err := a.cli.NodeChallenge(ctx)
+	if err != nil {
+		return err
+	}
+	if ch.ReattestInterval > 0 {
+		*interval = time.Duration(ch.ReattestInterval) * time.Second
+	}
+	pub := a.key.PublicKey()
+	return a.cli.Reattest(ctx, func(exp []byte) ([]byte, error) {
+		return att.Respond(ch.Challenge, exp, pub[:])
+	})
+}
