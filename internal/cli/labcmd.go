@@ -73,6 +73,9 @@ checks the mesh with real packets.
 	f.DurationVar(&cfg.WANDelay, "wan-delay", 10*time.Millisecond, "one-way delay between regions (tc netem)")
 	f.IntVar(&cfg.WANMTU, "wan-mtu", 1500, "MTU of the WAN between regions")
 	f.IntVar(&cfg.UnderlayMTU, "underlay-mtu", 1500, "MTU of each region's underlay")
+	f.BoolVar(&cfg.Attestation, "attestation", true, "a software TPM (swtpm) per host and an attestation policy: hosts come up strong")
+	f.IntVar(&cfg.WeakNodes, "weak-nodes", 0, "nodes per cluster without a TPM (admitted as weak)")
+	f.DurationVar(&cfg.ReattestInterval, "reattest-interval", 5*time.Second, "re-attestation interval of the lab's policy")
 
 	var timeout time.Duration
 	check := &cobra.Command{
@@ -215,6 +218,25 @@ checks the mesh with real packets.
 	stream.Flags().DurationVar(&interval, "interval", 20*time.Millisecond, "probe interval")
 	stream.Flags().DurationVar(&duration, "duration", 0, "stop after")
 
-	cmd.AddCommand(up, check, down, exec, status, probe, serve, stream)
+	var pcr int
+	tamper := &cobra.Command{
+		Use:   "tamper HOST [--pcr N]",
+		Short: "Extend a PCR of a host's software TPM, as a tampered boot would: its next re-attestation fails",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Open(dir)
+			if err != nil {
+				return err
+			}
+			if err := l.Tamper(args[0], pcr); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "extended PCR %d of %s's TPM\n", pcr, args[0])
+			return nil
+		},
+	}
+	tamper.Flags().IntVar(&pcr, "pcr", 7, "PCR to extend")
+
+	cmd.AddCommand(up, check, down, exec, status, tamper, probe, serve, stream)
 	return cmd
 }

@@ -17,6 +17,7 @@ package lab
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -40,6 +41,15 @@ type Config struct {
 	Pods bool `json:"pods" yaml:"pods"`
 	// GatewayTimeout is the controller's gateway heartbeat timeout.
 	GatewayTimeout time.Duration `json:"gatewayTimeout" yaml:"gatewayTimeout"`
+	// Attestation gives every host a software TPM (swtpm) with an EK
+	// certificate from the lab's own CA, and the mesh an attestation policy
+	// accepting that CA: hosts come up strong.
+	Attestation bool `json:"attestation" yaml:"attestation"`
+	// WeakNodes is how many nodes of each cluster run without a TPM (their
+	// clusters admit them as weak).
+	WeakNodes int `json:"weakNodes" yaml:"weakNodes"`
+	// ReattestInterval for the lab's policy.
+	ReattestInterval time.Duration `json:"reattestInterval" yaml:"reattestInterval"`
 }
 
 // Defaults.
@@ -78,6 +88,9 @@ func (c *Config) SetDefaults() {
 	if c.GatewayTimeout == 0 {
 		c.GatewayTimeout = 2 * time.Second
 	}
+	if c.ReattestInterval == 0 {
+		c.ReattestInterval = 5 * time.Second
+	}
 }
 
 // Validate checks the sizes.
@@ -93,6 +106,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("gateways: 2..9 per region (HA needs 2)")
 	case c.WANMTU < 1280 || c.UnderlayMTU < 1280:
 		return fmt.Errorf("MTUs must be at least 1280")
+	case c.WeakNodes < 0 || c.WeakNodes > c.Nodes:
+		return fmt.Errorf("weakNodes: 0..nodes per cluster")
+	case c.WeakNodes > 0 && !c.Attestation:
+		return fmt.Errorf("weakNodes needs attestation (without it every node is weak)")
 	}
 	return nil
 }
@@ -118,6 +135,10 @@ type Host struct {
 	// Removed is set once the host was removed from the mesh: checks
 	// leave it out.
 	Removed bool `json:"removed,omitempty"`
+	// TPM is the host's software TPM ("" for none).
+	TPM string `json:"tpm,omitempty"`
+	// Weak hosts run without a TPM.
+	Weak bool `json:"weak,omitempty"`
 }
 
 // NS is the host's network namespace name.
@@ -149,7 +170,7 @@ func (c *Config) Hosts() []*Host {
 			for n := 1; n <= c.Nodes; n++ {
 				hosts = append(hosts, &Host{
 					Name: fmt.Sprintf("%s-c%d-n%d", region, cl, n), Region: region, Cluster: fmt.Sprintf("c%d", cl), Role: "node",
-					Index: idx, RegionIdx: r,
+					Index: idx, RegionIdx: r, Weak: n > c.Nodes-c.WeakNodes,
 					Underlay: netip.AddrFrom4([4]byte{172, 16, byte(r), byte(idx)}),
 					Mgmt:     netip.AddrFrom4([4]byte{10, 255, byte(r), byte(idx)}),
 				})
@@ -160,8 +181,9 @@ func (c *Config) Hosts() []*Host {
 	return hosts
 }
 
-// Spec renders the lab's mesh spec.
-func (c *Config) Spec() string {
+// Spec renders the lab's mesh spec; ekRoots are the PEM certificates of the
+// lab's EK CA when attestation is on.
+func (c *Config) Spec(ekRoots ...string) string {
 	s := fmt.Sprintf(`apiVersion: statemesh.dev/v1alpha1
 kind: Mesh
 metadata:
@@ -178,8 +200,27 @@ regions:
 	for ri := range c.Regions {
 		s += fmt.Sprintf("  - name: %s\n    gateways: %d\n    clusters:\n", regionNames[ri], c.Gateways)
 		for cl := 1; cl <= c.Clusters; cl++ {
-			s += fmt.Sprintf("      - {name: c%d, maxNodes: 64, maxPodsPerNode: 16}\n", cl)
+			weak := ""
+			if c.WeakNodes > 0 {
+				weak = ", admitWithoutTPM: true"
+			}
+			s += fmt.Sprintf("      - {name: c%d, maxNodes: 64, maxPodsPerNode: 16%s}\n", cl, weak)
 		}
+	}
+	if c.Attestation {
+		zero := strings.Repeat("0", 64)
+		s += "attestation:\n  ekRoots:\n"
+		for _, r := range ekRoots {
+			s += "    - |\n"
+			for _, line := range strings.Split(strings.TrimSpace(r), "\n") {
+				s += "      " + line + "\n"
+			}
+		}
+		s += "  pcrs: [0, 1, 2, 3, 4, 5, 6, 7]\n  reference:\n"
+		for pcr := range 8 {
+			s += fmt.Sprintf("    %d: [%q]\n", pcr, zero)
+		}
+		s += fmt.Sprintf("  reattestInterval: %s\n", c.ReattestInterval)
 	}
 	return s
 }

@@ -2,9 +2,12 @@ package lab
 
 import (
 	"bufio"
+
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/statemesh/statemesh/internal/attest"
+	"github.com/statemesh/statemesh/internal/tpm"
 	"net/netip"
 	"os/exec"
 	"slices"
@@ -249,4 +252,21 @@ func (s *Streamer) Stop() {
 	}
 	<-s.done
 	s.cmd.Wait()
+}
+
+// Tamper extends a PCR of a host's software TPM, as a tampered boot would.
+func (l *Lab) Tamper(host string, pcr int) error {
+	h, ok := l.State.Host(host)
+	if !ok {
+		return fmt.Errorf("no lab host %q", host)
+	}
+	if h.TPM == "" {
+		return fmt.Errorf("host %s has no TPM", host)
+	}
+	rw, err := tpm.Open(h.TPM)
+	if err != nil {
+		return err
+	}
+	defer rw.Close()
+	return attest.ExtendPCR(rw, pcr, []byte("statemesh lab: simulated tampered boot"))
 }

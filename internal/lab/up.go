@@ -17,6 +17,7 @@ import (
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/apiclient"
 	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/swtpm"
 )
 
 // Lab is a running lab.
@@ -91,7 +92,13 @@ func Up(ctx context.Context, cfg Config, out io.Writer) (*Lab, error) {
 		fn   func(context.Context) error
 	}{
 		{"networks (management, WAN, region underlays)", l.networks},
-		{fmt.Sprintf("%d hosts", len(st.Hosts)), l.hosts},
+		{fmt.Sprintf("%d hosts", len(st.Hosts)), func(ctx context.Context) error {
+			for _, h := range st.Hosts {
+				os.MkdirAll(filepath.Join(cfg.Dir, "hosts", h.Name), 0o700)
+			}
+			return l.hosts(ctx)
+		}},
+		{"software TPMs", l.tpms},
 		{"controller", l.controller},
 		{"agents", l.agents},
 		{"enrollment", l.waitEnrolled},
@@ -280,6 +287,60 @@ func (l *Lab) hosts(ctx context.Context) error {
 	return nil
 }
 
+// tpms provisions and starts one swtpm per host that is not weak, with EK
+// certificates from the lab's CA.
+func (l *Lab) tpms(ctx context.Context) error {
+	cfg := l.State.Config
+	if !cfg.Attestation {
+		l.progress("      attestation off: every node is weak")
+		return nil
+	}
+	ca, err := swtpm.NewCA(filepath.Join(cfg.Dir, "swtpm-ca"))
+	if err != nil {
+		return err
+	}
+	var hosts []*Host
+	for _, h := range l.State.Hosts {
+		if !h.Weak {
+			hosts = append(hosts, h)
+		}
+	}
+	// The first provisioning creates the CA; the rest run in parallel.
+	errs := make(chan error, len(hosts))
+	sem := make(chan struct{}, 4)
+	for i, h := range hosts {
+		provision := func() error { return ca.Provision(filepath.Join(cfg.Dir, "hosts", h.Name, "tpm-state")) }
+		if i == 0 {
+			if err := provision(); err != nil {
+				return err
+			}
+			continue
+		}
+		go func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			errs <- provision()
+		}()
+	}
+	for range len(hosts) - 1 {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	for _, h := range hosts {
+		dir := filepath.Join(cfg.Dir, "hosts", h.Name)
+		t, err := swtpm.Start(filepath.Join(dir, "tpm-state"), filepath.Join(dir, "tpm.sock"), filepath.Join(dir, "swtpm.log"))
+		if err != nil {
+			return fmt.Errorf("host %s: %w", h.Name, err)
+		}
+		h.TPM = t.URL
+		if err := l.State.addProc(Proc{Name: "swtpm", Host: h.Name, PID: t.PID(), Log: filepath.Join(dir, "swtpm.log")}); err != nil {
+			return err
+		}
+	}
+	return l.State.save()
+}
+
 func (l *Lab) controller(ctx context.Context) error {
 	cfg := l.State.Config
 	dir := filepath.Join(cfg.Dir, "controller")
@@ -287,7 +348,18 @@ func (l *Lab) controller(ctx context.Context) error {
 		return err
 	}
 	specPath := filepath.Join(cfg.Dir, "mesh.yaml")
-	if err := os.WriteFile(specPath, []byte(cfg.Spec()), 0o644); err != nil {
+	var roots []string
+	if cfg.Attestation {
+		ca := &swtpm.CA{Dir: filepath.Join(cfg.Dir, "swtpm-ca")}
+		for _, f := range []func() ([]byte, error){ca.RootPEM, ca.IssuerPEM} {
+			b, err := f()
+			if err != nil {
+				return err
+			}
+			roots = append(roots, string(b))
+		}
+	}
+	if err := os.WriteFile(specPath, []byte(cfg.Spec(roots...)), 0o644); err != nil {
 		return err
 	}
 	argv := []string{cfg.Binary, "controller", "--data-dir", dir, "--listen", ControllerIP + ":7443", "--advertise", ControllerURL,
@@ -348,7 +420,11 @@ func (l *Lab) agentArgv(h *Host, token string) []string {
 	if h.Role == "gateway" {
 		argv = append(argv, "--public-endpoint", netip.AddrPortFrom(h.WAN, 51820).String())
 	}
-	return argv
+	tpmURL := "none"
+	if h.TPM != "" {
+		tpmURL = h.TPM
+	}
+	return append(argv, "--tpm", tpmURL)
 }
 
 func (l *Lab) agents(ctx context.Context) error {

@@ -59,7 +59,8 @@ func upLab(t *testing.T) *lab.Lab {
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	l, err := lab.Up(ctx, lab.Config{Dir: dir, Binary: binary, Pods: true, GatewayTimeout: 1500 * time.Millisecond}, logw{t})
+	l, err := lab.Up(ctx, lab.Config{Dir: dir, Binary: binary, Pods: true, GatewayTimeout: 1500 * time.Millisecond,
+		Attestation: true, WeakNodes: 1, ReattestInterval: 5 * time.Second}, logw{t})
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, f := range []string{"controller.log"} {
@@ -140,6 +141,23 @@ func TestLab(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("ConnectivityMatrix", func(t *testing.T) { check(t, l) })
+
+	t.Run("ClassesFromAttestation", func(t *testing.T) {
+		nodes, err := l.Admin.Nodes(ctx, "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range nodes {
+			h := host(t, l, n.Name)
+			want := "strong"
+			if h.Weak {
+				want = "weak"
+			}
+			if n.Class != want {
+				t.Errorf("%s (swtpm: %v) is %s, want %s", n.Name, h.TPM != "", n.Class, want)
+			}
+		}
+	})
 
 	t.Run("WGShowMatchesControllerMap", func(t *testing.T) {
 		for _, h := range l.State.Hosts {
@@ -261,6 +279,35 @@ func TestLab(t *testing.T) {
 			peers, err := l.WGPeers(ctx, "us-east-c2-n1")
 			return err == nil && slices.Contains(peers, pub)
 		})
+	})
+
+	t.Run("TamperedBootIsQuarantined", func(t *testing.T) {
+		victim := "eu-central-c2-n1"
+		pub := nodeKey(t, l, victim)
+		start := time.Now()
+		if err := l.Tamper(victim, 7); err != nil {
+			t.Fatal(err)
+		}
+		took := waitFor(t, "tampered node gone from every wg show", 30*time.Second, func() bool {
+			for _, h := range l.State.Hosts {
+				if h.Name == victim || h.Removed {
+					continue
+				}
+				peers, err := l.WGPeers(ctx, h.Name)
+				if err != nil || slices.Contains(peers, pub) {
+					return false
+				}
+			}
+			return true
+		})
+		n, err := l.Admin.Node(ctx, victim)
+		if err != nil || n.State != "quarantined" || !strings.Contains(n.Reason, "PCR 7") {
+			t.Fatalf("after tampering: %+v %v", n, err)
+		}
+		t.Logf("tampered %s (PCR 7): quarantined and gone from every peer's wg show %s after the tamper (re-attestation interval %s)",
+			victim, took.Round(time.Millisecond), l.State.Config.ReattestInterval)
+		_ = start
+		l.Forget(victim)
 	})
 
 	t.Run("AgentRestartKeepsFlows", func(t *testing.T) {
