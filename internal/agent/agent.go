@@ -28,6 +28,7 @@ import (
 	"github.com/statemesh/statemesh/internal/apiclient"
 	"github.com/statemesh/statemesh/internal/dataplane/wg"
 	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/secrets"
 )
 
 // Files in the agent's data directory.
@@ -55,6 +56,8 @@ type Config struct {
 	// TPM is the node's TPM (/dev/tpmrm0, swtpm://HOST:PORT, unix:PATH,
 	// mssim://HOST:PORT) or "none".
 	TPM string
+	// Keyring, when set and there is no TPM, encrypts the WireGuard key.
+	Keyring *secrets.Keyring
 	// WireGuard is kernel, userspace or auto.
 	WireGuard        string
 	UserspaceCommand []string
@@ -129,7 +132,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, saveKick: make(chan struct{}, 1)}
 	var err error
-	if a.key, err = loadOrCreateKey(filepath.Join(cfg.DataDir, KeyFile)); err != nil {
+	if a.key, err = a.loadOrCreateKey(); err != nil {
 		return nil, err
 	}
 	if a.id, err = a.identity(ctx); err != nil {
@@ -153,23 +156,63 @@ func (a *Agent) Name() string { return a.id.Node.Name }
 // Identity returns the node's enrollment.
 func (a *Agent) Identity() *apiclient.Identity { return a.id }
 
-func loadOrCreateKey(path string) (netmap.Key, error) {
-	b, err := os.ReadFile(path)
-	if err == nil {
+// loadOrCreateKey loads the node's WireGuard private key, or generates it
+// on the node. With a TPM it is sealed to the TPM; with a keyring
+// (--kek-file) it is encrypted with it; otherwise it is a 0600 file. The
+// private key never leaves the node.
+func (a *Agent) loadOrCreateKey() (netmap.Key, error) {
+	dir := a.cfg.DataDir
+	plain := filepath.Join(dir, KeyFile)
+	if b, err := os.ReadFile(plain); err == nil {
 		k, err := netmap.ParseKey(string(trimSpace(b)))
 		if err != nil {
-			return k, fmt.Errorf("%s: %w", path, err)
+			return k, fmt.Errorf("%s: %w", plain, err)
 		}
 		return k, nil
 	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return netmap.Key{}, err
+	if t := a.attester(); t != nil {
+		path := filepath.Join(dir, SealedKeyFile)
+		if blob, err := os.ReadFile(path); err == nil {
+			b, err := unsealFromTPM(t.url, blob)
+			if err != nil {
+				return netmap.Key{}, err
+			}
+			return netmap.ParseKey(string(b))
+		}
+		k, err := netmap.GeneratePrivateKey()
+		if err != nil {
+			return k, err
+		}
+		blob, err := sealToTPM(t.url, []byte(k.String()))
+		if err != nil {
+			return k, err
+		}
+		return k, writeFileAtomic(path, blob, 0o600)
+	}
+	if a.cfg.Keyring != nil {
+		path := filepath.Join(dir, KeyFile+".enc")
+		if blob, err := os.ReadFile(path); err == nil {
+			b, err := a.cfg.Keyring.Open(KeyFile, blob)
+			if err != nil {
+				return netmap.Key{}, fmt.Errorf("%s: %w", path, err)
+			}
+			return netmap.ParseKey(string(b))
+		}
+		k, err := netmap.GeneratePrivateKey()
+		if err != nil {
+			return k, err
+		}
+		blob, err := a.cfg.Keyring.Seal(KeyFile, []byte(k.String()))
+		if err != nil {
+			return k, err
+		}
+		return k, writeFileAtomic(path, blob, 0o600)
 	}
 	k, err := netmap.GeneratePrivateKey()
 	if err != nil {
 		return k, err
 	}
-	return k, writeFileAtomic(path, []byte(k.String()+"\n"), 0o600)
+	return k, writeFileAtomic(plain, []byte(k.String()+"\n"), 0o600)
 }
 
 func trimSpace(b []byte) []byte {

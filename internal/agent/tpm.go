@@ -7,6 +7,10 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/go-tpm-tools/client"
+	pb "github.com/google/go-tpm-tools/proto/tpm"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/attest"
 	"github.com/statemesh/statemesh/internal/tpm"
@@ -112,4 +116,50 @@ func (a *Agent) reattest(ctx context.Context, att *tpmAttester, interval *time.D
 	return a.cli.Reattest(ctx, func(exp []byte) ([]byte, error) {
 		return att.Respond(ch.Challenge, exp, pub[:])
 	})
+}
+
+// SealedKeyFile holds the WireGuard private key sealed to the node's TPM
+// (strong nodes): only this TPM can open it.
+const SealedKeyFile = "wireguard.key.sealed"
+
+// sealToTPM seals data to the TPM's storage root key.
+func sealToTPM(url string, data []byte) ([]byte, error) {
+	rw, err := tpm.Open(url)
+	if err != nil {
+		return nil, err
+	}
+	defer rw.Close()
+	srk, err := client.StorageRootKeyECC(rw)
+	if err != nil {
+		return nil, fmt.Errorf("loading the storage root key: %w", err)
+	}
+	defer srk.Close()
+	sb, err := srk.Seal(data, client.SealOpts{})
+	if err != nil {
+		return nil, fmt.Errorf("sealing to the TPM: %w", err)
+	}
+	return proto.Marshal(sb)
+}
+
+// unsealFromTPM opens what sealToTPM sealed.
+func unsealFromTPM(url string, blob []byte) ([]byte, error) {
+	var sb pb.SealedBytes
+	if err := proto.Unmarshal(blob, &sb); err != nil {
+		return nil, fmt.Errorf("sealed key file is corrupt: %w", err)
+	}
+	rw, err := tpm.Open(url)
+	if err != nil {
+		return nil, err
+	}
+	defer rw.Close()
+	srk, err := client.StorageRootKeyECC(rw)
+	if err != nil {
+		return nil, fmt.Errorf("loading the storage root key: %w", err)
+	}
+	defer srk.Close()
+	out, err := srk.Unseal(&sb, client.UnsealOpts{})
+	if err != nil {
+		return nil, fmt.Errorf("unsealing with the TPM (another TPM, or its state was reset?): %w", err)
+	}
+	return out, nil
 }

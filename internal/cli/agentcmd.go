@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/signal"
 	"strconv"
@@ -12,12 +13,13 @@ import (
 
 	"github.com/statemesh/statemesh/internal/agent"
 	"github.com/statemesh/statemesh/internal/dataplane/wg"
+	"github.com/statemesh/statemesh/internal/secrets"
 	"github.com/statemesh/statemesh/internal/tpm"
 )
 
 func newAgentCmd(e *env) *cobra.Command {
 	var cfg agent.Config
-	var logLevel string
+	var logLevel, kekFile string
 	cmd := &cobra.Command{
 		Use:   "agent --controller URL --token TOKEN [--role node|operator|gateway] [--data-dir DIR]",
 		Short: "Run the node agent: enroll, then keep this node's WireGuard, addresses and routes in line with its network map",
@@ -47,6 +49,16 @@ agent restarts; either way 'wg show' works.`,
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			cfg.Logger = log
+			if kekFile != "" || os.Getenv("STATEMESH_KEK") != "" {
+				kr, _, err := secrets.FromEnvOrFile("STATEMESH_KEK", kekFile)
+				if err != nil {
+					return fmt.Errorf("keyring: %w", err)
+				}
+				cfg.Keyring = kr
+			}
+			if cfg.Token == "" {
+				cfg.Token = os.Getenv("STATEMESH_TOKEN")
+			}
 			a, err := agent.New(ctx, cfg)
 			if err != nil {
 				return err
@@ -58,7 +70,8 @@ agent restarts; either way 'wg show' works.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Controller, "controller", "", "controller URL (https://HOST:PORT)")
-	f.StringVar(&cfg.Token, "token", "", "join token (only needed for the first start)")
+	f.StringVar(&cfg.Token, "token", "", "join token, only needed for the first start (or $STATEMESH_TOKEN, which keeps it out of ps)")
+	f.StringVar(&kekFile, "kek-file", "", "keyring encrypting the WireGuard key at rest when there is no TPM (or $STATEMESH_KEK)")
 	f.StringVar(&cfg.Name, "name", "", "node name (default: the hostname)")
 	f.StringVar(&cfg.Role, "role", "node", "node, operator or gateway")
 	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/statemesh-agent", "key, identity and last applied map")

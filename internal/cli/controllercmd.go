@@ -18,6 +18,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/controller"
+	"github.com/statemesh/statemesh/internal/secrets"
 	"github.com/statemesh/statemesh/internal/server"
 	"github.com/statemesh/statemesh/internal/store"
 	"github.com/statemesh/statemesh/internal/store/bolt"
@@ -37,9 +38,9 @@ func newLogger(w *os.File, level string) (*slog.Logger, error) {
 }
 
 type controllerFlags struct {
-	dataDir, listen, advertise, storeKind, etcdEndpoints, etcdPrefix, logLevel, apply string
-	hosts                                                                             []string
-	heartbeatTimeout                                                                  time.Duration
+	dataDir, listen, advertise, storeKind, etcdEndpoints, etcdPrefix, logLevel, apply, kekFile string
+	hosts                                                                                      []string
+	heartbeatTimeout                                                                           time.Duration
 }
 
 func newControllerCmd(e *env) *cobra.Command {
@@ -71,6 +72,7 @@ DATA-DIR/admin.json (mode 0600) for the CLI:
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.apply, "apply", "", "apply this spec at start (as statemesh apply -f would)")
 	fl.DurationVar(&f.heartbeatTimeout, "gateway-timeout", 3*time.Second, "mark a gateway unhealthy after this long without a heartbeat")
+	fl.StringVar(&f.kekFile, "kek-file", "", "key-encryption keyring sealing secrets at rest (default DATA-DIR/kek, created at first start; or $STATEMESH_KEK). Replicas on one etcd need the same one")
 	return cmd
 }
 
@@ -100,12 +102,16 @@ func runController(parent context.Context, e *env, f controllerFlags) error {
 	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
 		return err
 	}
+	kr, err := loadKeyring(f.dataDir, f.kekFile, f.storeKind == "bolt", log)
+	if err != nil {
+		return err
+	}
 	st, err := openStore(ctx, f)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	c, err := controller.New(controller.Config{Store: st, Logger: log, HeartbeatTimeout: f.heartbeatTimeout})
+	c, err := controller.New(controller.Config{Store: st, Logger: log, HeartbeatTimeout: f.heartbeatTimeout, Keyring: kr})
 	if err != nil {
 		return err
 	}
@@ -180,4 +186,94 @@ func writeAdminConfig(path string, cfg api.AdminConfig) error {
 		return fmt.Errorf("writing admin config: %w", err)
 	}
 	return os.Rename(tmp, path)
+}
+
+// loadKeyring loads the key-encryption keyring from $STATEMESH_KEK or the
+// file; with create set, a missing default file is created.
+func loadKeyring(dataDir, file string, create bool, log *slog.Logger) (*secrets.Keyring, error) {
+	explicit := file != ""
+	if !explicit {
+		file = filepath.Join(dataDir, "kek")
+	}
+	kr, ok, err := secrets.FromEnvOrFile("STATEMESH_KEK", file)
+	if ok && err == nil {
+		return kr, nil
+	}
+	if errors.Is(err, os.ErrNotExist) && !explicit {
+		if !create {
+			return nil, fmt.Errorf("no key-encryption keyring: give every replica the same --kek-file (statemesh secrets new-kek FILE makes one) or $STATEMESH_KEK")
+		}
+		kr, err = secrets.CreateFile(file)
+		if err == nil {
+			log.Info("created key-encryption keyring", "file", file)
+		}
+		return kr, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("key-encryption keyring: %w", err)
+	}
+	return kr, nil
+}
+
+func newSecretsCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{Use: "secrets new-kek|rotate", Short: "Manage the key-encryption keyring that seals secrets at rest", Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return usagef("secrets what? use new-kek or rotate (got %q)", args)
+		}}
+	newKEK := &cobra.Command{
+		Use:   "new-kek FILE",
+		Short: "Create a keyring file (0600) with one fresh key",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			kr, err := secrets.CreateFile(args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "created %s with key %s\n", args[0], kr.Primary())
+			return nil
+		},
+	}
+	var f controllerFlags
+	var id string
+	rotate := &cobra.Command{
+		Use:   "rotate [--kek-file FILE] [--data-dir DIR | --store etcd --etcd-endpoints ...]",
+		Short: "Add a new primary key to the keyring and re-seal every secret in the store with it (stop the controller first when it uses the embedded store)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			file := f.kekFile
+			if file == "" {
+				file = filepath.Join(f.dataDir, "kek")
+			}
+			if id == "" {
+				id = "k" + time.Now().UTC().Format("20060102T150405")
+			}
+			kr, err := secrets.AddPrimary(file, id)
+			if err != nil {
+				return err
+			}
+			ctx := context.Background()
+			st, err := openStore(ctx, f)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			c, err := controller.New(controller.Config{Store: st, Keyring: kr})
+			if err != nil {
+				return err
+			}
+			if _, err := c.Bootstrap(ctx, "statemesh"); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "new primary key %s in %s; secrets in the store re-sealed (keep the old keys in the file until every replica restarted)\n", id, file)
+			return nil
+		},
+	}
+	rf := rotate.Flags()
+	rf.StringVar(&f.kekFile, "kek-file", "", "keyring file (default DATA-DIR/kek)")
+	rf.StringVar(&f.dataDir, "data-dir", "/var/lib/statemesh", "controller data dir")
+	rf.StringVar(&f.storeKind, "store", "bolt", "bolt or etcd")
+	rf.StringVar(&f.etcdEndpoints, "etcd-endpoints", "", "etcd client URLs")
+	rf.StringVar(&f.etcdPrefix, "etcd-prefix", "/statemesh/", "key prefix in etcd")
+	rf.StringVar(&id, "key-id", "", "ID of the new key (default kYYYYMMDDTHHMMSS)")
+	cmd.AddCommand(newKEK, rotate)
+	return cmd
 }

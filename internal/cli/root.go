@@ -80,6 +80,7 @@ Start with:  statemesh validate -f mesh.yaml
 		newAgentCmd(e),
 		newWireGuardGoCmd(e),
 		newLabCmd(e),
+		newSecretsCmd(e),
 	)
 	var setArgs func(c *cobra.Command)
 	setArgs = func(c *cobra.Command) {

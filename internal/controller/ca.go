@@ -18,6 +18,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/statemesh/statemesh/internal/secrets"
 )
 
 // NodeURIPrefix is the URI SAN prefix of node certificates.
@@ -198,4 +200,32 @@ func nextPEM(b []byte) (der, rest []byte) {
 			return blk.Bytes, b
 		}
 	}
+}
+
+// sealCA seals the CA key with the keyring (when there is one).
+func (c *Controller) sealCA(rec CARecord) (CARecord, error) {
+	if c.cfg.Keyring == nil || rec.KeyPEM == "" {
+		return rec, nil
+	}
+	sealed, err := c.cfg.Keyring.Seal(keyCA, []byte(rec.KeyPEM))
+	if err != nil {
+		return rec, fmt.Errorf("sealing the CA key: %w", err)
+	}
+	return CARecord{CertPEM: rec.CertPEM, KeySealed: sealed}, nil
+}
+
+// openCA returns the record with its key in clear.
+func (c *Controller) openCA(rec CARecord) (CARecord, error) {
+	if len(rec.KeySealed) == 0 {
+		return rec, nil
+	}
+	if c.cfg.Keyring == nil {
+		return rec, errors.New("the CA key in the store is sealed, but this controller has no key-encryption keyring (--kek-file or STATEMESH_KEK)")
+	}
+	key, err := c.cfg.Keyring.Open(keyCA, rec.KeySealed)
+	if err != nil {
+		id, _ := secrets.KeyID(rec.KeySealed)
+		return rec, fmt.Errorf("opening the CA key (sealed with key %q): %w; every replica needs the same keyring", id, err)
+	}
+	return CARecord{CertPEM: rec.CertPEM, KeyPEM: string(key)}, nil
 }

@@ -26,6 +26,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/attest"
 	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/secrets"
 	"github.com/statemesh/statemesh/internal/spec"
 	"github.com/statemesh/statemesh/internal/store"
 	"github.com/statemesh/statemesh/internal/topology"
@@ -60,6 +61,9 @@ type Config struct {
 	QueueLen int
 	// Topology options (interface name, port).
 	Topology topology.Options
+	// Keyring seals secrets at rest (the CA key). Without one they are
+	// stored in clear (tests only; the daemon always has one).
+	Keyring *secrets.Keyring
 }
 
 func (c *Config) setDefaults() {
@@ -145,7 +149,6 @@ func New(cfg Config) (*Controller, error) {
 // the only time it exists in plain text.
 func (c *Controller) Bootstrap(ctx context.Context, mesh string) (adminToken string, err error) {
 	now := c.cfg.Now()
-	newCARec := func() (*CA, CARecord, error) { return newCA(mesh, now) }
 	var ca *CA
 	var admin string
 	_, err = c.st.Update(ctx, func(tx store.Tx) error {
@@ -154,8 +157,11 @@ func (c *Controller) Bootstrap(ctx context.Context, mesh string) (adminToken str
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			var rec CARecord
-			ca, rec, err = newCARec()
+			ca, rec, err = newCA(mesh, now)
 			if err != nil {
+				return err
+			}
+			if rec, err = c.sealCA(rec); err != nil {
 				return err
 			}
 			if err := tx.Put(keyCA, encode(rec)); err != nil {
@@ -168,8 +174,20 @@ func (c *Controller) Bootstrap(ctx context.Context, mesh string) (adminToken str
 			if err != nil {
 				return fmt.Errorf("decoding CA record: %w", err)
 			}
-			if ca, err = loadCA(rec); err != nil {
+			clear, err := c.openCA(rec)
+			if err != nil {
 				return err
+			}
+			if ca, err = loadCA(clear); err != nil {
+				return err
+			}
+			// Seal a clear key, or re-seal with a rotated primary key.
+			if resealed, err := c.sealCA(clear); err == nil && c.cfg.Keyring != nil {
+				if id, _ := secrets.KeyID(rec.KeySealed); rec.KeyPEM != "" || id != c.cfg.Keyring.Primary() {
+					if err := tx.Put(keyCA, encode(resealed)); err != nil {
+						return err
+					}
+				}
 			}
 		}
 		admins, err := tx.List(prefixAdmin)

@@ -163,10 +163,14 @@ type HealthRecord struct {
 	Reason        string    `json:"reason,omitempty"`
 }
 
-// CARecord is the controller's certificate authority.
+// CARecord is the controller's certificate authority. Its private key is
+// sealed with the controller's key-encryption keyring (secrets), the
+// record's key as associated data; KeyPEM holds it in clear only when the
+// controller runs without a keyring.
 type CARecord struct {
-	CertPEM string `json:"certPEM"`
-	KeyPEM  string `json:"keyPEM"`
+	CertPEM   string `json:"certPEM"`
+	KeySealed []byte `json:"keySealed,omitempty"`
+	KeyPEM    string `json:"keyPEM,omitempty"`
 }
 
 // AdminRecord is an admin credential (hash only).

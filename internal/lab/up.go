@@ -414,9 +414,6 @@ func (l *Lab) agentArgv(h *Host, token string) []string {
 	argv := append(nsenterArgs(l.State.Holders[h.Name]), cfg.Binary, "agent", "--controller", ControllerURL,
 		"--name", h.Name, "--role", h.Role, "--data-dir", filepath.Join(cfg.Dir, "hosts", h.Name),
 		"--endpoint", netip.AddrPortFrom(h.Underlay, 51820).String(), "--wireguard", "auto")
-	if token != "" {
-		argv = append(argv, "--token", token)
-	}
 	if h.Role == "gateway" {
 		argv = append(argv, "--public-endpoint", netip.AddrPortFrom(h.WAN, 51820).String())
 	}
@@ -465,7 +462,8 @@ func (l *Lab) startAgent(h *Host, token string) error {
 	}
 	argv := l.agentArgv(h, token)
 	logPath := filepath.Join(dir, "agent.log")
-	pid, err := startDetached(argv, logPath, nil)
+	// The token goes in the environment, not on the command line (ps).
+	pid, err := startDetached(argv, logPath, []string{"STATEMESH_TOKEN=" + token})
 	if err != nil {
 		return err
 	}
