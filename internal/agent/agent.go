@@ -11,7 +11,9 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -468,7 +470,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	var wgRun sync.WaitGroup
-	wgRun.Add(4)
+	wgRun.Add(5)
+	go func() { defer wgRun.Done(); a.renewLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.reattestLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.saveLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.statusLoop(ctx) }()
@@ -480,7 +483,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		from := a.cur.Revision
 		a.mu.Unlock()
 		start := time.Now()
-		err := a.cli.Watch(ctx, from, func(f api.Frame) error { return a.onFrame(ctx, f) })
+		err := a.client().Watch(ctx, from, func(f api.Frame) error { return a.onFrame(ctx, f) })
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -597,7 +600,7 @@ func (a *Agent) statusLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		rctx, cancel := context.WithTimeout(ctx, a.cfg.StatusEvery+time.Second)
-		if err := a.cli.ReportStatus(rctx, a.Status()); err != nil && ctx.Err() == nil {
+		if err := a.client().ReportStatus(rctx, a.Status()); err != nil && ctx.Err() == nil {
 			a.log.Debug("status report failed", "err", err)
 		}
 		cancel()
@@ -622,4 +625,66 @@ func (a *Agent) Close() error {
 		return a.dev.Close()
 	}
 	return nil
+}
+
+// renewLoop renews the node's certificate when two thirds of its lifetime
+// have passed, and swaps the client to it.
+func (a *Agent) renewLoop(ctx context.Context) {
+	for {
+		a.mu.Lock()
+		id := a.id
+		a.mu.Unlock()
+		exp, err := id.Expiry()
+		if err != nil {
+			a.log.Error("reading the node certificate", "err", err)
+			return
+		}
+		blk, _ := pem.Decode([]byte(id.CertPEM))
+		issued := exp.Add(-24 * time.Hour)
+		if c, err := x509.ParseCertificate(blk.Bytes); err == nil {
+			issued = c.NotBefore
+		}
+		wait := time.Until(issued.Add(exp.Sub(issued) * 2 / 3))
+		if wait < time.Second {
+			wait = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		renewed, err := id.Renew(rctx)
+		cancel()
+		if err != nil {
+			a.log.Warn("renewing the node certificate failed; retrying", "err", err, "expires", exp)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(30 * time.Second):
+			}
+			continue
+		}
+		b, _ := json.MarshalIndent(renewed, "", "  ")
+		if err := writeFileAtomic(filepath.Join(a.cfg.DataDir, IdentityFile), b, 0o600); err != nil {
+			a.log.Error("saving the renewed identity", "err", err)
+		}
+		cli, err := renewed.Client()
+		if err != nil {
+			a.log.Error("using the renewed certificate", "err", err)
+			continue
+		}
+		a.mu.Lock()
+		a.id, a.cli = renewed, cli
+		a.mu.Unlock()
+		a.log.Info("node certificate renewed")
+	}
+}
+
+// client returns the current control-channel client (it changes when the
+// certificate is renewed).
+func (a *Agent) client() *apiclient.Client {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cli
 }

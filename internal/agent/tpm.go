@@ -105,7 +105,7 @@ func (a *Agent) reattestLoop(ctx context.Context) {
 }
 
 func (a *Agent) reattest(ctx context.Context, att *tpmAttester, interval *time.Duration) error {
-	ch, err := a.cli.NodeChallenge(ctx)
+	ch, err := a.client().NodeChallenge(ctx)
 	if err != nil {
 		return err
 	}
@@ -113,7 +113,7 @@ func (a *Agent) reattest(ctx context.Context, att *tpmAttester, interval *time.D
 		*interval = time.Duration(ch.ReattestInterval) * time.Second
 	}
 	pub := a.key.PublicKey()
-	return a.cli.Reattest(ctx, func(exp []byte) ([]byte, error) {
+	return a.client().Reattest(ctx, func(exp []byte) ([]byte, error) {
 		return att.Respond(ch.Challenge, exp, pub[:])
 	})
 }

@@ -238,6 +238,16 @@ type AttestRequest struct {
 	Evidence json.RawMessage `json:"evidence"`
 }
 
+// RenewRequest asks for a new node certificate.
+type RenewRequest struct {
+	CSR string `json:"csr"`
+}
+
+// RenewResponse carries it.
+type RenewResponse struct {
+	Certificate string `json:"certificate"`
+}
+
 // StatusReport is what an agent reports periodically. For gateways it is
 // also the heartbeat.
 type StatusReport struct {

@@ -9,7 +9,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
@@ -114,4 +116,56 @@ func (id *Identity) Client() (*Client, error) {
 		return nil, fmt.Errorf("node certificate: %w", err)
 	}
 	return NewNode(id.Server, id.CA, cert)
+}
+
+// newKeyAndCSR makes a node key and a certificate request for it.
+func newKeyAndCSR(name string) (keyPEM, csrPEM string, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", "", err
+	}
+	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
+	if err != nil {
+		return "", "", err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return "", "", err
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})),
+		string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER})), nil
+}
+
+// Expiry returns when the identity's certificate expires.
+func (id *Identity) Expiry() (time.Time, error) {
+	blk, _ := pem.Decode([]byte(id.CertPEM))
+	if blk == nil {
+		return time.Time{}, errors.New("identity holds no certificate")
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return c.NotAfter, nil
+}
+
+// Renew gets a new certificate for a new key and returns the renewed
+// identity; the caller persists it.
+func (id *Identity) Renew(ctx context.Context) (*Identity, error) {
+	c, err := id.Client()
+	if err != nil {
+		return nil, err
+	}
+	defer c.CloseIdle()
+	keyPEM, csrPEM, err := newKeyAndCSR(id.Node.Name)
+	if err != nil {
+		return nil, err
+	}
+	var resp api.RenewResponse
+	if err := c.jsonCall(ctx, http.MethodPost, "/v1/node/renew", api.RenewRequest{CSR: csrPEM}, &resp); err != nil {
+		return nil, err
+	}
+	out := *id
+	out.CertPEM, out.KeyPEM = resp.Certificate, keyPEM
+	return &out, nil
 }

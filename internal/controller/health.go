@@ -135,3 +135,33 @@ func (c *Controller) Streams() int {
 	defer c.mu.RUnlock()
 	return c.hub.len()
 }
+
+// Renew issues a node a new client certificate for a new key (before the
+// old one expires). The old certificate stops working at once: the record
+// holds the serial of the current one.
+func (c *Controller) Renew(ctx context.Context, node, csrPEM string) (string, error) {
+	now := c.cfg.Now()
+	var certPEM string
+	rev, err := c.st.Update(ctx, func(tx store.Tx) error {
+		kv, err := tx.Get(nodeKey(node))
+		if err != nil {
+			return err
+		}
+		rec, err := decode[NodeRecord](kv.Value)
+		if err != nil {
+			return err
+		}
+		var serial string
+		certPEM, serial, err = c.ca.SignNode(csrPEM, node, now, c.cfg.CertTTL)
+		if err != nil {
+			return apiErr(api.CodeInvalidArgument, "%v", err)
+		}
+		rec.CertSerial = serial
+		return tx.Put(nodeKey(node), encode(rec))
+	})
+	if err != nil {
+		return "", err
+	}
+	c.log.Info("node certificate renewed", "node", node)
+	return certPEM, c.WaitRevision(ctx, rev)
+}

@@ -130,6 +130,7 @@ func (s *Server) routes() {
 	s.mux.Handle("POST /v1/attest/challenge", s.wrap(s.attestChallenge))
 	node("POST /v1/node/attest/challenge", s.nodeChallenge)
 	node("POST /v1/node/attest", s.nodeAttest)
+	node("POST /v1/node/renew", s.renew)
 	node("GET /v1/node/map", s.watchMap)
 	node("POST /v1/node/status", s.reportStatus)
 	s.mux.HandleFunc("GET /v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
@@ -431,6 +432,19 @@ func (s *Server) nodeAttest(w http.ResponseWriter, r *http.Request, name string)
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) renew(w http.ResponseWriter, r *http.Request, name string) error {
+	var req api.RenewRequest
+	if err := readJSON(w, r, &req); err != nil {
+		return err
+	}
+	cert, err := s.c.Renew(r.Context(), name, req.CSR)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.RenewResponse{Certificate: cert})
 	return nil
 }
 

@@ -420,3 +420,33 @@ func TestContractCoversEveryOperation(t *testing.T) {
 		}
 	}
 }
+
+func TestRenewRotatesTheNodeCertificate(t *testing.T) {
+	h := start(t, controller.Config{CertTTL: time.Hour})
+	ctx := context.Background()
+	h.admin.ApplySpec(ctx, mustRead(t, "../../examples/small.yaml"))
+	id, err := h.enroll(h.token(api.CreateTokenRequest{Cluster: "eu-central/prod"}), "n0", "node")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp, err := id.Expiry()
+	if err != nil || time.Until(exp) > time.Hour+time.Minute {
+		t.Fatalf("certificate lifetime: expires %s (%v)", exp, err)
+	}
+	old, _ := id.Client()
+	renewed, err := id.Renew(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if renewed.KeyPEM == id.KeyPEM || renewed.CertPEM == id.CertPEM {
+		t.Fatal("renewal kept the old key or certificate")
+	}
+	nc, _ := renewed.Client()
+	if err := nc.ReportStatus(ctx, api.StatusReport{Healthy: true}); err != nil {
+		t.Fatalf("renewed certificate: %v", err)
+	}
+	old.CloseIdle()
+	if err := old.ReportStatus(ctx, api.StatusReport{Healthy: true}); code(err) != api.CodeUnauthenticated {
+		t.Fatalf("superseded certificate still works: %v", err)
+	}
+}
