@@ -21,7 +21,7 @@ import (
 )
 
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	c     *controller.Controller
 	url   string
 	admin *apiclient.Client
@@ -33,7 +33,7 @@ type tlog struct{ t testing.TB }
 
 func (w tlog) Write(p []byte) (int, error) { w.t.Logf("%s", bytes.TrimSpace(p)); return len(p), nil }
 
-func start(t *testing.T, ccfg controller.Config) *harness {
+func start(t testing.TB, ccfg controller.Config) *harness {
 	st, err := bolt.Open(t.TempDir(), bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +90,7 @@ func mustRead(t *testing.T, path string) []byte {
 	return b
 }
 
-func key(t *testing.T) netmap.Key {
+func key(t testing.TB) netmap.Key {
 	k, err := netmap.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
