@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"time"
@@ -29,7 +30,7 @@ type Options struct {
 	Prefix string
 	// DialTimeout bounds connecting (default 5s).
 	DialTimeout time.Duration
-	// Retries bounds how often a conflicting Update is re-run (default 64).
+	// Retries bounds how often a conflicting Update is re-run (default 256).
 	Retries int
 	// PageSize is the List page size (default 10,000).
 	PageSize int64
@@ -55,7 +56,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		opts.DialTimeout = 5 * time.Second
 	}
 	if opts.Retries == 0 {
-		opts.Retries = 64
+		opts.Retries = 256
 	}
 	if opts.PageSize == 0 {
 		opts.PageSize = 10_000
@@ -314,11 +315,13 @@ func (s *Store) Update(ctx context.Context, fn func(store.Tx) error) (int64, err
 		if resp.Succeeded {
 			return resp.Header.Revision, nil
 		}
-		// Someone wrote what we read: back off a little and re-run.
+		// Someone wrote what we read: back off (random, growing, capped)
+		// so that contending writers fall out of step, and re-run.
+		ceiling := min(50*time.Millisecond, time.Millisecond<<min(attempt, 6))
 		select {
 		case <-ctx.Done():
 			return 0, ctx.Err()
-		case <-time.After(time.Duration(attempt) * time.Millisecond):
+		case <-time.After(time.Duration(rand.Int64N(int64(ceiling)) + 1)):
 		}
 	}
 	return 0, store.ErrConflict
