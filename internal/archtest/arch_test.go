@@ -15,6 +15,7 @@ var pure = []string{
 	"github.com/statemesh/statemesh/internal/mtu",
 	"github.com/statemesh/statemesh/internal/netmap",
 	"github.com/statemesh/statemesh/internal/topology",
+	"github.com/statemesh/statemesh/internal/policy",
 }
 
 // forbidden are import path prefixes the pure core must not reach, even

@@ -62,7 +62,52 @@ type Mesh struct {
 	// Attestation is the zero-trust admission policy. Without it,
 	// attestation is off and every node is admitted as weak.
 	Attestation *Attestation `yaml:"attestation" json:"attestation,omitempty"`
-	Regions     []Region     `yaml:"regions" json:"regions"`
+	// Policy is segmentation: without it every node may reach every node.
+	Policy  *Policy  `yaml:"policy" json:"policy,omitempty"`
+	Regions []Region `yaml:"regions" json:"regions"`
+}
+
+// Policy declares segments and what may talk to what. Traffic between two
+// members of a segment is allowed (unless it is isolated); traffic between
+// segments only as a rule allows; everything else is denied. Weak nodes
+// never belong to, or reach, a sensitive segment.
+type Policy struct {
+	Segments []Segment `yaml:"segments" json:"segments"`
+	Rules    []Rule    `yaml:"rules" json:"rules"`
+}
+
+// Segment is a named set of nodes (and their pods, and external clients).
+type Segment struct {
+	Name  string `yaml:"name" json:"name"`
+	Match Match  `yaml:"match" json:"match"`
+	// Sensitive segments never hold, nor admit traffic from, weak nodes.
+	Sensitive bool `yaml:"sensitive" json:"sensitive,omitempty"`
+	// Isolated members may not talk to each other unless a rule says so.
+	Isolated bool `yaml:"isolated" json:"isolated,omitempty"`
+	// Clients marks a segment external WireGuard clients may be put in.
+	Clients bool `yaml:"clients" json:"clients,omitempty"`
+	// PodLabels select the segment's pods for Cilium policies (default:
+	// statemesh.dev/segment-NAME: "true").
+	PodLabels map[string]string `yaml:"podLabels" json:"podLabels,omitempty"`
+}
+
+// Match selects nodes: every non-empty criterion must hold; within a
+// criterion, any listed value matches.
+type Match struct {
+	Regions  []string          `yaml:"regions" json:"regions,omitempty"`
+	Clusters []string          `yaml:"clusters" json:"clusters,omitempty"` // REGION/CLUSTER
+	Roles    []string          `yaml:"roles" json:"roles,omitempty"`       // default: node, operator
+	Classes  []string          `yaml:"classes" json:"classes,omitempty"`
+	Labels   map[string]string `yaml:"labels" json:"labels,omitempty"`
+}
+
+// Rule allows traffic from one segment to another.
+type Rule struct {
+	Name string `yaml:"name" json:"name"`
+	From string `yaml:"from" json:"from"`
+	To   string `yaml:"to" json:"to"`
+	// Ports: "tcp/443", "udp/53", "tcp/8000-8100", "icmp", or "any".
+	Ports []string `yaml:"ports" json:"ports"`
 }
 
 // Attestation policy.

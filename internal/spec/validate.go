@@ -97,6 +97,7 @@ func (m *Mesh) validate(lines map[string]int) Errors {
 	}
 
 	checkAttestation(e, m.Attestation)
+	m.checkPolicy(e)
 	if len(m.Regions) == 0 {
 		e.add("regions", "add at least one region", "the mesh has no regions")
 	}
@@ -405,5 +406,102 @@ func checkAttestation(e *errs, a *Attestation) {
 	}
 	if a.OnFailure != OnFailureQuarantine && a.OnFailure != OnFailureDowngrade {
 		e.add("attestation.onFailure", "use quarantine or downgrade", "unknown action %q", a.OnFailure)
+	}
+}
+
+var roleNames = []string{"node", "operator", "gateway"}
+
+func (m *Mesh) checkPolicy(e *errs) {
+	p := m.Policy
+	if p == nil {
+		return
+	}
+	regions := map[string]bool{}
+	clusters := map[string]bool{}
+	for _, r := range m.Regions {
+		regions[r.Name] = true
+		for _, c := range r.Clusters {
+			clusters[r.Name+"/"+c.Name] = true
+		}
+	}
+	segs := map[string]Segment{}
+	for i, s := range p.Segments {
+		path := fmt.Sprintf("policy.segments[%d]", i)
+		if !dnsLabel.MatchString(s.Name) {
+			e.add(path+".name", "use lowercase letters, digits and '-'", "segment name %q is not a DNS label", s.Name)
+		} else if _, dup := segs[s.Name]; dup {
+			e.add(path+".name", "give every segment a unique name", "segment %q is defined twice", s.Name)
+		}
+		segs[s.Name] = s
+		for j, r := range s.Match.Regions {
+			if !regions[r] {
+				e.add(fmt.Sprintf("%s.match.regions[%d]", path, j), "name a region of this spec", "no region %q: the selector matches nothing there", r)
+			}
+		}
+		for j, c := range s.Match.Clusters {
+			if !clusters[c] {
+				e.add(fmt.Sprintf("%s.match.clusters[%d]", path, j), "write REGION/CLUSTER of a cluster of this spec", "no cluster %q: the selector matches nothing there", c)
+			}
+		}
+		for j, r := range s.Match.Roles {
+			if !slices.Contains(roleNames, r) {
+				e.add(fmt.Sprintf("%s.match.roles[%d]", path, j), "use node, operator or gateway", "unknown role %q", r)
+			}
+		}
+		if len(s.Match.Clusters) > 0 && len(s.Match.Roles) > 0 && !slices.ContainsFunc(s.Match.Roles, func(r string) bool { return r != "gateway" }) {
+			e.add(path+".match", "gateways belong to no cluster: drop the cluster criterion or add the node role", "the selector matches nothing (gateways in clusters)")
+		}
+		for j, c := range s.Match.Classes {
+			if c != "strong" && c != "weak" {
+				e.add(fmt.Sprintf("%s.match.classes[%d]", path, j), "use strong or weak", "unknown class %q", c)
+			} else if c == "weak" && s.Sensitive {
+				e.add(fmt.Sprintf("%s.match.classes[%d]", path, j), "remove weak: sensitive segments hold strong nodes only", "a sensitive segment never holds weak nodes")
+			}
+		}
+		checkLabels(e, path+".match.labels", s.Match.Labels)
+		checkLabels(e, path+".podLabels", s.PodLabels)
+		if s.Clients && s.Sensitive {
+			e.add(path+".clients", "keep external clients out of sensitive segments, or make the segment not sensitive", "clients are not attested: they cannot be members of a sensitive segment")
+		}
+	}
+	names := map[string]bool{}
+	seen := map[string]int{}
+	for i, r := range p.Rules {
+		path := fmt.Sprintf("policy.rules[%d]", i)
+		if !dnsLabel.MatchString(r.Name) {
+			e.add(path+".name", "use lowercase letters, digits and '-'", "rule name %q is not a DNS label", r.Name)
+		} else if names[r.Name] {
+			e.add(path+".name", "give every rule a unique name", "rule %q is defined twice", r.Name)
+		}
+		names[r.Name] = true
+		from, okFrom := segs[r.From]
+		to, okTo := segs[r.To]
+		if !okFrom {
+			e.add(path+".from", "name a segment of policy.segments", "unknown segment %q", r.From)
+		}
+		if !okTo {
+			e.add(path+".to", "name a segment of policy.segments", "unknown segment %q", r.To)
+		}
+		if okFrom && okTo && to.Sensitive && len(from.Match.Classes) == 1 && from.Match.Classes[0] == "weak" {
+			e.add(path, "remove the rule: weak nodes never reach a sensitive segment", "rule lets the weak-only segment %q into the sensitive segment %q: it can never apply", r.From, r.To)
+		}
+		if len(r.Ports) == 0 {
+			e.add(path+".ports", "list the ports (tcp/443, udp/53, icmp) or any", "a rule without ports allows nothing")
+		}
+		var canon []string
+		for j, ps := range r.Ports {
+			pt, err := ParsePort(ps)
+			if err != nil {
+				e.add(fmt.Sprintf("%s.ports[%d]", path, j), "write tcp/PORT, udp/PORT, tcp/FROM-TO, icmp or any", "%v", err)
+				continue
+			}
+			canon = append(canon, pt.String())
+		}
+		slices.Sort(canon)
+		key := r.From + ">" + r.To + ">" + strings.Join(canon, ",")
+		if j, dup := seen[key]; dup {
+			e.add(path, fmt.Sprintf("remove it: policy.rules[%d] already allows the same", j), "duplicate rule")
+		}
+		seen[key] = i
 	}
 }
