@@ -119,6 +119,10 @@ func (p *Policy) Member(segName string, e Endpoint) bool {
 	if s.Sensitive && e.Class != "strong" {
 		return false
 	}
+	m := s.Match
+	if s.Clients && len(m.Regions)+len(m.Clusters)+len(m.Roles)+len(m.Classes)+len(m.Labels) == 0 {
+		return false // a clients segment holds nodes only when it selects some
+	}
 	roles := s.Match.Roles
 	if len(roles) == 0 {
 		roles = []string{"node", "operator"}
