@@ -2,6 +2,7 @@ package netmap
 
 import (
 	"cmp"
+	"maps"
 	"net/netip"
 	"slices"
 )
@@ -25,12 +26,20 @@ type Delta struct {
 	RoutesChanged bool `json:"routesChanged,omitempty"`
 	// Forwarding is set when forwarding changed.
 	Forwarding *bool `json:"forwarding,omitempty"`
+	// Firewall replaces the whole firewall when its rules changed;
+	// FirewallChanged distinguishes a removed firewall from no change.
+	Firewall        *Firewall `json:"firewall,omitempty"`
+	FirewallChanged bool      `json:"firewallChanged,omitempty"`
+	// SetAdd and SetDel add and remove members of firewall sets (the sets a
+	// node does not use are ignored).
+	SetAdd map[string][]netip.Prefix `json:"setAdd,omitempty"`
+	SetDel map[string][]netip.Prefix `json:"setDel,omitempty"`
 }
 
 // Empty reports whether the delta changes nothing (revision aside).
 func (d Delta) Empty() bool {
 	return d.Self == nil && d.Interface == nil && len(d.Upsert) == 0 && len(d.Remove) == 0 &&
-		!d.RoutesChanged && d.Forwarding == nil
+		!d.RoutesChanged && d.Forwarding == nil && !d.FirewallChanged && len(d.SetAdd) == 0 && len(d.SetDel) == 0
 }
 
 // Diff returns the delta that turns old into new. Both maps must be
@@ -52,6 +61,13 @@ func Diff(old, new Map) Delta {
 	if old.Forwarding != new.Forwarding {
 		f := new.Forwarding
 		d.Forwarding = &f
+	}
+	if !old.Firewall.Equal(new.Firewall) {
+		if old.Firewall != nil && new.Firewall != nil && old.Firewall.SameRules(new.Firewall) && slices.Equal(slices.Sorted(maps.Keys(old.Firewall.Sets)), slices.Sorted(maps.Keys(new.Firewall.Sets))) {
+			d.SetAdd, d.SetDel = setDiff(old.Firewall.Sets, new.Firewall.Sets)
+		} else {
+			d.Firewall, d.FirewallChanged = new.Firewall.Clone(), true
+		}
 	}
 	i, j := 0, 0
 	for i < len(old.Peers) || j < len(new.Peers) {
@@ -90,6 +106,12 @@ func (m Map) Apply(d Delta) Map {
 	if d.Forwarding != nil {
 		out.Forwarding = *d.Forwarding
 	}
+	if d.FirewallChanged {
+		out.Firewall = d.Firewall.Clone()
+	}
+	if out.Firewall != nil && (len(d.SetAdd) > 0 || len(d.SetDel) > 0) {
+		out.Firewall.applySets(d.SetAdd, d.SetDel)
+	}
 	if len(d.Remove) == 0 && len(d.Upsert) == 0 {
 		return out
 	}
@@ -118,4 +140,29 @@ func (m Map) Apply(d Delta) Map {
 	slices.SortFunc(peers, func(a, b Peer) int { return cmp.Compare(a.Name, b.Name) })
 	out.Peers = peers
 	return out
+}
+
+// setDiff returns the members added to and removed from each set.
+func setDiff(old, new map[string][]netip.Prefix) (add, del map[string][]netip.Prefix) {
+	for name, ps := range new {
+		for _, p := range ps {
+			if !slices.Contains(old[name], p) {
+				if add == nil {
+					add = map[string][]netip.Prefix{}
+				}
+				add[name] = append(add[name], p)
+			}
+		}
+	}
+	for name, ps := range old {
+		for _, p := range ps {
+			if !slices.Contains(new[name], p) {
+				if del == nil {
+					del = map[string][]netip.Prefix{}
+				}
+				del[name] = append(del[name], p)
+			}
+		}
+	}
+	return add, del
 }

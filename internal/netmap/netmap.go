@@ -44,6 +44,8 @@ type Map struct {
 	Routes []netip.Prefix `json:"routes"`
 	// Forwarding is true when the node must forward IP packets (gateways).
 	Forwarding bool `json:"forwarding"`
+	// Firewall is the node's inbound overlay policy (nil: no policy).
+	Firewall *Firewall `json:"firewall,omitempty"`
 }
 
 // Self is the identity and placement of the node a map is for.
@@ -121,7 +123,7 @@ func (s Self) Equal(o Self) bool {
 func (m Map) Equal(o Map) bool {
 	return m.Self.Equal(o.Self) && m.Interface.Equal(o.Interface) &&
 		slices.EqualFunc(m.Peers, o.Peers, Peer.Equal) &&
-		slices.Equal(m.Routes, o.Routes) && m.Forwarding == o.Forwarding
+		slices.Equal(m.Routes, o.Routes) && m.Forwarding == o.Forwarding && m.Firewall.Equal(o.Firewall)
 }
 
 // Peer returns the peer with the given name.
@@ -152,6 +154,7 @@ func (m Map) Clone() Map {
 	c.Self.PodPrefixes = slices.Clone(m.Self.PodPrefixes)
 	c.Interface.Addresses = slices.Clone(m.Interface.Addresses)
 	c.Routes = slices.Clone(m.Routes)
+	c.Firewall = m.Firewall.Clone()
 	c.Peers = make([]Peer, len(m.Peers))
 	for i, p := range m.Peers {
 		p.AllowedIPs = slices.Clone(p.AllowedIPs)
