@@ -60,6 +60,8 @@ type Config struct {
 	TPM string
 	// Keyring, when set and there is no TPM, encrypts the WireGuard key.
 	Keyring *secrets.Keyring
+	// Labels are the node's labels, sent at enrollment.
+	Labels map[string]string
 	// WireGuard is kernel, userspace or auto.
 	WireGuard        string
 	UserspaceCommand []string
@@ -279,7 +281,7 @@ func (a *Agent) identity(ctx context.Context) (*apiclient.Identity, error) {
 	for attempt := 0; ; attempt++ {
 		req := api.EnrollRequest{
 			Name: a.cfg.Name, Role: a.cfg.Role, PublicKey: a.key.PublicKey(),
-			Endpoint: endpoint, PublicEndpoint: a.cfg.PublicEndpoint,
+			Endpoint: endpoint, PublicEndpoint: a.cfg.PublicEndpoint, Labels: a.cfg.Labels,
 		}
 		id, err = apiclient.EnrollAttested(ctx, a.cfg.Controller, a.cfg.Token, req, att)
 		var ae *api.Error

@@ -148,6 +148,8 @@ type Node struct {
 	AttestedAt *time.Time `json:"attestedAt,omitempty"`
 	// Reason says why a node is quarantined or was downgraded.
 	Reason string `json:"reason,omitempty"`
+	// Labels are the node's own labels.
+	Labels map[string]string `json:"labels,omitempty"`
 	// Healthy is set for gateways.
 	Healthy *bool `json:"healthy,omitempty"`
 }
@@ -199,6 +201,8 @@ type EnrollRequest struct {
 	PublicEndpoint string `json:"publicEndpoint,omitempty"`
 	// CSR is a PEM certificate request for the node's client identity.
 	CSR string `json:"csr"`
+	// Labels are the node's labels (policy selectors match them).
+	Labels map[string]string `json:"labels,omitempty"`
 	// Evidence is the node's attestation evidence (attest.Evidence as
 	// JSON), answering a challenge from /v1/attest/challenge and bound to
 	// the TLS connection that carries this request.

@@ -71,6 +71,7 @@ agent restarts; either way 'wg show' works.`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.Controller, "controller", "", "controller URL (https://HOST:PORT)")
 	f.StringVar(&cfg.Token, "token", "", "join token, only needed for the first start (or $STATEMESH_TOKEN, which keeps it out of ps)")
+	f.StringToStringVar(&cfg.Labels, "labels", nil, "node labels for policy selectors, k=v,k2=v2 (sent at enrollment)")
 	f.StringVar(&kekFile, "kek-file", "", "keyring encrypting the WireGuard key at rest when there is no TPM (or $STATEMESH_KEK)")
 	f.StringVar(&cfg.Name, "name", "", "node name (default: the hostname)")
 	f.StringVar(&cfg.Role, "role", "node", "node, operator or gateway")

@@ -169,6 +169,7 @@ func nodeView(n *NodeRecord, h HealthRecord) api.Node {
 		v.AttestedAt = &at
 	}
 	v.Reason = n.Reason
+	v.Labels = n.Labels
 	return v
 }
 

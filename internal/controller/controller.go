@@ -20,12 +20,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/statemesh/statemesh/internal/attest"
 	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/policy"
 	"github.com/statemesh/statemesh/internal/secrets"
 	"github.com/statemesh/statemesh/internal/spec"
 	"github.com/statemesh/statemesh/internal/store"
@@ -110,12 +112,14 @@ type Controller struct {
 	// reattest its re-attestation interval.
 	attestPolicy *attest.Policy
 	reattest     time.Duration
-	ix           *topology.Index
-	nodes        map[string]*NodeRecord
-	health       map[string]HealthRecord
-	slots        map[string]map[int]SlotRecord // region/cluster -> slot -> record
-	status       map[string]statusEntry
-	hub          *hub
+	// segPolicy is the segmentation policy from the spec (nil: none).
+	segPolicy *policy.Policy
+	ix        *topology.Index
+	nodes     map[string]*NodeRecord
+	health    map[string]HealthRecord
+	slots     map[string]map[int]SlotRecord // region/cluster -> slot -> record
+	status    map[string]statusEntry
+	hub       *hub
 
 	ready chan struct{}
 	// started is when Run began: gateways get a heartbeat timeout's grace
@@ -338,8 +342,9 @@ func (c *Controller) rebuildIndexLocked() {
 		return
 	}
 	c.ix = topology.New(c.plan, c.cfg.Topology)
+	c.ix.SetPlan(c.plan, c.segPolicy)
 	for _, n := range c.nodes {
-		if _, err := c.ix.Upsert(n.topo(c.health[n.Name].Healthy)); err != nil {
+		if _, err := c.ix.Upsert(c.topoNode(n)); err != nil {
 			c.log.Warn("node outside the plan", "node", n.Name, "err", err)
 		}
 	}
@@ -359,6 +364,11 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 			c.specYAML = r.YAML
 			if m, err := spec.Parse([]byte(r.YAML)); err == nil {
 				c.mesh = m
+				if p, err := policy.Compile(m.Policy); err == nil {
+					c.segPolicy = p
+				} else {
+					c.log.Error("policy in the spec does not compile", "err", err)
+				}
 				if p, d, err := policyFromSpec(m); err == nil {
 					c.attestPolicy, c.reattest = p, d
 				} else {
@@ -383,7 +393,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 			c.rebuildIndexLocked()
 			changes = []topology.Change{{Audience: topology.Audience{Scopes: []topology.Scope{{Kind: topology.ScopeAll}}}, Resync: true}}
 		} else {
-			changes = c.ix.SetPlan(p)
+			changes = c.ix.SetPlan(p, c.segPolicy)
 		}
 	case strings.HasPrefix(key, prefixNodes):
 		name := strings.TrimPrefix(key, prefixNodes)
@@ -402,7 +412,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 		}
 		c.nodes[name] = &n
 		if c.ix != nil && rev > 0 {
-			ch, err := c.ix.Upsert(n.topo(c.health[name].Healthy))
+			ch, err := c.ix.Upsert(c.topoNode(&n))
 			if err != nil {
 				c.log.Warn("node outside the plan", "node", name, "err", err)
 			}
@@ -458,4 +468,27 @@ func (c *Controller) lookupLocked(name string) (*topology.Node, bool) {
 		return nil, false
 	}
 	return c.ix.Node(name)
+}
+
+// topoNode is a record as topology sees it: with its health and its labels
+// over its cluster's and region's.
+func (c *Controller) topoNode(n *NodeRecord) topology.Node {
+	t := n.topo(c.health[n.Name].Healthy)
+	labels := map[string]string{}
+	if c.mesh != nil {
+		for _, r := range c.mesh.Regions {
+			if r.Name != n.Region {
+				continue
+			}
+			maps.Copy(labels, r.Labels)
+			for _, cl := range r.Clusters {
+				if cl.Name == n.Cluster {
+					maps.Copy(labels, cl.Labels)
+				}
+			}
+		}
+	}
+	maps.Copy(labels, n.Labels)
+	t.Labels = labels
+	return t
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/spec"
 	"github.com/statemesh/statemesh/internal/store"
 	"github.com/statemesh/statemesh/internal/topology"
 )
@@ -73,6 +74,9 @@ func (c *Controller) Enroll(ctx context.Context, req api.EnrollRequest, exporter
 	if req.CSR == "" {
 		return api.EnrollResponse{}, apiErr(api.CodeInvalidArgument, "csr is missing")
 	}
+	if err := spec.CheckLabels(req.Labels); err != nil {
+		return api.EnrollResponse{}, apiErr(api.CodeInvalidArgument, "labels: %v", err)
+	}
 
 	c.mu.RLock()
 	p := c.plan
@@ -133,7 +137,7 @@ func (c *Controller) Enroll(ctx context.Context, req api.EnrollRequest, exporter
 			Name: req.Name, Region: t.Region, Cluster: t.Cluster, Role: req.Role,
 			Class: netmap.ClassWeak, State: topology.StateActive,
 			PublicKey: req.PublicKey, Slot: slot, Endpoint: ep, PublicEndpoint: pep,
-			TokenID: t.ID, EnrolledAt: now,
+			TokenID: t.ID, EnrolledAt: now, Labels: req.Labels,
 		}
 		if attested != nil {
 			if kv, err := tx.Get(ekKey(attested.EKHash)); err == nil && string(kv.Value) != req.Name {

@@ -24,7 +24,8 @@ type hub struct {
 	byCluster map[string]map[*subscriber]struct{}
 	byRegion  map[string]map[*subscriber]struct{} // gateways by region
 	gateways  map[*subscriber]struct{}
-	history   []histEntry // ring, oldest first
+	bySet     map[string]map[*subscriber]struct{} // users of firewall sets
+	history   []histEntry                         // ring, oldest first
 	histLen   int
 	// floor is the highest revision not covered by history: a resume from
 	// a revision ≥ floor is complete.
@@ -45,6 +46,7 @@ type subscriber struct {
 	cluster  string // region/cluster, "" for gateways
 	region   string
 	gateway  bool
+	sets     []string
 	frames   chan frame
 	overflow atomic.Bool
 }
@@ -64,6 +66,7 @@ func newHub(histLen, queueLen int) *hub {
 		byCluster: map[string]map[*subscriber]struct{}{},
 		byRegion:  map[string]map[*subscriber]struct{}{},
 		gateways:  map[*subscriber]struct{}{},
+		bySet:     map[string]map[*subscriber]struct{}{},
 		histLen:   histLen,
 	}
 }
@@ -90,7 +93,19 @@ func (h *hub) subscribe(n *topology.Node) *subscriber {
 		s.cluster = n.Region + "/" + n.Cluster
 		addTo(h.byCluster, s.cluster, s)
 	}
+	h.reindex(s, n.RefSets())
 	return s
+}
+
+// reindex records which firewall sets a stream's node uses.
+func (h *hub) reindex(s *subscriber, sets []string) {
+	for _, old := range s.sets {
+		delete(h.bySet[old], s)
+	}
+	s.sets = append([]string(nil), sets...)
+	for _, set := range s.sets {
+		addTo(h.bySet, set, s)
+	}
 }
 
 // unsubscribe removes a stream; it is a no-op for a replaced stream.
@@ -102,6 +117,9 @@ func (h *hub) unsubscribe(s *subscriber) {
 	delete(h.byCluster[s.cluster], s)
 	delete(h.byRegion[s.region], s)
 	delete(h.gateways, s)
+	for _, set := range s.sets {
+		delete(h.bySet[set], s)
+	}
 	close(s.frames)
 }
 
@@ -137,6 +155,7 @@ func (h *hub) publish(rev int64, changes []topology.Change, lookup func(string) 
 				return
 			}
 			if ch.Resync {
+				h.reindex(s, n.RefSets())
 				h.enqueue(s, frame{rev: rev, resync: true})
 				return
 			}
@@ -175,6 +194,10 @@ func (h *hub) publish(rev int64, changes []topology.Change, lookup func(string) 
 				}
 			case topology.ScopeAll:
 				for _, s := range h.subs {
+					deliver(s)
+				}
+			case topology.ScopeSetUsers:
+				for s := range h.bySet[sc.Set] {
 					deliver(s)
 				}
 			}

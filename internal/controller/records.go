@@ -103,6 +103,8 @@ type NodeRecord struct {
 	AttestedAt time.Time `json:"attestedAt,omitzero"`
 	// Reason says why the node is quarantined or was downgraded.
 	Reason string `json:"reason,omitempty"`
+	// Labels are the node's own labels (policy selectors match them).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // SessionRecord is an open attestation challenge. The secret is kept only

@@ -72,21 +72,21 @@ func TestAllowed(t *testing.T) {
 		port     int
 		want     bool
 	}{
-		{webStrong, webWeak, TCP, 22, true},          // same segment
-		{webStrong, apiStrong, TCP, 7000, true},      // rule
-		{webStrong, apiStrong, ICMP, 0, true},        // rule
-		{webStrong, apiStrong, TCP, 22, false},       // rule does not cover the port
-		{apiStrong, webStrong, TCP, 7000, false},     // rules have a direction
-		{apiStrong, apiWeak, TCP, 7000, false},       // isolated segment
-		{apiStrong, vault, TCP, 8200, true},          // into sensitive, strong source
-		{apiWeak, vault, TCP, 8200, false},           // weak never reaches sensitive
-		{webWeak, vault, TCP, 8200, false},           // idem, whatever the rules say
-		{webStrong, vault, TCP, 8200, true},          //
-		{vault, vault, TCP, 1, true},                 // members of a sensitive segment
-		{webStrong, vaultWeak, TCP, 8200, false},     // weak node is not a member of vault
-		{client, webWeak, TCP, 443, true},            // clients are a segment
-		{client, apiStrong, TCP, 7000, false},        //
-		{webStrong, gateway, ICMP, 0, false},         // gateways are in no segment
+		{webStrong, webWeak, TCP, 22, true},      // same segment
+		{webStrong, apiStrong, TCP, 7000, true},  // rule
+		{webStrong, apiStrong, ICMP, 0, true},    // rule
+		{webStrong, apiStrong, TCP, 22, false},   // rule does not cover the port
+		{apiStrong, webStrong, TCP, 7000, false}, // rules have a direction
+		{apiStrong, apiWeak, TCP, 7000, false},   // isolated segment
+		{apiStrong, vault, TCP, 8200, true},      // into sensitive, strong source
+		{apiWeak, vault, TCP, 8200, false},       // weak never reaches sensitive
+		{webWeak, vault, TCP, 8200, false},       // idem, whatever the rules say
+		{webStrong, vault, TCP, 8200, true},      //
+		{vault, vault, TCP, 1, true},             // members of a sensitive segment
+		{webStrong, vaultWeak, TCP, 8200, false}, // weak node is not a member of vault
+		{client, webWeak, TCP, 443, true},        // clients are a segment
+		{client, apiStrong, TCP, 7000, false},    //
+		{webStrong, gateway, ICMP, 0, false},     // gateways are in no segment
 	} {
 		got, why := p.Allowed(tc.src, tc.dst, tc.proto, tc.port)
 		if got != tc.want {

@@ -505,3 +505,10 @@ func (m *Mesh) checkPolicy(e *errs) {
 		seen[key] = i
 	}
 }
+
+// CheckLabels checks Kubernetes-style labels (node labels from agents).
+func CheckLabels(labels map[string]string) error {
+	e := &errs{}
+	checkLabels(e, "labels", labels)
+	return e.list.Err()
+}

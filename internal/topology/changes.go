@@ -2,15 +2,18 @@ package topology
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/policy"
 )
 
 // Scope is one part of an audience.
 type Scope struct {
 	Kind    ScopeKind `json:"kind"`
+	Set     string    `json:"set,omitempty"`
 	Region  string    `json:"region,omitempty"`
 	Cluster string    `json:"cluster,omitempty"`
 	Node    string    `json:"node,omitempty"`
@@ -31,6 +34,8 @@ const (
 	ScopeNode
 	// ScopeAll is every node.
 	ScopeAll
+	// ScopeSetUsers is every active node whose firewall uses the set Set.
+	ScopeSetUsers
 )
 
 // Audience is who a change is for: any node some scope selects, except the
@@ -65,6 +70,10 @@ func (a Audience) Includes(n *Node) bool {
 			}
 		case ScopeAll:
 			return true
+		case ScopeSetUsers:
+			if n.active() && slices.Contains(n.refSets, s.Set) {
+				return true
+			}
 		}
 	}
 	return false
@@ -82,11 +91,13 @@ func resyncNode(name string) Change {
 	return Change{Audience: Audience{Scopes: []Scope{{Kind: ScopeNode, Node: name}}}, Resync: true}
 }
 
-// SetPlan replaces the plan. Every map may change, so every node resyncs;
-// plans change rarely (an admin applies a spec).
-func (ix *Index) SetPlan(p *plan.Plan) []Change {
+// SetPlan replaces the plan and the policy. Every map may change, so every
+// node resyncs; plans change rarely (an admin applies a spec).
+func (ix *Index) SetPlan(p *plan.Plan, pol *policy.Policy) []Change {
 	nodes := ix.nodes
 	ix.nodes = map[string]*Node{}
+	ix.sets = map[string]map[string][]netip.Prefix{}
+	ix.policy = pol
 	ix.setPlan(p)
 	for _, n := range nodes {
 		ix.insert(n)
@@ -108,9 +119,26 @@ func (e ErrUnknownCluster) Error() string {
 	return fmt.Sprintf("cluster %s/%s is not in the plan", e.Region, e.Cluster)
 }
 
+// memberSets returns the firewall sets a node's prefixes belong to.
+func (ix *Index) memberSets(n *Node) []string {
+	if ix.policy == nil || !n.active() {
+		return nil
+	}
+	return ix.policy.MemberSets(n.endpoint())
+}
+
 // insert adds n to the indexes without computing changes.
 func (ix *Index) insert(n *Node) {
 	ix.nodes[n.Name] = n
+	if ix.policy != nil {
+		n.refSets = ix.policy.FirewallFor(n.endpoint()).Sets()
+		for _, s := range ix.memberSets(n) {
+			if ix.sets[s] == nil {
+				ix.sets[s] = map[string][]netip.Prefix{}
+			}
+			ix.sets[s][n.Name] = n.ownPrefixes()
+		}
+	}
 	if n.IsGateway() {
 		if r, ok := ix.regions[n.Region]; ok {
 			i, _ := slices.BinarySearchFunc(r.gateways, n.Name, func(g *Node, name string) int { return cmpString(g.Name, name) })
@@ -125,6 +153,9 @@ func (ix *Index) insert(n *Node) {
 
 func (ix *Index) delete(n *Node) {
 	delete(ix.nodes, n.Name)
+	for _, s := range ix.memberSets(n) {
+		delete(ix.sets[s], n.Name)
+	}
 	if n.IsGateway() {
 		if r, ok := ix.regions[n.Region]; ok {
 			r.gateways = slices.DeleteFunc(r.gateways, func(g *Node) bool { return g.Name == n.Name })
@@ -172,18 +203,25 @@ func (ix *Index) Upsert(in Node) ([]Change, error) {
 		more, err := ix.Upsert(in)
 		return append(changes, more...), err
 	}
+	var oldSets []string
+	var oldRefs []string
 	if existed {
+		oldSets, oldRefs = ix.memberSets(old), old.refSets
 		ix.delete(old)
 	}
 	ix.insert(n)
+	setChanges := ix.setChanges(n.Name, oldSets, old, ix.memberSets(n), n)
+	if existed && !slices.Equal(oldRefs, n.refSets) {
+		setChanges = append(setChanges, resyncNode(n.Name))
+	}
 	if n.IsGateway() {
-		changes := ix.refreshRegion(ix.regions[n.Region])
+		changes := append(ix.refreshRegion(ix.regions[n.Region]), setChanges...)
 		if !existed || old.active() != n.active() || old.Class != n.Class || old.PublicKey != n.PublicKey {
 			changes = append(changes, resyncNode(n.Name))
 		}
 		return changes, nil
 	}
-	var changes []Change
+	changes := setChanges
 	entry, gwEntry := nodeEntry(n), ix.nodeEntryForGateways(n)
 	cluster := Audience{Scopes: []Scope{{Kind: ScopeCluster, Region: n.Region, Cluster: n.Cluster}}, Except: n.Name}
 	gateways := Audience{Scopes: []Scope{{Kind: ScopeRegionGateways, Region: n.Region}}}
@@ -208,12 +246,14 @@ func (ix *Index) Remove(name string) []Change {
 	if !ok {
 		return nil
 	}
+	oldSets := ix.memberSets(n)
 	ix.delete(n)
+	setChanges := ix.setChanges(n.Name, oldSets, n, nil, nil)
 	if n.IsGateway() {
-		changes := ix.refreshRegion(ix.regions[n.Region])
+		changes := append(ix.refreshRegion(ix.regions[n.Region]), setChanges...)
 		return append(changes, resyncNode(n.Name))
 	}
-	changes := []Change{resyncNode(n.Name)}
+	changes := append([]Change{resyncNode(n.Name)}, setChanges...)
 	if n.active() {
 		changes = append(changes, Change{
 			Audience: Audience{Scopes: []Scope{{Kind: ScopeCluster, Region: n.Region, Cluster: n.Cluster}, {Kind: ScopeRegionGateways, Region: n.Region}}, Except: n.Name},
@@ -312,4 +352,34 @@ func diffEntries(old, new map[string]netmap.Peer) netmap.Delta {
 	sortPeers(d.Upsert)
 	slices.Sort(d.Remove)
 	return d
+}
+
+// setChanges returns the set-member deltas of a node whose member sets (and
+// prefixes) went from oldSets/old to newSets/new: one change per set,
+// addressed to the nodes whose firewalls use it.
+func (ix *Index) setChanges(name string, oldSets []string, old *Node, newSets []string, new *Node) []Change {
+	var changes []Change
+	var oldP, newP []netip.Prefix
+	if old != nil {
+		oldP = netmap.SortPrefixes(old.ownPrefixes())
+	}
+	if new != nil {
+		newP = netmap.SortPrefixes(new.ownPrefixes())
+	}
+	for _, s := range newSets {
+		if slices.Contains(oldSets, s) && slices.Equal(oldP, newP) {
+			continue
+		}
+		d := netmap.Delta{SetAdd: map[string][]netip.Prefix{s: newP}}
+		if slices.Contains(oldSets, s) {
+			d.SetDel = map[string][]netip.Prefix{s: oldP}
+		}
+		changes = append(changes, Change{Audience: Audience{Scopes: []Scope{{Kind: ScopeSetUsers, Set: s}}}, Delta: d})
+	}
+	for _, s := range oldSets {
+		if !slices.Contains(newSets, s) {
+			changes = append(changes, Change{Audience: Audience{Scopes: []Scope{{Kind: ScopeSetUsers, Set: s}}}, Delta: netmap.Delta{SetDel: map[string][]netip.Prefix{s: oldP}}})
+		}
+	}
+	return changes
 }

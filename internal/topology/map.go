@@ -29,9 +29,14 @@ func (ix *Index) Map(name string) (netmap.Map, bool) {
 	}
 	if !n.active() {
 		// A quarantined node keeps its interface but has no peers and no
-		// routes: it is cut off from the mesh.
+		// routes: it is cut off from the mesh. Under a policy its firewall
+		// admits nothing.
+		if ix.policy != nil {
+			m.Firewall = &netmap.Firewall{Sets: map[string][]netip.Prefix{}}
+		}
 		return m.Normalize(), true
 	}
+	m.Firewall = ix.firewall(n)
 	m.Routes = append([]netip.Prefix(nil), ix.supernet...)
 	r := ix.regions[n.Region]
 	if n.IsGateway() {
@@ -89,4 +94,28 @@ func (ix *Index) mtu(n *Node) int {
 		}
 	}
 	return 1420
+}
+
+// firewall builds a node's firewall from the policy and the sets' members.
+func (ix *Index) firewall(n *Node) *netmap.Firewall {
+	if ix.policy == nil {
+		return nil
+	}
+	fw := &netmap.Firewall{Sets: map[string][]netip.Prefix{}}
+	pf := ix.policy.FirewallFor(n.endpoint())
+	for _, r := range pf.Rules {
+		fr := netmap.FirewallRule{Comment: r.Comment, Set: r.Set}
+		for _, p := range r.Ports {
+			fr.Ports = append(fr.Ports, netmap.PortRange{Proto: p.Proto, From: p.From, To: p.To})
+		}
+		fw.Rules = append(fw.Rules, fr)
+	}
+	for _, s := range pf.Sets() {
+		var ps []netip.Prefix
+		for _, members := range ix.sets[s] {
+			ps = append(ps, members...)
+		}
+		fw.Sets[s] = netmap.SortPrefixes(ps)
+	}
+	return fw
 }

@@ -30,6 +30,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/policy"
 )
 
 // States of a node.
@@ -60,6 +61,20 @@ type Node struct {
 	// Healthy is meaningful for gateways: only healthy gateways are
 	// designated.
 	Healthy bool
+	// Labels are the node's labels over its cluster's and region's (policy
+	// selectors match them).
+	Labels map[string]string
+
+	// refSets are the firewall sets the node's own firewall uses (set by
+	// the index; audiences of set deltas).
+	refSets []string
+}
+
+// RefSets returns the firewall sets the node's firewall uses.
+func (n *Node) RefSets() []string { return n.refSets }
+
+func (n *Node) endpoint() policy.Endpoint {
+	return policy.Endpoint{Name: n.Name, Region: n.Region, Cluster: n.Cluster, Role: n.Role, Class: n.Class, Labels: n.Labels}
 }
 
 // IsGateway reports whether the node is a gateway.
@@ -122,8 +137,11 @@ func (o *Options) setDefaults() {
 // Index is the mesh as topology sees it. It is not safe for concurrent
 // use; the controller serializes mutations and reads.
 type Index struct {
-	opts     Options
-	plan     *plan.Plan
+	opts   Options
+	plan   *plan.Plan
+	policy *policy.Policy
+	// sets holds each firewall set's members: set → node → prefixes.
+	sets     map[string]map[string][]netip.Prefix
 	supernet []netip.Prefix // routed into the overlay on every node
 	nodes    map[string]*Node
 	clusters map[string]*cluster // key region/cluster
@@ -152,7 +170,7 @@ type region struct {
 // New returns an empty index over a plan.
 func New(p *plan.Plan, opts Options) *Index {
 	opts.setDefaults()
-	ix := &Index{opts: opts, nodes: map[string]*Node{}}
+	ix := &Index{opts: opts, nodes: map[string]*Node{}, sets: map[string]map[string][]netip.Prefix{}}
 	ix.setPlan(p)
 	return ix
 }

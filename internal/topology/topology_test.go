@@ -10,6 +10,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/policy"
 	"github.com/statemesh/statemesh/internal/spec"
 )
 
@@ -18,6 +19,7 @@ type world struct {
 	t    testing.TB
 	r    *rand.Rand
 	plan *plan.Plan
+	pol  *policy.Policy
 	ix   *Index
 	// next node index per cluster / gateway index per region
 	nextNode map[string]int
@@ -27,7 +29,17 @@ type world struct {
 func newWorld(t testing.TB, seed uint64, regions, clusters int) *world {
 	t.Helper()
 	var b strings.Builder
-	b.WriteString("apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata: {name: w}\naddressing: {overlayIPv6: 'fd7a::/48', podIPv4: [10.0.0.0/8], podIPv6: ['fd00::/48']}\nregions:\n")
+	b.WriteString("apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata: {name: w}\naddressing: {overlayIPv6: 'fd7a::/48', podIPv4: [10.0.0.0/8], podIPv6: ['fd00::/48']}\n")
+	b.WriteString(`policy:
+  segments:
+    - {name: front, match: {labels: {tier: front}}}
+    - {name: back, match: {labels: {tier: back}}, isolated: true}
+    - {name: vault, match: {labels: {tier: back}, classes: [strong]}, sensitive: true}
+  rules:
+    - {name: fb, from: front, to: back, ports: ["tcp/80"]}
+    - {name: bv, from: back, to: vault, ports: [any]}
+`)
+	b.WriteString("regions:\n")
 	for r := range regions {
 		fmt.Fprintf(&b, "  - name: r%d\n    gateways: 3\n    clusters:\n", r)
 		for c := range clusters {
@@ -42,7 +54,13 @@ func newWorld(t testing.TB, seed uint64, regions, clusters int) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &world{t: t, r: rand.New(rand.NewPCG(seed, 7)), plan: p, ix: New(p, Options{}), nextNode: map[string]int{}, nextGw: map[string]int{}}
+	pol, err := policy.Compile(m.Policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix := New(p, Options{})
+	ix.SetPlan(p, pol)
+	return &world{t: t, r: rand.New(rand.NewPCG(seed, 7)), plan: p, pol: pol, ix: ix, nextNode: map[string]int{}, nextGw: map[string]int{}}
 }
 
 func (w *world) key() netmap.Key {
@@ -62,8 +80,13 @@ func (w *world) newNode(region, cluster string) Node {
 	if w.r.IntN(5) == 0 {
 		role = netmap.RoleOperator
 	}
+	class := netmap.ClassWeak
+	if w.r.IntN(2) == 0 {
+		class = netmap.ClassStrong
+	}
+	labels := map[string]string{"tier": []string{"front", "back", "none"}[w.r.IntN(3)]}
 	n := Node{
-		Name: fmt.Sprintf("%s-%s-n%d", region, cluster, i), Region: region, Cluster: cluster, Role: role, Class: netmap.ClassWeak,
+		Name: fmt.Sprintf("%s-%s-n%d", region, cluster, i), Region: region, Cluster: cluster, Role: role, Class: class, Labels: labels,
 		PublicKey:   w.key(),
 		OverlayIPv4: addrAt(pc.OverlayIPv4, uint64(1+i)),
 		OverlayIPv6: addrAt(pc.OverlayIPv6, uint64(1+i)),
@@ -372,12 +395,23 @@ func TestIncrementalEqualsRecompute(t *testing.T) {
 					names := w.nodeNames(true)
 					name := names[w.r.IntN(len(names))]
 					n := *w.ix.nodes[name]
-					if n.State == StateQuarantined {
-						n.State = StateActive
-					} else {
-						n.State = StateQuarantined
+					switch w.r.IntN(3) {
+					case 0:
+						if n.State == StateQuarantined {
+							n.State = StateActive
+						} else {
+							n.State = StateQuarantined
+						}
+					case 1:
+						if n.Class == netmap.ClassStrong {
+							n.Class = netmap.ClassWeak
+						} else {
+							n.Class = netmap.ClassStrong
+						}
+					case 2:
+						n.Labels = map[string]string{"tier": []string{"front", "back", "none"}[w.r.IntN(3)]}
 					}
-					what = "state " + name + " " + n.State
+					what = fmt.Sprintf("update %s: %s %s %v", name, n.State, n.Class, n.Labels)
 					apply(w.upsert(n))
 				case 5:
 					gws := w.ix.Gateways(r)
@@ -391,9 +425,10 @@ func TestIncrementalEqualsRecompute(t *testing.T) {
 				fresh := w.maps()
 				for name, m := range fresh {
 					if !held[name].Equal(m) {
-						t.Fatalf("step %d (%s): %s's map from deltas differs from recompute:\nheld  %+v\nfresh %+v", step, what, name, held[name].Peers, m.Peers)
+						t.Fatalf("step %d (%s): %s's map from deltas differs from recompute:\nheld  %+v %+v\nfresh %+v %+v", step, what, name, held[name].Peers, held[name].Firewall, m.Peers, m.Firewall)
 					}
 				}
+				w.checkFirewalls(fresh)
 				w.checkInvariants(fresh)
 			}
 		})
@@ -484,6 +519,43 @@ func TestQuarantinedNodeIsCutOff(t *testing.T) {
 		}
 		if _, ok := m.Peer(n.Name); ok {
 			t.Errorf("%s still peers with quarantined %s", name, n.Name)
+		}
+	}
+}
+
+// checkFirewalls: every node's firewall, with its sets, allows exactly what
+// the policy allows from every other active node.
+func (w *world) checkFirewalls(maps map[string]netmap.Map) {
+	w.t.Helper()
+	for dname, m := range maps {
+		dst := w.ix.nodes[dname]
+		if !dst.active() {
+			continue
+		}
+		if m.Firewall == nil {
+			w.t.Fatalf("%s has no firewall under a policy", dname)
+		}
+		for _, src := range w.ix.nodes {
+			if src.Name == dname || !src.active() {
+				continue
+			}
+			for _, port := range []int{80, 22} {
+				fwAllows := false
+				for _, r := range m.Firewall.Rules {
+					if !slices.Contains(m.Firewall.Sets[r.Set], netip.PrefixFrom(src.OverlayIPv4, 32)) {
+						continue
+					}
+					ok := len(r.Ports) == 0
+					for _, p := range r.Ports {
+						ok = ok || p.Proto == "any" || (p.Proto == "tcp" && port >= p.From && port <= p.To)
+					}
+					fwAllows = fwAllows || ok
+				}
+				want, why := w.pol.Allowed(src.endpoint(), dst.endpoint(), "tcp", port)
+				if fwAllows != want {
+					w.t.Fatalf("%s → %s tcp/%d: firewall %v, policy %v (%s)", src.Name, dname, port, fwAllows, want, why)
+				}
+			}
 		}
 	}
 }
