@@ -1,0 +1,315 @@
+// Package firewall owns StateMesh's nftables table on a node (inet
+// "statemesh"; it never touches any other table):
+//
+//   - underlay: only WireGuard from the node's known peers (and what the
+//     operator explicitly allows, e.g. tcp/22) reaches the node from outside
+//     the mesh; replies to the node's own connections (the control channel)
+//     pass as established;
+//   - overlay: traffic arriving through the WireGuard interface, to the
+//     node or to its pods, must match an allow rule of the node's policy
+//     (named sets of source prefixes, each rule commented with the segment
+//     or rule it comes from); everything else is dropped and counted;
+//   - gateways forward transit traffic; destinations enforce.
+//
+// The whole table is replaced in one nft transaction (atomic); set members
+// change by element, in small transactions of their own.
+package firewall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"sigs.k8s.io/knftables"
+
+	"github.com/statemesh/statemesh/internal/netmap"
+)
+
+// Table is StateMesh's table.
+const Table = "statemesh"
+
+// State is the desired firewall of a node.
+type State struct {
+	Interface  string
+	ListenPort int
+	// Peers are the underlay addresses WireGuard may come from.
+	Peers []netip.Addr
+	// Policy is the overlay policy; nil allows all overlay traffic.
+	Policy *netmap.Firewall
+	// Pods are the node's own pod blocks.
+	Pods []netip.Prefix
+	// Gateway nodes forward transit traffic.
+	Gateway bool
+	// UnderlayAllow are extra ports open on the underlay ("tcp/22").
+	UnderlayAllow []netmap.PortRange
+}
+
+// Firewall manages the table.
+type Firewall struct {
+	nft knftables.Interface
+	log *slog.Logger
+	// expected rule counts per chain after the last full apply, for drift
+	// detection.
+	expected map[string]int
+	sets     map[string]bool
+}
+
+// New returns a manager; it fails (clearly) where nftables is missing.
+func New(log *slog.Logger) (*Firewall, error) {
+	nft, err := knftables.New(knftables.InetFamily, Table)
+	if err != nil {
+		return nil, fmt.Errorf("nftables is not available (%v): this node does not enforce the policy", err)
+	}
+	return NewWith(nft, log), nil
+}
+
+// NewWith uses a given knftables interface (a fake in unit tests).
+func NewWith(nft knftables.Interface, log *slog.Logger) *Firewall {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Firewall{nft: nft, log: log}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func setNames(name string) (v4, v6 string) { return name + "_v4", name + "_v6" }
+
+func split(ps []netip.Prefix) (v4, v6 []string) {
+	for _, p := range ps {
+		if p.Addr().Is4() {
+			v4 = append(v4, p.Masked().String())
+		} else {
+			v6 = append(v6, p.Masked().String())
+		}
+	}
+	return v4, v6
+}
+
+func portMatch(p netmap.PortRange) string {
+	switch p.Proto {
+	case "icmp":
+		return "meta l4proto { icmp, ipv6-icmp }"
+	case "tcp", "udp":
+		if p.From == p.To {
+			return fmt.Sprintf("%s dport %d", p.Proto, p.From)
+		}
+		return fmt.Sprintf("%s dport %d-%d", p.Proto, p.From, p.To)
+	}
+	return ""
+}
+
+// Render builds the transaction that replaces the table with s, and the
+// number of rules each chain gets.
+func Render(tx *knftables.Transaction, s State, existingSets []string) map[string]int {
+	counts := map[string]int{}
+	rule := func(chain, text, comment string) {
+		r := &knftables.Rule{Chain: chain, Rule: text}
+		if comment != "" {
+			r.Comment = ptr(comment)
+		}
+		tx.Add(r)
+		counts[chain]++
+	}
+	tx.Add(&knftables.Table{Comment: ptr("StateMesh: managed by the statemesh agent; changes are reverted")})
+	tx.Flush(&knftables.Table{})
+	for _, c := range []struct {
+		name string
+		hook knftables.BaseChainHook
+	}{{"input", knftables.InputHook}, {"forward", knftables.ForwardHook}} {
+		tx.Add(&knftables.Chain{Name: c.name, Type: ptr(knftables.FilterType), Hook: ptr(c.hook), Priority: ptr(knftables.FilterPriority)})
+	}
+	tx.Add(&knftables.Chain{Name: "overlay", Comment: ptr("traffic through the mesh to this node or its pods: the policy")})
+
+	// Sets: peers' underlay addresses, and the policy's source sets.
+	want := map[string]bool{"peers_v4": true, "peers_v6": true}
+	tx.Add(&knftables.Set{Name: "peers_v4", Type: "ipv4_addr", Comment: ptr("WireGuard peers' underlay addresses")})
+	tx.Add(&knftables.Set{Name: "peers_v6", Type: "ipv6_addr", Comment: ptr("WireGuard peers' underlay addresses")})
+	for _, a := range s.Peers {
+		name := "peers_v4"
+		if !a.Unmap().Is4() {
+			name = "peers_v6"
+		}
+		tx.Add(&knftables.Element{Set: name, Key: []string{a.Unmap().String()}})
+	}
+	if s.Policy != nil {
+		names := make([]string, 0, len(s.Policy.Sets))
+		for n := range s.Policy.Sets {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		for _, n := range names {
+			v4n, v6n := setNames(n)
+			want[v4n], want[v6n] = true, true
+			tx.Add(&knftables.Set{Name: v4n, Type: "ipv4_addr", Flags: []knftables.SetFlag{knftables.IntervalFlag}, Comment: ptr("members of " + n)})
+			tx.Add(&knftables.Set{Name: v6n, Type: "ipv6_addr", Flags: []knftables.SetFlag{knftables.IntervalFlag}, Comment: ptr("members of " + n)})
+			v4, v6 := split(s.Policy.Sets[n])
+			for _, e := range v4 {
+				tx.Add(&knftables.Element{Set: v4n, Key: []string{e}})
+			}
+			for _, e := range v6 {
+				tx.Add(&knftables.Element{Set: v6n, Key: []string{e}})
+			}
+		}
+	}
+	for _, old := range existingSets {
+		if !want[old] {
+			tx.Delete(&knftables.Set{Name: old})
+		}
+	}
+
+	// input
+	rule("input", `iifname "lo" accept`, "")
+	rule("input", "ct state established,related accept", "replies to this node's connections (the control channel)")
+	rule("input", "ct state invalid drop", "")
+	rule("input", fmt.Sprintf("iifname %q jump overlay", s.Interface), "")
+	v4pods, v6pods := split(s.Pods)
+	if len(v4pods) > 0 {
+		rule("input", "ip saddr { "+strings.Join(v4pods, ", ")+" } accept", "this node's pods")
+	}
+	if len(v6pods) > 0 {
+		rule("input", "ip6 saddr { "+strings.Join(v6pods, ", ")+" } accept", "this node's pods")
+	}
+	rule("input", fmt.Sprintf("udp dport %d ip saddr @peers_v4 accept", s.ListenPort), "underlay: WireGuard from known peers")
+	rule("input", fmt.Sprintf("udp dport %d ip6 saddr @peers_v6 accept", s.ListenPort), "underlay: WireGuard from known peers")
+	for _, p := range s.UnderlayAllow {
+		if m := portMatch(p); m != "" {
+			rule("input", m+" accept", "underlay: allowed by the operator")
+		}
+	}
+	rule("input", "counter drop", "underlay: nothing else reaches this node from outside the mesh")
+
+	// forward
+	rule("forward", "ct state established,related accept", "")
+	if len(v4pods) > 0 {
+		rule("forward", fmt.Sprintf("iifname %q ip daddr { %s } jump overlay", s.Interface, strings.Join(v4pods, ", ")), "traffic to this node's pods")
+	}
+	if len(v6pods) > 0 {
+		rule("forward", fmt.Sprintf("iifname %q ip6 daddr { %s } jump overlay", s.Interface, strings.Join(v6pods, ", ")), "traffic to this node's pods")
+	}
+
+	// overlay: the policy
+	if s.Policy == nil {
+		rule("overlay", "accept", "no policy in the mesh spec: the overlay allows all")
+		return counts
+	}
+	for _, r := range s.Policy.Rules {
+		v4n, v6n := setNames(r.Set)
+		matches := []string{""}
+		if len(r.Ports) > 0 {
+			matches = nil
+			for _, p := range r.Ports {
+				matches = append(matches, portMatch(p))
+			}
+		}
+		for _, m := range matches {
+			for _, src := range []string{"ip saddr @" + v4n, "ip6 saddr @" + v6n} {
+				text := src
+				if m != "" {
+					text += " " + m
+				}
+				rule("overlay", text+" accept", r.Comment)
+			}
+		}
+	}
+	rule("overlay", "counter drop", "default deny between segments")
+	return counts
+}
+
+// Apply replaces the whole table with s in one transaction.
+func (f *Firewall) Apply(ctx context.Context, s State) error {
+	existing, err := f.nft.List(ctx, "sets")
+	if err != nil && !knftables.IsNotFound(err) {
+		return fmt.Errorf("listing nftables sets: %w", err)
+	}
+	tx := f.nft.NewTransaction()
+	counts := Render(tx, s, existing)
+	if err := f.nft.Run(ctx, tx); err != nil {
+		return fmt.Errorf("applying the nftables ruleset: %w", err)
+	}
+	f.expected = counts
+	f.sets = map[string]bool{}
+	if s.Policy != nil {
+		for n := range s.Policy.Sets {
+			f.sets[n] = true
+		}
+	}
+	return nil
+}
+
+// ApplySets adds and removes set members in one small transaction; sets
+// the node does not use are ignored.
+func (f *Firewall) ApplySets(ctx context.Context, add, del map[string][]netip.Prefix) error {
+	tx := f.nft.NewTransaction()
+	n := 0
+	for name, ps := range del {
+		if !f.sets[name] {
+			continue
+		}
+		v4n, v6n := setNames(name)
+		v4, v6 := split(ps)
+		for _, e := range v4 {
+			tx.Delete(&knftables.Element{Set: v4n, Key: []string{e}})
+			n++
+		}
+		for _, e := range v6 {
+			tx.Delete(&knftables.Element{Set: v6n, Key: []string{e}})
+			n++
+		}
+	}
+	for name, ps := range add {
+		if !f.sets[name] {
+			continue
+		}
+		v4n, v6n := setNames(name)
+		v4, v6 := split(ps)
+		for _, e := range v4 {
+			tx.Add(&knftables.Element{Set: v4n, Key: []string{e}})
+			n++
+		}
+		for _, e := range v6 {
+			tx.Add(&knftables.Element{Set: v6n, Key: []string{e}})
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	return f.nft.Run(ctx, tx)
+}
+
+// ErrDrift reports that the table differs from what was applied.
+var ErrDrift = errors.New("nftables table changed behind the agent's back")
+
+// Check compares the table's chains with what was applied: a missing
+// table or chain, or a rule count that differs, is drift.
+func (f *Firewall) Check(ctx context.Context) error {
+	if f.expected == nil {
+		return nil
+	}
+	for chain, want := range f.expected {
+		rules, err := f.nft.ListRules(ctx, chain)
+		if err != nil {
+			return fmt.Errorf("%w: chain %s: %v", ErrDrift, chain, err)
+		}
+		if len(rules) != want {
+			return fmt.Errorf("%w: chain %s has %d rules, want %d", ErrDrift, chain, len(rules), want)
+		}
+	}
+	return nil
+}
+
+// Delete removes the table (lab down, uninstall).
+func (f *Firewall) Delete(ctx context.Context) error {
+	tx := f.nft.NewTransaction()
+	tx.Delete(&knftables.Table{})
+	err := f.nft.Run(ctx, tx)
+	if knftables.IsNotFound(err) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,198 @@
+package firewall
+
+import (
+	"context"
+	"net/netip"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netns"
+	"sigs.k8s.io/knftables"
+
+	"github.com/statemesh/statemesh/internal/golden"
+	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/testenv"
+)
+
+func state() State {
+	p := netip.MustParsePrefix
+	return State{
+		Interface: "sm0", ListenPort: 51820,
+		Peers: []netip.Addr{netip.MustParseAddr("172.16.1.2"), netip.MustParseAddr("172.16.1.3")},
+		Pods:  []netip.Prefix{p("10.0.0.0/28")},
+		Policy: &netmap.Firewall{
+			Rules: []netmap.FirewallRule{
+				{Comment: "segment web: members", Set: "seg_web"},
+				{Comment: "rule web-db: web -> db", Set: "seg_web", Ports: []netmap.PortRange{{Proto: "tcp", From: 5432, To: 5432}, {Proto: "icmp"}}},
+			},
+			Sets: map[string][]netip.Prefix{"seg_web": {p("10.0.0.16/28"), p("100.64.32.2/32"), p("fd7a::2/128")}},
+		},
+		UnderlayAllow: []netmap.PortRange{{Proto: "tcp", From: 22, To: 22}},
+	}
+}
+
+func TestRenderGolden(t *testing.T) {
+	fake := knftables.NewFake(knftables.InetFamily, Table)
+	f := NewWith(fake, nil)
+	if err := f.Apply(context.Background(), state()); err != nil {
+		t.Fatal(err)
+	}
+	golden.Check(t, "policy.nft", []byte(fake.Dump()))
+	s := state()
+	s.Policy = nil
+	fake = knftables.NewFake(knftables.InetFamily, Table)
+	if err := NewWith(fake, nil).Apply(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	golden.Check(t, "nopolicy.nft", []byte(fake.Dump()))
+}
+
+func TestSetElements(t *testing.T) {
+	fake := knftables.NewFake(knftables.InetFamily, Table)
+	f := NewWith(fake, nil)
+	ctx := context.Background()
+	if err := f.Apply(ctx, state()); err != nil {
+		t.Fatal(err)
+	}
+	add := map[string][]netip.Prefix{"seg_web": {netip.MustParsePrefix("100.64.32.9/32")}, "seg_other": {netip.MustParsePrefix("1.2.3.4/32")}}
+	del := map[string][]netip.Prefix{"seg_web": {netip.MustParsePrefix("100.64.32.2/32")}}
+	if err := f.ApplySets(ctx, add, del); err != nil {
+		t.Fatal(err)
+	}
+	els, _ := fake.ListElements(ctx, "set", "seg_web_v4")
+	var got []string
+	for _, e := range els {
+		got = append(got, e.Key[0])
+	}
+	if strings.Join(got, ",") != "10.0.0.16/28,100.64.32.9/32" && strings.Join(got, ",") != "100.64.32.9/32,10.0.0.16/28" {
+		t.Errorf("elements %v", got)
+	}
+	if _, err := fake.ListElements(ctx, "set", "seg_other_v4"); err == nil {
+		t.Error("a set the node does not use was created")
+	}
+}
+
+// inNewNetns runs fn on a thread in a fresh network namespace.
+func inNewNetns(t *testing.T, fn func()) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	defer netns.Set(orig)
+	fn()
+}
+
+func nft(t *testing.T, args ...string) string {
+	out, err := exec.Command("nft", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// TestRealNftables applies the ruleset with the real nft in a fresh
+// network namespace, checks it is readable and commented, leaves a foreign
+// table alone, and detects a flush as drift.
+func TestRealNftables(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireBinary(t, "nft")
+	inNewNetns(t, func() {
+		nft(t, "add", "table", "inet", "someone-else")
+		nft(t, "add", "chain", "inet", "someone-else", "c")
+		nft(t, "add", "rule", "inet", "someone-else", "c", "counter")
+		f, err := New(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		if err := f.Apply(ctx, state()); err != nil {
+			t.Fatal(err)
+		}
+		out := nft(t, "list", "table", "inet", Table)
+		for _, want := range []string{`comment "rule web-db: web -> db"`, `comment "default deny between segments"`, "seg_web_v4", "100.64.32.2", "tcp dport 5432",
+			`comment "underlay: WireGuard from known peers"`, "172.16.1.2"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("ruleset lacks %q:\n%s", want, out)
+			}
+		}
+		if err := f.Check(ctx); err != nil {
+			t.Fatalf("fresh table reported as drift: %v", err)
+		}
+		nft(t, "flush", "table", "inet", Table)
+		if err := f.Check(ctx); err == nil {
+			t.Fatal("a flushed table was not detected")
+		}
+		if err := f.Apply(ctx, state()); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Check(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if foreign := nft(t, "list", "table", "inet", "someone-else"); !strings.Contains(foreign, "counter") {
+			t.Errorf("the foreign table was changed:\n%s", foreign)
+		}
+		// Element updates on the real thing.
+		if err := f.ApplySets(ctx, map[string][]netip.Prefix{"seg_web": {netip.MustParsePrefix("100.64.32.77/32")}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if out := nft(t, "list", "set", "inet", Table, "seg_web_v4"); !strings.Contains(out, "100.64.32.77") {
+			t.Errorf("element not added:\n%s", out)
+		}
+		// A new policy without the set removes it.
+		np := state()
+		np.Policy = nil
+		if err := f.Apply(ctx, np); err != nil {
+			t.Fatal(err)
+		}
+		if out := nft(t, "list", "table", "inet", Table); strings.Contains(out, "seg_web") || !strings.Contains(out, "the overlay allows all") {
+			t.Errorf("after removing the policy:\n%s", out)
+		}
+		if err := f.Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// BenchmarkApply5000 applies the ruleset of a node whose cluster has 5,000
+// peers (5,000 peer endpoints, a 5,000-member segment set), with the real
+// nft in a fresh network namespace.
+func BenchmarkApply5000(b *testing.B) {
+	testenv.RequireRoot(b)
+	s := state()
+	s.Peers = nil
+	s.Policy.Sets["seg_web"] = nil
+	for i := range 5000 {
+		s.Peers = append(s.Peers, netip.AddrFrom4([4]byte{172, 16, byte(i >> 8), byte(i)}))
+		s.Policy.Sets["seg_web"] = append(s.Policy.Sets["seg_web"], netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}), 32))
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, _ := netns.Get()
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ns.Close()
+	defer netns.Set(orig)
+	f, err := New(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		if err := f.Apply(context.Background(), s); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
