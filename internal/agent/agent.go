@@ -28,6 +28,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/apiclient"
+	"github.com/statemesh/statemesh/internal/dataplane/firewall"
 	"github.com/statemesh/statemesh/internal/dataplane/wg"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/secrets"
@@ -62,6 +63,13 @@ type Config struct {
 	Keyring *secrets.Keyring
 	// Labels are the node's labels, sent at enrollment.
 	Labels map[string]string
+	// NoFirewall disables the nftables firewall (the node then does not
+	// enforce the policy, and reports so).
+	NoFirewall bool
+	// UnderlayAllow are ports the firewall leaves open on the underlay.
+	UnderlayAllow []netmap.PortRange
+	// DriftEvery is how often the firewall is checked for drift (1s).
+	DriftEvery time.Duration
 	// WireGuard is kernel, userspace or auto.
 	WireGuard        string
 	UserspaceCommand []string
@@ -92,6 +100,12 @@ type Agent struct {
 	applies  int
 	dirty    bool
 	saveKick chan struct{}
+	// fw is the node's nftables table (nil: not enforcing); fwErr the last
+	// failure; fwState says why it is nil.
+	fw           *firewall.Firewall
+	fwErr        error
+	fwState      string
+	driftRepairs int
 }
 
 func (c *Config) setDefaults() {
@@ -119,6 +133,9 @@ func (c *Config) setDefaults() {
 	if c.StaleAfter == 0 {
 		c.StaleAfter = 3 * time.Minute
 	}
+	if c.DriftEvery == 0 {
+		c.DriftEvery = time.Second
+	}
 	if c.Name == "" {
 		c.Name, _ = os.Hostname()
 	}
@@ -144,6 +161,17 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	if a.cli, err = a.id.Client(); err != nil {
 		return nil, err
+	}
+	switch {
+	case cfg.NoFirewall:
+		a.fwState = "off (--firewall=false): this node does not enforce the policy"
+	default:
+		if fw, err := firewall.New(a.log); err != nil {
+			a.fwState = err.Error()
+			a.log.Error("firewall unavailable: this node does NOT enforce the policy", "err", err)
+		} else {
+			a.fw, a.fwState = fw, "enforced"
+		}
 	}
 	if m, err := loadMap(filepath.Join(cfg.DataDir, MapFile)); err == nil {
 		a.cur = m
@@ -409,6 +437,11 @@ func (a *Agent) applyDelta(ctx context.Context, delta *netmap.Delta) error {
 	if err != nil {
 		return fmt.Errorf("applying map revision %d: %w", desired.Revision, err)
 	}
+	if delta != nil && ok {
+		a.syncFirewall(ctx, prev, desired, delta)
+	} else {
+		a.syncFirewall(ctx, prev, desired, nil)
+	}
 	if !res.NoChanges {
 		a.log.Info("applied map", "revision", desired.Revision, "peers", len(desired.Peers), "added", res.Added, "updated", res.Updated,
 			"removed", res.Removed, "other", res.OtherOps, "took", res.Duration.Round(time.Microsecond), "mode", dev.Mode())
@@ -472,7 +505,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	var wgRun sync.WaitGroup
-	wgRun.Add(5)
+	wgRun.Add(6)
+	go func() { defer wgRun.Done(); a.firewallLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.renewLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.reattestLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.saveLoop(ctx) }()
@@ -568,7 +602,7 @@ func (a *Agent) Status() api.StatusReport {
 	a.mu.Lock()
 	m, ok := a.prev, a.ok
 	a.mu.Unlock()
-	r := api.StatusReport{AppliedRevision: m.Revision, Peers: len(m.Peers), Healthy: ok}
+	r := api.StatusReport{AppliedRevision: m.Revision, Peers: len(m.Peers), Healthy: ok, Firewall: a.firewallStatus()}
 	if a.dev == nil {
 		r.Healthy = false
 		r.Message = "no map applied yet"
@@ -689,4 +723,17 @@ func (a *Agent) client() *apiclient.Client {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.cli
+}
+
+// firewallStatus says whether this node enforces the policy.
+func (a *Agent) firewallStatus() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.fw == nil {
+		return a.fwState
+	}
+	if a.fwErr != nil {
+		return "error: " + a.fwErr.Error()
+	}
+	return a.fwState
 }

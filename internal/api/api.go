@@ -261,8 +261,11 @@ type StatusReport struct {
 	// staleness bound (3 minutes by default) or that never shook hands.
 	StalePeers []string `json:"stalePeers,omitempty"`
 	// Healthy is the agent's own verdict on its data plane.
-	Healthy bool   `json:"healthy"`
-	Message string `json:"message,omitempty"`
+	Healthy bool `json:"healthy"`
+	// Firewall says whether the node enforces the policy ("enforced"), or
+	// why not.
+	Firewall string `json:"firewall,omitempty"`
+	Message  string `json:"message,omitempty"`
 }
 
 // Watch frame types.

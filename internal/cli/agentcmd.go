@@ -13,13 +13,17 @@ import (
 
 	"github.com/statemesh/statemesh/internal/agent"
 	"github.com/statemesh/statemesh/internal/dataplane/wg"
+	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/secrets"
+	"github.com/statemesh/statemesh/internal/spec"
 	"github.com/statemesh/statemesh/internal/tpm"
 )
 
 func newAgentCmd(e *env) *cobra.Command {
 	var cfg agent.Config
 	var logLevel, kekFile string
+	var withFirewall bool
+	var underlayAllow []string
 	cmd := &cobra.Command{
 		Use:   "agent --controller URL --token TOKEN [--role node|operator|gateway] [--data-dir DIR]",
 		Short: "Run the node agent: enroll, then keep this node's WireGuard, addresses and routes in line with its network map",
@@ -56,6 +60,14 @@ agent restarts; either way 'wg show' works.`,
 				}
 				cfg.Keyring = kr
 			}
+			cfg.NoFirewall = !withFirewall
+			for _, s := range underlayAllow {
+				p, err := spec.ParsePort(s)
+				if err != nil {
+					return usagef("--underlay-allow: %v", err)
+				}
+				cfg.UnderlayAllow = append(cfg.UnderlayAllow, netmap.PortRange{Proto: p.Proto, From: p.From, To: p.To})
+			}
 			if cfg.Token == "" {
 				cfg.Token = os.Getenv("STATEMESH_TOKEN")
 			}
@@ -71,6 +83,8 @@ agent restarts; either way 'wg show' works.`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.Controller, "controller", "", "controller URL (https://HOST:PORT)")
 	f.StringVar(&cfg.Token, "token", "", "join token, only needed for the first start (or $STATEMESH_TOKEN, which keeps it out of ps)")
+	f.BoolVar(&withFirewall, "firewall", true, "enforce the mesh policy and underlay protection with StateMesh's nftables table")
+	f.StringSliceVar(&underlayAllow, "underlay-allow", nil, "ports left open on the underlay besides WireGuard, e.g. tcp/22")
 	f.StringToStringVar(&cfg.Labels, "labels", nil, "node labels for policy selectors, k=v,k2=v2 (sent at enrollment)")
 	f.StringVar(&kekFile, "kek-file", "", "keyring encrypting the WireGuard key at rest when there is no TPM (or $STATEMESH_KEK)")
 	f.StringVar(&cfg.Name, "name", "", "node name (default: the hostname)")

@@ -11,6 +11,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/statemesh/statemesh/internal/policy"
+	"github.com/statemesh/statemesh/internal/spec"
 )
 
 // Endpoint is a probe source or target: a node or a pod.
@@ -33,18 +36,35 @@ func category(a, b *Host) string {
 	return "within a cluster"
 }
 
-// Matrix is a measured reachability matrix.
+// Matrix is a measured reachability matrix, with what the policy expects.
 type Matrix struct {
 	Endpoints []string
 	Results   []ProbeResult
 	kinds     map[string]*Endpoint
+	// Expected holds the policy's verdict per probe; nil: all reachable.
+	Expected map[[2]string]Expect
 }
 
-// Failures counts probes that did not get through (ICMP or TCP).
+// Expect is the policy's verdict for one pair.
+type Expect struct {
+	ICMP, TCP bool
+	Why       string
+}
+
+func (m *Matrix) expect(r ProbeResult) Expect {
+	if m.Expected == nil {
+		return Expect{ICMP: true, TCP: true, Why: "no policy"}
+	}
+	return m.Expected[[2]string{r.From, r.To}]
+}
+
+// Failures counts probes whose result differs from the expected one:
+// allowed traffic that did not get through, or denied traffic that did.
 func (m *Matrix) Failures() int {
 	n := 0
 	for _, r := range m.Results {
-		if !r.ICMP || !r.TCP {
+		e := m.expect(r)
+		if r.ICMP != e.ICMP || r.TCP != e.TCP {
 			n++
 		}
 	}
@@ -81,6 +101,11 @@ func (l *Lab) Check(ctx context.Context, opts CheckOptions) (*Matrix, error) {
 	}
 	eps := l.endpoints()
 	m := &Matrix{kinds: map[string]*Endpoint{}}
+	exp, err := l.expectations(ctx, eps)
+	if err != nil {
+		return nil, err
+	}
+	m.Expected = exp
 	for _, e := range eps {
 		m.Endpoints = append(m.Endpoints, e.Name)
 		m.kinds[e.Name] = e
@@ -155,22 +180,32 @@ func (m *Matrix) Print(w io.Writer) {
 			order = append(order, key)
 		}
 		cats[key].total++
-		if r.ICMP && r.TCP && strings.HasPrefix(r.Peer, strings.TrimSuffix(r.To, "/pod")) {
+		e := m.expect(r)
+		if r.ICMP == e.ICMP && r.TCP == e.TCP && (!r.TCP || strings.HasPrefix(r.Peer, strings.TrimSuffix(r.To, "/pod"))) {
 			cats[key].ok++
 		}
 	}
 	slices.Sort(order)
-	fmt.Fprintln(w, "REACHABILITY (ICMP echo and TCP connect, from inside each source's namespace)")
+	allowed, denied := 0, 0
+	for _, r := range m.Results {
+		if e := m.expect(r); e.ICMP || e.TCP {
+			allowed++
+		} else {
+			denied++
+		}
+	}
+	fmt.Fprintf(w, "REACHABILITY (ICMP echo and TCP connect to port %d, from inside each source's namespace)\n", servePort)
+	fmt.Fprintf(w, "  the policy allows %d of the %d probed pairs and denies %d\n", allowed, len(m.Results), denied)
 	for _, k := range order {
-		status := "ok"
+		status := "as expected"
 		if cats[k].ok != cats[k].total {
-			status = "FAIL"
+			status = "MISMATCH"
 		}
 		fmt.Fprintf(w, "  %-32s %4d/%-4d %s\n", k, cats[k].ok, cats[k].total, status)
 	}
 	fmt.Fprintln(w)
 	// Full matrix: rows are sources, columns targets (by index).
-	fmt.Fprintln(w, "MATRIX (row → column; ✓ both probes answered, I only ICMP, T only TCP, ✗ neither, · self/other kind)")
+	fmt.Fprintln(w, "MATRIX (row → column; ✓ both answered, I only ICMP, T only TCP, - neither; a trailing ! marks a result the policy did not expect; · self/other kind)")
 	idx := map[string]int{}
 	for i, e := range m.Endpoints {
 		idx[e] = i
@@ -178,7 +213,7 @@ func (m *Matrix) Print(w io.Writer) {
 	}
 	cell := map[[2]int]string{}
 	for _, r := range m.Results {
-		c := "✗"
+		c := "-"
 		switch {
 		case r.ICMP && r.TCP:
 			c = "✓"
@@ -187,11 +222,16 @@ func (m *Matrix) Print(w io.Writer) {
 		case r.TCP:
 			c = "T"
 		}
+		if e := m.expect(r); e.ICMP != r.ICMP || e.TCP != r.TCP {
+			c += "!"
+		} else {
+			c += " "
+		}
 		cell[[2]int{idx[r.From], idx[r.To]}] = c
 	}
 	fmt.Fprint(w, "     ")
 	for j := range m.Endpoints {
-		fmt.Fprintf(w, "%2d", j%100)
+		fmt.Fprintf(w, "%3d", j%100)
 	}
 	fmt.Fprintln(w)
 	for i := range m.Endpoints {
@@ -199,15 +239,56 @@ func (m *Matrix) Print(w io.Writer) {
 		for j := range m.Endpoints {
 			c, ok := cell[[2]int{i, j}]
 			if !ok {
-				c = "·"
+				c = "· "
 			}
 			fmt.Fprintf(w, " %s", c)
 		}
 		fmt.Fprintln(w)
 	}
 	for _, r := range m.Results {
-		if !r.ICMP || !r.TCP {
-			fmt.Fprintf(w, "FAIL %s → %s: icmp=%v tcp=%v %s\n", r.From, r.To, r.ICMP, r.TCP, r.Error)
+		if e := m.expect(r); e.ICMP != r.ICMP || e.TCP != r.TCP {
+			fmt.Fprintf(w, "MISMATCH %s → %s: measured icmp=%v tcp=%v, policy expects icmp=%v tcp=%v (%s) %s\n", r.From, r.To, r.ICMP, r.TCP, e.ICMP, e.TCP, e.Why, r.Error)
 		}
 	}
+}
+
+// expectations computes the policy's verdict for every probed pair from
+// the spec in force and the nodes' classes and labels.
+func (l *Lab) expectations(ctx context.Context, eps []*Endpoint) (map[[2]string]Expect, error) {
+	if l.Admin == nil {
+		return nil, nil
+	}
+	text, err := l.Admin.Spec(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading the spec: %w", err)
+	}
+	m, err := spec.Parse([]byte(text))
+	if err != nil {
+		return nil, err
+	}
+	pol, err := policy.Compile(m.Policy)
+	if err != nil || pol == nil {
+		return nil, err
+	}
+	nodes, err := l.Admin.Nodes(ctx, "", "")
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]policy.Endpoint{}
+	for _, n := range nodes {
+		byName[n.Name] = policy.Endpoint{Name: n.Name, Region: n.Region, Cluster: n.Cluster, Role: n.Role, Class: n.Class, Labels: n.Labels}
+	}
+	out := map[[2]string]Expect{}
+	for _, s := range eps {
+		for _, d := range eps {
+			src, dst := byName[s.Host.Name], byName[d.Host.Name]
+			icmp, why := pol.Allowed(src, dst, policy.ICMP, 0)
+			tcp, why2 := pol.Allowed(src, dst, policy.TCP, servePort)
+			if !icmp {
+				why = why2
+			}
+			out[[2]string{s.Name, d.Name}] = Expect{ICMP: icmp, TCP: tcp, Why: why}
+		}
+	}
+	return out, nil
 }

@@ -50,6 +50,14 @@ type Config struct {
 	WeakNodes int `json:"weakNodes" yaml:"weakNodes"`
 	// ReattestInterval for the lab's policy.
 	ReattestInterval time.Duration `json:"reattestInterval" yaml:"reattestInterval"`
+	// Policy adds the lab's segmentation (docs/lab.md): frontend (every
+	// c1), backend (every c2), vault (sensitive: nodes labelled app=vault,
+	// the c2 nodes; weak ones are never members), rules frontend→backend
+	// (tcp/7000, icmp) and backend→vault (tcp/7000).
+	Policy bool `json:"policy" yaml:"policy"`
+	// UnderlayAllow are ports the agents' firewalls leave open on the
+	// underlay (benchmarks: iperf3, a hand-made WireGuard).
+	UnderlayAllow []string `json:"underlayAllow,omitempty" yaml:"underlayAllow"`
 }
 
 // Defaults.
@@ -139,6 +147,8 @@ type Host struct {
 	TPM string `json:"tpm,omitempty"`
 	// Weak hosts run without a TPM.
 	Weak bool `json:"weak,omitempty"`
+	// Labels are the host's node labels.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // NS is the host's network namespace name.
@@ -170,7 +180,7 @@ func (c *Config) Hosts() []*Host {
 			for n := 1; n <= c.Nodes; n++ {
 				hosts = append(hosts, &Host{
 					Name: fmt.Sprintf("%s-c%d-n%d", region, cl, n), Region: region, Cluster: fmt.Sprintf("c%d", cl), Role: "node",
-					Index: idx, RegionIdx: r, Weak: n > c.Nodes-c.WeakNodes,
+					Index: idx, RegionIdx: r, Weak: n > c.Nodes-c.WeakNodes, Labels: labId(cl),
 					Underlay: netip.AddrFrom4([4]byte{172, 16, byte(r), byte(idx)}),
 					Mgmt:     netip.AddrFrom4([4]byte{10, 255, byte(r), byte(idx)}),
 				})
@@ -180,6 +190,33 @@ func (c *Config) Hosts() []*Host {
 	}
 	return hosts
 }
+
+// labId gives the nodes of cluster 2 the vault label (the policy's
+// sensitive segment selects them; weak ones stay out).
+func labId(cluster int) map[string]string {
+	if cluster == 2 {
+		return map[string]string{"app": "vault"}
+	}
+	return map[string]string{"app": "web"}
+}
+
+// LabPolicy is the policy section of the lab's spec.
+const LabPolicy = `policy:
+  segments:
+    - name: frontend
+      match: {labels: {app: web}}
+    - name: backend
+      match: {labels: {app: vault}}
+    - name: vault
+      match: {labels: {app: vault}}
+      sensitive: true
+    - name: ops
+      clients: true
+  rules:
+    - {name: frontend-to-backend, from: frontend, to: backend, ports: ["tcp/7000", icmp]}
+    - {name: backend-to-vault, from: backend, to: vault, ports: ["tcp/7000"]}
+    - {name: ops-to-frontend, from: ops, to: frontend, ports: [any]}
+`
 
 // Spec renders the lab's mesh spec; ekRoots are the PEM certificates of the
 // lab's EK CA when attestation is on.
@@ -206,6 +243,9 @@ regions:
 			}
 			s += fmt.Sprintf("      - {name: c%d, maxNodes: 64, maxPodsPerNode: 16%s}\n", cl, weak)
 		}
+	}
+	if c.Policy {
+		s += LabPolicy
 	}
 	if c.Attestation {
 		zero := strings.Repeat("0", 64)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -420,6 +421,17 @@ func (l *Lab) agentArgv(h *Host, token string) []string {
 	tpmURL := "none"
 	if h.TPM != "" {
 		tpmURL = h.TPM
+	}
+	for _, p := range cfg.UnderlayAllow {
+		argv = append(argv, "--underlay-allow", p)
+	}
+	if len(h.Labels) > 0 {
+		var kv []string
+		for k, v := range h.Labels {
+			kv = append(kv, k+"="+v)
+		}
+		slices.Sort(kv)
+		argv = append(argv, "--labels", strings.Join(kv, ","))
 	}
 	return append(argv, "--tpm", tpmURL)
 }

@@ -83,7 +83,7 @@ func median(xs []float64) float64 {
 // with wg(8) and ip(8), and the raw veth underlay. Run with -benchtime=1x.
 func BenchmarkThroughput(b *testing.B) {
 	testenv.RequireBinary(b, "iperf3")
-	l := upLabB(b, lab.Config{Regions: 1, Clusters: 1, Nodes: 2, Gateways: 2})
+	l := upLabB(b, lab.Config{Regions: 1, Clusters: 1, Nodes: 2, Gateways: 2, UnderlayAllow: []string{"tcp/5201", "udp/51999"}})
 	a, _ := l.State.Host("eu-central-c1-n1")
 	z, _ := l.State.Host("eu-central-c1-n2")
 	holder := func(h string) []string {

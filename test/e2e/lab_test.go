@@ -60,7 +60,7 @@ func upLab(t *testing.T) *lab.Lab {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	l, err := lab.Up(ctx, lab.Config{Dir: dir, Binary: binary, Pods: true, GatewayTimeout: 1500 * time.Millisecond,
-		Attestation: true, WeakNodes: 1, ReattestInterval: 5 * time.Second}, logw{t})
+		Attestation: true, WeakNodes: 1, ReattestInterval: 5 * time.Second, Policy: true}, logw{t})
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, f := range []string{"controller.log"} {
@@ -87,17 +87,38 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-func check(t *testing.T, l *lab.Lab) {
+func check(t *testing.T, l *lab.Lab) *lab.Matrix {
 	t.Helper()
-	m, err := l.Check(context.Background(), lab.CheckOptions{Timeout: 2 * time.Second})
+	var m *lab.Matrix
+	var err error
+	// A change just made may still be on its way to the last nodes.
+	for attempt := 0; attempt < 5; attempt++ {
+		m, err = l.Check(context.Background(), lab.CheckOptions{Timeout: 2 * time.Second})
+		if err == nil && m.Failures() == 0 {
+			return m
+		}
+		time.Sleep(time.Second)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Failures() > 0 {
-		var b strings.Builder
-		m.Print(&b)
-		t.Fatalf("%d of %d probes failed:\n%s", m.Failures(), len(m.Results), b.String())
+	var b strings.Builder
+	m.Print(&b)
+	t.Fatalf("%d of %d probes differ from the policy:\n%s", m.Failures(), len(m.Results), b.String())
+	return m
+}
+
+func hostOut(t *testing.T, l *lab.Lab, host string, argv ...string) string {
+	t.Helper()
+	cmd, err := l.State.HostCmd(context.Background(), host, argv...)
+	if err != nil {
+		t.Fatal(err)
 	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v on %s: %v\n%s", argv, host, err, out)
+	}
+	return string(out)
 }
 
 // controllerPeers returns the public keys of a host's peers per the
@@ -140,7 +161,83 @@ func TestLab(t *testing.T) {
 	l := upLab(t)
 	ctx := context.Background()
 
-	t.Run("ConnectivityMatrix", func(t *testing.T) { check(t, l) })
+	t.Run("MeasuredMatrixEqualsPolicy", func(t *testing.T) {
+		m := check(t, l)
+		allowed, denied := 0, 0
+		for _, e := range m.Expected {
+			if e.TCP {
+				allowed++
+			} else {
+				denied++
+			}
+		}
+		if allowed == 0 || denied == 0 {
+			t.Fatalf("the lab policy allows %d and denies %d pairs: the check would prove nothing", allowed, denied)
+		}
+	})
+
+	t.Run("NftRulesetIsOursAndCommented", func(t *testing.T) {
+		out := hostOut(t, l, "eu-central-c2-n1", "nft", "list", "ruleset")
+		if strings.Count(out, "table ") != 1 || !strings.Contains(out, "table inet statemesh") {
+			t.Fatalf("the ruleset holds other tables or not ours:\n%s", out)
+		}
+		for _, want := range []string{`comment "rule backend-to-vault: backend -> vault"`, `comment "default deny between segments"`,
+			`comment "underlay: WireGuard from known peers"`, "seg_backend_strong_v4"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("ruleset lacks %q", want)
+			}
+		}
+	})
+
+	t.Run("FlushedTableIsRestored", func(t *testing.T) {
+		h := "us-east-c2-n1"
+		before := hostOut(t, l, h, "nft", "list", "chain", "inet", "statemesh", "overlay")
+		start := time.Now()
+		hostOut(t, l, h, "nft", "flush", "table", "inet", "statemesh")
+		took := waitFor(t, "flushed table restored", 15*time.Second, func() bool {
+			cmd, _ := l.State.HostCmd(ctx, h, "nft", "list", "chain", "inet", "statemesh", "overlay")
+			out, err := cmd.Output()
+			return err == nil && strings.Count(string(out), "comment") == strings.Count(before, "comment")
+		})
+		t.Logf("flushed StateMesh's table on %s: restored by the agent in %s", h, took.Round(time.Millisecond))
+		_ = start
+		check(t, l)
+	})
+
+	t.Run("PolicyChangeReachesEveryNode", func(t *testing.T) {
+		specText, err := l.Admin.Spec(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		changed := strings.Replace(specText, "    - {name: backend-to-vault,", "    - {name: frontend-to-vault, from: frontend, to: vault, ports: [\"tcp/7000\"]}\n    - {name: backend-to-vault,", 1)
+		start := time.Now()
+		if _, err := l.Admin.ApplySpec(ctx, []byte(changed)); err != nil {
+			t.Fatal(err)
+		}
+		vaults := []string{"eu-central-c2-n1", "us-east-c2-n1"}
+		took := waitFor(t, "new rule on every vault node", 30*time.Second, func() bool {
+			for _, h := range vaults {
+				cmd, _ := l.State.HostCmd(ctx, h, "nft", "list", "chain", "inet", "statemesh", "overlay")
+				out, err := cmd.Output()
+				if err != nil || !strings.Contains(string(out), "frontend-to-vault") {
+					return false
+				}
+			}
+			return true
+		})
+		t.Logf("policy change (a new rule) enforced on every node it concerns %s after apply", took.Round(time.Millisecond))
+		_ = start
+		check(t, l) // the matrix now follows the new policy
+		if _, err := l.Admin.ApplySpec(ctx, []byte(specText)); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "rule gone again", 30*time.Second, func() bool {
+			cmd, _ := l.State.HostCmd(ctx, vaults[0], "nft", "list", "chain", "inet", "statemesh", "overlay")
+			out, err := cmd.Output()
+			return err == nil && !strings.Contains(string(out), "frontend-to-vault")
+		})
+		check(t, l)
+	})
 
 	t.Run("ClassesFromAttestation", func(t *testing.T) {
 		nodes, err := l.Admin.Nodes(ctx, "", "")
@@ -243,7 +340,7 @@ func TestLab(t *testing.T) {
 	})
 
 	t.Run("ControllerDownDataPlaneUp", func(t *testing.T) {
-		src, dst := host(t, l, "eu-central-c1-n2"), host(t, l, "us-east-c2-n1")
+		src, dst := host(t, l, "eu-central-c1-n2"), host(t, l, "us-east-c1-n1") // both frontend: allowed
 		s, err := l.Stream(ctx, src.Name, false, dst.Overlay, 20*time.Millisecond)
 		if err != nil {
 			t.Fatal(err)

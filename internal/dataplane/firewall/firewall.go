@@ -291,13 +291,18 @@ func (f *Firewall) Check(ctx context.Context) error {
 	if f.expected == nil {
 		return nil
 	}
+	// One listing of the whole table (without set elements).
+	rules, err := f.nft.ListRules(ctx, "")
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrDrift, err)
+	}
+	got := map[string]int{}
+	for _, r := range rules {
+		got[r.Chain]++
+	}
 	for chain, want := range f.expected {
-		rules, err := f.nft.ListRules(ctx, chain)
-		if err != nil {
-			return fmt.Errorf("%w: chain %s: %v", ErrDrift, chain, err)
-		}
-		if len(rules) != want {
-			return fmt.Errorf("%w: chain %s has %d rules, want %d", ErrDrift, chain, len(rules), want)
+		if got[chain] != want {
+			return fmt.Errorf("%w: chain %s has %d rules, want %d", ErrDrift, chain, got[chain], want)
 		}
 	}
 	return nil
