@@ -166,7 +166,12 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	case cfg.NoFirewall:
 		a.fwState = "off (--firewall=false): this node does not enforce the policy"
 	default:
-		if fw, err := firewall.New(a.log); err != nil {
+		fw, err := firewall.New(a.log)
+		if err == nil {
+			// Before the control channel opens: see firewall.Track.
+			err = fw.Track(ctx)
+		}
+		if err != nil {
 			a.fwState = err.Error()
 			a.log.Error("firewall unavailable: this node does NOT enforce the policy", "err", err)
 		} else {

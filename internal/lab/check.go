@@ -71,6 +71,17 @@ func (m *Matrix) Failures() int {
 	return n
 }
 
+// FirstFailure describes the first probe that differs from the policy, or "".
+func (m *Matrix) FirstFailure() string {
+	for _, r := range m.Results {
+		e := m.expect(r)
+		if r.ICMP != e.ICMP || r.TCP != e.TCP {
+			return fmt.Sprintf("%s -> %s icmp=%v tcp=%v, want icmp=%v tcp=%v (%s)", r.From, r.To, r.ICMP, r.TCP, e.ICMP, e.TCP, e.Why)
+		}
+	}
+	return ""
+}
+
 // CheckOptions tune a check.
 type CheckOptions struct {
 	Timeout time.Duration

@@ -593,6 +593,21 @@ func (l *Lab) waitConverged(ctx context.Context) error {
 			l.progress("      %d probes answered", len(m.Results))
 			return nil
 		}
+		switch {
+		case err != nil:
+			l.progress("      not yet: %v", err)
+		default:
+			l.progress("      not yet: %d of %d probes differ (first: %s)", m.Failures(), len(m.Results), m.FirstFailure())
+			if os.Getenv("STATEMESH_LAB_DEBUG") != "" {
+				var b strings.Builder
+				m.Print(&b)
+				l.progress("%s", b.String())
+				for _, h := range l.State.Hosts {
+					out, _ := exec.Command("nsenter", append(nsenterArgs(l.State.Holders[h.Name])[1:], "wg", "show")...).CombinedOutput()
+					l.progress("--- %s %s\n%s", time.Now().Format("15:04:05.000"), h.Name, out)
+				}
+			}
+		}
 		if time.Now().After(deadline) {
 			if err != nil {
 				return err

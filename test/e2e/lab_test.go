@@ -62,6 +62,12 @@ func upLab(t *testing.T) *lab.Lab {
 	l, err := lab.Up(ctx, lab.Config{Dir: dir, Binary: binary, Pods: true, GatewayTimeout: 1500 * time.Millisecond,
 		Attestation: true, WeakNodes: 1, ReattestInterval: 5 * time.Second, Policy: true}, logw{t})
 	t.Cleanup(func() {
+		// STATEMESH_E2E_LOGS=DIR keeps every log of the lab there.
+		if keep := os.Getenv("STATEMESH_E2E_LOGS"); keep != "" {
+			if out, err := exec.Command("sh", "-c", `mkdir -p "$2" && cd "$1" && find . -name '*.log' | cpio -pdm "$2" 2>/dev/null || cp -r "$1"/. "$2"`, "sh", dir, keep).CombinedOutput(); err != nil {
+				t.Logf("keeping logs: %v: %s", err, out)
+			}
+		}
 		if t.Failed() {
 			for _, f := range []string{"controller.log"} {
 				b, _ := os.ReadFile(filepath.Join(dir, f))

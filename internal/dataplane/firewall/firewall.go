@@ -308,6 +308,30 @@ func (f *Firewall) Check(ctx context.Context) error {
 	return nil
 }
 
+// Track makes sure connection tracking sees this node's connections from
+// their first packet, before the first policy is enforced: conntrack picks
+// up a connection it met mid-stream without its window scaling, judges
+// the next large segments out of window (invalid), and the enforcing
+// ruleset drops them, stalling the control channel for a TCP backoff. An
+// existing table (the last enforced policy) is left as it is; otherwise a
+// table that accepts everything and only tracks is created.
+func (f *Firewall) Track(ctx context.Context) error {
+	if _, err := f.nft.List(ctx, "chains"); err == nil {
+		return nil
+	} else if !knftables.IsNotFound(err) {
+		return fmt.Errorf("listing nftables chains: %w", err)
+	}
+	tx := f.nft.NewTransaction()
+	tx.Add(&knftables.Table{Comment: ptr("StateMesh: managed by the statemesh agent; changes are reverted")})
+	tx.Add(&knftables.Chain{Name: "input", Type: ptr(knftables.FilterType), Hook: ptr(knftables.InputHook), Priority: ptr(knftables.FilterPriority)})
+	tx.Add(&knftables.Rule{Chain: "input", Rule: "ct state established,related accept",
+		Comment: ptr("tracking only, until the agent has its first map")})
+	if err := f.nft.Run(ctx, tx); err != nil {
+		return fmt.Errorf("creating the tracking table: %w", err)
+	}
+	return nil
+}
+
 // Delete removes the table (lab down, uninstall).
 func (f *Firewall) Delete(ctx context.Context) error {
 	tx := f.nft.NewTransaction()

@@ -115,7 +115,18 @@ func TestRealNftables(t *testing.T) {
 			t.Fatal(err)
 		}
 		ctx := context.Background()
+		// Before the first map: a table that only tracks connections.
+		if err := f.Track(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if out := nft(t, "list", "table", "inet", Table); !strings.Contains(out, "ct state established,related accept") || strings.Contains(out, "drop") {
+			t.Fatalf("tracking table should track and accept everything:\n%s", out)
+		}
 		if err := f.Apply(ctx, state()); err != nil {
+			t.Fatal(err)
+		}
+		// An enforced table is kept as it is.
+		if err := f.Track(ctx); err != nil {
 			t.Fatal(err)
 		}
 		out := nft(t, "list", "table", "inet", Table)
