@@ -16,6 +16,7 @@ var pure = []string{
 	"github.com/statemesh/statemesh/internal/netmap",
 	"github.com/statemesh/statemesh/internal/topology",
 	"github.com/statemesh/statemesh/internal/policy",
+	"github.com/statemesh/statemesh/internal/cilium",
 }
 
 // forbidden are import path prefixes the pure core must not reach, even

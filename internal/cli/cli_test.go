@@ -154,3 +154,45 @@ func TestUsageErrors(t *testing.T) {
 		t.Errorf("%+v", r)
 	}
 }
+
+func TestPolicyMatrix(t *testing.T) {
+	r := run(t, "", "policy", "matrix", "-f", "../../examples/policy.yaml")
+	if r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	golden.Check(t, "policy-matrix.txt", []byte(r.stdout))
+	r = run(t, "", "policy", "matrix", "-f", "../../examples/policy.yaml", "-o", "json")
+	if r.code != 0 || !strings.Contains(r.stdout, `"strongOnly": true`) {
+		t.Fatalf("%d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r := run(t, "", "policy", "matrix"); r.code != ExitUsage {
+		t.Fatalf("no source: %+v", r)
+	}
+	if r := run(t, "", "policy", "matrix", "--nodes", "--probe", "sctp/1"); r.code != ExitUsage {
+		t.Fatalf("bad probe: %+v", r)
+	}
+}
+
+func TestRenderCiliumPolicies(t *testing.T) {
+	dir := t.TempDir()
+	r := run(t, "", "render", "cilium-policies", "-f", "../../examples/policy.yaml", "--out", dir)
+	if r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	for _, f := range []string{"eu-central-data.yaml", "eu-central-web.yaml", "us-east-edge.yaml", "us-east-web.yaml"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil || !strings.Contains(string(b), "kind: CiliumClusterwideNetworkPolicy") {
+			t.Errorf("%s: %v\n%s", f, err, b)
+		}
+	}
+	r = run(t, "", "render", "cilium-policies", "-f", "../../examples/policy.yaml", "--cluster", "us-east/edge", "--namespace", "edge")
+	if r.code != 0 || strings.Count(r.stdout, "kind: CiliumNetworkPolicy") != 2 || !strings.Contains(r.stdout, "namespace: edge") {
+		t.Fatalf("%d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r := run(t, "", "render", "cilium-policies", "-f", "../../examples/policy.yaml", "--cluster", "nowhere/x"); r.code != ExitError || !strings.Contains(r.stderr, "no cluster") {
+		t.Fatalf("unknown cluster: %+v", r)
+	}
+	if r := run(t, "", "render", "cilium-policies", "-f", "../../examples/small.yaml"); r.code != ExitError || !strings.Contains(r.stderr, "no policy section") {
+		t.Fatalf("no policy: %+v", r)
+	}
+}

@@ -78,6 +78,8 @@ Start with:  statemesh validate -f mesh.yaml
 		newTokenCmd(e),
 		newNodeCmd(e),
 		newAgentCmd(e),
+		newPolicyCmd(e),
+		newRenderCmd(e),
 		newWireGuardGoCmd(e),
 		newLabCmd(e),
 		newSecretsCmd(e),

@@ -15,6 +15,10 @@ import (
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
+// MaxClientSegments is how many segments may take external clients (each
+// gets one block of every region's clients range).
+const MaxClientSegments = 16
+
 // MaxCiliumClusterName is Cilium's limit on cluster.name.
 const MaxCiliumClusterName = 32
 
@@ -462,6 +466,14 @@ func (m *Mesh) checkPolicy(e *errs) {
 		checkLabels(e, path+".podLabels", s.PodLabels)
 		if s.Clients && s.Sensitive {
 			e.add(path+".clients", "keep external clients out of sensitive segments, or make the segment not sensitive", "clients are not attested: they cannot be members of a sensitive segment")
+		}
+	}
+	nClients := 0
+	for i, s := range p.Segments {
+		if s.Clients {
+			if nClients++; nClients == MaxClientSegments+1 {
+				e.add(fmt.Sprintf("policy.segments[%d].clients", i), fmt.Sprintf("put external clients in at most %d segments", MaxClientSegments), "too many clients segments: each region's clients range has %d blocks", MaxClientSegments)
+			}
 		}
 	}
 	names := map[string]bool{}
