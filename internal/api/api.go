@@ -152,6 +152,12 @@ type Node struct {
 	Labels map[string]string `json:"labels,omitempty"`
 	// Healthy is set for gateways.
 	Healthy *bool `json:"healthy,omitempty"`
+	// From the node's last status report to the answering controller:
+	// whether it enforces the policy ("enforced", or why not), the map
+	// revision it applied, and when it reported.
+	Firewall        string     `json:"firewall,omitempty"`
+	AppliedRevision int64      `json:"appliedRevision,omitempty"`
+	ReportedAt      *time.Time `json:"reportedAt,omitempty"`
 }
 
 // CreateTokenRequest asks for a join token. Node and operator tokens are

@@ -244,13 +244,17 @@ func getThing(ctx context.Context, e *env, c *apiclient.Client, what, output, re
 		if output == formatJSON {
 			return writeJSON(e.stdout, ns)
 		}
-		t := newTable(e.stdout, "NAME", "REGION", "CLUSTER", "ROLE", "CLASS", "STATE", "OVERLAY", "PODS", "ENDPOINT", "HEALTH")
+		t := newTable(e.stdout, "NAME", "REGION", "CLUSTER", "ROLE", "CLASS", "STATE", "OVERLAY", "PODS", "ENDPOINT", "HEALTH", "FIREWALL")
 		for _, n := range ns {
 			health := "-"
 			if n.Healthy != nil {
 				health = map[bool]string{true: "healthy", false: "unhealthy"}[*n.Healthy]
 			}
-			t.row(n.Name, n.Region, dash(n.Cluster), n.Role, n.Class, n.State, n.OverlayIPv4, dash(n.PodIPv4), dash(n.Endpoint), health)
+			fw := dash(n.Firewall)
+			if len(fw) > 40 {
+				fw = fw[:37] + "..."
+			}
+			t.row(n.Name, n.Region, dash(n.Cluster), n.Role, n.Class, n.State, n.OverlayIPv4, dash(n.PodIPv4), dash(n.Endpoint), health, fw)
 		}
 		return t.flush()
 	}

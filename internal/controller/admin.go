@@ -173,6 +173,18 @@ func nodeView(n *NodeRecord, h HealthRecord) api.Node {
 	return v
 }
 
+// withStatus adds what the node last reported to this replica. Callers
+// hold c.mu.
+func (c *Controller) withStatus(v api.Node) api.Node {
+	if st, ok := c.status[v.Name]; ok {
+		v.Firewall = st.report.Firewall
+		v.AppliedRevision = st.report.AppliedRevision
+		at := st.at
+		v.ReportedAt = &at
+	}
+	return v
+}
+
 // Nodes lists nodes, optionally of one region and/or cluster.
 func (c *Controller) Nodes(region, cluster string) []api.Node {
 	c.mu.RLock()
@@ -180,7 +192,7 @@ func (c *Controller) Nodes(region, cluster string) []api.Node {
 	out := []api.Node{}
 	for _, n := range c.nodes {
 		if (region == "" || n.Region == region) && (cluster == "" || n.Cluster == cluster) {
-			out = append(out, nodeView(n, c.health[n.Name]))
+			out = append(out, c.withStatus(nodeView(n, c.health[n.Name])))
 		}
 	}
 	slices.SortFunc(out, func(a, b api.Node) int { return cmpStr(a.Name, b.Name) })
@@ -205,7 +217,7 @@ func (c *Controller) Node(name string) (api.Node, error) {
 	if !ok {
 		return api.Node{}, apiErr(api.CodeNotFound, "no node %q", name)
 	}
-	return nodeView(n, c.health[name]), nil
+	return c.withStatus(nodeView(n, c.health[name])), nil
 }
 
 // Regions lists the regions with their gateways and designation.
