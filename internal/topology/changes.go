@@ -102,6 +102,7 @@ func (ix *Index) SetPlan(p *plan.Plan, pol *policy.Policy) []Change {
 	for _, n := range nodes {
 		ix.insert(n)
 	}
+	ix.clientSets()
 	for _, r := range ix.regions {
 		ix.refreshRegion(r)
 	}
@@ -283,6 +284,16 @@ func (ix *Index) refreshRegion(r *region) []Change {
 		return nil
 	}
 	var changes []Change
+	// The clients gateway moved: the old one drops its client peers, the
+	// new one gets them (full maps; clients are few).
+	if gw := r.clientsGateway(); gw != r.clientsGW {
+		for _, g := range []string{r.clientsGW, gw} {
+			if _, ok := ix.nodes[g]; ok && len(ix.Clients(r.name)) > 0 {
+				changes = append(changes, resyncNode(g))
+			}
+		}
+		r.clientsGW = gw
+	}
 	for _, cn := range r.clusters {
 		c := ix.clusters[clusterKey(r.name, cn)]
 		view := map[string]netmap.Peer{}

@@ -104,6 +104,9 @@ func (ix *Index) nodeEntryForGateways(n *Node) netmap.Peer {
 func (ix *Index) gatewayForCluster(r *region, g *Node, c *cluster) netmap.Peer {
 	allowed := g.hostPrefixes()
 	if g.active() {
+		if r.clientsGateway() == g.Name {
+			allowed = append(allowed, ix.clientRanges(r.name)...)
+		}
 		if r.designated(c.name) == g.Name {
 			allowed = append(allowed, ix.supernet...)
 		}
@@ -123,9 +126,13 @@ func (ix *Index) gatewayForCluster(r *region, g *Node, c *cluster) netmap.Peer {
 
 // gatewayLocal is gateway g as the other gateways of its region see it.
 func (ix *Index) gatewayLocal(g *Node) netmap.Peer {
+	allowed := g.hostPrefixes()
+	if r := ix.regions[g.Region]; g.active() && r.clientsGateway() == g.Name {
+		allowed = append(allowed, ix.clientRanges(r.name)...)
+	}
 	return netmap.Peer{
 		Name: g.Name, PublicKey: g.PublicKey, Endpoint: g.Endpoint,
-		AllowedIPs:          netmap.SortPrefixes(g.hostPrefixes()),
+		AllowedIPs:          netmap.SortPrefixes(allowed),
 		PersistentKeepalive: ix.opts.GatewayKeepalive,
 		Role:                g.Role, Region: g.Region,
 	}
@@ -136,6 +143,9 @@ func (ix *Index) gatewayLocal(g *Node) netmap.Peer {
 func (ix *Index) gatewayRemote(r *region, g *Node) netmap.Peer {
 	allowed := g.hostPrefixes()
 	if g.active() {
+		if r.clientsGateway() == g.Name {
+			allowed = append(allowed, ix.clientRanges(r.name)...)
+		}
 		for _, cn := range r.clusters {
 			if r.designated(cn) == g.Name {
 				allowed = append(allowed, clusterPrefixes(ix.clusters[clusterKey(r.name, cn)].plan)...)

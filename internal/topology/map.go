@@ -48,6 +48,9 @@ func (ix *Index) Map(name string) (netmap.Map, bool) {
 				m.Peers = append(m.Peers, p)
 			}
 		}
+		if r.clientsGateway() == n.Name {
+			m.Peers = append(m.Peers, ix.clientPeers(n.Region)...)
+		}
 		for _, other := range ix.regions {
 			if other.name == n.Region {
 				continue

@@ -144,6 +144,7 @@ type Index struct {
 	sets     map[string]map[string][]netip.Prefix
 	supernet []netip.Prefix // routed into the overlay on every node
 	nodes    map[string]*Node
+	clients  map[string]*Client
 	clusters map[string]*cluster // key region/cluster
 	regions  map[string]*region
 }
@@ -165,12 +166,14 @@ type region struct {
 	// gateways of other regions see it; localView as its own gateways do.
 	remoteView map[string]netmap.Peer
 	localView  map[string]netmap.Peer
+	// clientsGW is the clients gateway the views were last computed with.
+	clientsGW string
 }
 
 // New returns an empty index over a plan.
 func New(p *plan.Plan, opts Options) *Index {
 	opts.setDefaults()
-	ix := &Index{opts: opts, nodes: map[string]*Node{}, sets: map[string]map[string][]netip.Prefix{}}
+	ix := &Index{opts: opts, nodes: map[string]*Node{}, clients: map[string]*Client{}, sets: map[string]map[string][]netip.Prefix{}}
 	ix.setPlan(p)
 	return ix
 }

@@ -24,6 +24,33 @@ type world struct {
 	// next node index per cluster / gateway index per region
 	nextNode map[string]int
 	nextGw   map[string]int
+	nextCl   int
+}
+
+// newClient makes a client of the ops segment with the next address of
+// the segment's block of the region's clients range.
+func (w *world) newClient(region string) Client {
+	pr, _ := w.plan.Region(region)
+	w.nextCl++
+	b4, _ := w.pol.ClientBlock(pr.ClientsIPv4, "ops")
+	b6, _ := w.pol.ClientBlock(pr.ClientsIPv6, "ops")
+	c := Client{Name: fmt.Sprintf("laptop%d", w.nextCl), Region: region, Segment: "ops", PublicKey: w.key(),
+		IPv4: addrAt(b4, uint64(w.nextCl))}
+	if b6.IsValid() {
+		c.IPv6 = addrAt(b6, uint64(w.nextCl))
+	}
+	return c
+}
+
+// keyOf returns the public key of a node or client peer name.
+func (w *world) keyOf(name string) (netmap.Key, bool) {
+	if n, ok := w.ix.nodes[name]; ok {
+		return n.PublicKey, true
+	}
+	if c, ok := w.ix.clients[strings.TrimPrefix(name, ClientPeerPrefix)]; ok && strings.HasPrefix(name, ClientPeerPrefix) {
+		return c.PublicKey, true
+	}
+	return netmap.Key{}, false
 }
 
 func newWorld(t testing.TB, seed uint64, regions, clusters int) *world {
@@ -35,9 +62,11 @@ func newWorld(t testing.TB, seed uint64, regions, clusters int) *world {
     - {name: front, match: {labels: {tier: front}}}
     - {name: back, match: {labels: {tier: back}}, isolated: true}
     - {name: vault, match: {labels: {tier: back}, classes: [strong]}, sensitive: true}
+    - {name: ops, clients: true}
   rules:
     - {name: fb, from: front, to: back, ports: ["tcp/80"]}
     - {name: bv, from: back, to: vault, ports: [any]}
+    - {name: of, from: ops, to: front, ports: [any]}
 `)
 	b.WriteString("regions:\n")
 	for r := range regions {
@@ -155,16 +184,21 @@ func (w *world) populate(gateways, nodes int) {
 }
 
 // owner returns the node owning an address.
-func (w *world) owner(a netip.Addr) *Node {
+func (w *world) owner(a netip.Addr) string {
+	for _, c := range w.ix.clients {
+		if c.IPv4 == a || c.IPv6 == a {
+			return ClientPeerPrefix + c.Name
+		}
+	}
 	for _, n := range w.ix.nodes {
 		if !n.active() {
 			continue
 		}
 		if n.OverlayIPv4 == a || n.OverlayIPv6 == a || (n.PodIPv4.IsValid() && n.PodIPv4.Contains(a)) || (n.PodIPv6.IsValid() && n.PodIPv6.Contains(a)) {
-			return n
+			return n.Name
 		}
 	}
-	return nil
+	return ""
 }
 
 func lookup(m netmap.Map, a netip.Addr) (string, bool) {
@@ -185,7 +219,7 @@ func (w *world) walk(maps map[string]netmap.Map, from string, src, dst netip.Add
 	cur := from
 	hops := []string{cur}
 	for range 8 {
-		if o := w.owner(dst); o != nil && o.Name == cur {
+		if w.owner(dst) == cur {
 			return hops, nil
 		}
 		m := maps[cur]
@@ -204,7 +238,7 @@ func (w *world) walk(maps map[string]netmap.Map, from string, src, dst netip.Add
 		if !ok || back != cur {
 			return hops, fmt.Errorf("%s drops the packet from %s: source %s maps to peer %q (asymmetric)", next, cur, src, back)
 		}
-		if p, ok := nm.Peer(cur); !ok || p.PublicKey != w.ix.nodes[cur].PublicKey {
+		if k, _ := w.keyOf(cur); !func() bool { p, ok := nm.Peer(cur); return ok && p.PublicKey == k }() {
 			return hops, fmt.Errorf("%s does not know %s's key", next, cur)
 		}
 		cur = next
@@ -218,6 +252,11 @@ func (w *world) maps() map[string]netmap.Map {
 	for name := range w.ix.nodes {
 		m, _ := w.ix.Map(name)
 		out[name] = m
+	}
+	for name := range w.ix.clients {
+		if m, ok := w.ix.ClientMap(name); ok {
+			out[ClientPeerPrefix+name] = m
+		}
 	}
 	return out
 }
@@ -246,7 +285,7 @@ func (w *world) checkInvariants(maps map[string]netmap.Map) {
 			if p.Name == name {
 				w.t.Fatalf("%s peers with itself", name)
 			}
-			if n, ok := w.ix.nodes[p.Name]; !ok || n.PublicKey != p.PublicKey {
+			if k, ok := w.keyOf(p.Name); !ok || k != p.PublicKey {
 				w.t.Fatalf("%s: peer %s has a wrong or unknown key", name, p.Name)
 			}
 			for _, pfx := range p.AllowedIPs {
@@ -286,6 +325,36 @@ func (w *world) checkInvariants(maps map[string]netmap.Map) {
 				}
 				if _, err := w.walk(maps, a.Name, sa[i], da[i]); err != nil {
 					w.t.Fatalf("%s (%s) -> %s (%s): %v", a.Name, sa[i], b.Name, da[i], err)
+				}
+			}
+		}
+	}
+	// Clients reach every node and are reached, both ways, hop by hop.
+	for _, c := range w.ix.Clients("") {
+		cn := ClientPeerPrefix + c.Name
+		if _, ok := maps[cn]; !ok {
+			if hasGateway[c.Region] {
+				w.t.Fatalf("client %s has no map although its region has gateways", c.Name)
+			}
+			continue
+		}
+		for _, n := range active {
+			if !hasGateway[n.Region] {
+				continue
+			}
+			for _, d := range endpointsOf(n) {
+				src := c.IPv4
+				if !d.Is4() {
+					src = c.IPv6
+				}
+				if !src.IsValid() {
+					continue
+				}
+				if _, err := w.walk(maps, cn, src, d); err != nil {
+					w.t.Fatalf("client %s (%s) -> %s (%s): %v", c.Name, src, n.Name, d, err)
+				}
+				if _, err := w.walk(maps, n.Name, d, src); err != nil {
+					w.t.Fatalf("%s (%s) -> client %s (%s): %v", n.Name, d, c.Name, src, err)
 				}
 			}
 		}
@@ -365,7 +434,7 @@ func TestIncrementalEqualsRecompute(t *testing.T) {
 				var what string
 				regions := []string{"r0", "r1"}
 				r := regions[w.r.IntN(2)]
-				switch op := w.r.IntN(6); op {
+				switch op := w.r.IntN(8); op {
 				case 0:
 					n := w.newNode(r, fmt.Sprintf("c%d", w.r.IntN(3)))
 					what = "add " + n.Name
@@ -421,9 +490,28 @@ func TestIncrementalEqualsRecompute(t *testing.T) {
 					g := gws[w.r.IntN(len(gws))]
 					what = "remove gateway " + g
 					apply(w.ix.Remove(g))
+				case 6:
+					c := w.newClient(r)
+					what = "add client " + c.Name
+					ch, err := w.ix.UpsertClient(c)
+					if err != nil {
+						t.Fatal(err)
+					}
+					apply(ch)
+				case 7:
+					cs := w.ix.Clients("")
+					if len(cs) == 0 {
+						continue
+					}
+					c := cs[w.r.IntN(len(cs))]
+					what = "remove client " + c.Name
+					apply(w.ix.RemoveClient(c.Name))
 				}
 				fresh := w.maps()
 				for name, m := range fresh {
+					if strings.HasPrefix(name, ClientPeerPrefix) {
+						continue // clients get configuration files, not deltas
+					}
 					if !held[name].Equal(m) {
 						t.Fatalf("step %d (%s): %s's map from deltas differs from recompute:\nheld  %+v %+v\nfresh %+v %+v", step, what, name, held[name].Peers, held[name].Firewall, m.Peers, m.Firewall)
 					}
@@ -528,9 +616,9 @@ func TestQuarantinedNodeIsCutOff(t *testing.T) {
 func (w *world) checkFirewalls(maps map[string]netmap.Map) {
 	w.t.Helper()
 	for dname, m := range maps {
-		dst := w.ix.nodes[dname]
-		if !dst.active() {
-			continue
+		dst, ok := w.ix.nodes[dname]
+		if !ok || !dst.active() {
+			continue // clients have no firewall of ours
 		}
 		if m.Firewall == nil {
 			w.t.Fatalf("%s has no firewall under a policy", dname)
@@ -555,6 +643,19 @@ func (w *world) checkFirewalls(maps map[string]netmap.Map) {
 				if fwAllows != want {
 					w.t.Fatalf("%s → %s tcp/%d: firewall %v, policy %v (%s)", src.Name, dname, port, fwAllows, want, why)
 				}
+			}
+		}
+		// Clients are members through their segment's block.
+		for _, c := range w.ix.Clients("") {
+			fwAllows := false
+			for _, r := range m.Firewall.Rules {
+				if slices.ContainsFunc(m.Firewall.Sets[r.Set], func(p netip.Prefix) bool { return p.Contains(c.IPv4) }) {
+					fwAllows = true // the ops rule allows any port
+				}
+			}
+			want, why := w.pol.Allowed(policy.Endpoint{Name: c.Name, Client: true, Segment: c.Segment}, dst.endpoint(), "tcp", 80)
+			if fwAllows != want {
+				w.t.Fatalf("client %s → %s: firewall %v, policy %v (%s)", c.Name, dname, fwAllows, want, why)
 			}
 		}
 	}
