@@ -296,3 +296,43 @@ type AdminConfig struct {
 	CA     string `json:"ca"`
 	Token  string `json:"token"`
 }
+
+// AddClientRequest registers an external WireGuard client. The client's
+// key pair is made where the configuration is written (statemesh client
+// add): only the public key reaches the controller.
+type AddClientRequest struct {
+	Name   string `json:"name"`
+	Region string `json:"region"`
+	// Segment is a clients segment of the policy; it may be omitted when
+	// the policy has exactly one.
+	Segment   string     `json:"segment,omitempty"`
+	PublicKey netmap.Key `json:"publicKey"`
+}
+
+// Client is a registered external client.
+type Client struct {
+	Name        string     `json:"name"`
+	Region      string     `json:"region"`
+	Segment     string     `json:"segment"`
+	PublicKey   netmap.Key `json:"publicKey"`
+	AddressIPv4 string     `json:"addressIPv4"`
+	AddressIPv6 string     `json:"addressIPv6,omitempty"`
+	CreatedAt   time.Time  `json:"createdAt"`
+	// Gateway is the region's gateway that serves clients now.
+	Gateway string `json:"gateway,omitempty"`
+}
+
+// ClientConfig is what a client's WireGuard configuration is made of,
+// without its private key.
+type ClientConfig struct {
+	Client Client `json:"client"`
+	// Addresses of the client's interface (CIDR).
+	Addresses []string `json:"addresses"`
+	MTU       int      `json:"mtu"`
+	// The one peer: the region's clients gateway.
+	PeerName            string     `json:"peerName"`
+	PeerPublicKey       netmap.Key `json:"peerPublicKey"`
+	PeerEndpoint        string     `json:"peerEndpoint"`
+	AllowedIPs          []string   `json:"allowedIPs"`
+	PersistentKeepalive int        `json:"persistentKeepalive"`
+}

@@ -309,3 +309,26 @@ func (c *Client) Watch(ctx context.Context, from int64, fn func(api.Frame) error
 
 // CloseIdle closes idle connections.
 func (c *Client) CloseIdle() { c.hc.CloseIdleConnections() }
+
+// AddClient registers an external client (only its public key).
+func (c *Client) AddClient(ctx context.Context, req api.AddClientRequest) (api.ClientConfig, error) {
+	var r api.ClientConfig
+	return r, c.jsonCall(ctx, http.MethodPost, "/v1/clients", req, &r)
+}
+
+// Clients lists the external clients.
+func (c *Client) Clients(ctx context.Context) ([]api.Client, error) {
+	var r []api.Client
+	return r, c.jsonCall(ctx, http.MethodGet, "/v1/clients", nil, &r)
+}
+
+// ClientConfig returns a client's configuration (without its private key).
+func (c *Client) ClientConfig(ctx context.Context, name string) (api.ClientConfig, error) {
+	var r api.ClientConfig
+	return r, c.jsonCall(ctx, http.MethodGet, "/v1/clients/"+url.PathEscape(name)+"/config", nil, &r)
+}
+
+// RemoveClient revokes an external client.
+func (c *Client) RemoveClient(ctx context.Context, name string) error {
+	return c.jsonCall(ctx, http.MethodDelete, "/v1/clients/"+url.PathEscape(name), nil, nil)
+}

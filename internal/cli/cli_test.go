@@ -6,9 +6,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"os/exec"
 	"testing"
 
+	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/golden"
+	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/testenv"
 )
 
 type result struct {
@@ -194,5 +198,36 @@ func TestRenderCiliumPolicies(t *testing.T) {
 	}
 	if r := run(t, "", "render", "cilium-policies", "-f", "../../examples/small.yaml"); r.code != ExitError || !strings.Contains(r.stderr, "no policy section") {
 		t.Fatalf("no policy: %+v", r)
+	}
+}
+
+// TestWGQuickConfig renders a client configuration and has the real
+// wg-quick parse it (strip turns it into what wg setconf takes).
+func TestWGQuickConfig(t *testing.T) {
+	cfg := api.ClientConfig{
+		Client:    api.Client{Name: "alice", Region: "eu-central", Segment: "ops"},
+		Addresses: []string{"100.64.16.1/32"}, MTU: 1340, PeerName: "eu-central-gw1",
+		PeerEndpoint: "203.0.113.1:51820", AllowedIPs: []string{"10.0.0.0/8", "100.64.0.0/10"}, PersistentKeepalive: 25,
+	}
+	priv, _ := netmap.GeneratePrivateKey()
+	cfg.PeerPublicKey = priv.PublicKey()
+	text := WGQuick(cfg, priv.String())
+	for _, want := range []string{"[Interface]", "PrivateKey = " + priv.String(), "Address = 100.64.16.1/32", "MTU = 1340", "[Peer]",
+		"Endpoint = 203.0.113.1:51820", "AllowedIPs = 10.0.0.0/8, 100.64.0.0/10", "PersistentKeepalive = 25"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("config lacks %q:\n%s", want, text)
+		}
+	}
+	testenv.RequireBinary(t, "wg-quick")
+	path := filepath.Join(t.TempDir(), "smc0.conf")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("wg-quick", "strip", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("wg-quick strip: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "PublicKey = "+cfg.PeerPublicKey.String()) || strings.Contains(string(out), "Address") {
+		t.Errorf("wg-quick strip gave:\n%s", out)
 	}
 }

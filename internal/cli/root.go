@@ -80,6 +80,7 @@ Start with:  statemesh validate -f mesh.yaml
 		newAgentCmd(e),
 		newPolicyCmd(e),
 		newRenderCmd(e),
+		newClientCmd(e),
 		newWireGuardGoCmd(e),
 		newLabCmd(e),
 		newSecretsCmd(e),

@@ -116,6 +116,7 @@ type Controller struct {
 	segPolicy *policy.Policy
 	ix        *topology.Index
 	nodes     map[string]*NodeRecord
+	clients   map[string]*ClientRecord
 	health    map[string]HealthRecord
 	slots     map[string]map[int]SlotRecord // region/cluster -> slot -> record
 	status    map[string]statusEntry
@@ -140,6 +141,7 @@ func New(cfg Config) (*Controller, error) {
 		st:      cfg.Store,
 		revWait: make(chan struct{}),
 		nodes:   map[string]*NodeRecord{},
+		clients: map[string]*ClientRecord{},
 		health:  map[string]HealthRecord{},
 		slots:   map[string]map[int]SlotRecord{},
 		status:  map[string]statusEntry{},
@@ -293,6 +295,7 @@ func (c *Controller) reload(kvs []store.KV, rev int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.nodes = map[string]*NodeRecord{}
+	c.clients = map[string]*ClientRecord{}
 	c.health = map[string]HealthRecord{}
 	c.slots = map[string]map[int]SlotRecord{}
 	c.plan, c.ix, c.specYAML = nil, nil, ""
@@ -346,6 +349,11 @@ func (c *Controller) rebuildIndexLocked() {
 	for _, n := range c.nodes {
 		if _, err := c.ix.Upsert(c.topoNode(n)); err != nil {
 			c.log.Warn("node outside the plan", "node", n.Name, "err", err)
+		}
+	}
+	for _, r := range c.clients {
+		if _, err := c.ix.UpsertClient(r.topo()); err != nil {
+			c.log.Warn("client outside the plan", "client", r.Name, "err", err)
 		}
 	}
 }
@@ -418,6 +426,8 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 			}
 			changes = ch
 		}
+	case strings.HasPrefix(key, prefixClients):
+		changes = c.applyClientLocked(key, value, deleted, rev)
 	case strings.HasPrefix(key, prefixHealth):
 		name := strings.TrimPrefix(key, prefixHealth)
 		if deleted {

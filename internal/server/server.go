@@ -126,6 +126,10 @@ func (s *Server) routes() {
 	admin("GET /v1/tokens", s.listTokens)
 	admin("POST /v1/tokens", s.createToken)
 	admin("DELETE /v1/tokens/{id}", s.revokeToken)
+	admin("GET /v1/clients", s.listClients)
+	admin("POST /v1/clients", s.addClient)
+	admin("GET /v1/clients/{name}/config", s.clientConfig)
+	admin("DELETE /v1/clients/{name}", s.removeClient)
 	s.mux.Handle("POST /v1/enroll", s.wrap(s.enroll))
 	s.mux.Handle("POST /v1/attest/challenge", s.wrap(s.attestChallenge))
 	node("POST /v1/node/attest/challenge", s.nodeChallenge)
@@ -362,6 +366,41 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, http.StatusCreated, t)
+	return nil
+}
+
+func (s *Server) listClients(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, s.c.Clients())
+	return nil
+}
+
+func (s *Server) addClient(w http.ResponseWriter, r *http.Request) error {
+	var req api.AddClientRequest
+	if err := readJSON(w, r, &req); err != nil {
+		return err
+	}
+	cfg, err := s.c.AddClient(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, cfg)
+	return nil
+}
+
+func (s *Server) clientConfig(w http.ResponseWriter, r *http.Request) error {
+	cfg, err := s.c.ClientConfig(r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, cfg)
+	return nil
+}
+
+func (s *Server) removeClient(w http.ResponseWriter, r *http.Request) error {
+	if err := s.c.RemoveClient(r.Context(), r.PathValue("name")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 

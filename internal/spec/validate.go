@@ -15,6 +15,10 @@ import (
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
+// IsDNSLabel reports whether s is a DNS label (names of regions, clusters,
+// segments, rules, clients).
+func IsDNSLabel(s string) bool { return dnsLabel.MatchString(s) }
+
 // MaxClientSegments is how many segments may take external clients (each
 // gets one block of every region's clients range).
 const MaxClientSegments = 16

@@ -42,7 +42,8 @@ type State struct {
 	Policy *netmap.Firewall
 	// Pods are the node's own pod blocks.
 	Pods []netip.Prefix
-	// Gateway nodes forward transit traffic.
+	// Gateway nodes forward transit traffic and accept WireGuard from any
+	// address (external clients have no known endpoint).
 	Gateway bool
 	// UnderlayAllow are extra ports open on the underlay ("tcp/22").
 	UnderlayAllow []netmap.PortRange
@@ -176,6 +177,9 @@ func Render(tx *knftables.Transaction, s State, existingSets []string) map[strin
 	}
 	rule("input", fmt.Sprintf("udp dport %d ip saddr @peers_v4 accept", s.ListenPort), "underlay: WireGuard from known peers")
 	rule("input", fmt.Sprintf("udp dport %d ip6 saddr @peers_v6 accept", s.ListenPort), "underlay: WireGuard from known peers")
+	if s.Gateway {
+		rule("input", fmt.Sprintf("udp dport %d accept", s.ListenPort), "gateway: WireGuard from anywhere (external clients roam; WireGuard ignores unknown keys)")
+	}
 	for _, p := range s.UnderlayAllow {
 		if m := portMatch(p); m != "" {
 			rule("input", m+" accept", "underlay: allowed by the operator")

@@ -47,6 +47,12 @@ func TestRenderGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden.Check(t, "nopolicy.nft", []byte(fake.Dump()))
+	s.Gateway = true
+	fake = knftables.NewFake(knftables.InetFamily, Table)
+	if err := NewWith(fake, nil).Apply(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	golden.Check(t, "gateway.nft", []byte(fake.Dump()))
 }
 
 func TestSetElements(t *testing.T) {
