@@ -193,15 +193,34 @@ func BenchmarkApply5000(b *testing.B) {
 		s.Policy.Sets["seg_web"] = append(s.Policy.Sets["seg_web"], netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}), 32))
 	}
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, _ := netns.Get()
-	defer orig.Close()
-	ns, err := netns.New()
+	orig, err := netns.Get()
 	if err != nil {
 		b.Fatal(err)
 	}
+	defer orig.Close()
+	ns, err := netns.NewNamed("statemesh-bench-nft")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer netns.DeleteNamed("statemesh-bench-nft")
 	defer ns.Close()
-	defer netns.Set(orig)
+	// NewNamed entered it; each sub-benchmark enters it on its own thread.
+	if err := netns.Set(orig); err != nil {
+		b.Fatal(err)
+	}
+	runtime.UnlockOSThread()
+	// inNS runs a sub-benchmark with its goroutine's thread in the
+	// benchmark's namespace: nft inherits the thread's namespace, and
+	// sub-benchmarks run on goroutines of their own.
+	inNS := func(b *testing.B, fn func(b *testing.B)) {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := netns.Set(ns); err != nil {
+			b.Fatal(err)
+		}
+		defer netns.Set(orig)
+		fn(b)
+	}
 	f, err := New(nil)
 	if err != nil {
 		b.Fatal(err)
@@ -210,21 +229,28 @@ func BenchmarkApply5000(b *testing.B) {
 	// Baseline in the same run: one member joining and leaving a set, what a
 	// node enrolling elsewhere costs this node.
 	b.Run("full-table", func(b *testing.B) {
-		for b.Loop() {
+		inNS(b, func(b *testing.B) {
+			for b.Loop() {
+				if err := f.Apply(ctx, s); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+	b.Run("one-set-element", func(b *testing.B) {
+		inNS(b, func(b *testing.B) {
 			if err := f.Apply(ctx, s); err != nil {
 				b.Fatal(err)
 			}
-		}
-	})
-	b.Run("one-set-element", func(b *testing.B) {
-		p := map[string][]netip.Prefix{"seg_web": {netip.MustParsePrefix("100.99.0.1/32")}}
-		for b.Loop() {
-			if err := f.ApplySets(ctx, p, nil); err != nil {
-				b.Fatal(err)
+			p := map[string][]netip.Prefix{"seg_web": {netip.MustParsePrefix("100.99.0.1/32")}}
+			for b.Loop() {
+				if err := f.ApplySets(ctx, p, nil); err != nil {
+					b.Fatal(err)
+				}
+				if err := f.ApplySets(ctx, nil, p); err != nil {
+					b.Fatal(err)
+				}
 			}
-			if err := f.ApplySets(ctx, nil, p); err != nil {
-				b.Fatal(err)
-			}
-		}
+		})
 	})
 }
