@@ -58,6 +58,9 @@ checks the mesh with real packets.
 			}
 			cfg.Dir = dir
 			cfg.Pods = true
+			if !cfg.Policy && !cmd.Flags().Changed("clients") {
+				cfg.Clients = 0
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			_, err := lab.Up(ctx, cfg, e.stdout)
@@ -76,6 +79,7 @@ checks the mesh with real packets.
 	f.BoolVar(&cfg.Attestation, "attestation", true, "a software TPM (swtpm) per host and an attestation policy: hosts come up strong")
 	f.IntVar(&cfg.WeakNodes, "weak-nodes", 1, "nodes per cluster without a TPM (admitted as weak)")
 	f.BoolVar(&cfg.Policy, "policy", true, "segmentation: frontend (c1), backend (c2), vault (sensitive: strong c2 nodes), see docs/lab.md")
+	f.IntVar(&cfg.Clients, "clients", 1, "external clients (ops segment) brought up with wg-quick from statemesh client add (0 without --policy)")
 	f.DurationVar(&cfg.ReattestInterval, "reattest-interval", 5*time.Second, "re-attestation interval of the lab's policy")
 
 	var timeout time.Duration

@@ -21,6 +21,7 @@ type Endpoint struct {
 	Name    string
 	Host    *Host
 	Pod     bool
+	Client  *Client // an external client: a source only
 	Addr    string
 	execPre []string
 }
@@ -100,7 +101,23 @@ func (l *Lab) endpoints() []*Endpoint {
 			eps = append(eps, &Endpoint{Name: h.Name + "/pod", Host: h, Pod: true, Addr: h.PodIP.String(), execPre: []string{"ip", "netns", "exec", h.PodNS()}})
 		}
 	}
+	for _, c := range l.State.Clients {
+		eps = append(eps, &Endpoint{Name: "client " + c.Name, Client: c, Addr: c.Address.String(), execPre: nsenterArgs(l.State.Holders[c.HolderKey()])})
+	}
 	return eps
+}
+
+// probes reports whether src probes dst: node to node and pod to pod;
+// clients probe every node and pod and are probed by none (they run no
+// StateMesh firewall).
+func probes(src, dst *Endpoint) bool {
+	switch {
+	case src == dst || dst.Client != nil:
+		return false
+	case src.Client != nil:
+		return true
+	}
+	return dst.Pod == src.Pod
 }
 
 // Check probes every endpoint from every endpoint of the same kind (node
@@ -131,7 +148,7 @@ func (l *Lab) Check(ctx context.Context, opts CheckOptions) (*Matrix, error) {
 		}
 		var targets []string
 		for _, dst := range eps {
-			if dst != src && dst.Pod == src.Pod {
+			if probes(src, dst) {
 				targets = append(targets, dst.Name+"="+dst.Addr)
 			}
 		}
@@ -181,11 +198,17 @@ func (m *Matrix) Print(w io.Writer) {
 	var order []string
 	for _, r := range m.Results {
 		a, b := m.kinds[r.From], m.kinds[r.To]
-		kind := "node↔node"
-		if a.Pod {
-			kind = "pod↔pod"
+		var key string
+		switch {
+		case a.Client != nil && b.Pod:
+			key = "client→pod"
+		case a.Client != nil:
+			key = "client→node"
+		case a.Pod:
+			key = "pod↔pod " + category(a.Host, b.Host)
+		default:
+			key = "node↔node " + category(a.Host, b.Host)
 		}
-		key := kind + " " + category(a.Host, b.Host)
 		if cats[key] == nil {
 			cats[key] = &agg{}
 			order = append(order, key)
@@ -292,7 +315,20 @@ func (l *Lab) expectations(ctx context.Context, eps []*Endpoint) (map[[2]string]
 	out := map[[2]string]Expect{}
 	for _, s := range eps {
 		for _, d := range eps {
-			src, dst := byName[s.Host.Name], byName[d.Host.Name]
+			if !probes(s, d) {
+				continue
+			}
+			if s.Client != nil && s.Client.Removed {
+				out[[2]string{s.Name, d.Name}] = Expect{Why: "client revoked"}
+				continue
+			}
+			var src policy.Endpoint
+			if s.Client != nil {
+				src = policy.Endpoint{Name: s.Client.Name, Client: true, Segment: s.Client.Segment}
+			} else {
+				src = byName[s.Host.Name]
+			}
+			dst := byName[d.Host.Name]
 			icmp, why := pol.Allowed(src, dst, policy.ICMP, 0)
 			tcp, why2 := pol.Allowed(src, dst, policy.TCP, servePort)
 			if !icmp {

@@ -55,6 +55,9 @@ type Config struct {
 	// the c2 nodes; weak ones are never members), rules frontend→backend
 	// (tcp/7000, icmp) and backend→vault (tcp/7000).
 	Policy bool `json:"policy" yaml:"policy"`
+	// Clients is how many external clients (operators' laptops in the ops
+	// segment, region eu-central) come up with wg-quick; needs Policy.
+	Clients int `json:"clients" yaml:"clients"`
 	// UnderlayAllow are ports the agents' firewalls leave open on the
 	// underlay (benchmarks: iperf3, a hand-made WireGuard).
 	UnderlayAllow []string `json:"underlayAllow,omitempty" yaml:"underlayAllow"`
@@ -118,6 +121,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("weakNodes: 0..nodes per cluster")
 	case c.WeakNodes > 0 && !c.Attestation:
 		return fmt.Errorf("weakNodes needs attestation (without it every node is weak)")
+	case c.Clients < 0 || c.Clients > 20:
+		return fmt.Errorf("clients: 0..20")
+	case c.Clients > 0 && !c.Policy:
+		return fmt.Errorf("clients need the policy (they belong to its ops segment)")
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ type State struct {
 	path       string
 	Config     Config         `json:"config"`
 	Hosts      []*Host        `json:"hosts"`
+	Clients    []*Client      `json:"clients,omitempty"`
 	Namespaces []string       `json:"namespaces"`
 	RootLinks  []string       `json:"rootLinks"`
 	Holders    map[string]int `json:"holders"`

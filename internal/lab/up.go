@@ -104,6 +104,14 @@ func Up(ctx context.Context, cfg Config, out io.Writer) (*Lab, error) {
 		{"agents", l.agents},
 		{"enrollment", l.waitEnrolled},
 		{"pods and probe servers", l.workloads},
+		{fmt.Sprintf("%d external clients (wg-quick)", cfg.Clients), func(ctx context.Context) error {
+			for i := range cfg.Clients {
+				if _, err := l.AddClient(ctx, fmt.Sprintf("laptop%d", i+1), regionNames[0], "ops"); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
 		{"convergence", l.waitConverged},
 	}
 	for i, s := range steps {
@@ -257,9 +265,7 @@ func (l *Lab) hosts(ctx context.Context) error {
 				return err
 			}
 		}
-		holder, err := startDetached([]string{"ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
-			"sh", "-c", "mkdir -p /run/wireguard && mount -t tmpfs -o mode=0755 tmpfs /run/wireguard && exec sleep infinity"},
-			filepath.Join(cfg.Dir, "holders.log"), nil)
+		holder, err := startHolder(ns, filepath.Join(cfg.Dir, "holders.log"))
 		if err != nil {
 			return err
 		}
@@ -273,19 +279,33 @@ func (l *Lab) hosts(ctx context.Context) error {
 	// Wait until every holder has its private /run/wireguard.
 	deadline := time.Now().Add(10 * time.Second)
 	for _, h := range l.State.Hosts {
-		for {
-			pid := l.State.Holders[h.Name]
-			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mounts", pid))
-			if strings.Contains(string(b), " /run/wireguard tmpfs ") {
-				break
-			}
-			if !alive(pid) || time.Now().After(deadline) {
-				return fmt.Errorf("host %s: holder process did not set up its mount namespace", h.Name)
-			}
-			time.Sleep(10 * time.Millisecond)
+		if err := waitHolder(l.State.Holders[h.Name], deadline); err != nil {
+			return fmt.Errorf("host %s: %w", h.Name, err)
 		}
 	}
 	return nil
+}
+
+// startHolder starts the process that holds a host's namespaces: its
+// network namespace, and a mount namespace with a private /run/wireguard
+// (each host's WireGuard control sockets).
+func startHolder(ns, log string) (int, error) {
+	return startDetached([]string{"ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
+		"sh", "-c", "mkdir -p /run/wireguard && mount -t tmpfs -o mode=0755 tmpfs /run/wireguard && exec sleep infinity"}, log, nil)
+}
+
+// waitHolder waits until a holder has its private /run/wireguard.
+func waitHolder(pid int, deadline time.Time) error {
+	for {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mounts", pid))
+		if strings.Contains(string(b), " /run/wireguard tmpfs ") {
+			return nil
+		}
+		if !alive(pid) || time.Now().After(deadline) {
+			return errors.New("holder process did not set up its mount namespace")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // tpms provisions and starts one swtpm per host that is not weak, with EK
