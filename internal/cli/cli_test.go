@@ -231,3 +231,73 @@ func TestWGQuickConfig(t *testing.T) {
 		t.Errorf("wg-quick strip gave:\n%s", out)
 	}
 }
+
+func TestRenderCilium(t *testing.T) {
+	r := run(t, "", "render", "cilium", "-f", "../../examples/small.yaml", "--cluster", "eu-central/prod")
+	if r.code != 0 || !strings.Contains(r.stdout, "name: eu-central-prod") || !strings.Contains(r.stdout, "routingMode: native") {
+		t.Fatalf("%d %s %s", r.code, r.stdout, r.stderr)
+	}
+	dir := t.TempDir()
+	r = run(t, "", "render", "cilium", "-f", "../../examples/dual-stack.yaml", "--cluster", "ap-south/prod", "--out", dir)
+	if r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	for _, f := range []string{"cilium-values.yaml", "cilium-nodeconfig.yaml"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	for _, args := range [][]string{
+		{"render", "cilium", "-f", "../../examples/small.yaml"},
+		{"render", "cilium", "--cluster", "eu-central/prod"},
+	} {
+		if r := run(t, "", args...); r.code != ExitUsage {
+			t.Errorf("%v: %+v", args, r)
+		}
+	}
+	if r := run(t, "", "render", "cilium", "-f", "../../examples/small.yaml", "--cluster", "eu-central/none"); r.code != ExitError || !strings.Contains(r.stderr, "no cluster eu-central/none") {
+		t.Errorf("unknown cluster: %+v", r)
+	}
+}
+
+// TestRenderAllIsStable: two runs write identical trees; a cluster that
+// left the spec loses its directory.
+func TestRenderAllIsStable(t *testing.T) {
+	dir := t.TempDir()
+	read := func() map[string]string {
+		out := map[string]string{}
+		filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				b, _ := os.ReadFile(p)
+				out[strings.TrimPrefix(p, dir)] = string(b)
+			}
+			return nil
+		})
+		return out
+	}
+	if r := run(t, "", "render", "all", "-f", "../../examples/policy.yaml", "--out", dir); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	first := read()
+	if len(first) != 9 { // plan + 4 clusters × (values, policies)
+		t.Fatalf("%d files: %v", len(first), first)
+	}
+	if r := run(t, "", "render", "all", "-f", "../../examples/policy.yaml", "--out", dir, "--state", filepath.Join(dir, "plan.json")); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	second := read()
+	for k, v := range first {
+		if second[k] != v {
+			t.Errorf("%s differs between runs", k)
+		}
+	}
+	text, _ := os.ReadFile("../../examples/policy.yaml")
+	fewer := strings.Replace(string(text), "      - {name: edge, maxNodes: 100, maxPodsPerNode: 32, admitWithoutTPM: true}\n", "", 1)
+	fewer = strings.Replace(fewer, "    - name: edge\n      match: {clusters: [us-east/edge]}\n", "    - name: edge\n      match: {regions: [us-east], labels: {tier: edge}}\n", 1)
+	if r := run(t, fewer, "render", "all", "-f", "-", "--out", dir, "--state", filepath.Join(dir, "plan.json")); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "clusters", "us-east-edge")); !os.IsNotExist(err) {
+		t.Errorf("the removed cluster's directory is still there: %v", err)
+	}
+}

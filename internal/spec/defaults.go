@@ -20,6 +20,13 @@ func (m *Mesh) SetDefaults() {
 	if m.Cilium.RoutingMode == "" {
 		m.Cilium.RoutingMode = RoutingNative
 	}
+	if m.Cilium.ClustermeshDomain == "" {
+		m.Cilium.ClustermeshDomain = "mesh.cilium.io"
+	}
+	if m.Cilium.KubeProxyReplacement == nil {
+		t := true
+		m.Cilium.KubeProxyReplacement = &t
+	}
 	if m.Cilium.MaxConnectedClusters == 0 {
 		m.Cilium.MaxConnectedClusters = 255
 	}

@@ -199,6 +199,13 @@ type Cilium struct {
 	WireGuard bool `yaml:"wireguard" json:"wireguard"`
 	// MaxConnectedClusters is 255 (default) or 511; it bounds cluster IDs.
 	MaxConnectedClusters int `yaml:"maxConnectedClusters" json:"maxConnectedClusters"`
+	// ClustermeshDomain names clusters' clustermesh-apiservers that have
+	// no clustermeshEndpoint: CLUSTER.DOMAIN:2379 (default mesh.cilium.io,
+	// Cilium's own default).
+	ClustermeshDomain string `yaml:"clustermeshDomain" json:"clustermeshDomain,omitempty"`
+	// KubeProxyReplacement runs Cilium's eBPF service handling instead of
+	// kube-proxy (default true).
+	KubeProxyReplacement *bool `yaml:"kubeProxyReplacement" json:"kubeProxyReplacement,omitempty"`
 }
 
 // Region is one geographic region.
@@ -228,4 +235,11 @@ type Cluster struct {
 	// AdmitWithoutTPM overrides attestation.admitWithoutTPM for this
 	// cluster.
 	AdmitWithoutTPM *bool `yaml:"admitWithoutTPM" json:"admitWithoutTPM,omitempty"`
+	// ClustermeshEndpoint is where other clusters reach this cluster's
+	// clustermesh-apiserver (HOST:PORT; default CILIUM-NAME.DOMAIN:2379).
+	ClustermeshEndpoint string `yaml:"clustermeshEndpoint" json:"clustermeshEndpoint,omitempty"`
+	// KubeAPIServer is HOST:PORT of the cluster's Kubernetes API server,
+	// which Cilium needs when it replaces kube-proxy (default: auto, read
+	// from the cluster).
+	KubeAPIServer string `yaml:"kubeAPIServer" json:"kubeAPIServer,omitempty"`
 }

@@ -6,12 +6,16 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/bits"
+	"net"
 	"net/netip"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
+
+var dnsName = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
@@ -97,6 +101,9 @@ func (m *Mesh) validate(lines map[string]int) Errors {
 	if m.Cilium.MaxConnectedClusters != 255 && m.Cilium.MaxConnectedClusters != 511 {
 		e.add("cilium.maxConnectedClusters", "use 255 or 511", "Cilium supports 255 or 511 connected clusters, not %d", m.Cilium.MaxConnectedClusters)
 	}
+	if d := m.Cilium.ClustermeshDomain; d != "" && !dnsName.MatchString(d) {
+		e.add("cilium.clustermeshDomain", "use a DNS name such as mesh.cilium.io", "%q is not a DNS name", d)
+	}
 	if o := m.Cilium.GeneveOptionBytes; o < 0 || o > 252 || o%4 != 0 {
 		e.add("cilium.geneveOptionBytes", "use a multiple of 4 between 0 and 252", "invalid Geneve option length %d", o)
 	}
@@ -170,6 +177,16 @@ func (m *Mesh) validate(lines map[string]int) Errors {
 				}
 			}
 			checkLabels(e, cp+".labels", c.Labels)
+			for _, f := range []struct{ path, v string }{{cp + ".clustermeshEndpoint", c.ClustermeshEndpoint}, {cp + ".kubeAPIServer", c.KubeAPIServer}} {
+				if f.v == "" {
+					continue
+				}
+				if host, port, err := net.SplitHostPort(f.v); err != nil || host == "" {
+					e.add(f.path, "write HOST:PORT, e.g. 10.0.0.10:2379 or api.example.com:6443", "%q is not HOST:PORT", f.v)
+				} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+					e.add(f.path, "use a port in 1..65535", "bad port in %q", f.v)
+				}
+			}
 			ranges = append(ranges, m.checkClusterPods(e, cp, c, podV4, podV6)...)
 		}
 	}

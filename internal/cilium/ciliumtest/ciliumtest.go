@@ -4,6 +4,7 @@
 package ciliumtest
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/santhosh-tekuri/jsonschema/v6"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/statemesh/statemesh/internal/cilium"
@@ -54,6 +56,7 @@ func ModuleDir(t testing.TB) string {
 var crdFiles = map[string]string{
 	cilium.KindClusterwide: "ciliumclusterwidenetworkpolicies.yaml",
 	cilium.KindNamespaced:  "ciliumnetworkpolicies.yaml",
+	"CiliumNodeConfig":     "ciliumnodeconfigs.yaml",
 }
 
 // Schema returns the openAPIV3Schema of a kind's cilium.io/v2 CRD, made
@@ -142,3 +145,81 @@ func Validate(t testing.TB, kind string, obj any) error {
 	}
 	return Schema(t, kind).VisitJSON(generic, openapi3.MultiErrors())
 }
+
+// Chart returns the directory of Cilium's Helm chart in the module.
+func Chart(t testing.TB) string {
+	t.Helper()
+	return filepath.Join(ModuleDir(t), "install/kubernetes/cilium")
+}
+
+var (
+	valuesOnce   sync.Once
+	valuesSchema *jsonschema.Schema
+	valuesErr    error
+)
+
+// ValidateValues checks Helm values (YAML) against the chart's
+// values.schema.json, as helm does before rendering.
+func ValidateValues(t testing.TB, valuesYAML []byte) error {
+	t.Helper()
+	path := filepath.Join(Chart(t), "values.schema.json")
+	valuesOnce.Do(func() {
+		c := jsonschema.NewCompiler()
+		valuesSchema, valuesErr = c.Compile(path)
+	})
+	if valuesErr != nil {
+		t.Fatalf("compiling %s: %v", path, valuesErr)
+	}
+	var v any
+	if err := yaml.Unmarshal(valuesYAML, &v); err != nil {
+		return err
+	}
+	// Through JSON: the schema validator wants JSON types.
+	js, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(js))
+	if err != nil {
+		return err
+	}
+	if err := valuesSchema.Validate(inst); err != nil {
+		return err
+	}
+	// The chart's schema lets unknown keys through (the chart would ignore
+	// them): refuse keys the chart does not have, so a misspelt key fails.
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var schema map[string]any
+	if err := json.Unmarshal(raw, &schema); err != nil {
+		return err
+	}
+	return knownKeys(schema, v, "")
+}
+
+func knownKeys(schema map[string]any, v any, path string) error {
+	m, ok := v.(map[string]any)
+	if !ok {
+		return nil
+	}
+	props, ok := schema["properties"].(map[string]any)
+	if !ok {
+		return nil // a free-form object
+	}
+	for k, child := range m {
+		sub, ok := props[k].(map[string]any)
+		if !ok {
+			return fmt.Errorf("%s%s: the chart has no such value", path, k)
+		}
+		if err := knownKeys(sub, child, path+k+"."); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ValidateCRD checks an object against a cilium.io/v2 CRD by kind
+// (CiliumNodeConfig and the policy kinds).
+func ValidateCRD(t testing.TB, kind string, obj any) error { return Validate(t, kind, obj) }
