@@ -10,7 +10,9 @@
 // clusters. External clients are matched by their segment's block of each
 // region's clients range. Node class (strong/weak) is not a pod label:
 // sensitive segments keep weak nodes out at the node firewall, which every
-// packet between nodes passes.
+// packet between nodes passes; their Cilium policies also deny the weak
+// nodes themselves (fromNodes on the node label statemesh.dev/class, with
+// nodeSelectorLabels on in the rendered values).
 package cilium
 
 import (
@@ -64,6 +66,14 @@ type Rule struct {
 	Description      string        `yaml:"description,omitempty" json:"description,omitempty"`
 	EndpointSelector Selector      `yaml:"endpointSelector" json:"endpointSelector"`
 	Ingress          []IngressRule `yaml:"ingress" json:"ingress"`
+	// IngressDeny keeps weak nodes (their host network, by the node label
+	// statemesh.dev/class) away from sensitive segments.
+	IngressDeny []DenyRule `yaml:"ingressDeny,omitempty" json:"ingressDeny,omitempty"`
+}
+
+// DenyRule denies traffic from nodes selected by labels.
+type DenyRule struct {
+	FromNodes []Selector `yaml:"fromNodes" json:"fromNodes"`
 }
 
 // Selector is a Kubernetes label selector.
@@ -223,6 +233,9 @@ func Policies(m *spec.Mesh, p *plan.Plan, opts Options) ([]Object, error) {
 			}
 			if opts.Namespace != "" {
 				o.Kind, o.Metadata.Namespace = KindNamespaced, opts.Namespace
+			}
+			if dst.Sensitive {
+				o.Spec.IngressDeny = []DenyRule{{FromNodes: []Selector{{MatchLabels: map[string]string{NodeClassLabel: "weak"}}}}}
 			}
 			add := func(ir IngressRule, comment string) {
 				if len(ir.FromEndpoints)+len(ir.FromCIDRSet) == 0 {

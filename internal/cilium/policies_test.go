@@ -136,6 +136,12 @@ func TestPoliciesSemantics(t *testing.T) {
 	if !ok {
 		t.Fatalf("no backend policy in eu-central/data; have %v", keys(by))
 	}
+	if v := by["eu-central/data statemesh-segment-vault"]; len(v.Spec.IngressDeny) != 1 || v.Spec.IngressDeny[0].FromNodes[0].MatchLabels[cilium.NodeClassLabel] != "weak" {
+		t.Errorf("the sensitive vault does not deny weak nodes: %+v", v.Spec.IngressDeny)
+	}
+	if len(be.Spec.IngressDeny) != 0 {
+		t.Errorf("backend is not sensitive but denies %+v", be.Spec.IngressDeny)
+	}
 	if got := be.Spec.EndpointSelector.MatchLabels["app"]; got != "orders" {
 		t.Errorf("backend selects app=%q", got)
 	}

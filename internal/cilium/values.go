@@ -34,14 +34,17 @@ type Values struct {
 	// overlay.
 	AutoDirectNodeRoutes bool `yaml:"autoDirectNodeRoutes"`
 
-	KubeProxyReplacement bool       `yaml:"kubeProxyReplacement"`
-	K8sServiceHost       string     `yaml:"k8sServiceHost,omitempty"`
-	K8sServicePort       string     `yaml:"k8sServicePort,omitempty"`
-	BPF                  BPFValues  `yaml:"bpf"`
-	EnableIPv4Masquerade *bool      `yaml:"enableIPv4Masquerade,omitempty"`
-	EnableIPv6Masquerade *bool      `yaml:"enableIPv6Masquerade,omitempty"`
-	MTU                  int        `yaml:"MTU"`
-	Encryption           Encryption `yaml:"encryption"`
+	KubeProxyReplacement bool      `yaml:"kubeProxyReplacement"`
+	K8sServiceHost       string    `yaml:"k8sServiceHost,omitempty"`
+	K8sServicePort       string    `yaml:"k8sServicePort,omitempty"`
+	BPF                  BPFValues `yaml:"bpf"`
+	EnableIPv4Masquerade *bool     `yaml:"enableIPv4Masquerade,omitempty"`
+	EnableIPv6Masquerade *bool     `yaml:"enableIPv6Masquerade,omitempty"`
+	MTU                  int       `yaml:"MTU"`
+	// NodeSelectorLabels gives nodes identities from their labels, so
+	// policies can name weak nodes (statemesh.dev/class).
+	NodeSelectorLabels bool       `yaml:"nodeSelectorLabels"`
+	Encryption         Encryption `yaml:"encryption"`
 }
 
 // ClusterValues names the cluster.
@@ -145,12 +148,13 @@ func ClusterValuesFor(m *spec.Mesh, p *plan.Plan, key string) (RenderedValues, e
 		return RenderedValues{}, fmt.Errorf("the plan has no node MTU for region %s", region)
 	}
 	v := Values{
-		Cluster:    ClusterValues{Name: pc.CiliumName, ID: pc.ClusterID},
-		IPv4:       Enabled{pc.PodIPv4.IsValid()},
-		IPv6:       Enabled{pc.PodIPv6.IsValid()},
-		IPAM:       IPAMValues{Mode: "cluster-pool"},
-		BPF:        BPFValues{Masquerade: true},
-		Encryption: Encryption{Enabled: m.Cilium.WireGuard},
+		Cluster:            ClusterValues{Name: pc.CiliumName, ID: pc.ClusterID},
+		IPv4:               Enabled{pc.PodIPv4.IsValid()},
+		IPv6:               Enabled{pc.PodIPv6.IsValid()},
+		IPAM:               IPAMValues{Mode: "cluster-pool"},
+		BPF:                BPFValues{Masquerade: true},
+		NodeSelectorLabels: true,
+		Encryption:         Encryption{Enabled: m.Cilium.WireGuard},
 	}
 	if m.Cilium.WireGuard {
 		v.Encryption.Type = "wireguard"

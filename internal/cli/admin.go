@@ -13,6 +13,8 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/apiclient"
+	"github.com/statemesh/statemesh/internal/cilium"
+	"github.com/statemesh/statemesh/internal/spec"
 )
 
 // adminFlags are shared by every admin command.
@@ -120,7 +122,11 @@ func newGetCmd(e *env) *cobra.Command {
 			Use:   what,
 			Short: "List " + what,
 			RunE: func(cmd *cobra.Command, args []string) error {
-				if err := checkFormat(a.output, formatTable, formatJSON); err != nil {
+				formats := []string{formatTable, formatJSON}
+				if what == "nodes" {
+					formats = append(formats, "labels")
+				}
+				if err := checkFormat(a.output, formats...); err != nil {
 					return err
 				}
 				cl, err := a.client()
@@ -132,7 +138,11 @@ func newGetCmd(e *env) *cobra.Command {
 				return getThing(ctx, e, cl, what, a.output, region, cluster)
 			},
 		}
-		a.register(c, formatTable, formatJSON)
+		if what == "nodes" {
+			a.register(c, formatTable, formatJSON, "labels")
+		} else {
+			a.register(c, formatTable, formatJSON)
+		}
 		if what == "nodes" {
 			c.Flags().StringVar(&region, "region", "", "only nodes of this region")
 			c.Flags().StringVar(&cluster, "cluster", "", "only nodes of this cluster (name, or REGION/CLUSTER)")
@@ -243,6 +253,19 @@ func getThing(ctx context.Context, e *env, c *apiclient.Client, what, output, re
 		}
 		if output == formatJSON {
 			return writeJSON(e.stdout, ns)
+		}
+		if output == "labels" {
+			// Kubernetes node labels Cilium policies and schedulers use
+			// (docs/cilium.md); one kubectl command per node, run against
+			// the node's cluster.
+			for _, n := range ns {
+				if n.Cluster == "" {
+					continue // gateways are not Kubernetes nodes
+				}
+				fmt.Fprintf(e.stdout, "kubectl --context %s label node %s --overwrite %s=%s %s=%s %s=%s %s=%s\n", spec.CiliumClusterName(n.Region, n.Cluster), n.Name,
+					cilium.NodeRoleLabel, n.Role, cilium.NodeClassLabel, n.Class, cilium.NodeRegionLabel, n.Region, cilium.NodeClusterLabel, n.Cluster)
+			}
+			return nil
 		}
 		t := newTable(e.stdout, "NAME", "REGION", "CLUSTER", "ROLE", "CLASS", "STATE", "OVERLAY", "PODS", "ENDPOINT", "HEALTH", "FIREWALL")
 		for _, n := range ns {

@@ -304,6 +304,26 @@ func TestLab(t *testing.T) {
 		}
 	})
 
+	t.Run("NodeLabelsForKubernetes", func(t *testing.T) {
+		out, err := exec.Command(binary, "get", "nodes", "-o", "labels", "--config", l.State.AdminConfig).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		weak := 0
+		for _, line := range lines {
+			if !strings.HasPrefix(line, "kubectl --context ") || !strings.Contains(line, "statemesh.dev/class=") {
+				t.Fatalf("not a kubectl label command: %q", line)
+			}
+			if strings.Contains(line, "statemesh.dev/class=weak") {
+				weak++
+			}
+		}
+		if len(lines) != 8 || weak != 4 {
+			t.Errorf("%d commands (want one per node, 8), %d weak (want 4):\n%s", len(lines), weak, out)
+		}
+	})
+
 	t.Run("WGShowMatchesControllerMap", func(t *testing.T) {
 		for _, h := range l.State.Hosts {
 			want := controllerPeers(t, l, h.Name)
