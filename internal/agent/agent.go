@@ -103,6 +103,7 @@ type Agent struct {
 	// fw is the node's nftables table (nil: not enforcing); fwErr the last
 	// failure; fwState says why it is nil.
 	fw           *firewall.Firewall
+	metrics      *agentMetrics
 	fwErr        error
 	fwState      string
 	driftRepairs int
@@ -152,6 +153,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, saveKick: make(chan struct{}, 1)}
+	a.metrics = newAgentMetrics(a)
 	var err error
 	if a.key, err = a.loadOrCreateKey(); err != nil {
 		return nil, err
@@ -398,7 +400,9 @@ func (a *Agent) device(ifname string) (*wg.Device, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.mu.Lock()
 	a.dev = d
+	a.mu.Unlock()
 	return d, nil
 }
 
@@ -440,8 +444,14 @@ func (a *Agent) applyDelta(ctx context.Context, delta *netmap.Delta) error {
 	}
 	a.mu.Unlock()
 	if err != nil {
+		a.metrics.applyErrors.Inc()
 		return fmt.Errorf("applying map revision %d: %w", desired.Revision, err)
 	}
+	kind := "full"
+	if delta != nil && ok {
+		kind = "delta"
+	}
+	a.metrics.applySeconds.WithLabelValues(kind).Observe(res.Duration.Seconds())
 	if delta != nil && ok {
 		a.syncFirewall(ctx, prev, desired, delta)
 	} else {
@@ -534,6 +544,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		} else {
 			a.log.Warn("watch ended; the data plane keeps its last map", "err", err, "revision", from)
 		}
+		a.metrics.watchResets.Inc()
 		if time.Since(start) > 10*time.Second {
 			backoff = 200 * time.Millisecond
 		}

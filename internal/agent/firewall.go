@@ -90,6 +90,7 @@ func (a *Agent) firewallLoop(ctx context.Context) {
 			a.mu.Lock()
 			a.driftRepairs++
 			a.mu.Unlock()
+			a.metrics.driftRepairs.Inc()
 		}
 	}
 }

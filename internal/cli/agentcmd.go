@@ -23,6 +23,7 @@ func newAgentCmd(e *env) *cobra.Command {
 	var cfg agent.Config
 	var logLevel, kekFile string
 	var withFirewall bool
+	var metricsListen string
 	var underlayAllow []string
 	cmd := &cobra.Command{
 		Use:   "agent --controller URL --token TOKEN [--role node|operator|gateway] [--data-dir DIR]",
@@ -76,6 +77,9 @@ agent restarts; either way 'wg show' works.`,
 				return err
 			}
 			defer a.Close()
+			if err := serveMetrics(ctx, metricsListen, a.MetricsHandler(), log); err != nil {
+				return fmt.Errorf("--metrics-listen: %w", err)
+			}
 			log.Info("agent running", "node", a.Name(), "controller", a.Identity().Server)
 			return a.Run(ctx)
 		},
@@ -83,6 +87,7 @@ agent restarts; either way 'wg show' works.`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.Controller, "controller", "", "controller URL (https://HOST:PORT)")
 	f.StringVar(&cfg.Token, "token", "", "join token, only needed for the first start (or $STATEMESH_TOKEN, which keeps it out of ps)")
+	f.StringVar(&metricsListen, "metrics-listen", "127.0.0.1:9465", "serve Prometheus metrics on this address at /metrics (\"\" to turn off; the node firewall drops the underlay except WireGuard)")
 	f.BoolVar(&withFirewall, "firewall", true, "enforce the mesh policy and underlay protection with StateMesh's nftables table")
 	f.StringSliceVar(&underlayAllow, "underlay-allow", nil, "ports left open on the underlay besides WireGuard, e.g. tcp/22")
 	f.StringToStringVar(&cfg.Labels, "labels", nil, "node labels for policy selectors, k=v,k2=v2 (sent at enrollment)")

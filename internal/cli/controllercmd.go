@@ -38,9 +38,9 @@ func newLogger(w *os.File, level string) (*slog.Logger, error) {
 }
 
 type controllerFlags struct {
-	dataDir, listen, advertise, storeKind, etcdEndpoints, etcdPrefix, logLevel, apply, kekFile string
-	hosts                                                                                      []string
-	heartbeatTimeout                                                                           time.Duration
+	dataDir, listen, advertise, storeKind, etcdEndpoints, etcdPrefix, logLevel, apply, kekFile, metricsListen string
+	hosts                                                                                                     []string
+	heartbeatTimeout                                                                                          time.Duration
 }
 
 func newControllerCmd(e *env) *cobra.Command {
@@ -72,6 +72,7 @@ DATA-DIR/admin.json (mode 0600) for the CLI:
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.apply, "apply", "", "apply this spec at start (as statemesh apply -f would)")
 	fl.DurationVar(&f.heartbeatTimeout, "gateway-timeout", 3*time.Second, "mark a gateway unhealthy after this long without a heartbeat")
+	fl.StringVar(&f.metricsListen, "metrics-listen", ":9464", "serve Prometheus metrics on this address at /metrics (\"\" to turn off)")
 	fl.StringVar(&f.kekFile, "kek-file", "", "key-encryption keyring sealing secrets at rest (default DATA-DIR/kek, created at first start; or $STATEMESH_KEK). Replicas on one etcd need the same one")
 	return cmd
 }
@@ -147,6 +148,9 @@ func runController(parent context.Context, e *env, f controllerFlags) error {
 		log.Warn("the store already has an admin credential but this data dir has no admin.json; use the admin.json of the replica that created it", "file", cfgPath)
 	}
 	srv := server.New(server.Config{Controller: c, Logger: log, Hosts: hosts})
+	if err := serveMetrics(ctx, f.metricsListen, c.MetricsHandler(), log); err != nil {
+		return fmt.Errorf("--metrics-listen: %w", err)
+	}
 	errc := make(chan error, 2)
 	go func() { errc <- c.Run(ctx) }()
 	go func() { errc <- srv.Serve(ctx, l) }()

@@ -191,6 +191,12 @@ func akKey(area []byte) (crypto.PublicKey, error) {
 // (consumed), the activated secret, and the quote bound to exporter, the
 // nonce and the node's WireGuard key.
 func (c *Controller) verifyEnrollment(ctx context.Context, raw []byte, tokenID string, wgPub netmap.Key, exporter []byte) (SessionRecord, error) {
+	s, err := c.checkEnrollmentEvidence(ctx, raw, tokenID, wgPub, exporter)
+	c.metrics.attestations.WithLabelValues("enrollment", attestVerdict(err)).Inc()
+	return s, err
+}
+
+func (c *Controller) checkEnrollmentEvidence(ctx context.Context, raw []byte, tokenID string, wgPub netmap.Key, exporter []byte) (SessionRecord, error) {
 	pol, _, _ := c.policy()
 	now := c.cfg.Now()
 	ev, err := attest.DecodeEvidence(raw)
@@ -221,6 +227,37 @@ func (c *Controller) verifyEnrollment(ctx context.Context, raw []byte, tokenID s
 // connection that carries it. A failure applies the policy's action at
 // once.
 func (c *Controller) Reattest(ctx context.Context, node string, raw []byte, exporter []byte) error {
+	err := c.checkReattestation(ctx, node, raw, exporter)
+	c.metrics.attestations.WithLabelValues("reattestation", attestVerdict(err)).Inc()
+	return err
+}
+
+// attestVerdicts names the verifier's refusals for metrics (bounded).
+var attestVerdicts = []struct {
+	err  error
+	name string
+}{
+	{attest.ErrMalformed, "malformed"}, {attest.ErrTooLarge, "too_large"}, {attest.ErrEKUntrusted, "ek_untrusted"},
+	{attest.ErrEKMismatch, "ek_mismatch"}, {attest.ErrAKAttributes, "ak_attributes"}, {attest.ErrActivation, "activation"},
+	{attest.ErrSession, "session"}, {attest.ErrBinding, "binding"}, {attest.ErrSignature, "signature"},
+	{attest.ErrPCRSelection, "pcr_selection"}, {attest.ErrPCRDigest, "pcr_digest"}, {attest.ErrPCRValue, "pcr_value"},
+	{attest.ErrSHA1Only, "sha1_only"}, {attest.ErrEventLogReplay, "event_log"}, {attest.ErrUnknownEventType, "event_type"},
+	{attest.ErrNoTPM, "no_tpm"},
+}
+
+func attestVerdict(err error) string {
+	if err == nil {
+		return "accepted"
+	}
+	for _, v := range attestVerdicts {
+		if errors.Is(err, v.err) {
+			return v.name
+		}
+	}
+	return "other"
+}
+
+func (c *Controller) checkReattestation(ctx context.Context, node string, raw []byte, exporter []byte) error {
 	pol, m, _ := c.policy()
 	now := c.cfg.Now()
 	c.mu.RLock()

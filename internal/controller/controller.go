@@ -121,6 +121,7 @@ type Controller struct {
 	slots     map[string]map[int]SlotRecord // region/cluster -> slot -> record
 	status    map[string]statusEntry
 	hub       *hub
+	metrics   *metrics
 
 	ready chan struct{}
 	// started is when Run began: gateways get a heartbeat timeout's grace
@@ -135,10 +136,9 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("controller: no store")
 	}
-	return &Controller{
+	c := &Controller{
 		cfg:     cfg,
 		log:     cfg.Logger,
-		st:      cfg.Store,
 		revWait: make(chan struct{}),
 		nodes:   map[string]*NodeRecord{},
 		clients: map[string]*ClientRecord{},
@@ -147,7 +147,10 @@ func New(cfg Config) (*Controller, error) {
 		status:  map[string]statusEntry{},
 		hub:     newHub(cfg.HistoryLen, cfg.QueueLen),
 		ready:   make(chan struct{}),
-	}, nil
+	}
+	c.metrics = newMetrics(c)
+	c.st = timedStore{Store: cfg.Store, h: c.metrics.storeOps}
+	return c, nil
 }
 
 // Bootstrap creates the CA (and, when none exists, an admin credential) in

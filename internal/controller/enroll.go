@@ -44,6 +44,12 @@ func parseEndpoint(field, s string) (netip.AddrPort, error) {
 // none and is admitted as weak only where the spec allows it (never as a
 // gateway). Evidence that fails verification is refused, never weak.
 func (c *Controller) Enroll(ctx context.Context, req api.EnrollRequest, exporter []byte) (api.EnrollResponse, error) {
+	resp, err := c.enroll(ctx, req, exporter)
+	c.metrics.enrollments.WithLabelValues(errCode(err)).Inc()
+	return resp, err
+}
+
+func (c *Controller) enroll(ctx context.Context, req api.EnrollRequest, exporter []byte) (api.EnrollResponse, error) {
 	now := c.cfg.Now()
 	if !nodeNameRE.MatchString(req.Name) {
 		return api.EnrollResponse{}, apiErr(api.CodeInvalidArgument, "node name %q: use lowercase letters, digits and '-', at most 63 characters", req.Name)

@@ -3,6 +3,7 @@ package controller
 import (
 	"encoding/json"
 	"sync/atomic"
+	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/netmap"
@@ -49,6 +50,7 @@ type subscriber struct {
 	sets     []string
 	frames   chan frame
 	overflow atomic.Bool
+	lastRev  atomic.Int64 // revision of the last frame queued
 }
 
 // frame is a pre-encoded watch frame; resync asks the stream for a fresh
@@ -57,6 +59,7 @@ type frame struct {
 	rev    int64
 	data   []byte
 	resync bool
+	at     time.Time // when the change was published (fan-out latency)
 }
 
 func newHub(histLen, queueLen int) *hub {
@@ -127,6 +130,7 @@ func (h *hub) unsubscribe(s *subscriber) {
 func (h *hub) len() int { return len(h.subs) }
 
 func (h *hub) enqueue(s *subscriber, f frame) {
+	s.lastRev.Store(f.rev)
 	select {
 	case s.frames <- f:
 		h.published.Add(1)
@@ -141,6 +145,7 @@ func (h *hub) enqueue(s *subscriber, f frame) {
 // audiences and records them for resumption. lookup returns a node's
 // current topology record (its state decides whether it is included).
 func (h *hub) publish(rev int64, changes []topology.Change, lookup func(string) (*topology.Node, bool)) {
+	now := time.Now()
 	for _, ch := range changes {
 		h.record(rev, ch)
 		var shared []byte
@@ -164,13 +169,13 @@ func (h *hub) publish(rev int64, changes []topology.Change, lookup func(string) 
 				if d.Empty() {
 					return
 				}
-				h.enqueue(s, frame{rev: rev, data: encodeDelta(rev, d)})
+				h.enqueue(s, frame{rev: rev, data: encodeDelta(rev, d), at: now})
 				return
 			}
 			if shared == nil {
 				shared = encodeDelta(rev, ch.Delta)
 			}
-			h.enqueue(s, frame{rev: rev, data: shared})
+			h.enqueue(s, frame{rev: rev, data: shared, at: now})
 		}
 		for _, sc := range ch.Audience.Scopes {
 			switch sc.Kind {

@@ -181,7 +181,11 @@ func (c *Controller) deliver(sub *subscriber, f frame, sink Sink, last *int64) e
 		if f.rev <= *last {
 			return nil // already in the snapshot the client has
 		}
-		return sink.Write(f.data)
+		err := sink.Write(f.data)
+		if err == nil && !f.at.IsZero() {
+			c.metrics.fanout.Observe(time.Since(f.at).Seconds())
+		}
+		return err
 	}
 	c.mu.RLock()
 	m, _, err := c.snapshotLocked(sub.name)

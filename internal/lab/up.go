@@ -383,7 +383,7 @@ func (l *Lab) controller(ctx context.Context) error {
 	if err := os.WriteFile(specPath, []byte(cfg.Spec(roots...)), 0o644); err != nil {
 		return err
 	}
-	argv := []string{cfg.Binary, "controller", "--data-dir", dir, "--listen", ControllerIP + ":7443", "--advertise", ControllerURL,
+	argv := []string{cfg.Binary, "controller", "--data-dir", dir, "--listen", ControllerIP + ":7443", "--advertise", ControllerURL, "--metrics-listen", ControllerIP + ":9464",
 		"--apply", specPath, "--gateway-timeout", cfg.GatewayTimeout.String()}
 	logPath := filepath.Join(cfg.Dir, "controller.log")
 	pid, err := startDetached(argv, logPath, nil)

@@ -7,10 +7,13 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -324,6 +327,42 @@ func TestLab(t *testing.T) {
 		}
 	})
 
+	t.Run("MetricsEndpoints", func(t *testing.T) {
+		resp, err := http.Get("http://" + lab.ControllerIP + ":9464/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("controller metrics: %s\n%s", resp.Status, body)
+		}
+		ctl := parseMetrics(string(body))
+		if got := ctl.sum("statemesh_nodes", ""); got != 12 {
+			t.Errorf("statemesh_nodes sums to %v, want 12 (8 nodes, 4 gateways):\n%s", got, ctl.grep("statemesh_"))
+		}
+		if got := ctl.sum("statemesh_nodes", `class="weak"`); got < 3 {
+			t.Errorf("weak nodes: %v", got)
+		}
+		if got := ctl.sum("statemesh_gateway_healthy", ""); got != 4 {
+			t.Errorf("healthy gateways: %v, want 4", got)
+		}
+		if got := ctl.sum("statemesh_gateway_designated_clusters", ""); got != 4 {
+			t.Errorf("designated clusters: %v, want 4", got)
+		}
+		if ctl.sum("statemesh_enrollments_total", `result="ok"`) < 12 || ctl.sum("statemesh_attestations_total", `verdict="accepted"`) < 8 {
+			t.Errorf("enrollment/attestation counters:\n%s", ctl.grep("statemesh_enrollments_total", "statemesh_attestations_total"))
+		}
+		if ctl.sum("statemesh_watch_streams", "") != 12 || ctl.sum("statemesh_fanout_delay_seconds_count", "") == 0 {
+			t.Errorf("streams/fan-out:\n%s", ctl.grep("statemesh_watch_streams", "statemesh_fanout_delay_seconds_count"))
+		}
+		ag := parseMetrics(hostOut(t, l, "eu-central-c1-n2", "curl", "-sf", "http://127.0.0.1:9465/metrics"))
+		if ag.sum("statemesh_agent_peers", "") < 3 || ag.sum("statemesh_agent_firewall_enforced", "") != 1 || ag.sum("statemesh_agent_map_healthy", "") != 1 ||
+			ag.sum("statemesh_agent_handshake_age_seconds_count", "") < 3 || ag.sum("statemesh_agent_receive_bytes_total", "") == 0 || ag.sum("statemesh_agent_interface_mtu", "") != 1440 {
+			t.Errorf("agent metrics:\n%s", ag.grep("statemesh_agent_"))
+		}
+	})
+
 	t.Run("WGShowMatchesControllerMap", func(t *testing.T) {
 		for _, h := range l.State.Hosts {
 			want := controllerPeers(t, l, h.Name)
@@ -530,4 +569,45 @@ func routes(t *testing.T, l *lab.Lab, host string) string {
 		t.Fatal(err)
 	}
 	return string(out)
+}
+
+// metricsText is a Prometheus exposition, line by line.
+type metricsText []string
+
+func parseMetrics(s string) metricsText {
+	var out metricsText
+	for _, l := range strings.Split(s, "\n") {
+		if l != "" && !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// sum adds the values of a metric's series whose labels contain match.
+func (m metricsText) sum(name, match string) float64 {
+	total := 0.0
+	for _, l := range m {
+		series, value, ok := strings.Cut(l, " ")
+		if !ok || (series != name && !strings.HasPrefix(series, name+"{")) || !strings.Contains(series, match) {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err == nil {
+			total += v
+		}
+	}
+	return total
+}
+
+func (m metricsText) grep(prefixes ...string) string {
+	var b strings.Builder
+	for _, l := range m {
+		for _, p := range prefixes {
+			if strings.HasPrefix(l, p) {
+				b.WriteString(l + "\n")
+			}
+		}
+	}
+	return b.String()
 }
