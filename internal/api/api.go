@@ -336,3 +336,44 @@ type ClientConfig struct {
 	AllowedIPs          []string   `json:"allowedIPs"`
 	PersistentKeepalive int        `json:"persistentKeepalive"`
 }
+
+// Event is something that happened in the mesh, as the controller saw it.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Kind    string    `json:"kind"` // enrolled, removed, state, gateway-health, failover, spec, client
+	Subject string    `json:"subject"`
+	Message string    `json:"message"`
+}
+
+// Status is the one-screen summary of a mesh.
+type Status struct {
+	Mesh     string         `json:"mesh"`
+	Revision int64          `json:"revision"`
+	Regions  []RegionStatus `json:"regions"`
+	// Nodes counts every node by class and state ("strong/active").
+	Nodes map[string]int `json:"nodes"`
+	// Quarantined names quarantined nodes (at most 50), StalePeers the
+	// nodes reporting stale handshakes (at most 50).
+	Quarantined []string `json:"quarantined"`
+	StalePeers  []string `json:"stalePeers"`
+	// NodesBehind reported an older map than the last change sent to them;
+	// NodesReporting have reported to this controller.
+	NodesBehind    int     `json:"nodesBehind"`
+	NodesReporting int     `json:"nodesReporting"`
+	Clients        int     `json:"clients"`
+	Events         []Event `json:"events"`
+}
+
+// RegionStatus is a region's gateways and clusters.
+type RegionStatus struct {
+	Name     string          `json:"name"`
+	Gateways []Gateway       `json:"gateways"`
+	Clusters []ClusterStatus `json:"clusters"`
+}
+
+// ClusterStatus is a cluster's designated gateway and node counts.
+type ClusterStatus struct {
+	Name              string         `json:"name"`
+	DesignatedGateway string         `json:"designatedGateway"`
+	Nodes             map[string]int `json:"nodes"` // "strong/active": n
+}

@@ -332,3 +332,15 @@ func (c *Client) ClientConfig(ctx context.Context, name string) (api.ClientConfi
 func (c *Client) RemoveClient(ctx context.Context, name string) error {
 	return c.jsonCall(ctx, http.MethodDelete, "/v1/clients/"+url.PathEscape(name), nil, nil)
 }
+
+// Status returns the mesh's one-screen summary.
+func (c *Client) Status(ctx context.Context) (api.Status, error) {
+	var r api.Status
+	return r, c.jsonCall(ctx, http.MethodGet, "/v1/status", nil, &r)
+}
+
+// Events returns recent events (limit 0: all the controller keeps).
+func (c *Client) Events(ctx context.Context, limit int) ([]api.Event, error) {
+	var r []api.Event
+	return r, c.jsonCall(ctx, http.MethodGet, fmt.Sprintf("/v1/events?limit=%d", limit), nil, &r)
+}

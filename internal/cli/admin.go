@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -117,6 +119,7 @@ func newGetCmd(e *env) *cobra.Command {
 	var a adminFlags
 	region := ""
 	cluster := ""
+	watchNodes := false
 	get := func(what string) *cobra.Command {
 		c := &cobra.Command{
 			Use:   what,
@@ -133,6 +136,11 @@ func newGetCmd(e *env) *cobra.Command {
 				if err != nil {
 					return err
 				}
+				if what == "nodes" && watchNodes {
+					ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+					defer stop()
+					return followNodes(ctx, e, cl, region, cluster, time.Second)
+				}
 				ctx, cancel := callCtx(cmd)
 				defer cancel()
 				return getThing(ctx, e, cl, what, a.output, region, cluster)
@@ -146,6 +154,7 @@ func newGetCmd(e *env) *cobra.Command {
 		if what == "nodes" {
 			c.Flags().StringVar(&region, "region", "", "only nodes of this region")
 			c.Flags().StringVar(&cluster, "cluster", "", "only nodes of this cluster (name, or REGION/CLUSTER)")
+			c.Flags().BoolVarP(&watchNodes, "watch", "w", false, "print the list, then every change (enrolled, removed, state, class, health) as it happens; Ctrl-C ends")
 		}
 		return c
 	}
@@ -282,6 +291,62 @@ func getThing(ctx context.Context, e *env, c *apiclient.Client, what, output, re
 		return t.flush()
 	}
 	return usagef("unknown kind %q", what)
+}
+
+// followNodes prints the node list, then the changes, polling every
+// interval until ctx ends.
+func followNodes(ctx context.Context, e *env, cl *apiclient.Client, region, cluster string, interval time.Duration) error {
+	if r, c, ok := strings.Cut(cluster, "/"); ok {
+		region, cluster = r, c
+	}
+	describe := func(n api.Node) string {
+		s := fmt.Sprintf("%s %s %s %s", n.Role, n.Class, n.State, n.OverlayIPv4)
+		if n.Healthy != nil {
+			s += map[bool]string{true: " healthy", false: " unhealthy"}[*n.Healthy]
+		}
+		if n.Reason != "" {
+			s += " (" + n.Reason + ")"
+		}
+		return s
+	}
+	var prev map[string]api.Node
+	for {
+		ns, err := cl.Nodes(ctx, region, cluster)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			fmt.Fprintf(e.stderr, "%s  controller: %v (retrying)\n", time.Now().Format("15:04:05"), err)
+		} else {
+			cur := map[string]api.Node{}
+			for _, n := range ns {
+				cur[n.Name] = n
+			}
+			now := time.Now().Format("15:04:05")
+			for _, n := range ns {
+				old, had := prev[n.Name]
+				switch {
+				case prev == nil:
+					fmt.Fprintf(e.stdout, "%s    %s  %s\n", now, n.Name, describe(n))
+				case !had:
+					fmt.Fprintf(e.stdout, "%s  + %s  %s\n", now, n.Name, describe(n))
+				case describe(old) != describe(n):
+					fmt.Fprintf(e.stdout, "%s  ~ %s  %s  (was %s)\n", now, n.Name, describe(n), describe(old))
+				}
+			}
+			for name := range prev {
+				if _, ok := cur[name]; !ok {
+					fmt.Fprintf(e.stdout, "%s  - %s  removed\n", now, name)
+				}
+			}
+			prev = cur
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(interval):
+		}
+	}
 }
 
 func dash(s string) string {

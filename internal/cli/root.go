@@ -81,6 +81,7 @@ Start with:  statemesh validate -f mesh.yaml
 		newPolicyCmd(e),
 		newRenderCmd(e),
 		newClientCmd(e),
+		newStatusCmd(e),
 		newWireGuardGoCmd(e),
 		newLabCmd(e),
 		newSecretsCmd(e),

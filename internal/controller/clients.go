@@ -211,6 +211,9 @@ func (c *Controller) RemoveClient(ctx context.Context, name string) error {
 func (c *Controller) applyClientLocked(key string, value []byte, deleted bool, rev int64) []topology.Change {
 	name := strings.TrimPrefix(key, prefixClients)
 	if deleted {
+		if _, had := c.clients[name]; had && rev > 0 {
+			c.eventLocked("client", name, "client revoked")
+		}
 		delete(c.clients, name)
 		if c.ix != nil && rev > 0 {
 			return c.ix.RemoveClient(name)
@@ -221,6 +224,9 @@ func (c *Controller) applyClientLocked(key string, value []byte, deleted bool, r
 	if err != nil {
 		c.log.Error("undecodable client record", "key", key, "err", err)
 		return nil
+	}
+	if _, had := c.clients[name]; !had && rev > 0 {
+		c.eventLocked("client", name, "client added in %s (segment %s, %s)", r.Region, r.Segment, r.IPv4)
 	}
 	c.clients[name] = &r
 	if c.ix != nil && rev > 0 {

@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/attest"
 	"github.com/statemesh/statemesh/internal/plan"
 	"github.com/statemesh/statemesh/internal/policy"
@@ -122,6 +123,7 @@ type Controller struct {
 	status    map[string]statusEntry
 	hub       *hub
 	metrics   *metrics
+	events    []api.Event
 
 	ready chan struct{}
 	// started is when Run began: gateways get a heartbeat timeout's grace
@@ -372,6 +374,9 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 			return
 		}
 		if r, err := decode[SpecRecord](value); err == nil {
+			if rev > 0 && c.specYAML != r.YAML {
+				c.eventLocked("spec", "spec", "a new spec was applied")
+			}
 			c.specYAML = r.YAML
 			if m, err := spec.Parse([]byte(r.YAML)); err == nil {
 				c.mesh = m
@@ -409,6 +414,9 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 	case strings.HasPrefix(key, prefixNodes):
 		name := strings.TrimPrefix(key, prefixNodes)
 		if deleted {
+			if _, had := c.nodes[name]; had && rev > 0 {
+				c.eventLocked("removed", name, "removed from the mesh")
+			}
 			delete(c.nodes, name)
 			delete(c.status, name)
 			if c.ix != nil && rev > 0 {
@@ -420,6 +428,16 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 		if err != nil {
 			c.log.Error("undecodable node record", "key", key, "err", err)
 			return
+		}
+		if rev > 0 {
+			switch old, had := c.nodes[name]; {
+			case !had:
+				c.eventLocked("enrolled", name, "%s in %s (%s)", n.Role, clusterOrRegion(&n), n.Class)
+			case old.State != n.State:
+				c.eventLocked("state", name, "%s → %s: %s", old.State, n.State, n.Reason)
+			case old.Class != n.Class:
+				c.eventLocked("state", name, "class %s → %s: %s", old.Class, n.Class, n.Reason)
+			}
 		}
 		c.nodes[name] = &n
 		if c.ix != nil && rev > 0 {
@@ -436,7 +454,9 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 		if deleted {
 			delete(c.health, name)
 			if c.ix != nil && rev > 0 {
+				before := c.designationsLocked()
 				changes = c.ix.SetHealth(name, false)
+				c.failoverEventsLocked(before)
 			}
 			break
 		}
@@ -448,9 +468,14 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 		c.health[name] = h
 		if old.Healthy != h.Healthy {
 			c.log.Info("gateway health", "gateway", name, "healthy", h.Healthy, "reason", h.Reason)
+			if rev > 0 {
+				c.eventLocked("gateway-health", name, "%s (%s)", map[bool]string{true: "healthy", false: "unhealthy"}[h.Healthy], h.Reason)
+			}
 		}
 		if c.ix != nil && rev > 0 {
+			before := c.designationsLocked()
 			changes = c.ix.SetHealth(name, h.Healthy)
+			c.failoverEventsLocked(before)
 		}
 	case strings.HasPrefix(key, prefixSlots):
 		region, cluster, n, ok := parseSlotKey(key)
@@ -474,6 +499,13 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 	if len(changes) > 0 && rev > 0 {
 		c.hub.publish(rev, changes, c.lookupLocked)
 	}
+}
+
+func clusterOrRegion(n *NodeRecord) string {
+	if n.Cluster == "" {
+		return n.Region
+	}
+	return n.Region + "/" + n.Cluster
 }
 
 func (c *Controller) lookupLocked(name string) (*topology.Node, bool) {

@@ -126,6 +126,8 @@ func (s *Server) routes() {
 	admin("GET /v1/tokens", s.listTokens)
 	admin("POST /v1/tokens", s.createToken)
 	admin("DELETE /v1/tokens/{id}", s.revokeToken)
+	admin("GET /v1/status", s.status)
+	admin("GET /v1/events", s.listEvents)
 	admin("GET /v1/clients", s.listClients)
 	admin("POST /v1/clients", s.addClient)
 	admin("GET /v1/clients/{name}/config", s.clientConfig)
@@ -366,6 +368,28 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, http.StatusCreated, t)
+	return nil
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
+	st, err := s.c.Status()
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, st)
+	return nil
+}
+
+func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {
+	limit := 0
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return &api.Error{Code: api.CodeInvalidArgument, Message: fmt.Sprintf("limit %q: a number ≥ 0", v)}
+		}
+		limit = n
+	}
+	writeJSON(w, http.StatusOK, s.c.Events(limit))
 	return nil
 }
 

@@ -394,6 +394,12 @@ func TestContractCoversEveryOperation(t *testing.T) {
 	}
 	h.admin.Nodes(ctx, "", "")
 	h.admin.Node(ctx, "n0")
+	if st, err := h.admin.Status(ctx); err != nil || st.Mesh != "small" || st.Nodes["weak/active"] != 1 {
+		t.Errorf("status: %+v %v", st, err)
+	}
+	if ev, err := h.admin.Events(ctx, 5); err != nil || len(ev) == 0 || ev[len(ev)-1].Subject != "n0" {
+		t.Errorf("events: %+v %v", ev, err)
+	}
 	if m, err := h.admin.NodeMap(ctx, "n0"); err != nil || m.Self.Name != "n0" {
 		t.Errorf("node map: %+v %v", m.Self, err)
 	}
@@ -412,7 +418,7 @@ func TestContractCoversEveryOperation(t *testing.T) {
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: nil}}
 	_ = hc
 	for _, op := range []string{"applySpec", "getSpec", "getPlan", "listRegions", "listClusters", "listNodes", "getNode", "getNodeMap", "removeNode",
-		"quarantineNode", "releaseNode", "listTokens", "createToken", "revokeToken", "enroll", "watchMap", "reportStatus"} {
+		"quarantineNode", "releaseNode", "listTokens", "createToken", "revokeToken", "enroll", "watchMap", "reportStatus", "getStatus", "listEvents"} {
 		// attestChallenge, nodeAttestChallenge and nodeAttest are exercised
 		// by TestAttestedEnrollment through its own contract.
 		if !h.ct.seen[op] {

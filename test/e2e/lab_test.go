@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -413,6 +414,17 @@ func TestLab(t *testing.T) {
 		regions, _ = l.Admin.Regions(ctx)
 		if now := regions[0].Designation["c1"]; now == victim {
 			t.Errorf("designation did not move off the dead gateway %s", victim)
+		}
+		// statemesh status, as an operator runs it, shows the move.
+		out, err := exec.Command(binary, "status", "--config", l.State.AdminConfig).CombinedOutput()
+		if err != nil {
+			t.Fatalf("statemesh status: %v\n%s", err, out)
+		}
+		text := string(out)
+		if !regexp.MustCompile(`(?m)^\s+`+regexp.QuoteMeta(victim)+`\s+UNHEALTHY\s+active\s+-$`).MatchString(text) ||
+			!regexp.MustCompile(`(?m)^eu-central/c1\s+`+regexp.QuoteMeta(regions[0].Designation["c1"])+`\s`).MatchString(text) ||
+			!regexp.MustCompile(`failover\s+eu-central/c1\s+designated gateway `+regexp.QuoteMeta(victim)+` → `).MatchString(text) {
+			t.Errorf("statemesh status does not show %s down and eu-central/c1 moved:\n%s", victim, text)
 		}
 		// Bring the gateway back for the next scenarios.
 		if err := l.StartAgent(victim); err != nil {

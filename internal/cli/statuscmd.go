@@ -1,0 +1,106 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/statemesh/statemesh/internal/api"
+)
+
+func newStatusCmd(e *env) *cobra.Command {
+	var a adminFlags
+	cmd := &cobra.Command{
+		Use:   "status [-o table|json]",
+		Short: "One screen: regions, gateways and the clusters they carry, nodes by class and state, recent events",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkFormat(a.output, formatTable, formatJSON); err != nil {
+				return err
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := callCtx(cmd)
+			defer cancel()
+			st, err := c.Status(ctx)
+			if err != nil {
+				return err
+			}
+			if a.output == formatJSON {
+				return writeJSON(e.stdout, st)
+			}
+			return printStatus(e.stdout, st)
+		},
+	}
+	a.register(cmd, formatTable, formatJSON)
+	return cmd
+}
+
+func countsText(m map[string]int) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func printStatus(w io.Writer, st api.Status) error {
+	total := 0
+	for _, n := range st.Nodes {
+		total += n
+	}
+	fmt.Fprintf(w, "MESH %s   revision %d   %d nodes (%s)   %d clients\n", st.Mesh, st.Revision, total, countsText(st.Nodes), st.Clients)
+	fmt.Fprintf(w, "reporting to this controller: %d   applying an older map than sent: %d\n\n", st.NodesReporting, st.NodesBehind)
+	t := newTable(w, "REGION", "GATEWAY", "HEALTH", "STATE", "DESIGNATED FOR")
+	for _, r := range st.Regions {
+		if len(r.Gateways) == 0 {
+			t.row(r.Name, "(none)", "-", "-", "-")
+		}
+		for i, g := range r.Gateways {
+			region := r.Name
+			if i > 0 {
+				region = ""
+			}
+			health := "healthy"
+			if !g.Healthy {
+				health = "UNHEALTHY"
+			}
+			t.row(region, g.Name, health, g.State, dash(strings.Join(g.Clusters, ", ")))
+		}
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	t = newTable(w, "CLUSTER", "DESIGNATED GATEWAY", "NODES")
+	for _, r := range st.Regions {
+		for _, c := range r.Clusters {
+			t.row(r.Name+"/"+c.Name, dash(c.DesignatedGateway), countsText(c.Nodes))
+		}
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "QUARANTINED       %s\n", dash(strings.Join(st.Quarantined, ", ")))
+	fmt.Fprintf(w, "STALE HANDSHAKES  %s\n", dash(strings.Join(st.StalePeers, ", ")))
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "RECENT EVENTS")
+	if len(st.Events) == 0 {
+		fmt.Fprintln(w, "  (none since this controller started)")
+	}
+	t = newTable(w, "  TIME", "KIND", "SUBJECT", "WHAT")
+	for _, ev := range st.Events {
+		t.row("  "+ev.Time.Format("15:04:05"), ev.Kind, ev.Subject, ev.Message)
+	}
+	return t.flush()
+}
