@@ -78,6 +78,9 @@ type Config struct {
 	// drift (default 30s).
 	StatusEvery    time.Duration
 	ReconcileEvery time.Duration
+	// ProbeEvery is how often the agent measures its paths to gateways
+	// (RTT, loss, path MTU; default 30s, negative: never).
+	ProbeEvery time.Duration
 	// StaleAfter is the handshake age after which a peer with keepalive
 	// counts as stale (default 3m).
 	StaleAfter time.Duration
@@ -104,6 +107,7 @@ type Agent struct {
 	// failure; fwState says why it is nil.
 	fw           *firewall.Firewall
 	metrics      *agentMetrics
+	paths        []api.PathProbe
 	fwErr        error
 	fwState      string
 	driftRepairs int
@@ -130,6 +134,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReconcileEvery == 0 {
 		c.ReconcileEvery = 30 * time.Second
+	}
+	if c.ProbeEvery == 0 {
+		c.ProbeEvery = 30 * time.Second
 	}
 	if c.StaleAfter == 0 {
 		c.StaleAfter = 3 * time.Minute
@@ -520,7 +527,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	var wgRun sync.WaitGroup
-	wgRun.Add(6)
+	wgRun.Add(7)
+	go func() { defer wgRun.Done(); a.probeLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.firewallLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.renewLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.reattestLoop(ctx) }()
@@ -616,9 +624,9 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 // Status is the agent's own view of its data plane.
 func (a *Agent) Status() api.StatusReport {
 	a.mu.Lock()
-	m, ok := a.prev, a.ok
+	m, ok, paths := a.prev, a.ok, a.paths
 	a.mu.Unlock()
-	r := api.StatusReport{AppliedRevision: m.Revision, Peers: len(m.Peers), Healthy: ok, Firewall: a.firewallStatus()}
+	r := api.StatusReport{AppliedRevision: m.Revision, Peers: len(m.Peers), Healthy: ok, Firewall: a.firewallStatus(), Paths: paths, Time: time.Now()}
 	if a.dev == nil {
 		r.Healthy = false
 		r.Message = "no map applied yet"

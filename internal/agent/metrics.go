@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/netmap"
 )
 
@@ -54,6 +55,10 @@ var (
 	descFirewall  = prometheus.NewDesc("statemesh_agent_firewall_enforced", "1 when the node enforces the policy with its nftables table.", nil, nil)
 	descMTU       = prometheus.NewDesc("statemesh_agent_interface_mtu", "MTU of the WireGuard interface (from the plan).", nil, nil)
 	descUp        = prometheus.NewDesc("statemesh_agent_map_healthy", "1 when the last map application succeeded.", nil, nil)
+	descPathRTT   = prometheus.NewDesc("statemesh_agent_path_rtt_seconds", "Median probe round trip to the region's gateways (the slowest probed gateway of the region).", []string{"region"}, nil)
+	descPathLoss  = prometheus.NewDesc("statemesh_agent_path_loss_ratio", "Share of probes lost to the region's gateways (the worst probed gateway of the region).", []string{"region"}, nil)
+	descPathMTU   = prometheus.NewDesc("statemesh_agent_path_mtu_bytes", "Smallest probed path MTU through the overlay to the region's gateways.", []string{"region"}, nil)
+	descPathLow   = prometheus.NewDesc("statemesh_agent_path_mtu_below_plan", "Probed paths whose MTU is below the planned interface MTU.", nil, nil)
 )
 
 // handshakeBuckets: WireGuard rekeys every 2 minutes; a keepalive peer
@@ -61,7 +66,7 @@ var (
 var handshakeBuckets = []float64{5, 15, 30, 60, 120, 180, 300, 900}
 
 func (c *deviceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descHandshake, descRx, descTx, descStale, descRevision, descFirewall, descMTU, descUp} {
+	for _, d := range []*prometheus.Desc{descPeers, descHandshake, descRx, descTx, descStale, descRevision, descFirewall, descMTU, descUp, descPathRTT, descPathLoss, descPathMTU, descPathLow} {
 		ch <- d
 	}
 }
@@ -69,8 +74,9 @@ func (c *deviceCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *deviceCollector) Collect(ch chan<- prometheus.Metric) {
 	a := c.a
 	a.mu.Lock()
-	m, ok, dev := a.prev, a.ok, a.dev
+	m, ok, dev, paths := a.prev, a.ok, a.dev, a.paths
 	a.mu.Unlock()
+	collectPaths(ch, paths)
 	roles := map[string]int{}
 	for _, p := range m.Peers {
 		roles[p.Role]++
@@ -133,4 +139,45 @@ func b2f(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// collectPaths reduces the latest probe round to one series per region
+// (bounded by the number of regions, not of peers): the worst RTT and loss
+// and the smallest MTU among that region's probed gateways.
+func collectPaths(ch chan<- prometheus.Metric, paths []api.PathProbe) {
+	type agg struct {
+		rtt, loss float64
+		mtu       int
+		answered  bool
+	}
+	by := map[string]*agg{}
+	low := 0
+	for _, p := range paths {
+		g := by[p.Region]
+		if g == nil {
+			g = &agg{}
+			by[p.Region] = g
+		}
+		g.loss = max(g.loss, p.Loss)
+		if p.Loss < 1 {
+			g.rtt = max(g.rtt, p.RTTMillis/1000)
+			g.answered = true
+			if p.PathMTU > 0 && (g.mtu == 0 || p.PathMTU < g.mtu) {
+				g.mtu = p.PathMTU
+			}
+			if p.PathMTU > 0 && p.PathMTU < p.PlannedMTU {
+				low++
+			}
+		}
+	}
+	for r, g := range by {
+		ch <- prometheus.MustNewConstMetric(descPathLoss, prometheus.GaugeValue, g.loss, r)
+		if g.answered {
+			ch <- prometheus.MustNewConstMetric(descPathRTT, prometheus.GaugeValue, g.rtt, r)
+		}
+		if g.mtu > 0 {
+			ch <- prometheus.MustNewConstMetric(descPathMTU, prometheus.GaugeValue, float64(g.mtu), r)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descPathLow, prometheus.GaugeValue, float64(low))
 }

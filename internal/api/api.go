@@ -158,6 +158,9 @@ type Node struct {
 	Firewall        string     `json:"firewall,omitempty"`
 	AppliedRevision int64      `json:"appliedRevision,omitempty"`
 	ReportedAt      *time.Time `json:"reportedAt,omitempty"`
+	// ClockSkewMillis is the node's clock minus the controller's at its
+	// last report (network delay included).
+	ClockSkewMillis float64 `json:"clockSkewMillis,omitempty"`
 }
 
 // CreateTokenRequest asks for a join token. Node and operator tokens are
@@ -272,6 +275,35 @@ type StatusReport struct {
 	// why not.
 	Firewall string `json:"firewall,omitempty"`
 	Message  string `json:"message,omitempty"`
+	// Paths are the agent's latest measurements of its paths to gateways
+	// (and, on gateways, to the other gateways).
+	Paths []PathProbe `json:"paths,omitempty"`
+	// Time is the node's clock when it reported (clock skew threatens
+	// certificate and attestation validity).
+	Time time.Time `json:"time,omitzero"`
+}
+
+// PathProbe is one measured path from the reporting node.
+type PathProbe struct {
+	Peer   string `json:"peer"`
+	Region string `json:"region"`
+	// RTTMillis is the median round trip of small echoes; Loss their loss
+	// (0..1).
+	RTTMillis float64 `json:"rttMillis"`
+	Loss      float64 `json:"loss"`
+	// PathMTU is the largest packet that crossed (0: unknown); PlannedMTU
+	// the interface MTU the plan set.
+	PathMTU    int       `json:"pathMTU"`
+	PlannedMTU int       `json:"plannedMTU"`
+	At         time.Time `json:"at"`
+}
+
+// Path is a measured path as the controller reports it.
+type Path struct {
+	From       string `json:"from"`
+	FromRegion string `json:"fromRegion"`
+	FromRole   string `json:"fromRole"`
+	PathProbe
 }
 
 // Watch frame types.
@@ -362,6 +394,22 @@ type Status struct {
 	NodesReporting int     `json:"nodesReporting"`
 	Clients        int     `json:"clients"`
 	Events         []Event `json:"events"`
+	// Latency is the region × region matrix from the nodes' path probes.
+	Latency []RegionLatency `json:"latency"`
+}
+
+// RegionLatency is one cell of the latency matrix: probes from nodes and
+// gateways of From to gateways of To (From == To: inside the region).
+type RegionLatency struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+	// RTTMillis is the median of the answered paths' median RTTs; Loss
+	// the mean loss over all paths; Paths how many were probed.
+	RTTMillis float64 `json:"rttMillis"`
+	Loss      float64 `json:"loss"`
+	Paths     int     `json:"paths"`
+	// MinPathMTU is the smallest path MTU probed (0: none measured).
+	MinPathMTU int `json:"minPathMTU"`
 }
 
 // RegionStatus is a region's gateways and clusters.

@@ -344,3 +344,9 @@ func (c *Client) Events(ctx context.Context, limit int) ([]api.Event, error) {
 	var r []api.Event
 	return r, c.jsonCall(ctx, http.MethodGet, fmt.Sprintf("/v1/events?limit=%d", limit), nil, &r)
 }
+
+// Paths returns the paths the nodes measured.
+func (c *Client) Paths(ctx context.Context) ([]api.Path, error) {
+	var r []api.Path
+	return r, c.jsonCall(ctx, http.MethodGet, "/v1/paths", nil, &r)
+}

@@ -104,6 +104,7 @@ agent restarts; either way 'wg show' works.`,
 	f.DurationVar(&cfg.StatusEvery, "status-interval", 0, "status/heartbeat interval (default 1s for gateways, 10s otherwise)")
 	f.DurationVar(&cfg.ReconcileEvery, "reconcile-interval", 30*time.Second, "re-apply the map this often to repair drift")
 	f.DurationVar(&cfg.DriftEvery, "drift-interval", time.Second, "check StateMesh's nftables table this often and restore it when changed")
+	f.DurationVar(&cfg.ProbeEvery, "probe-interval", 30*time.Second, "measure RTT, loss and path MTU to the gateways this often (negative: off)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

@@ -242,6 +242,41 @@ checks the mesh with real packets.
 	}
 	tamper.Flags().IntVar(&pcr, "pcr", 7, "PCR to extend")
 
-	cmd.AddCommand(up, check, down, exec, status, tamper, probe, serve, stream)
+	var wanMTU int
+	var wanDown bool
+	wan := &cobra.Command{
+		Use:   "wan GATEWAY [--mtu N] [--down]",
+		Short: "Change a gateway's WAN link at the switch: lower its MTU (frames above it are dropped) or cut it; without flags, restore it (MTU 1500, up)",
+		Example: `  sudo statemesh lab wan eu-central-gw1 --mtu 1400   # then: statemesh doctor
+  sudo statemesh lab wan eu-central-gw1 --down
+  sudo statemesh lab wan eu-central-gw1               # back to MTU 1500, up`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Open(dir)
+			if err != nil {
+				return err
+			}
+			mtu := wanMTU
+			if mtu == 0 && !wanDown {
+				mtu = l.State.Config.WANMTU
+			}
+			if err := l.WANLink(args[0], mtu, !wanDown); err != nil {
+				return err
+			}
+			state := "up"
+			if wanDown {
+				state = "down"
+			}
+			if mtu > 0 {
+				state += fmt.Sprintf(", MTU %d at the switch", mtu)
+			}
+			fmt.Fprintf(e.stdout, "%s's WAN link: %s\n", args[0], state)
+			return nil
+		},
+	}
+	wan.Flags().IntVar(&wanMTU, "mtu", 0, "MTU of the switch port (default: the lab's WAN MTU)")
+	wan.Flags().BoolVar(&wanDown, "down", false, "cut the link")
+
+	cmd.AddCommand(up, check, down, exec, status, tamper, wan, probe, serve, stream)
 	return cmd
 }

@@ -82,6 +82,7 @@ Start with:  statemesh validate -f mesh.yaml
 		newRenderCmd(e),
 		newClientCmd(e),
 		newStatusCmd(e),
+		newDoctorCmd(e),
 		newWireGuardGoCmd(e),
 		newLabCmd(e),
 		newSecretsCmd(e),

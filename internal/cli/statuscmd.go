@@ -94,6 +94,12 @@ func printStatus(w io.Writer, st api.Status) error {
 	fmt.Fprintf(w, "QUARANTINED       %s\n", dash(strings.Join(st.Quarantined, ", ")))
 	fmt.Fprintf(w, "STALE HANDSHAKES  %s\n", dash(strings.Join(st.StalePeers, ", ")))
 	fmt.Fprintln(w)
+	if len(st.Latency) > 0 {
+		if err := printLatency(w, st.Latency); err != nil {
+			return err
+		}
+		fmt.Fprintln(w)
+	}
 	fmt.Fprintln(w, "RECENT EVENTS")
 	if len(st.Events) == 0 {
 		fmt.Fprintln(w, "  (none since this controller started)")
@@ -101,6 +107,44 @@ func printStatus(w io.Writer, st api.Status) error {
 	t = newTable(w, "  TIME", "KIND", "SUBJECT", "WHAT")
 	for _, ev := range st.Events {
 		t.row("  "+ev.Time.Format("15:04:05"), ev.Kind, ev.Subject, ev.Message)
+	}
+	return t.flush()
+}
+
+// printLatency prints the region × region matrix: median RTT in ms, loss
+// when there is any, and the smallest path MTU.
+func printLatency(w io.Writer, cells []api.RegionLatency) error {
+	var regions []string
+	at := map[[2]string]api.RegionLatency{}
+	for _, c := range cells {
+		at[[2]string{c.From, c.To}] = c
+		regions = append(regions, c.From, c.To)
+	}
+	slices.Sort(regions)
+	regions = slices.Compact(regions)
+	fmt.Fprintln(w, "LATENCY (median RTT ms, loss, smallest path MTU; rows probe columns' gateways)")
+	t := newTable(w, append([]string{"  FROM \\ TO"}, regions...)...)
+	for _, from := range regions {
+		row := []any{"  " + from}
+		for _, to := range regions {
+			c, ok := at[[2]string{from, to}]
+			switch {
+			case !ok:
+				row = append(row, "-")
+			case c.Loss >= 1:
+				row = append(row, "unreachable")
+			default:
+				cell := fmt.Sprintf("%.1f", c.RTTMillis)
+				if c.Loss > 0 {
+					cell += fmt.Sprintf(" %.0f%%loss", c.Loss*100)
+				}
+				if c.MinPathMTU > 0 {
+					cell += fmt.Sprintf(" mtu %d", c.MinPathMTU)
+				}
+				row = append(row, cell)
+			}
+		}
+		t.row(row...)
 	}
 	return t.flush()
 }

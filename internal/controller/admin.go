@@ -181,8 +181,39 @@ func (c *Controller) withStatus(v api.Node) api.Node {
 		v.AppliedRevision = st.report.AppliedRevision
 		at := st.at
 		v.ReportedAt = &at
+		if !st.report.Time.IsZero() {
+			v.ClockSkewMillis = float64(st.report.Time.Sub(st.at).Microseconds()) / 1000
+		}
 	}
 	return v
+}
+
+// Paths lists the paths nodes measured (their latest reports to this
+// controller), sorted by reporter and peer.
+func (c *Controller) Paths() []api.Path {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.pathsLocked()
+}
+
+func (c *Controller) pathsLocked() []api.Path {
+	out := []api.Path{}
+	for name, st := range c.status {
+		n, ok := c.nodes[name]
+		if !ok {
+			continue
+		}
+		for _, p := range st.report.Paths {
+			out = append(out, api.Path{From: name, FromRegion: n.Region, FromRole: n.Role, PathProbe: p})
+		}
+	}
+	slices.SortFunc(out, func(a, b api.Path) int {
+		if c := cmpStr(a.From, b.From); c != 0 {
+			return c
+		}
+		return cmpStr(a.Peer, b.Peer)
+	})
+	return out
 }
 
 // Nodes lists nodes, optionally of one region and/or cluster.

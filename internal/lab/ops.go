@@ -270,3 +270,28 @@ func (l *Lab) Tamper(host string, pcr int) error {
 	defer rw.Close()
 	return attest.ExtendPCR(rw, pcr, []byte("statemesh lab: simulated tampered boot"))
 }
+
+// WANLink changes a gateway's WAN link at the WAN switch's side, where an
+// operator's provider would: mtu > 0 sets its MTU (larger frames are
+// dropped silently, as a misconfigured hop does), up false cuts it.
+func (l *Lab) WANLink(host string, mtu int, up bool) error {
+	h, ok := l.State.Host(host)
+	if !ok {
+		return fmt.Errorf("no lab host %q", host)
+	}
+	if h.Role != "gateway" {
+		return fmt.Errorf("%s is a %s; only gateways have a WAN link", host, h.Role)
+	}
+	port := fmt.Sprintf("g%d", h.RegionIdx*10+h.Index)
+	args := []string{"ip", "-n", wanSwitch, "link", "set", port}
+	if mtu > 0 {
+		args = append(args, "mtu", strconv.Itoa(mtu))
+	}
+	if up {
+		args = append(args, "up")
+	} else {
+		args = append(args, "down")
+	}
+	_, err := sh(args...)
+	return err
+}

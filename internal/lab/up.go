@@ -434,7 +434,8 @@ func (l *Lab) agentArgv(h *Host, token string) []string {
 	cfg := l.State.Config
 	argv := append(nsenterArgs(l.State.Holders[h.Name]), cfg.Binary, "agent", "--controller", ControllerURL,
 		"--name", h.Name, "--role", h.Role, "--data-dir", filepath.Join(cfg.Dir, "hosts", h.Name),
-		"--endpoint", netip.AddrPortFrom(h.Underlay, 51820).String(), "--wireguard", "auto")
+		"--endpoint", netip.AddrPortFrom(h.Underlay, 51820).String(), "--wireguard", "auto",
+		"--probe-interval", "3s")
 	if h.Role == "gateway" {
 		argv = append(argv, "--public-endpoint", netip.AddrPortFrom(h.WAN, 51820).String())
 	}

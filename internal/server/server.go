@@ -128,6 +128,7 @@ func (s *Server) routes() {
 	admin("DELETE /v1/tokens/{id}", s.revokeToken)
 	admin("GET /v1/status", s.status)
 	admin("GET /v1/events", s.listEvents)
+	admin("GET /v1/paths", s.listPaths)
 	admin("GET /v1/clients", s.listClients)
 	admin("POST /v1/clients", s.addClient)
 	admin("GET /v1/clients/{name}/config", s.clientConfig)
@@ -377,6 +378,11 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, http.StatusOK, st)
+	return nil
+}
+
+func (s *Server) listPaths(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, s.c.Paths())
 	return nil
 }
 

@@ -404,7 +404,11 @@ func TestContractCoversEveryOperation(t *testing.T) {
 		t.Errorf("node map: %+v %v", m.Self, err)
 	}
 	nc, _ := id.Client()
-	nc.ReportStatus(ctx, api.StatusReport{Healthy: true, Peers: 2})
+	nc.ReportStatus(ctx, api.StatusReport{Healthy: true, Peers: 2, Time: time.Now(),
+		Paths: []api.PathProbe{{Peer: "gw1", Region: "eu-central", RTTMillis: 1.5, PathMTU: 1380, PlannedMTU: 1420, At: time.Now()}}})
+	if ps, err := h.admin.Paths(ctx); err != nil || len(ps) != 1 || ps[0].From != "n0" || ps[0].PathMTU != 1380 {
+		t.Errorf("paths: %+v %v", ps, err)
+	}
 	nc.Map(ctx)
 	h.admin.Quarantine(ctx, "n0")
 	h.admin.Release(ctx, "n0")
@@ -418,7 +422,7 @@ func TestContractCoversEveryOperation(t *testing.T) {
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: nil}}
 	_ = hc
 	for _, op := range []string{"applySpec", "getSpec", "getPlan", "listRegions", "listClusters", "listNodes", "getNode", "getNodeMap", "removeNode",
-		"quarantineNode", "releaseNode", "listTokens", "createToken", "revokeToken", "enroll", "watchMap", "reportStatus", "getStatus", "listEvents"} {
+		"quarantineNode", "releaseNode", "listTokens", "createToken", "revokeToken", "enroll", "watchMap", "reportStatus", "getStatus", "listEvents", "listPaths"} {
 		// attestChallenge, nodeAttestChallenge and nodeAttest are exercised
 		// by TestAttestedEnrollment through its own contract.
 		if !h.ct.seen[op] {

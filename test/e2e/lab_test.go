@@ -6,6 +6,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/lab"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/testenv"
@@ -364,6 +366,76 @@ func TestLab(t *testing.T) {
 		}
 	})
 
+	t.Run("PathProbesAndDoctorFindLoweredWANMTU", func(t *testing.T) {
+		// Every host probes its gateways (gateways: each other) every 3 s.
+		waitFor(t, "every host reporting paths at the planned MTU", 30*time.Second, func() bool {
+			ps, err := l.Admin.Paths(ctx)
+			from := map[string]bool{}
+			for _, p := range ps {
+				if p.Loss >= 1 || p.PathMTU != p.PlannedMTU {
+					return false
+				}
+				from[p.From] = true
+			}
+			return err == nil && len(from) == len(l.State.Hosts)
+		})
+		st, err := l.Admin.Status(ctx)
+		if err != nil || len(st.Latency) != 4 {
+			t.Fatalf("latency matrix, want 2×2 cells: %+v %v", st.Latency, err)
+		}
+		ag := parseMetrics(hostOut(t, l, "eu-central-c1-n2", "curl", "-sf", "http://127.0.0.1:9465/metrics"))
+		if ag.sum("statemesh_agent_path_mtu_bytes", `region="eu-central"`) != 1440 || ag.sum("statemesh_agent_path_loss_ratio", `region="eu-central"`) != 0 {
+			t.Errorf("agent path metrics:\n%s", ag.grep("statemesh_agent_path_"))
+		}
+		doctor := func() (string, []doctorFinding) {
+			out, _ := exec.Command(binary, "doctor", "--config", l.State.AdminConfig).CombinedOutput()
+			js, _ := exec.Command(binary, "doctor", "-o", "json", "--config", l.State.AdminConfig).Output()
+			var fs []doctorFinding
+			if err := json.Unmarshal(js, &fs); err != nil {
+				t.Fatalf("doctor -o json: %v\n%s\n%s", err, js, out)
+			}
+			return string(out), fs
+		}
+		if out, fs := doctor(); hasCheck(fs, "path-mtu") {
+			t.Fatalf("doctor finds a path MTU problem before the link changed:\n%s", out)
+		}
+		gw := "eu-central-gw1"
+		if err := l.WANLink(gw, 1400, true); err != nil {
+			t.Fatal(err)
+		}
+		defer l.WANLink(gw, l.State.Config.WANMTU, true)
+		var out string
+		var found *doctorFinding
+		took := waitFor(t, "doctor finding the 1400-byte WAN link", 40*time.Second, func() bool {
+			var fs []doctorFinding
+			out, fs = doctor()
+			for _, f := range fs {
+				if f.Check == "path-mtu" {
+					found = &f
+					return true
+				}
+			}
+			return false
+		})
+		t.Logf("doctor found it after %s:\n%s", took.Round(time.Millisecond), out)
+		// WireGuard pads to 16 bytes: the largest inner packet whose outer
+		// packet fits 1400 is 1328 (1328 + 60), so the safe setting is 1388.
+		if found.Severity != "error" || !strings.Contains(found.Subject, "WAN") || !strings.Contains(found.Subject, gw) ||
+			!strings.Contains(found.Fix, "underlay.wan.mtu: 1388") || !strings.Contains(found.Fix, "1388–1403 bytes") || !strings.Contains(found.Evidence, "1328 bytes crossed") {
+			t.Errorf("finding does not name the WAN link of %s, its MTU and the fix: %+v", gw, *found)
+		}
+		if st, _ := l.Admin.Status(ctx); !slices.ContainsFunc(st.Latency, func(c api.RegionLatency) bool { return c.MinPathMTU == 1328 }) {
+			t.Errorf("latency matrix does not show the 1328-byte path: %+v", st.Latency)
+		}
+		if err := l.WANLink(gw, l.State.Config.WANMTU, true); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "doctor clear after the link is repaired", 40*time.Second, func() bool {
+			_, fs := doctor()
+			return !hasCheck(fs, "path-mtu")
+		})
+	})
+
 	t.Run("WGShowMatchesControllerMap", func(t *testing.T) {
 		for _, h := range l.State.Hosts {
 			want := controllerPeers(t, l, h.Name)
@@ -622,4 +694,10 @@ func (m metricsText) grep(prefixes ...string) string {
 		}
 	}
 	return b.String()
+}
+
+type doctorFinding struct{ Severity, Check, Subject, Reason, Evidence, Fix string }
+
+func hasCheck(fs []doctorFinding, check string) bool {
+	return slices.ContainsFunc(fs, func(f doctorFinding) bool { return f.Check == check })
 }

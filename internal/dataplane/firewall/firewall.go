@@ -197,6 +197,9 @@ func Render(tx *knftables.Transaction, s State, existingSets []string) map[strin
 	}
 
 	// overlay: the policy
+	if s.Gateway {
+		rule("overlay", "icmp type echo-request accept", "gateway: reachability and path-MTU probes from the mesh")
+	}
 	if s.Policy == nil {
 		rule("overlay", "accept", "no policy in the mesh spec: the overlay allows all")
 		return counts

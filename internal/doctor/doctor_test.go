@@ -1,0 +1,220 @@
+package doctor
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/cilium"
+	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/spec"
+)
+
+func load(t *testing.T, file string, edit func(*spec.Mesh)) (*spec.Mesh, *plan.Plan) {
+	t.Helper()
+	data, err := os.ReadFile("../../examples/" + file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := spec.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if edit != nil {
+		edit(m)
+	}
+	p, err := plan.Compute(m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, p
+}
+
+func find(fs []Finding, check string) []Finding {
+	var out []Finding
+	for _, f := range fs {
+		if f.Check == check {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func TestSpecFindings(t *testing.T) {
+	m, p := load(t, "small.yaml", nil)
+	clean := Spec(m, p)
+	for _, c := range []string{"encapsulation", "double-encryption", "gateway-redundancy", "attestation"} {
+		if f := find(clean, c); len(f) != 0 {
+			t.Errorf("small.yaml: unexpected %s finding: %+v", c, f)
+		}
+	}
+
+	m, p = load(t, "small.yaml", func(m *spec.Mesh) {
+		m.Cilium.RoutingMode = spec.RoutingVXLAN
+		m.Cilium.WireGuard = true
+		m.Regions[1].Gateways = 1
+	})
+	fs := Spec(m, p)
+	enc := find(fs, "encapsulation")
+	if len(enc) != 1 || !strings.Contains(enc[0].Evidence, "50 bytes") || !strings.Contains(enc[0].Fix, "routingMode: native") {
+		t.Errorf("vxlan: %+v", enc)
+	}
+	if f := find(fs, "double-encryption"); len(f) != 1 || f[0].Severity != Warning {
+		t.Errorf("cilium.wireguard: %+v", f)
+	}
+	if f := find(fs, "gateway-redundancy"); len(f) != 1 || !strings.Contains(f[0].Fix, "regions[1].gateways") {
+		t.Errorf("one gateway: %+v", f)
+	}
+	if fs[0].Severity != Warning {
+		t.Errorf("findings not sorted worst first: %+v", fs[0])
+	}
+}
+
+func TestSpecAttestationFindings(t *testing.T) {
+	m, p := load(t, "policy.yaml", nil)
+	if m.Policy == nil {
+		t.Fatal("policy.yaml should have a sensitive segment")
+	}
+	m.Attestation = &spec.Attestation{ReattestInterval: "1h", AdmitWithoutTPM: true}
+	if fs := find(Spec(m, p), "attestation"); len(fs) != 1 || fs[0].Subject != "attestation.reattestInterval" {
+		t.Errorf("long re-attestation interval: %+v", fs)
+	}
+	fs := find(Spec(m, p), "weak-next-to-sensitive")
+	if len(fs) == 0 || !strings.Contains(fs[0].Fix, "admitWithoutTPM: false") {
+		t.Errorf("admitWithoutTPM next to a sensitive segment: %+v", fs)
+	}
+	m.Attestation = nil
+	if fs := find(Spec(m, p), "attestation"); len(fs) != 1 || fs[0].Severity != Error {
+		t.Errorf("sensitive segment without attestation: %+v", fs)
+	}
+}
+
+func TestRunningPathMTU(t *testing.T) {
+	m, _ := load(t, "small.yaml", nil)
+	path := func(from, fromRegion, peer, region string, mtu int) api.Path {
+		return api.Path{From: from, FromRegion: fromRegion, FromRole: "gateway",
+			PathProbe: api.PathProbe{Peer: peer, Region: region, RTTMillis: 1, PathMTU: mtu, PlannedMTU: 1440}}
+	}
+	l := Live{Mesh: m, Paths: []api.Path{
+		path("eu-gw0", "eu-central", "us-gw0", "us-east", 1340),
+		path("eu-gw0", "eu-central", "us-gw1", "us-east", 1340),
+		path("us-gw1", "us-east", "eu-gw0", "eu-central", 1340),
+		path("eu-gw1", "eu-central", "us-gw1", "us-east", 1440), // fine
+		path("n1", "eu-central", "eu-gw1", "eu-central", 1440),  // fine
+	}, Nodes: []api.Node{{Name: "eu-gw0", Role: "gateway"}}}
+	fs := find(Running(l), "path-mtu")
+	if len(fs) != 1 {
+		t.Fatalf("want one WAN finding, got %+v", fs)
+	}
+	f := fs[0]
+	if f.Severity != Error || !strings.Contains(f.Subject, "WAN eu-central ↔ us-east via eu-gw0") {
+		t.Errorf("subject: %q", f.Subject)
+	}
+	if !strings.Contains(f.Fix, "underlay.wan.mtu: 1400") || !strings.Contains(f.Fix, "gateway eu-gw0") {
+		t.Errorf("fix does not name the field and the gateway: %q", f.Fix)
+	}
+	if !strings.Contains(f.Evidence, "1340 bytes crossed, planned 1440") {
+		t.Errorf("evidence: %q", f.Evidence)
+	}
+
+	// Inside a region, the fix is the region's underlay MTU.
+	l.Paths = []api.Path{path("n1", "us-east", "us-gw0", "us-east", 1420)}
+	fs = find(Running(l), "path-mtu")
+	if len(fs) != 1 || !strings.Contains(fs[0].Fix, "regions[1].underlayMTU: 1480") {
+		t.Errorf("in-region: %+v", fs)
+	}
+	// Planned MTU reached, or unreachable: no MTU finding.
+	l.Paths = []api.Path{path("n1", "us-east", "us-gw0", "us-east", 1440), {From: "n2", PathProbe: api.PathProbe{Peer: "us-gw0", Loss: 1, PlannedMTU: 1440}}}
+	fs = Running(l)
+	if len(find(fs, "path-mtu")) != 0 || len(find(fs, "unreachable-gateway")) != 1 {
+		t.Errorf("fine or unreachable paths: %+v", fs)
+	}
+}
+
+func TestRunningHealthSkewStale(t *testing.T) {
+	now := time.Now()
+	l := Live{
+		Status: api.Status{
+			StalePeers: []string{"n3"},
+			Regions: []api.RegionStatus{
+				{Name: "a", Gateways: []api.Gateway{{Name: "a0", Healthy: true}, {Name: "a1"}}, Clusters: []api.ClusterStatus{{Name: "c"}}},
+				{Name: "b", Gateways: []api.Gateway{{Name: "b0"}}, Clusters: []api.ClusterStatus{{Name: "c"}}},
+				{Name: "c", Gateways: []api.Gateway{{Name: "c0", Healthy: true, Clusters: []string{"1", "2", "3", "4", "5"}}, {Name: "c1", Healthy: true, Clusters: []string{"6"}}},
+					Clusters: []api.ClusterStatus{{Name: "1"}, {Name: "2"}, {Name: "3"}, {Name: "4"}, {Name: "5"}, {Name: "6"}}},
+			},
+		},
+		Nodes: []api.Node{
+			{Name: "ok", ReportedAt: &now, ClockSkewMillis: 30},
+			{Name: "drift", ReportedAt: &now, ClockSkewMillis: -3500},
+			{Name: "far", ReportedAt: &now, ClockSkewMillis: 10 * 60 * 1000},
+		},
+	}
+	fs := Running(l)
+	health := find(fs, "gateway-health")
+	if len(health) != 2 || health[0].Subject != "region b" || health[0].Severity != Error || health[1].Subject != "region a" {
+		t.Errorf("gateway health: %+v", health)
+	}
+	if f := find(fs, "gateway-load"); len(f) != 1 || f[0].Subject != "c0" {
+		t.Errorf("load: %+v", f)
+	}
+	skew := find(fs, "clock-skew")
+	if len(skew) != 2 || skew[0].Subject != "far" || skew[0].Severity != Error || skew[1].Subject != "drift" || !strings.Contains(skew[1].Evidence, "-3.5 s") {
+		t.Errorf("skew: %+v", skew)
+	}
+	if f := find(fs, "stale-handshakes"); len(f) != 1 || f[0].Subject != "n3" {
+		t.Errorf("stale: %+v", f)
+	}
+}
+
+func TestRunningWeakNextToSensitive(t *testing.T) {
+	m, _ := load(t, "policy.yaml", nil)
+	var sens spec.Segment
+	for _, s := range m.Policy.Segments {
+		if s.Sensitive {
+			sens = s
+		}
+	}
+	region, cluster := m.Regions[0].Name, m.Regions[0].Clusters[0].Name
+	if len(sens.Match.Clusters) > 0 {
+		region, cluster, _ = strings.Cut(sens.Match.Clusters[0], "/")
+	}
+	strong := api.Node{Name: "s1", Region: region, Cluster: cluster, Role: "node", Class: "strong", State: "active", Labels: sens.Match.Labels}
+	weak := api.Node{Name: "w1", Region: region, Cluster: cluster, Role: "node", Class: "weak", State: "active"}
+	l := Live{Mesh: m, Nodes: []api.Node{strong, weak}}
+	if f := find(Running(l), "weak-next-to-sensitive"); len(f) != 1 || !strings.Contains(f[0].Evidence, "w1") {
+		t.Errorf("weak node beside %s: %+v", sens.Name, f)
+	}
+	l.Nodes = []api.Node{strong}
+	if f := find(Running(l), "weak-next-to-sensitive"); len(f) != 0 {
+		t.Errorf("no weak node: %+v", f)
+	}
+}
+
+func TestCiliumValues(t *testing.T) {
+	m, p := load(t, "small.yaml", nil)
+	rv, err := cilium.ClusterValuesFor(m, p, "eu-central/prod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := cilium.ValuesYAML(rv, m.Metadata.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := CiliumValues(m, p, "v.yaml", good); len(f) != 0 {
+		t.Errorf("rendered values: %+v", f)
+	}
+	name := rv.Values.Cluster.Name
+	for _, tc := range []struct{ values, want string }{
+		{"cluster:\n  name: " + name + "\nMTU: 1500\n", "MTU 1500"},
+		{"cluster:\n  name: " + name + "\n", "sets no MTU"},
+		{"cluster:\n  name: nope\nMTU: 1400\n", `"nope"`},
+		{"cluster: [", "parse"},
+	} {
+		f := CiliumValues(m, p, "v.yaml", []byte(tc.values))
+		if len(f) != 1 || f[0].Severity != Error || !strings.Contains(f[0].Evidence+f[0].Reason, tc.want) {
+			t.Errorf("%q: %+v", tc.values, f)
+		}
+	}
+}
