@@ -161,6 +161,11 @@ type Node struct {
 	// ClockSkewMillis is the node's clock minus the controller's at its
 	// last report (network delay included).
 	ClockSkewMillis float64 `json:"clockSkewMillis,omitempty"`
+	// EKHash identifies the TPM a strong node attested with.
+	EKHash string `json:"ekHash,omitempty"`
+	// Peers and StalePeers are from the node's last report.
+	Peers      int      `json:"peers,omitempty"`
+	StalePeers []string `json:"stalePeers,omitempty"`
 }
 
 // CreateTokenRequest asks for a join token. Node and operator tokens are

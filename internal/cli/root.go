@@ -83,6 +83,7 @@ Start with:  statemesh validate -f mesh.yaml
 		newClientCmd(e),
 		newStatusCmd(e),
 		newDoctorCmd(e),
+		newDashboardCmd(e),
 		newWireGuardGoCmd(e),
 		newLabCmd(e),
 		newSecretsCmd(e),

@@ -170,6 +170,7 @@ func nodeView(n *NodeRecord, h HealthRecord) api.Node {
 	}
 	v.Reason = n.Reason
 	v.Labels = n.Labels
+	v.EKHash = n.EKHash
 	return v
 }
 
@@ -179,6 +180,8 @@ func (c *Controller) withStatus(v api.Node) api.Node {
 	if st, ok := c.status[v.Name]; ok {
 		v.Firewall = st.report.Firewall
 		v.AppliedRevision = st.report.AppliedRevision
+		v.Peers = st.report.Peers
+		v.StalePeers = st.report.StalePeers
 		at := st.at
 		v.ReportedAt = &at
 		if !st.report.Time.IsZero() {

@@ -180,6 +180,11 @@ func (c *Controller) enroll(ctx context.Context, req api.EnrollRequest, exporter
 		return api.EnrollResponse{}, err
 	}
 	c.log.Info("node enrolled", "node", rec.Name, "region", rec.Region, "cluster", rec.Cluster, "role", rec.Role, "overlay", rec.OverlayIPv4, "revision", rev)
+	// Read your writes: the node's next call (its map, its status) must
+	// find it in the registry. The enrollment is committed either way.
+	if err := c.WaitRevision(ctx, rev); err != nil {
+		c.log.Warn("enrolled node not yet in the registry when the caller left", "node", rec.Name, "err", err)
+	}
 	return api.EnrollResponse{Node: nodeView(&rec, HealthRecord{}), Certificate: certPEM, CA: c.ca.CertPEM(), Revision: rev}, nil
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/atls"
 	"github.com/statemesh/statemesh/internal/controller"
+	"github.com/statemesh/statemesh/internal/dashboard"
 )
 
 // Config configures the server.
@@ -140,6 +141,10 @@ func (s *Server) routes() {
 	node("POST /v1/node/renew", s.renew)
 	node("GET /v1/node/map", s.watchMap)
 	node("POST /v1/node/status", s.reportStatus)
+	// The dashboard's files hold no data; its script calls the admin API
+	// with the admin token (given once in the URL fragment).
+	s.mux.Handle("GET /ui/", http.StripPrefix("/ui", dashboard.Handler()))
+	s.mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
 	s.mux.HandleFunc("GET /v1/openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")
 		w.Write(api.OpenAPI)

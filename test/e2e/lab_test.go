@@ -5,6 +5,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/dashboard/browser"
 	"github.com/statemesh/statemesh/internal/lab"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/testenv"
@@ -434,6 +436,67 @@ func TestLab(t *testing.T) {
 			_, fs := doctor()
 			return !hasCheck(fs, "path-mtu")
 		})
+	})
+
+	t.Run("DashboardShowsTheLab", func(t *testing.T) {
+		bin, err := browser.Find()
+		if err != nil {
+			if testenv.InCI() {
+				t.Fatal(err)
+			}
+			t.Skip(err)
+		}
+		// The operator's way: statemesh dashboard serves the page and
+		// proxies read-only admin calls.
+		cmd := exec.Command(binary, "dashboard", "--listen", "127.0.0.1:0", "--config", l.State.AdminConfig)
+		stdout, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		var url string // "dashboard on http://127.0.0.1:PORT/ (read-only; ...)"
+		if f := strings.Fields(line); len(f) > 2 {
+			url = f[2]
+		}
+		if err != nil || !strings.HasPrefix(url, "http://127.0.0.1:") {
+			t.Fatalf("statemesh dashboard said %q (%v)", line, err)
+		}
+		dom, err := browser.DOM(ctx, bin, url+"#node=eu-central-gw1", browser.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range []string{"eu-central", "us-east"} {
+			if !strings.Contains(dom, `data-region="`+r+`"`) {
+				t.Errorf("region %s missing", r)
+			}
+		}
+		for _, h := range l.State.Hosts {
+			want := `data-node-label="` + h.Name + `"`
+			if h.Role == "gateway" {
+				want = `class="gw healthy" data-gateway="` + h.Name + `"`
+			}
+			if !strings.Contains(dom, want) {
+				t.Errorf("%s %s missing (want %s)", h.Role, h.Name, want)
+			}
+		}
+		for _, want := range []string{`data-link="`, "TPM quote verified", "probed gateway", "WireGuard peers ("} {
+			if !strings.Contains(dom, want) {
+				t.Errorf("the page lacks %q", want)
+			}
+		}
+		if t.Failed() {
+			t.Logf("DOM:\n%s", dom)
+		}
+		dir := os.Getenv("STATEMESH_ARTIFACTS")
+		if dir == "" {
+			dir = t.TempDir()
+		}
+		shot := filepath.Join(dir, "dashboard-lab.png")
+		if err := browser.Screenshot(ctx, bin, url+"#node=eu-central-gw1", shot, browser.Options{Width: 1600, Height: 1100}); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("screenshot of the lab's dashboard: %s", shot)
 	})
 
 	t.Run("WGShowMatchesControllerMap", func(t *testing.T) {
