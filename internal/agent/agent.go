@@ -108,6 +108,7 @@ type Agent struct {
 	fw           *firewall.Firewall
 	metrics      *agentMetrics
 	paths        []api.PathProbe
+	pathsRound   int // probe rounds finished; reports carry paths after each
 	fwErr        error
 	fwState      string
 	driftRepairs int
@@ -658,10 +659,22 @@ func (a *Agent) Status() api.StatusReport {
 func (a *Agent) statusLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.StatusEvery)
 	defer t.Stop()
+	sent := -1 // probe round whose paths the controller has
 	for {
 		rctx, cancel := context.WithTimeout(ctx, a.cfg.StatusEvery+time.Second)
-		if err := a.client().ReportStatus(rctx, a.Status()); err != nil && ctx.Err() == nil {
-			a.log.Debug("status report failed", "err", err)
+		r := a.Status()
+		a.mu.Lock()
+		round := a.pathsRound
+		a.mu.Unlock()
+		if round == sent {
+			r.Paths = nil // unchanged since the last report: the controller keeps them
+		}
+		if err := a.client().ReportStatus(rctx, r); err != nil {
+			if ctx.Err() == nil {
+				a.log.Debug("status report failed", "err", err)
+			}
+		} else {
+			sent = round
 		}
 		cancel()
 		select {

@@ -281,7 +281,8 @@ type StatusReport struct {
 	Firewall string `json:"firewall,omitempty"`
 	Message  string `json:"message,omitempty"`
 	// Paths are the agent's latest measurements of its paths to gateways
-	// (and, on gateways, to the other gateways).
+	// (and, on gateways, to the other gateways), sent after each probe
+	// round; a report without them leaves the previous ones in place.
 	Paths []PathProbe `json:"paths,omitempty"`
 	// Time is the node's clock when it reported (clock skew threatens
 	// certificate and attestation validity).

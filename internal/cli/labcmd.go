@@ -246,10 +246,10 @@ checks the mesh with real packets.
 	var wanDown bool
 	wan := &cobra.Command{
 		Use:   "wan GATEWAY [--mtu N] [--down]",
-		Short: "Change a gateway's WAN link at the switch: lower its MTU (frames above it are dropped) or cut it; without flags, restore it (MTU 1500, up)",
+		Short: "Change a gateway's WAN link at the switch: lower its MTU (frames above it are dropped) or cut it; without flags, restore it (the lab's WAN MTU, up)",
 		Example: `  sudo statemesh lab wan eu-central-gw1 --mtu 1400   # then: statemesh doctor
   sudo statemesh lab wan eu-central-gw1 --down
-  sudo statemesh lab wan eu-central-gw1               # back to MTU 1500, up`,
+  sudo statemesh lab wan eu-central-gw1               # back to the lab's WAN MTU, up`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := lab.Open(dir)

@@ -43,6 +43,9 @@ func (c *Controller) ReportStatus(ctx context.Context, name string, r api.Status
 		c.mu.Unlock()
 		return apiErr(api.CodeNotFound, "no node %q", name)
 	}
+	if r.Paths == nil {
+		r.Paths = c.status[name].report.Paths // reports carry paths only after a probe round
+	}
 	c.status[name] = statusEntry{at: now, report: r}
 	gateway := n.Role == netmap.RoleGateway && n.State == topology.StateActive
 	h := c.health[name]

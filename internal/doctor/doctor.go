@@ -87,7 +87,7 @@ func Spec(m *spec.Mesh, p *plan.Plan) []Finding {
 	if m.Cilium.WireGuard {
 		out = append(out, Finding{Severity: Warning, Check: "double-encryption", Subject: "cilium.wireguard",
 			Reason:   "Cilium's WireGuard encrypts pod traffic that the StateMesh overlay already encrypts: twice the CPU per packet and less MTU for pods",
-			Evidence: fmt.Sprintf("cilium.wireguard: true costs %d more bytes per packet", mtu.WireGuardOverhead(m.Underlay.Family)),
+			Evidence: fmt.Sprintf("cilium.wireguard: true costs %d more bytes per packet (WireGuard inside the IPv4 overlay)", mtu.WireGuardOverhead(mtu.IPv4)),
 			Fix:      "set cilium.wireguard: false (StateMesh's WireGuard covers every node-to-node path)"})
 	}
 	for _, u := range p.Usage {
@@ -102,12 +102,6 @@ func Spec(m *spec.Mesh, p *plan.Plan) []Finding {
 	kpr := m.Cilium.KubeProxyReplacement == nil || *m.Cilium.KubeProxyReplacement
 	var noAPI []string
 	for ri, r := range m.Regions {
-		if r.Gateways == 1 {
-			out = append(out, Finding{Severity: Warning, Check: "gateway-redundancy", Subject: "region " + r.Name,
-				Reason:   "a single gateway is a single point of failure for the region's cross-region traffic",
-				Evidence: fmt.Sprintf("regions[%d].gateways: 1", ri),
-				Fix:      fmt.Sprintf("set regions[%d].gateways: 2 or more (clusters are spread by rendezvous hashing and fail over in about a second)", ri)})
-		}
 		for ci, c := range r.Clusters {
 			if kpr && c.KubeAPIServer == "" {
 				noAPI = append(noAPI, fmt.Sprintf("regions[%d].clusters[%d] (%s/%s)", ri, ci, r.Name, c.Name))
@@ -129,7 +123,9 @@ func encapsulation(m *spec.Mesh, p *plan.Plan) []Finding {
 	if m.Cilium.RoutingMode == "" || m.Cilium.RoutingMode == spec.RoutingNative {
 		return nil
 	}
-	over := mtu.EncapOverhead(m.Cilium.RoutingMode, m.Underlay.Family, m.Cilium.GeneveOptionBytes)
+	// The tunnel runs inside the IPv4 overlay, whatever the underlay (as
+	// the planner counts it).
+	over := mtu.EncapOverhead(m.Cilium.RoutingMode, mtu.IPv4, m.Cilium.GeneveOptionBytes)
 	smallest := 0
 	for _, r := range p.Regions {
 		for _, c := range r.Clusters {
