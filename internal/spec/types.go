@@ -63,7 +63,9 @@ type Mesh struct {
 	// attestation is off and every node is admitted as weak.
 	Attestation *Attestation `yaml:"attestation" json:"attestation,omitempty"`
 	// Policy is segmentation: without it every node may reach every node.
-	Policy  *Policy  `yaml:"policy" json:"policy,omitempty"`
+	Policy *Policy `yaml:"policy" json:"policy,omitempty"`
+	// Routing selects baseline (designated gateways) or BIRD mode.
+	Routing *Routing `yaml:"routing" json:"routing,omitempty"`
 	Regions []Region `yaml:"regions" json:"regions"`
 }
 
@@ -218,7 +220,9 @@ type Region struct {
 	UnderlayFamily string            `yaml:"underlayFamily" json:"underlayFamily"`
 	Labels         map[string]string `yaml:"labels" json:"labels,omitempty"`
 	Roles          Roles             `yaml:"roles" json:"roles"`
-	Clusters       []Cluster         `yaml:"clusters" json:"clusters"`
+	// BGP is the region's dynamic routing (BIRD mode).
+	BGP      *RegionBGP `yaml:"bgp" json:"bgp,omitempty"`
+	Clusters []Cluster  `yaml:"clusters" json:"clusters"`
 }
 
 // Cluster is one Kubernetes cluster.

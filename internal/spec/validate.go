@@ -113,6 +113,7 @@ func (m *Mesh) validate(lines map[string]int) Errors {
 
 	checkAttestation(e, m.Attestation)
 	m.checkPolicy(e)
+	m.checkRouting(e)
 	if len(m.Regions) == 0 {
 		e.add("regions", "add at least one region", "the mesh has no regions")
 	}
