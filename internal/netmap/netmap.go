@@ -46,6 +46,8 @@ type Map struct {
 	Forwarding bool `json:"forwarding"`
 	// Firewall is the node's inbound overlay policy (nil: no policy).
 	Firewall *Firewall `json:"firewall,omitempty"`
+	// Routing is set on gateways in BIRD mode.
+	Routing *Routing `json:"routing,omitempty"`
 }
 
 // Self is the identity and placement of the node a map is for.
@@ -123,7 +125,7 @@ func (s Self) Equal(o Self) bool {
 func (m Map) Equal(o Map) bool {
 	return m.Self.Equal(o.Self) && m.Interface.Equal(o.Interface) &&
 		slices.EqualFunc(m.Peers, o.Peers, Peer.Equal) &&
-		slices.Equal(m.Routes, o.Routes) && m.Forwarding == o.Forwarding && m.Firewall.Equal(o.Firewall)
+		slices.Equal(m.Routes, o.Routes) && m.Forwarding == o.Forwarding && m.Firewall.Equal(o.Firewall) && m.Routing.Equal(o.Routing)
 }
 
 // Peer returns the peer with the given name.

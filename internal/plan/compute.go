@@ -121,8 +121,18 @@ func (c *computer) regions() {
 		names[i] = r.Name
 	}
 	rslots := slots(names, prevRegion, 0, 1<<RegionBits)
-	for _, sr := range c.m.Regions {
+	for ri, sr := range c.m.Regions {
 		r := Region{Name: sr.Name, Slot: rslots[sr.Name]}
+		if c.m.BGPEnabled(ri) {
+			iv, mult := c.m.BFDTimers()
+			r.BGP = &RegionBGP{ASN: c.m.RegionASN(ri), BFDIntervalMs: int(iv.Milliseconds()), BFDMultiplier: mult}
+			if sr.BGP != nil {
+				for _, x := range sr.BGP.ExternalPeers {
+					a, _ := netip.ParseAddr(x.Address) // validated
+					r.BGP.ExternalPeers = append(r.BGP.ExternalPeers, ExternalPeer{Name: x.Name, Address: a, ASN: x.ASN, Password: x.Password, BFD: x.BFD, Multihop: x.Multihop})
+				}
+			}
+		}
 		r.OverlayIPv4 = nth(a.OverlayIPv4, a.RegionPrefixLen, uint64(r.Slot))
 		r.InfraIPv4 = nth(r.OverlayIPv4, a.ClusterPrefixLen, 0)
 		r.ClientsIPv4 = nth(r.InfraIPv4, a.ClusterPrefixLen+1, 1)

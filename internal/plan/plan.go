@@ -62,6 +62,27 @@ type Region struct {
 	Gateways    []Gateway    `json:"gateways"`
 	MTU         []RoleMTU    `json:"mtu"`
 	Clusters    []Cluster    `json:"clusters"`
+	// BGP is set when the region runs BIRD mode.
+	BGP *RegionBGP `json:"bgp,omitempty"`
+}
+
+// RegionBGP is a region's dynamic routing: its AS number, the BFD timers
+// of every session, and the operator's routers to announce to.
+type RegionBGP struct {
+	ASN           uint32         `json:"asn"`
+	BFDIntervalMs int            `json:"bfdIntervalMs"`
+	BFDMultiplier int            `json:"bfdMultiplier"`
+	ExternalPeers []ExternalPeer `json:"externalPeers,omitempty"`
+}
+
+// ExternalPeer is an operator's BGP router.
+type ExternalPeer struct {
+	Name     string     `json:"name"`
+	Address  netip.Addr `json:"address"`
+	ASN      uint32     `json:"asn"`
+	Password string     `json:"password,omitempty"`
+	BFD      bool       `json:"bfd,omitempty"`
+	Multihop int        `json:"multihop,omitempty"`
 }
 
 // Gateway is a planned gateway address.

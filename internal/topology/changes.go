@@ -17,6 +17,9 @@ type Scope struct {
 	Region  string    `json:"region,omitempty"`
 	Cluster string    `json:"cluster,omitempty"`
 	Node    string    `json:"node,omitempty"`
+	// SkipBGP leaves out BIRD-mode gateways (ScopeOtherGateways from a
+	// BIRD-mode region: those reach it over backbone links).
+	SkipBGP bool `json:"skipBGP,omitempty"`
 }
 
 // ScopeKind selects nodes.
@@ -61,7 +64,7 @@ func (a Audience) Includes(n *Node) bool {
 				return true
 			}
 		case ScopeOtherGateways:
-			if n.active() && n.IsGateway() && n.Region != s.Region {
+			if n.active() && n.IsGateway() && n.Region != s.Region && !(s.SkipBGP && n.bgpMode) {
 				return true
 			}
 		case ScopeNode:
@@ -106,6 +109,7 @@ func (ix *Index) SetPlan(p *plan.Plan, pol *policy.Policy) []Change {
 	for _, r := range ix.regions {
 		ix.refreshRegion(r)
 	}
+	ix.routingChanges()
 	return []Change{{Audience: Audience{Scopes: []Scope{{Kind: ScopeAll}}}, Resync: true}}
 }
 
@@ -131,6 +135,7 @@ func (ix *Index) memberSets(n *Node) []string {
 // insert adds n to the indexes without computing changes.
 func (ix *Index) insert(n *Node) {
 	ix.nodes[n.Name] = n
+	n.bgpMode = n.IsGateway() && ix.bgp(n.Region) != nil
 	if ix.policy != nil {
 		n.refSets = ix.policy.FirewallFor(n.endpoint()).Sets()
 		for _, s := range ix.memberSets(n) {
@@ -316,7 +321,7 @@ func (ix *Index) refreshRegion(r *region) []Change {
 		}
 	}
 	if d := diffEntries(r.remoteView, remote); !d.Empty() {
-		changes = append(changes, Change{Audience: Audience{Scopes: []Scope{{Kind: ScopeOtherGateways, Region: r.name}}}, Delta: d})
+		changes = append(changes, Change{Audience: Audience{Scopes: []Scope{{Kind: ScopeOtherGateways, Region: r.name, SkipBGP: ix.bgp(r.name) != nil}}}, Delta: d})
 	}
 	r.remoteView = remote
 	// A gateway's own entry is in this delta too; For drops it for that
@@ -325,7 +330,7 @@ func (ix *Index) refreshRegion(r *region) []Change {
 		changes = append(changes, Change{Audience: Audience{Scopes: []Scope{{Kind: ScopeRegionGateways, Region: r.name}}}, Delta: d})
 	}
 	r.localView = local
-	return changes
+	return append(changes, ix.routingChanges()...)
 }
 
 // Names reports whether the change's delta names the node (upserts or

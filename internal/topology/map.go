@@ -52,13 +52,14 @@ func (ix *Index) Map(name string) (netmap.Map, bool) {
 			m.Peers = append(m.Peers, ix.clientPeers(n.Region)...)
 		}
 		for _, other := range ix.regions {
-			if other.name == n.Region {
-				continue
+			if other.name == n.Region || ix.dynamicPair(n.Region, other.name) {
+				continue // BIRD mode: over backbone links
 			}
 			for _, p := range other.remoteView {
 				m.Peers = append(m.Peers, p)
 			}
 		}
+		m.Routing = ix.routing(n)
 	} else {
 		c := ix.clusters[clusterKey(n.Region, n.Cluster)]
 		for _, peer := range c.members {

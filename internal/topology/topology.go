@@ -68,6 +68,10 @@ type Node struct {
 	// refSets are the firewall sets the node's own firewall uses (set by
 	// the index; audiences of set deltas).
 	refSets []string
+	// routing is the Routing last sent to the gateway; bgpMode marks a
+	// gateway of a BIRD-mode region.
+	routing *netmap.Routing
+	bgpMode bool
 }
 
 // RefSets returns the firewall sets the node's firewall uses.

@@ -55,7 +55,14 @@ func (w *world) keyOf(name string) (netmap.Key, bool) {
 
 func newWorld(t testing.TB, seed uint64, regions, clusters int) *world {
 	t.Helper()
+	return newWorldWith(t, seed, regions, clusters, "")
+}
+
+// newWorldWith adds extra top-level spec YAML (e.g. routing).
+func newWorldWith(t testing.TB, seed uint64, regions, clusters int, extra string) *world {
+	t.Helper()
 	var b strings.Builder
+	b.WriteString(extra)
 	b.WriteString("apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata: {name: w}\naddressing: {overlayIPv6: 'fd7a::/48', podIPv4: [10.0.0.0/8], podIPv6: ['fd00::/48']}\n")
 	b.WriteString(`policy:
   segments:
@@ -227,6 +234,18 @@ func (w *world) walk(maps map[string]netmap.Map, from string, src, dst netip.Add
 			return hops, fmt.Errorf("%s has no route to %s", cur, dst)
 		}
 		next, ok := lookup(m, dst)
+		if !ok && m.Routing != nil {
+			// BIRD mode: the route BGP selects, from the cluster's
+			// originator (its designated gateway) over a backbone link.
+			if next, ok = bgpNext(maps, m, dst); ok {
+				if !slices.ContainsFunc(maps[next].Routing.Links, func(l netmap.BackboneLink) bool { return l.Peer == cur }) {
+					return hops, fmt.Errorf("%s has a link to %s but not back", cur, next)
+				}
+				cur = next
+				hops = append(hops, cur)
+				continue
+			}
+		}
 		if !ok {
 			return hops, fmt.Errorf("%s: no peer carries %s", cur, dst)
 		}
@@ -245,6 +264,17 @@ func (w *world) walk(maps map[string]netmap.Map, from string, src, dst netip.Add
 		hops = append(hops, cur)
 	}
 	return hops, fmt.Errorf("loop: %v", hops)
+}
+
+// bgpNext is the backbone neighbour that originates dst.
+func bgpNext(maps map[string]netmap.Map, m netmap.Map, dst netip.Addr) (string, bool) {
+	for _, l := range m.Routing.Links {
+		pm, ok := maps[l.Peer]
+		if ok && pm.Routing != nil && slices.ContainsFunc(pm.Routing.Originate, func(p netip.Prefix) bool { return p.Contains(dst) }) {
+			return l.Peer, true
+		}
+	}
+	return "", false
 }
 
 func (w *world) maps() map[string]netmap.Map {
@@ -406,9 +436,13 @@ func TestCrossRegionPathUsesDesignatedGateways(t *testing.T) {
 // every node's map, kept up to date only by the deltas addressed to it,
 // equals the map computed from scratch.
 func TestIncrementalEqualsRecompute(t *testing.T) {
-	for seed := range uint64(6) {
+	for seed := range uint64(9) {
+		extra := ""
+		if seed >= 6 {
+			extra = "routing: {bgp: true}\n" // BIRD mode: backbone links replace gateway peers
+		}
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			w := newWorld(t, seed, 2, 3)
+			w := newWorldWith(t, seed, 2, 3, extra)
 			w.populate(2, 2)
 			held := w.maps()
 			apply := func(changes []Change) {
@@ -513,7 +547,7 @@ func TestIncrementalEqualsRecompute(t *testing.T) {
 						continue // clients get configuration files, not deltas
 					}
 					if !held[name].Equal(m) {
-						t.Fatalf("step %d (%s): %s's map from deltas differs from recompute:\nheld  %+v %+v\nfresh %+v %+v", step, what, name, held[name].Peers, held[name].Firewall, m.Peers, m.Firewall)
+						t.Fatalf("step %d (%s): %s's map from deltas differs from recompute:\nheld  %+v %+v %+v\nfresh %+v %+v %+v", step, what, name, held[name].Peers, held[name].Firewall, held[name].Routing, m.Peers, m.Firewall, m.Routing)
 					}
 				}
 				w.checkFirewalls(fresh)
@@ -570,6 +604,20 @@ func TestRendezvousMovesOnlyTheLostGatewaysClusters(t *testing.T) {
 	}
 	if grown < 45 || grown > 105 {
 		t.Errorf("adding a 4th gateway moved %d of 300 clusters, want about 75", grown)
+	}
+	// From two gateways to three: about a third moves, all to the new one.
+	third := 0
+	for _, k := range keys {
+		two, three := Rendezvous(k, []string{"g0", "g1"}), Rendezvous(k, gws)
+		if two != three {
+			third++
+			if three != "g2" {
+				t.Fatalf("%s moved from %s to %s, not to the new gateway", k, two, three)
+			}
+		}
+	}
+	if third < 70 || third > 130 {
+		t.Errorf("adding a 3rd gateway moved %d of 300 clusters, want about 100", third)
 	}
 }
 
