@@ -46,7 +46,9 @@ func linkAddrs(a, b int) (netip.Prefix, netip.Addr) {
 	off := uint32(a^b) * 2
 	v := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
 	lo := v + off
-	mk := func(x uint32) netip.Addr { return netip.AddrFrom4([4]byte{byte(x >> 24), byte(x >> 16), byte(x >> 8), byte(x)}) }
+	mk := func(x uint32) netip.Addr {
+		return netip.AddrFrom4([4]byte{byte(x >> 24), byte(x >> 16), byte(x >> 8), byte(x)})
+	}
 	mine, theirs := mk(lo), mk(lo+1)
 	if a > b {
 		mine, theirs = theirs, mine
