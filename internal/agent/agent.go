@@ -28,6 +28,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/apiclient"
+	"github.com/statemesh/statemesh/internal/birdcfg"
 	"github.com/statemesh/statemesh/internal/dataplane/firewall"
 	"github.com/statemesh/statemesh/internal/dataplane/wg"
 	"github.com/statemesh/statemesh/internal/netmap"
@@ -105,9 +106,16 @@ type Agent struct {
 	saveKick chan struct{}
 	// fw is the node's nftables table (nil: not enforcing); fwErr the last
 	// failure; fwState says why it is nil.
-	fw           *firewall.Firewall
-	metrics      *agentMetrics
-	paths        []api.PathProbe
+	fw      *firewall.Firewall
+	metrics *agentMetrics
+	paths   []api.PathProbe
+	// BIRD mode: backbone link devices and their applied maps (used by
+	// the apply path only), and the last routing error.
+	links        map[string]*wg.Device
+	linkMaps     map[string]netmap.Map
+	linksSwept   bool
+	routingErr   error
+	bird         *birdcfg.Runner
 	pathsRound   int // probe rounds finished; reports carry paths after each
 	fwErr        error
 	fwState      string
@@ -160,7 +168,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, saveKick: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: cfg.Logger, saveKick: make(chan struct{}, 1), links: map[string]*wg.Device{}, linkMaps: map[string]netmap.Map{}}
 	a.metrics = newAgentMetrics(a)
 	var err error
 	if a.key, err = a.loadOrCreateKey(); err != nil {
@@ -465,6 +473,11 @@ func (a *Agent) applyDelta(ctx context.Context, delta *netmap.Delta) error {
 	} else {
 		a.syncFirewall(ctx, prev, desired, nil)
 	}
+	if desired.Routing != nil || len(a.links) > 0 || !a.linksSwept {
+		if delta == nil || !ok || !desired.Routing.Equal(prev.Routing) {
+			a.syncRouting(ctx, desired)
+		}
+	}
 	if !res.NoChanges {
 		a.log.Info("applied map", "revision", desired.Revision, "peers", len(desired.Peers), "added", res.Added, "updated", res.Updated,
 			"removed", res.Removed, "other", res.OtherOps, "took", res.Duration.Round(time.Microsecond), "mode", dev.Mode())
@@ -652,6 +665,14 @@ func (a *Agent) Status() api.StatusReport {
 		if s.LastHandshake.IsZero() || now.Sub(s.LastHandshake) > a.cfg.StaleAfter {
 			r.StalePeers = append(r.StalePeers, p.Name)
 		}
+	}
+	// A BIRD-mode gateway without a running BIRD cannot route: it reports
+	// itself unhealthy, so the controller moves its clusters away.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if r.Routing = a.routingStatus(ctx, m); r.Routing != nil && r.Routing.BIRD != "running" {
+		r.Healthy = false
+		r.Message = "dynamic routing: " + r.Routing.BIRD
 	}
 	return r
 }

@@ -17,6 +17,12 @@ func (a *Agent) firewallState(m netmap.Map) firewall.State {
 	if a.cfg.Interface != "" {
 		s.Interface = a.cfg.Interface
 	}
+	if rt := m.Routing; rt != nil {
+		for _, l := range rt.Links {
+			s.BackbonePorts = append(s.BackbonePorts, l.ListenPort)
+		}
+		s.BackbonePrefix = backbonePrefix
+	}
 	seen := map[netip.Addr]bool{}
 	for _, p := range m.Peers {
 		if ip := p.Endpoint.Addr().Unmap(); p.Endpoint.IsValid() && !seen[ip] {

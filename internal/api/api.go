@@ -113,6 +113,8 @@ type Gateway struct {
 	Healthy  bool     `json:"healthy"`
 	State    string   `json:"state"`
 	Clusters []string `json:"clusters"`
+	// Routing is the gateway's last BIRD report (BIRD mode).
+	Routing *RoutingStatus `json:"routing,omitempty"`
 }
 
 // Cluster is a cluster as the admin API shows it.
@@ -166,6 +168,8 @@ type Node struct {
 	// Peers and StalePeers are from the node's last report.
 	Peers      int      `json:"peers,omitempty"`
 	StalePeers []string `json:"stalePeers,omitempty"`
+	// Routing is a BIRD-mode gateway's last report of its sessions.
+	Routing *RoutingStatus `json:"routing,omitempty"`
 }
 
 // CreateTokenRequest asks for a join token. Node and operator tokens are
@@ -287,6 +291,31 @@ type StatusReport struct {
 	// Time is the node's clock when it reported (clock skew threatens
 	// certificate and attestation validity).
 	Time time.Time `json:"time,omitzero"`
+	// Routing is a BIRD-mode gateway's dynamic routing.
+	Routing *RoutingStatus `json:"routing,omitempty"`
+}
+
+// RoutingStatus is what a BIRD-mode gateway reports of its routing.
+type RoutingStatus struct {
+	// BIRD is "running", or why it is not (missing, crashed, a
+	// configuration it refused); a gateway without a running BIRD is
+	// unhealthy, so designation moves away from it.
+	BIRD     string       `json:"bird"`
+	Sessions []BGPSession `json:"sessions,omitempty"`
+}
+
+// BGPSession is one BGP session of a gateway.
+type BGPSession struct {
+	Name     string `json:"name"`
+	Neighbor string `json:"neighbor"`
+	// Peer is the gateway (or external router) at the other end.
+	Peer string `json:"peer"`
+	// State is BIRD's protocol state (up, start, down), BGPState the BGP
+	// FSM state (Established, Active, ...), BFD the session's BFD state
+	// (Up, Down, Init, or "" without BFD).
+	State    string `json:"state"`
+	BGPState string `json:"bgpState"`
+	BFD      string `json:"bfd,omitempty"`
 }
 
 // PathProbe is one measured path from the reporting node.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/statemesh/statemesh/internal/birdcfg"
 	"github.com/statemesh/statemesh/internal/cilium"
 	"github.com/statemesh/statemesh/internal/plan"
 	"github.com/statemesh/statemesh/internal/spec"
@@ -23,7 +24,57 @@ func newRenderCmd(e *env) *cobra.Command {
 		Use:   "render",
 		Short: "Render configuration for other components from the mesh spec",
 	}
-	cmd.AddCommand(newRenderCiliumPoliciesCmd(e), newRenderCiliumCmd(e), newRenderAllCmd(e))
+	cmd.AddCommand(newRenderCiliumPoliciesCmd(e), newRenderCiliumCmd(e), newRenderAllCmd(e), newRenderBirdCmd(e))
+	return cmd
+}
+
+func newRenderBirdCmd(e *env) *cobra.Command {
+	var (
+		a     adminFlags
+		node  string
+		check bool
+	)
+	cmd := &cobra.Command{
+		Use:   "bird --node GATEWAY [--check]",
+		Short: "Print the BIRD 2 configuration the controller's map gives a BIRD-mode gateway (what its agent installs)",
+		Long: `The configuration comes from the gateway's map on the running controller: BGP over its
+backbone links with BFD, the prefixes it originates (the clusters it is designated for),
+filters that accept only planned prefixes, the operator's external peers. --check also
+runs bird -p on it. docs/routing.md explains every part.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if node == "" {
+				return usagef("give the gateway with --node")
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := callCtx(cmd)
+			defer cancel()
+			m, err := c.NodeMap(ctx, node)
+			if err != nil {
+				return err
+			}
+			if m.Routing == nil {
+				return fmt.Errorf("%s has no dynamic routing: it is not a gateway of a BIRD-mode region (routing.bgp in the spec)", node)
+			}
+			conf, err := birdcfg.Render(node, m.Routing)
+			if err != nil {
+				return err
+			}
+			if check {
+				if err := birdcfg.Check(ctx, conf); err != nil {
+					return err
+				}
+			}
+			_, err = e.stdout.Write(conf)
+			return err
+		},
+	}
+	a.register(cmd)
+	cmd.Flags().StringVar(&node, "node", "", "the gateway")
+	cmd.Flags().BoolVar(&check, "check", false, "validate with bird -p")
 	return cmd
 }
 

@@ -60,10 +60,10 @@ func printStatus(w io.Writer, st api.Status) error {
 	}
 	fmt.Fprintf(w, "MESH %s   revision %d   %d nodes (%s)   %d clients\n", st.Mesh, st.Revision, total, countsText(st.Nodes), st.Clients)
 	fmt.Fprintf(w, "reporting to this controller: %d   applying an older map than sent: %d\n\n", st.NodesReporting, st.NodesBehind)
-	t := newTable(w, "REGION", "GATEWAY", "HEALTH", "STATE", "DESIGNATED FOR")
+	t := newTable(w, "REGION", "GATEWAY", "HEALTH", "STATE", "DESIGNATED FOR", "BGP")
 	for _, r := range st.Regions {
 		if len(r.Gateways) == 0 {
-			t.row(r.Name, "(none)", "-", "-", "-")
+			t.row(r.Name, "(none)", "-", "-", "-", "-")
 		}
 		for i, g := range r.Gateways {
 			region := r.Name
@@ -74,7 +74,7 @@ func printStatus(w io.Writer, st api.Status) error {
 			if !g.Healthy {
 				health = "UNHEALTHY"
 			}
-			t.row(region, g.Name, health, g.State, dash(strings.Join(g.Clusters, ", ")))
+			t.row(region, g.Name, health, g.State, dash(strings.Join(g.Clusters, ", ")), bgpSummary(g.Routing))
 		}
 	}
 	if err := t.flush(); err != nil {
@@ -147,4 +147,25 @@ func printLatency(w io.Writer, cells []api.RegionLatency) error {
 		t.row(row...)
 	}
 	return t.flush()
+}
+
+// bgpSummary is a gateway's BIRD state in a few words: sessions
+// established and BFD up, of all.
+func bgpSummary(rs *api.RoutingStatus) string {
+	if rs == nil {
+		return "-"
+	}
+	if rs.BIRD != "running" {
+		return "BIRD: " + rs.BIRD
+	}
+	est, bfd := 0, 0
+	for _, s := range rs.Sessions {
+		if s.BGPState == "Established" {
+			est++
+		}
+		if s.BFD == "Up" {
+			bfd++
+		}
+	}
+	return fmt.Sprintf("%d/%d established, BFD up %d", est, len(rs.Sessions), bfd)
 }

@@ -182,6 +182,7 @@ func (c *Controller) withStatus(v api.Node) api.Node {
 		v.AppliedRevision = st.report.AppliedRevision
 		v.Peers = st.report.Peers
 		v.StalePeers = st.report.StalePeers
+		v.Routing = st.report.Routing
 		at := st.at
 		v.ReportedAt = &at
 		if !st.report.Time.IsZero() {
@@ -276,7 +277,7 @@ func (c *Controller) Regions() ([]api.Region, error) {
 			n := c.nodes[g]
 			cls := load[g]
 			slices.Sort(cls)
-			ar.Gateways = append(ar.Gateways, api.Gateway{Name: g, Healthy: c.health[g].Healthy, State: n.State, Clusters: cls})
+			ar.Gateways = append(ar.Gateways, api.Gateway{Name: g, Healthy: c.health[g].Healthy, State: n.State, Clusters: cls, Routing: c.status[g].report.Routing})
 		}
 		out = append(out, ar)
 	}

@@ -61,6 +61,10 @@ type Config struct {
 	// UnderlayAllow are ports the agents' firewalls leave open on the
 	// underlay (benchmarks: iperf3, a hand-made WireGuard).
 	UnderlayAllow []string `json:"underlayAllow,omitempty" yaml:"underlayAllow"`
+	// BGP runs the mesh in BIRD mode: backbone links between gateways,
+	// BGP with BFD (BFDInterval × 3) on each.
+	BGP         bool          `json:"bgp,omitempty" yaml:"bgp"`
+	BFDInterval time.Duration `json:"bfdInterval,omitempty" yaml:"bfdInterval"`
 }
 
 // Defaults.
@@ -253,6 +257,13 @@ regions:
 	}
 	if c.Policy {
 		s += LabPolicy
+	}
+	if c.BGP {
+		iv := c.BFDInterval
+		if iv == 0 {
+			iv = 100 * time.Millisecond
+		}
+		s += fmt.Sprintf("routing:\n  bgp: true\n  bfd: {interval: %s, multiplier: 3}\n", iv)
 	}
 	if c.Attestation {
 		zero := strings.Repeat("0", 64)

@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"sigs.k8s.io/knftables"
@@ -47,6 +48,11 @@ type State struct {
 	Gateway bool
 	// UnderlayAllow are extra ports open on the underlay ("tcp/22").
 	UnderlayAllow []netmap.PortRange
+	// BackbonePorts are the UDP ports of a BIRD-mode gateway's backbone
+	// links; BackbonePrefix is the interface-name prefix of those links,
+	// over which BGP and BFD come from the other gateways.
+	BackbonePorts  []int
+	BackbonePrefix string
 }
 
 // Firewall manages the table.
@@ -179,6 +185,14 @@ func Render(tx *knftables.Transaction, s State, existingSets []string) map[strin
 	rule("input", fmt.Sprintf("udp dport %d ip6 saddr @peers_v6 accept", s.ListenPort), "underlay: WireGuard from known peers")
 	if s.Gateway {
 		rule("input", fmt.Sprintf("udp dport %d accept", s.ListenPort), "gateway: WireGuard from anywhere (external clients roam; WireGuard ignores unknown keys)")
+	}
+	if len(s.BackbonePorts) > 0 {
+		ports := make([]string, len(s.BackbonePorts))
+		for i, p := range s.BackbonePorts {
+			ports[i] = strconv.Itoa(p)
+		}
+		rule("input", fmt.Sprintf("udp dport { %s } accept", strings.Join(ports, ", ")), "gateway: WireGuard backbone links to the other gateways")
+		rule("input", fmt.Sprintf("iifname %q accept", s.BackbonePrefix+"*"), "backbone: BGP and BFD from the other gateways, over WireGuard")
 	}
 	for _, p := range s.UnderlayAllow {
 		if m := portMatch(p); m != "" {

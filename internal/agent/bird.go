@@ -1,0 +1,96 @@
+package agent
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+
+	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/birdcfg"
+	"github.com/statemesh/statemesh/internal/netmap"
+)
+
+// syncBIRD renders the gateway's BIRD configuration from its map and
+// installs it (validated first; a refused one is never installed), or
+// stops BIRD when the map has no routing.
+func (a *Agent) syncBIRD(ctx context.Context, m netmap.Map) error {
+	a.mu.Lock()
+	runner := a.bird
+	a.mu.Unlock()
+	if m.Routing == nil {
+		if runner != nil {
+			runner.Stop()
+			a.mu.Lock()
+			a.bird = nil
+			a.mu.Unlock()
+			a.log.Info("bird stopped: the gateway left BIRD mode")
+		}
+		return nil
+	}
+	conf, err := birdcfg.Render(m.Self.Name, m.Routing)
+	if err != nil {
+		return err
+	}
+	if runner == nil {
+		runner = &birdcfg.Runner{Dir: filepath.Join(a.cfg.DataDir, "bird"), Log: a.log}
+		a.mu.Lock()
+		a.bird = runner
+		a.mu.Unlock()
+	}
+	changed, err := runner.Apply(ctx, conf)
+	if err != nil {
+		return err
+	}
+	if changed {
+		a.log.Info("bird configured", "links", len(m.Routing.Links), "originates", len(m.Routing.Originate))
+	}
+	return nil
+}
+
+// routingStatus reports BIRD and its sessions for the status report; nil
+// outside BIRD mode.
+func (a *Agent) routingStatus(ctx context.Context, m netmap.Map) *api.RoutingStatus {
+	if m.Routing == nil {
+		return nil
+	}
+	a.mu.Lock()
+	rerr, runner := a.routingErr, a.bird
+	a.mu.Unlock()
+	if rerr != nil {
+		return &api.RoutingStatus{BIRD: rerr.Error()}
+	}
+	if runner == nil {
+		return &api.RoutingStatus{BIRD: "not started"}
+	}
+	st, err := runner.Status(ctx)
+	if err != nil {
+		return &api.RoutingStatus{BIRD: err.Error()}
+	}
+	rs := &api.RoutingStatus{BIRD: "running"}
+	bfd := map[string]string{}
+	for _, s := range st.BFD {
+		bfd[s.Address] = s.State
+	}
+	links := map[string]netmap.BackboneLink{}
+	for _, l := range m.Routing.Links {
+		links["bb_"+l.Interface] = l
+	}
+	for _, p := range st.Protocols {
+		if p.Proto != "BGP" {
+			continue
+		}
+		s := api.BGPSession{Name: p.Name, State: p.State}
+		s.BGPState, _, _ = strings.Cut(p.Info, " ")
+		if l, ok := links[p.Name]; ok {
+			s.Peer, s.Neighbor, s.BFD = l.Peer, l.PeerAddress.String(), bfd[l.PeerAddress.String()]
+		} else {
+			for _, x := range m.Routing.External {
+				if "ext_"+strings.ReplaceAll(x.Name, "-", "_") == p.Name {
+					s.Peer, s.Neighbor, s.BFD = x.Name, x.Address.String(), bfd[x.Address.String()]
+				}
+			}
+		}
+		rs.Sessions = append(rs.Sessions, s)
+	}
+	return rs
+}
