@@ -278,6 +278,26 @@ checks the mesh with real packets.
 	wan.Flags().IntVar(&wanMTU, "mtu", 0, "MTU of the switch port (default: the lab's WAN MTU)")
 	wan.Flags().BoolVar(&wanDown, "down", false, "cut the link")
 
-	cmd.AddCommand(up, check, down, exec, status, tamper, wan, probe, serve, stream)
+	birdc := &cobra.Command{
+		Use:     "birdc GATEWAY [-- BIRDC ARGS...]",
+		Short:   "Run birdc against a BIRD-mode lab gateway's BIRD (default: show protocols)",
+		Example: "  sudo statemesh lab birdc eu-central-gw1 -- show bfd sessions",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Open(dir)
+			if err != nil {
+				return err
+			}
+			rest := args[1:]
+			if len(rest) == 0 {
+				rest = []string{"show", "protocols"}
+			}
+			out, err := l.Birdc(cmd.Context(), args[0], rest...)
+			fmt.Fprint(e.stdout, out)
+			return err
+		},
+	}
+
+	cmd.AddCommand(up, check, down, exec, status, tamper, wan, birdc, probe, serve, stream)
 	return cmd
 }

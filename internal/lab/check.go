@@ -339,3 +339,11 @@ func (l *Lab) expectations(ctx context.Context, eps []*Endpoint) (map[[2]string]
 	}
 	return out, nil
 }
+
+// Region returns the region of a probe endpoint ("" for a client).
+func (m *Matrix) Region(endpoint string) string {
+	if e, ok := m.kinds[endpoint]; ok && e.Host != nil {
+		return e.Host.Region
+	}
+	return ""
+}

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bufio"
+	"path/filepath"
 
 	"context"
 	"encoding/json"
@@ -294,4 +295,19 @@ func (l *Lab) WANLink(host string, mtu int, up bool) error {
 	}
 	_, err := sh(args...)
 	return err
+}
+
+// BirdSocket is the control socket of a BIRD-mode gateway's BIRD.
+func (l *Lab) BirdSocket(host string) string {
+	return filepath.Join(l.State.Config.Dir, "hosts", host, "bird", "bird.ctl")
+}
+
+// Birdc runs birdc against a gateway's BIRD.
+func (l *Lab) Birdc(ctx context.Context, host string, args ...string) (string, error) {
+	cmd, err := l.State.HostCmd(ctx, host, append([]string{"birdc", "-s", l.BirdSocket(host)}, args...)...)
+	if err != nil {
+		return "", err
+	}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }

@@ -499,6 +499,11 @@ func TestLab(t *testing.T) {
 		t.Logf("screenshot of the lab's dashboard: %s", shot)
 	})
 
+	t.Run("PartitionHealsByItself", func(t *testing.T) {
+		// Baseline mode: the controller's designated gateways.
+		partitionHeals(t, l)
+	})
+
 	t.Run("WGShowMatchesControllerMap", func(t *testing.T) {
 		for _, h := range l.State.Hosts {
 			want := controllerPeers(t, l, h.Name)

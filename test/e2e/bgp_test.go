@@ -1,0 +1,252 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/statemesh/statemesh/internal/lab"
+	"github.com/statemesh/statemesh/internal/testenv"
+)
+
+// upLabWith starts a lab with cfg (Dir, Binary and Pods set here) and
+// tears it down when the test ends.
+func upLabWith(t *testing.T, cfg lab.Config) *lab.Lab {
+	testenv.RequireRoot(t)
+	if err := lab.CheckPrerequisites(); err != nil {
+		if testenv.InCI() {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	lab.ForceClean(nil)
+	cfg.Dir, cfg.Binary, cfg.Pods = t.TempDir(), binary, true
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	l, err := lab.Up(ctx, cfg, logw{t})
+	t.Cleanup(func() {
+		if keep := os.Getenv("STATEMESH_E2E_LOGS"); keep != "" {
+			os.CopyFS(filepath.Join(keep, t.Name()), os.DirFS(cfg.Dir))
+		}
+		lab.Down(cfg.Dir, nil)
+		lab.ForceClean(nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+var protoLine = regexp.MustCompile(`(?m)^(bb_\S+)\s+BGP\s+\S+\s+(\S+)\s+\S+\s*(\S*)`)
+
+// TestLabBGP runs the lab in BIRD mode: backbone links between all four
+// gateways, BGP with BFD on each.
+func TestLabBGP(t *testing.T) {
+	testenv.RequireBinary(t, "bird")
+	l := upLabWith(t, lab.Config{BGP: true, BFDInterval: 100 * time.Millisecond, GatewayTimeout: 1500 * time.Millisecond,
+		Nodes: 1, Clients: 0, WeakNodes: 0})
+	ctx := context.Background()
+	var gateways []string
+	for _, h := range l.State.Hosts {
+		if h.Role == "gateway" {
+			gateways = append(gateways, h.Name)
+		}
+	}
+
+	t.Run("SessionsEstablishedWithBFD", func(t *testing.T) {
+		for _, g := range gateways {
+			var out, bfd string
+			ok := false
+			deadline := time.Now().Add(20 * time.Second)
+			for !ok && time.Now().Before(deadline) {
+				out, _ = l.Birdc(ctx, g, "show", "protocols")
+				bfd, _ = l.Birdc(ctx, g, "show", "bfd", "sessions")
+				est := 0
+				for _, m := range protoLine.FindAllStringSubmatch(out, -1) {
+					if m[2] == "up" && m[3] == "Established" {
+						est++
+					}
+				}
+				ok = est == len(gateways)-1 && strings.Count(bfd, " Up ") == len(gateways)-1
+				if !ok {
+					time.Sleep(200 * time.Millisecond)
+				}
+			}
+			if !ok {
+				t.Errorf("%s: want %d BGP sessions Established with BFD Up:\n%s\n%s", g, len(gateways)-1, out, bfd)
+			}
+		}
+		// The other region's cluster prefixes, learned through BIRD.
+		routes := hostOut(t, l, "eu-central-gw1", "ip", "route")
+		for _, c := range []string{"c1", "c2"} {
+			pc, _ := l.Admin.Clusters(ctx)
+			for _, cl := range pc {
+				if cl.Region == "us-east" && cl.Name == c && !strings.Contains(routes, cl.OverlayIPv4+" via 169.254.64.") {
+					t.Errorf("eu-central-gw1 has no BIRD route to us-east/%s (%s):\n%s", c, cl.OverlayIPv4, routes)
+				}
+			}
+		}
+		if !strings.Contains(routes, "proto bird") {
+			t.Errorf("no proto bird routes:\n%s", routes)
+		}
+		st, err := l.Admin.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range st.Regions {
+			for _, g := range r.Gateways {
+				if g.Routing == nil || g.Routing.BIRD != "running" || len(g.Routing.Sessions) != len(gateways)-1 {
+					t.Errorf("status of %s: %+v", g.Name, g.Routing)
+				}
+			}
+		}
+		t.Logf("eu-central-gw1:\n%s", routes)
+	})
+
+	t.Run("WANCutFailsOverWithinASecond", func(t *testing.T) {
+		outages := wanCutOutage(t, l)
+		for dir, o := range outages {
+			if o > time.Second {
+				t.Errorf("%s: outage %s after the designated gateway's WAN link was cut, want ≤ 1s (BFD 100ms × 3)", dir, o)
+			}
+		}
+	})
+
+	t.Run("PartitionHealsByItself", func(t *testing.T) {
+		partitionHeals(t, l)
+	})
+}
+
+// wanCutOutage streams between pods of two regions both ways, cuts the
+// WAN link of the source cluster's designated gateway, waits for traffic
+// to come back, restores the link and checks that traffic keeps flowing
+// and BGP stays put afterwards. It returns the outage per direction.
+func wanCutOutage(t *testing.T, l *lab.Lab) map[string]time.Duration {
+	ctx := context.Background()
+	src, _ := l.State.Host("eu-central-c1-n1")
+	dst, _ := l.State.Host("us-east-c1-n1")
+	regions, err := l.Admin.Regions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := regions[0].Designation["c1"]
+	fwd, err := l.Stream(ctx, src.Name, true, dst.PodIP, 10*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fwd.Stop()
+	back, err := l.Stream(ctx, dst.Name, true, src.PodIP, 10*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Stop()
+	if !fwd.WaitOK(time.Time{}, 20, 20*time.Second) || !back.WaitOK(time.Time{}, 20, 20*time.Second) {
+		t.Fatal("traffic not flowing before the cut")
+	}
+	cut := time.Now()
+	if err := l.WANLink(victim, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	defer func() {
+		if !restored {
+			l.WANLink(victim, l.State.Config.WANMTU, true)
+		}
+	}()
+	if !fwd.WaitOK(cut, 50, 20*time.Second) || !back.WaitOK(cut, 50, 20*time.Second) {
+		t.Fatalf("no recovery within 20 s of cutting %s's WAN link", victim)
+	}
+	of, _ := fwd.Outage(cut)
+	ob, _ := back.Outage(cut)
+	t.Logf("cut %s's WAN link: outage %s forward, %s back", victim, of.Round(time.Millisecond), ob.Round(time.Millisecond))
+	up := time.Now()
+	if err := l.WANLink(victim, l.State.Config.WANMTU, true); err != nil {
+		t.Fatal(err)
+	}
+	restored = true
+	// Sessions come back; traffic moves back to the designated gateway
+	// without an outage, and nothing flaps afterwards.
+	waitFor(t, "BGP back on "+victim, 20*time.Second, func() bool {
+		out, _ := l.Birdc(ctx, victim, "show", "protocols")
+		return strings.Count(out, "Established") == 3
+	})
+	time.Sleep(time.Second)
+	if o, _ := fwd.Outage(up); o > 500*time.Millisecond {
+		t.Errorf("restoring the link interrupted traffic for %s", o)
+	}
+	before, _ := l.Birdc(ctx, victim, "show", "protocols")
+	time.Sleep(3 * time.Second)
+	after, _ := l.Birdc(ctx, victim, "show", "protocols")
+	if before != after {
+		t.Errorf("sessions changed while the link was stable (flapping):\nbefore\n%s\nafter\n%s", before, after)
+	}
+	return map[string]time.Duration{"forward": of, "back": ob}
+}
+
+// partitionHeals cuts every WAN link of one region: traffic inside each
+// region keeps working, traffic across stops; when the links return,
+// traffic across resumes with no manual step.
+func partitionHeals(t *testing.T, l *lab.Lab) {
+	ctx := context.Background()
+	var cut []string
+	for _, h := range l.State.Hosts {
+		if h.Role == "gateway" && h.Region == "us-east" {
+			cut = append(cut, h.Name)
+		}
+	}
+	restore := func() {
+		for _, g := range cut {
+			l.WANLink(g, l.State.Config.WANMTU, true)
+		}
+	}
+	defer restore()
+	for _, g := range cut {
+		if err := l.WANLink(g, 0, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(2 * time.Second)
+	m, err := l.Check(ctx, lab.CheckOptions{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inside, across, insideOK, acrossOK := 0, 0, 0, 0
+	for _, r := range m.Results {
+		a, b := m.Region(r.From), m.Region(r.To)
+		if a == "" || b == "" {
+			continue
+		}
+		if a == b {
+			inside++
+			want := lab.Expect{ICMP: true, TCP: true}
+			if m.Expected != nil {
+				want = m.Expected[[2]string{r.From, r.To}]
+			}
+			if r.ICMP == want.ICMP && r.TCP == want.TCP {
+				insideOK++
+			}
+		} else {
+			across++
+			if r.ICMP || r.TCP {
+				acrossOK++
+			}
+		}
+	}
+	if inside == 0 || insideOK != inside {
+		t.Errorf("during the partition %d of %d probes inside a region matched the policy, want all", insideOK, inside)
+	}
+	if acrossOK != 0 {
+		t.Errorf("during the partition %d of %d probes across regions got through, want none", acrossOK, across)
+	}
+	restore()
+	took := waitFor(t, "traffic across regions after the partition", 60*time.Second, func() bool {
+		m, err := l.Check(ctx, lab.CheckOptions{Timeout: time.Second})
+		return err == nil && m.Failures() == 0
+	})
+	t.Logf("partition: %d/%d probes inside regions as the policy says, %d/%d across failed; all traffic back %s after the links returned",
+		insideOK, inside, across-acrossOK, across, took.Round(time.Millisecond))
+}
