@@ -116,6 +116,7 @@ type Agent struct {
 	linksSwept   bool
 	routingErr   error
 	bird         *birdcfg.Runner
+	reportKick   chan struct{}
 	pathsRound   int // probe rounds finished; reports carry paths after each
 	fwErr        error
 	fwState      string
@@ -168,7 +169,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, saveKick: make(chan struct{}, 1), links: map[string]*wg.Device{}, linkMaps: map[string]netmap.Map{}}
+	a := &Agent{cfg: cfg, log: cfg.Logger, saveKick: make(chan struct{}, 1), links: map[string]*wg.Device{}, linkMaps: map[string]netmap.Map{}, reportKick: make(chan struct{}, 1)}
 	a.metrics = newAgentMetrics(a)
 	var err error
 	if a.key, err = a.loadOrCreateKey(); err != nil {
@@ -702,6 +703,10 @@ func (a *Agent) statusLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-a.reportKick:
+			// Let BIRD settle the sessions it is changing (BFD brings
+			// all sessions to a dead peer down within milliseconds).
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 }

@@ -32,7 +32,7 @@ func (a *Agent) syncBIRD(ctx context.Context, m netmap.Map) error {
 		return err
 	}
 	if runner == nil {
-		runner = &birdcfg.Runner{Dir: filepath.Join(a.cfg.DataDir, "bird"), Log: a.log}
+		runner = &birdcfg.Runner{Dir: filepath.Join(a.cfg.DataDir, "bird"), Log: a.log, OnChange: a.kickReport}
 		a.mu.Lock()
 		a.bird = runner
 		a.mu.Unlock()
@@ -93,4 +93,13 @@ func (a *Agent) routingStatus(ctx context.Context, m netmap.Map) *api.RoutingSta
 		rs.Sessions = append(rs.Sessions, s)
 	}
 	return rs
+}
+
+// kickReport makes the status loop report now (a BGP or BFD session
+// changed: the controller acts on what the region's gateways see).
+func (a *Agent) kickReport() {
+	select {
+	case a.reportKick <- struct{}{}:
+	default:
+	}
 }

@@ -96,7 +96,7 @@ func Render(name string, rt *netmap.Routing) ([]byte, error) {
 		"smbb", rt.BFDIntervalMs, rt.BFDIntervalMs, rt.BFDMultiplier)
 
 	// Session templates: fast reconnect after BFD brings a session down.
-	w("template bgp mesh {\n  local as LOCAL_AS;\n  direct;\n  bfd on;\n  hold time 30;\n  keepalive time 10;\n  connect delay time 1;\n  connect retry time 2;\n  error wait time 1, 10;\n  error forget time 10;\n}\n\n")
+	w("template bgp mesh {\n  debug { states };\n  local as LOCAL_AS;\n  direct;\n  bfd on;\n  hold time 30;\n  keepalive time 10;\n  connect delay time 1;\n  connect retry time 2;\n  error wait time 1, 10;\n  error forget time 10;\n}\n\n")
 
 	links := slices.Clone(rt.Links)
 	slices.SortFunc(links, func(a, b netmap.BackboneLink) int { return strings.Compare(a.Interface, b.Interface) })

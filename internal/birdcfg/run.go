@@ -49,6 +49,10 @@ func Check(ctx context.Context, conf []byte) error {
 type Runner struct {
 	Dir string
 	Log *slog.Logger
+	// OnChange, when set, is called (from BIRD's log reader) when a
+	// protocol changes state, e.g. a BFD session takes BGP down: the
+	// agent reports at once instead of at its next interval.
+	OnChange func()
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -136,18 +140,38 @@ func (r *Runner) start() error {
 	if err != nil {
 		return err
 	}
-	cmd.Stdout, cmd.Stderr = logf, logf
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		logf.Close()
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {
 		logf.Close()
+		pr.Close()
+		pw.Close()
 		return fmt.Errorf("starting bird: %w", err)
 	}
+	pw.Close()
+	go func() {
+		// Copy BIRD's log to bird.log and watch it for state changes.
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			line := sc.Text()
+			fmt.Fprintln(logf, line)
+			if r.OnChange != nil && strings.Contains(line, "State changed to") {
+				r.OnChange()
+			}
+		}
+		pr.Close()
+		logf.Close()
+	}()
 	exited := make(chan struct{})
 	r.mu.Lock()
 	r.cmd, r.exited, r.stopped = cmd, exited, false
 	r.mu.Unlock()
 	go func() {
 		err := cmd.Wait()
-		logf.Close()
 		r.mu.Lock()
 		r.lastErr = fmt.Sprintf("bird exited: %v (see %s)", err, filepath.Join(r.Dir, "bird.log"))
 		stopped := r.stopped

@@ -121,9 +121,13 @@ type Controller struct {
 	health    map[string]HealthRecord
 	slots     map[string]map[int]SlotRecord // region/cluster -> slot -> record
 	status    map[string]statusEntry
-	hub       *hub
-	metrics   *metrics
-	events    []api.Event
+	// BIRD mode: each gateway's region peers' BFD view of it (gateway →
+	// reporter → down) and the resulting verdict (bfdvotes.go).
+	bfdVotes map[string]map[string]bool
+	bfdDown  map[string]bool
+	hub      *hub
+	metrics  *metrics
+	events   []api.Event
 
 	ready chan struct{}
 	// started is when Run began: gateways get a heartbeat timeout's grace
@@ -139,16 +143,18 @@ func New(cfg Config) (*Controller, error) {
 		return nil, errors.New("controller: no store")
 	}
 	c := &Controller{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		revWait: make(chan struct{}),
-		nodes:   map[string]*NodeRecord{},
-		clients: map[string]*ClientRecord{},
-		health:  map[string]HealthRecord{},
-		slots:   map[string]map[int]SlotRecord{},
-		status:  map[string]statusEntry{},
-		hub:     newHub(cfg.HistoryLen, cfg.QueueLen),
-		ready:   make(chan struct{}),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		revWait:  make(chan struct{}),
+		nodes:    map[string]*NodeRecord{},
+		clients:  map[string]*ClientRecord{},
+		health:   map[string]HealthRecord{},
+		slots:    map[string]map[int]SlotRecord{},
+		status:   map[string]statusEntry{},
+		bfdVotes: map[string]map[string]bool{},
+		bfdDown:  map[string]bool{},
+		hub:      newHub(cfg.HistoryLen, cfg.QueueLen),
+		ready:    make(chan struct{}),
 	}
 	c.metrics = newMetrics(c)
 	c.st = timedStore{Store: cfg.Store, h: c.metrics.storeOps}

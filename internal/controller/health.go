@@ -49,7 +49,21 @@ func (c *Controller) ReportStatus(ctx context.Context, name string, r api.Status
 	c.status[name] = statusEntry{at: now, report: r}
 	gateway := n.Role == netmap.RoleGateway && n.State == topology.StateActive
 	h := c.health[name]
+	var votedDown map[string]bool
+	if gateway {
+		votedDown = c.recordBFDVotesLocked(name, r.Routing, now)
+	}
+	if down, why := c.votedDownLocked(name, now); down && r.Healthy {
+		// Its region's gateways cannot reach it: a heartbeat over the
+		// management network does not make it fit to carry traffic.
+		r.Healthy, r.Message = false, why
+	}
 	c.mu.Unlock()
+	for g, down := range votedDown {
+		if down {
+			c.markVotedDown(ctx, g, now)
+		}
+	}
 	if !gateway {
 		return nil
 	}
@@ -167,4 +181,32 @@ func (c *Controller) Renew(ctx context.Context, node, csrPEM string) (string, er
 	}
 	c.log.Info("node certificate renewed", "node", node)
 	return certPEM, c.WaitRevision(ctx, rev)
+}
+
+// markVotedDown records gateway g unhealthy because its region's gateways
+// see it down over BFD (see bfdvotes.go).
+func (c *Controller) markVotedDown(ctx context.Context, g string, now time.Time) {
+	c.mu.RLock()
+	down, why := c.votedDownLocked(g, now)
+	c.mu.RUnlock()
+	if !down {
+		return
+	}
+	_, err := c.st.Update(ctx, func(tx store.Tx) error {
+		cur := HealthRecord{}
+		if kv, err := tx.Get(healthKey(g)); err == nil {
+			cur, _ = decode[HealthRecord](kv.Value)
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		if !cur.Healthy {
+			return nil
+		}
+		return tx.Put(healthKey(g), encode(HealthRecord{Healthy: false, LastHeartbeat: cur.LastHeartbeat, Since: now, Reason: why}))
+	})
+	if err != nil {
+		c.log.Warn("recording a gateway its peers see down", "gateway", g, "err", err)
+		return
+	}
+	c.log.Info("gateway down by its region's BFD", "gateway", g, "reason", why)
 }

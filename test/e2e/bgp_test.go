@@ -116,6 +116,30 @@ func TestLabBGP(t *testing.T) {
 		}
 	})
 
+	t.Run("GatewayKilledFailsOverWithinASecond", func(t *testing.T) {
+		// The region's other gateway sees it down over BFD and reports at
+		// once; the controller moves its clusters without waiting for the
+		// heartbeat timeout (1.5 s here).
+		regions, err := l.Admin.Regions(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		victim := regions[0].Designation["c1"]
+		fwd, back, _ := outage(t, l, func() { l.KillHost(victim) }, 20*time.Second, nil)
+		t.Logf("killed %s: outage %s forward, %s back", victim, fwd.Round(time.Millisecond), back.Round(time.Millisecond))
+		if fwd > time.Second || back > time.Second {
+			t.Errorf("outage %s / %s after killing the designated gateway, want ≤ 1s", fwd, back)
+		}
+		if err := l.StartAgent(victim); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, victim+" back with its sessions", 30*time.Second, func() bool {
+			out, _ := l.Birdc(ctx, victim, "show", "protocols")
+			n, err := l.Admin.Node(ctx, victim)
+			return err == nil && n.Healthy != nil && *n.Healthy && strings.Count(out, "Established") == len(gateways)-1
+		})
+	})
+
 	t.Run("PartitionHealsByItself", func(t *testing.T) {
 		partitionHeals(t, l)
 	})
