@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -105,6 +106,15 @@ func TestLabBGP(t *testing.T) {
 			}
 		}
 		t.Logf("eu-central-gw1:\n%s", routes)
+		// statemesh render bird prints exactly what the agent installed.
+		out, err := exec.Command(binary, "render", "bird", "--node", "eu-central-gw1", "--check", "--config", l.State.AdminConfig).Output()
+		installed, _ := os.ReadFile(filepath.Join(l.State.Config.Dir, "hosts", "eu-central-gw1", "bird", "bird.conf"))
+		if err != nil || string(out) != string(installed) {
+			t.Errorf("render bird (%v) differs from the installed bird.conf:\n%s\n---\n%s", err, out, installed)
+		}
+		if out, err := exec.Command(binary, "render", "bird", "--node", "eu-central-c1-n1", "--config", l.State.AdminConfig).CombinedOutput(); err == nil || !strings.Contains(string(out), "not a gateway of a BIRD-mode region") {
+			t.Errorf("render bird for a node: %v %s", err, out)
+		}
 	})
 
 	t.Run("WANCutFailsOverWithinASecond", func(t *testing.T) {
