@@ -659,6 +659,8 @@ func (a *Agent) Status() api.StatusReport {
 	}
 	now := time.Now()
 	for _, s := range st {
+		r.RxBytes += s.RxBytes
+		r.TxBytes += s.TxBytes
 		p, ok := names[s.PublicKey]
 		if !ok || p.PersistentKeepalive == 0 {
 			continue

@@ -115,6 +115,11 @@ type Gateway struct {
 	Clusters []string `json:"clusters"`
 	// Routing is the gateway's last BIRD report (BIRD mode).
 	Routing *RoutingStatus `json:"routing,omitempty"`
+	// Peers, RxBytes and TxBytes are from its last report: WireGuard
+	// peers and the bytes through its mesh interface.
+	Peers   int   `json:"peers,omitempty"`
+	RxBytes int64 `json:"rxBytes,omitempty"`
+	TxBytes int64 `json:"txBytes,omitempty"`
 }
 
 // Cluster is a cluster as the admin API shows it.
@@ -293,6 +298,10 @@ type StatusReport struct {
 	Time time.Time `json:"time,omitzero"`
 	// Routing is a BIRD-mode gateway's dynamic routing.
 	Routing *RoutingStatus `json:"routing,omitempty"`
+	// RxBytes and TxBytes are the WireGuard interface's byte counters
+	// (all peers, since the interface came up).
+	RxBytes int64 `json:"rxBytes,omitempty"`
+	TxBytes int64 `json:"txBytes,omitempty"`
 }
 
 // RoutingStatus is what a BIRD-mode gateway reports of its routing.

@@ -60,10 +60,10 @@ func printStatus(w io.Writer, st api.Status) error {
 	}
 	fmt.Fprintf(w, "MESH %s   revision %d   %d nodes (%s)   %d clients\n", st.Mesh, st.Revision, total, countsText(st.Nodes), st.Clients)
 	fmt.Fprintf(w, "reporting to this controller: %d   applying an older map than sent: %d\n\n", st.NodesReporting, st.NodesBehind)
-	t := newTable(w, "REGION", "GATEWAY", "HEALTH", "STATE", "DESIGNATED FOR", "BGP")
+	t := newTable(w, "REGION", "GATEWAY", "HEALTH", "STATE", "DESIGNATED FOR", "PEERS", "TRAFFIC IN/OUT", "BGP")
 	for _, r := range st.Regions {
 		if len(r.Gateways) == 0 {
-			t.row(r.Name, "(none)", "-", "-", "-", "-")
+			t.row(r.Name, "(none)", "-", "-", "-", "-", "-", "-")
 		}
 		for i, g := range r.Gateways {
 			region := r.Name
@@ -74,7 +74,7 @@ func printStatus(w io.Writer, st api.Status) error {
 			if !g.Healthy {
 				health = "UNHEALTHY"
 			}
-			t.row(region, g.Name, health, g.State, dash(strings.Join(g.Clusters, ", ")), bgpSummary(g.Routing))
+			t.row(region, g.Name, health, g.State, dash(strings.Join(g.Clusters, ", ")), g.Peers, bytesText(g.RxBytes)+" / "+bytesText(g.TxBytes), bgpSummary(g.Routing))
 		}
 	}
 	if err := t.flush(); err != nil {
@@ -168,4 +168,18 @@ func bgpSummary(rs *api.RoutingStatus) string {
 		}
 	}
 	return fmt.Sprintf("%d/%d established, BFD up %d", est, len(rs.Sessions), bfd)
+}
+
+// bytesText is a byte count for people (1.2 MB).
+func bytesText(n int64) string {
+	const unit = 1000
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %cB", float64(n)/float64(div), "kMGTPE"[exp])
 }

@@ -277,7 +277,8 @@ func (c *Controller) Regions() ([]api.Region, error) {
 			n := c.nodes[g]
 			cls := load[g]
 			slices.Sort(cls)
-			ar.Gateways = append(ar.Gateways, api.Gateway{Name: g, Healthy: c.health[g].Healthy, State: n.State, Clusters: cls, Routing: c.status[g].report.Routing})
+			ar.Gateways = append(ar.Gateways, api.Gateway{Name: g, Healthy: c.health[g].Healthy, State: n.State, Clusters: cls,
+				Routing: c.status[g].report.Routing, Peers: c.status[g].report.Peers, RxBytes: c.status[g].report.RxBytes, TxBytes: c.status[g].report.TxBytes})
 		}
 		out = append(out, ar)
 	}

@@ -563,7 +563,7 @@ func TestLab(t *testing.T) {
 			t.Fatalf("statemesh status: %v\n%s", err, out)
 		}
 		text := string(out)
-		if !regexp.MustCompile(`(?m)^\s+`+regexp.QuoteMeta(victim)+`\s+UNHEALTHY\s+active\s+-\s`).MatchString(text) ||
+		if !regexp.MustCompile(`(?m)^\s+`+regexp.QuoteMeta(victim)+`\s+UNHEALTHY\s+active\s+-\s+\d+\s`).MatchString(text) ||
 			!regexp.MustCompile(`(?m)^eu-central/c1\s+`+regexp.QuoteMeta(regions[0].Designation["c1"])+`\s`).MatchString(text) ||
 			!regexp.MustCompile(`failover\s+eu-central/c1\s+designated gateway `+regexp.QuoteMeta(victim)+` → `).MatchString(text) {
 			t.Errorf("statemesh status does not show %s down and eu-central/c1 moved:\n%s", victim, text)
