@@ -117,6 +117,7 @@ type Agent struct {
 	routingErr   error
 	bird         *birdcfg.Runner
 	reportKick   chan struct{}
+	birdSwept    bool
 	pathsRound   int // probe rounds finished; reports carry paths after each
 	fwErr        error
 	fwState      string

@@ -18,6 +18,12 @@ func (a *Agent) syncBIRD(ctx context.Context, m netmap.Map) error {
 	runner := a.bird
 	a.mu.Unlock()
 	if m.Routing == nil {
+		if runner == nil && !a.birdSwept {
+			a.birdSwept = true
+			if birdcfg.StopStale(filepath.Join(a.cfg.DataDir, "bird")) {
+				a.log.Info("stopped a bird left by an earlier run: the gateway is not in BIRD mode")
+			}
+		}
 		if runner != nil {
 			runner.Stop()
 			a.mu.Lock()

@@ -6,10 +6,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -55,7 +57,7 @@ type Runner struct {
 	OnChange func()
 
 	mu      sync.Mutex
-	cmd     *exec.Cmd
+	pid     int
 	exited  chan struct{}
 	lastErr string
 	stopped bool
@@ -81,7 +83,11 @@ func (r *Runner) Apply(ctx context.Context, conf []byte) (changed bool, err erro
 		return false, err
 	}
 	if !r.running() {
-		return true, r.start()
+		adopted, err := r.startOrAdopt()
+		if err != nil || !adopted {
+			return true, err
+		}
+		// An adopted BIRD runs what an earlier agent gave it: reload.
 	}
 	out, err := r.birdc(ctx, "configure")
 	if err != nil {
@@ -127,53 +133,99 @@ func (r *Runner) running() bool {
 	}
 }
 
-// start runs BIRD; a watcher restarts it (after a second) when it exits.
+// startOrAdopt runs BIRD, or adopts the one an earlier agent started (BIRD
+// outlives the agent, like the WireGuard interfaces: an agent restart does
+// not withdraw routes). A watcher restarts it (after a second) when it
+// exits, and a tailer of its log calls OnChange on state changes.
+func (r *Runner) startOrAdopt() (adopted bool, err error) {
+	if _, err := exec.LookPath("bird"); err != nil {
+		return false, ErrMissing
+	}
+	if pid := r.adoptable(filepath.Join(r.Dir, "bird.pid")); pid > 0 {
+		if r.Log != nil {
+			r.Log.Info("adopted the running bird", "pid", pid)
+		}
+		r.watch(pid, filepath.Join(r.Dir, "bird.log"))
+		return true, nil
+	}
+	return false, r.start()
+}
+
+// start runs a new BIRD.
 func (r *Runner) start() error {
 	bin, err := exec.LookPath("bird")
 	if err != nil {
 		return ErrMissing
 	}
+	pidFile := filepath.Join(r.Dir, "bird.pid")
+	logPath := filepath.Join(r.Dir, "bird.log")
 	os.Remove(r.socket())
-	cmd := exec.Command(bin, "-f", "-c", r.conf(), "-s", r.socket(), "-P", filepath.Join(r.Dir, "bird.pid"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
-	logf, err := os.OpenFile(filepath.Join(r.Dir, "bird.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	os.Remove(pidFile)
+	cmd := exec.Command(bin, "-f", "-c", r.conf(), "-s", r.socket(), "-P", pidFile)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // survives the agent
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
-	pr, pw, err := os.Pipe()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	err = cmd.Start()
+	logf.Close()
 	if err != nil {
-		logf.Close()
-		return err
-	}
-	cmd.Stdout, cmd.Stderr = pw, pw
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		pr.Close()
-		pw.Close()
 		return fmt.Errorf("starting bird: %w", err)
 	}
-	pw.Close()
-	go func() {
-		// Copy BIRD's log to bird.log and watch it for state changes.
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			line := sc.Text()
-			fmt.Fprintln(logf, line)
-			if r.OnChange != nil && strings.Contains(line, "State changed to") {
-				r.OnChange()
-			}
+	go cmd.Wait() // reap it if it exits while this agent runs
+	r.watch(cmd.Process.Pid, logPath)
+	// Wait until the control socket answers.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for {
+		if _, err := r.birdc(ctx, "show status"); err == nil {
+			return nil
 		}
-		pr.Close()
-		logf.Close()
-	}()
+		if !r.running() {
+			return errors.New(r.lastError())
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("bird did not open its control socket %s", r.socket())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// adoptable returns the pid of a BIRD already serving this runner's
+// socket, or 0.
+func (r *Runner) adoptable(pidFile string) int {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := r.birdc(ctx, "show status"); err != nil {
+		return 0
+	}
+	return pid
+}
+
+// watch follows BIRD process pid: its log for state changes, its life
+// for restarts.
+func (r *Runner) watch(pid int, logPath string) {
 	exited := make(chan struct{})
 	r.mu.Lock()
-	r.cmd, r.exited, r.stopped = cmd, exited, false
+	r.pid, r.exited, r.stopped = pid, exited, false
 	r.mu.Unlock()
+	go r.tail(logPath, exited)
 	go func() {
-		err := cmd.Wait()
+		for syscall.Kill(pid, 0) == nil && !zombie(pid) {
+			time.Sleep(100 * time.Millisecond)
+		}
 		r.mu.Lock()
-		r.lastErr = fmt.Sprintf("bird exited: %v (see %s)", err, filepath.Join(r.Dir, "bird.log"))
+		r.lastErr = fmt.Sprintf("bird (pid %d) exited (see %s)", pid, logPath)
 		stopped := r.stopped
 		r.mu.Unlock()
 		close(exited)
@@ -181,7 +233,7 @@ func (r *Runner) start() error {
 			return
 		}
 		if r.Log != nil {
-			r.Log.Error("bird exited; restarting", "err", err)
+			r.Log.Error("bird exited; restarting", "pid", pid)
 		}
 		time.Sleep(time.Second)
 		r.mu.Lock()
@@ -193,19 +245,48 @@ func (r *Runner) start() error {
 			}
 		}
 	}()
-	// Wait until the control socket answers.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
+}
+
+// zombie reports whether pid has exited but is not reaped yet.
+func zombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// pid (comm) STATE ...: the state follows the last ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] == 'Z'
+}
+
+// tail reads BIRD's log from its end while BIRD runs and calls OnChange
+// when a protocol changes state.
+func (r *Runner) tail(logPath string, exited chan struct{}) {
+	if r.OnChange == nil {
+		return
+	}
+	f, err := os.Open(logPath)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	f.Seek(0, io.SeekEnd)
+	rd := bufio.NewReader(f)
+	var partial string
 	for {
-		if _, err := r.birdc(ctx, "show status"); err == nil {
-			return nil
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			partial += line
+			select {
+			case <-exited:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
 		}
-		select {
-		case <-exited:
-			return errors.New(r.lastError())
-		case <-ctx.Done():
-			return fmt.Errorf("bird did not open its control socket %s", r.socket())
-		case <-time.After(50 * time.Millisecond):
+		line, partial = partial+line, ""
+		if strings.Contains(line, "State changed to") {
+			r.OnChange()
 		}
 	}
 }
@@ -219,17 +300,17 @@ func (r *Runner) lastError() string {
 // Stop ends BIRD (its routes leave the kernel with it).
 func (r *Runner) Stop() {
 	r.mu.Lock()
-	cmd, exited := r.cmd, r.exited
+	pid, exited := r.pid, r.exited
 	r.stopped = true
 	r.mu.Unlock()
-	if cmd == nil || cmd.Process == nil {
+	if pid <= 0 || exited == nil {
 		return
 	}
-	cmd.Process.Signal(syscall.SIGTERM)
+	syscall.Kill(pid, syscall.SIGTERM)
 	select {
 	case <-exited:
 	case <-time.After(3 * time.Second):
-		cmd.Process.Kill()
+		syscall.Kill(pid, syscall.SIGKILL)
 		<-exited
 	}
 }
@@ -320,4 +401,17 @@ func ParseBFD(out string) []BFDSession {
 		}
 	}
 	return ss
+}
+
+// StopStale stops a BIRD an earlier agent left running in dir (the
+// gateway is no longer in BIRD mode); it reports whether there was one.
+func StopStale(dir string) bool {
+	r := &Runner{Dir: dir}
+	pid := r.adoptable(filepath.Join(dir, "bird.pid"))
+	if pid <= 0 {
+		return false
+	}
+	r.watch(pid, filepath.Join(dir, "bird.log"))
+	r.Stop()
+	return true
 }

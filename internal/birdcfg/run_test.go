@@ -62,7 +62,7 @@ func TestRunnerInstallsOnlyWhatParses(t *testing.T) {
 	deadline := time.Now().Add(time.Second)
 	sawDown := false
 	for time.Now().Before(deadline) && !sawDown {
-		if _, err := r.Status(ctx); err != nil && strings.Contains(err.Error(), "bird exited") {
+		if _, err := r.Status(ctx); err != nil && strings.Contains(err.Error(), "exited") {
 			sawDown = true
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -80,9 +80,26 @@ func TestRunnerInstallsOnlyWhatParses(t *testing.T) {
 	if st, err := r.Status(ctx); err != nil || len(st.Protocols) != 2 {
 		t.Fatalf("bird not restarted: %v", err)
 	}
-	r.Stop()
-	if _, err := r.Status(ctx); err == nil {
+	// A new runner (the agent restarted) adopts the running BIRD and
+	// reloads it with its configuration.
+	pid = readPID(t, dir)
+	r2 := &Runner{Dir: dir}
+	t.Cleanup(r2.Stop)
+	if _, err := r2.Apply(ctx, []byte(harmless)); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := r2.Status(ctx); err != nil || len(st.Protocols) != 1 || readPID(t, dir) != pid {
+		t.Errorf("adoption: %+v %v, pid %d → %d", st.Protocols, err, pid, readPID(t, dir))
+	}
+	r.mu.Lock()
+	r.stopped = true // the first runner is gone, as with a dead agent
+	r.mu.Unlock()
+	r2.Stop()
+	if _, err := r2.Status(ctx); err == nil {
 		t.Error("Status after Stop says running")
+	}
+	if syscall.Kill(pid, 0) == nil && !zombie(pid) {
+		t.Error("bird still runs after Stop")
 	}
 }
 

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -152,6 +153,107 @@ func TestLabBGP(t *testing.T) {
 
 	t.Run("PartitionHealsByItself", func(t *testing.T) {
 		partitionHeals(t, l)
+	})
+
+	t.Run("FlappingWANLinkSettles", func(t *testing.T) {
+		// The designated gateway's WAN link flaps 5 times; traffic inside
+		// the region never notices; once it is stable, every session is up
+		// and stays up, and traffic across regions flows.
+		regions, _ := l.Admin.Regions(ctx)
+		victim := regions[0].Designation["c1"]
+		in, err := l.Stream(ctx, "eu-central-c1-n1", true, host(t, l, "eu-central-c2-n1").PodIP, 10*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer in.Stop()
+		if !in.WaitOK(time.Time{}, 20, 20*time.Second) {
+			t.Fatal("traffic inside the region not flowing")
+		}
+		start := time.Now()
+		for range 5 {
+			l.WANLink(victim, 0, false)
+			time.Sleep(300 * time.Millisecond)
+			l.WANLink(victim, l.State.Config.WANMTU, true)
+			time.Sleep(300 * time.Millisecond)
+		}
+		if o, n := in.Outage(start); o > 200*time.Millisecond {
+			t.Errorf("traffic inside the region stopped for %s (%d probes) while the WAN link flapped", o, n)
+		}
+		waitFor(t, "sessions back after the flapping", 30*time.Second, func() bool {
+			for _, g := range gateways {
+				if out, _ := l.Birdc(ctx, g, "show", "protocols"); strings.Count(out, "Established") != len(gateways)-1 {
+					return false
+				}
+			}
+			return true
+		})
+		before := map[string]string{}
+		for _, g := range gateways {
+			before[g], _ = l.Birdc(ctx, g, "show", "protocols")
+		}
+		time.Sleep(3 * time.Second)
+		for _, g := range gateways {
+			if after, _ := l.Birdc(ctx, g, "show", "protocols"); after != before[g] {
+				t.Errorf("%s: sessions changed after the link settled (flapping):\n%s\n%s", g, before[g], after)
+			}
+		}
+		check(t, l)
+	})
+
+	t.Run("AgentCrashLoopLeaksNothing", func(t *testing.T) {
+		// kill -9 a gateway's agent 5 times while pods stream across
+		// regions through it: each restart adopts the links and BIRD, so
+		// traffic keeps flowing and nothing is left twice in the kernel.
+		regions, _ := l.Admin.Regions(ctx)
+		victim := regions[0].Designation["c1"]
+		fwd, err := l.Stream(ctx, "eu-central-c1-n1", true, host(t, l, "us-east-c1-n1").PodIP, 10*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fwd.Stop()
+		if !fwd.WaitOK(time.Time{}, 20, 20*time.Second) {
+			t.Fatal("traffic not flowing")
+		}
+		start := time.Now()
+		for i := range 5 {
+			killed := time.Now()
+			if err := l.KillAgent(victim); err != nil {
+				t.Fatal(err)
+			}
+			if err := l.StartAgent(victim); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, fmt.Sprintf("restart %d: agent reporting with BIRD running", i+1), 30*time.Second, func() bool {
+				n, err := l.Admin.Node(ctx, victim)
+				return err == nil && n.Routing != nil && n.Routing.BIRD == "running" && n.ReportedAt != nil && n.ReportedAt.After(killed)
+			})
+		}
+		if o, n := fwd.Outage(start); o > 500*time.Millisecond {
+			t.Errorf("5 agent crashes interrupted traffic through the gateway for %s (%d probes)", o, n)
+		}
+		if n := strings.TrimSpace(hostOut(t, l, victim, "sh", "-c", "ip -o link show 2>/dev/null | grep -c ': smbb'")); n != fmt.Sprint(len(gateways)-1) {
+			t.Errorf("%s backbone links after 5 crashes, want %d:\n%s", n, len(gateways)-1, hostOut(t, l, victim, "ip", "-br", "link"))
+		}
+		if n := strings.TrimSpace(hostOut(t, l, victim, "sh", "-c", "ip rule | grep -c 'lookup 5200'")); n != "2" {
+			t.Errorf("%s detour rules after 5 crashes, want 2 (one per link to the other region):\n%s", n, hostOut(t, l, victim, "ip", "rule"))
+		}
+		if n := strings.TrimSpace(hostOut(t, l, victim, "sh", "-c", "nft list tables | wc -l")); n != "1" {
+			t.Errorf("%s nftables tables after 5 crashes:\n%s", n, hostOut(t, l, victim, "nft", "list", "tables"))
+		}
+		pids, _ := exec.Command("ip", "netns", "pids", host(t, l, victim).NS()).Output()
+		birds, wgs := 0, 0
+		for _, pid := range strings.Fields(string(pids)) {
+			cmdline, _ := os.ReadFile("/proc/" + pid + "/cmdline")
+			switch c := string(cmdline); {
+			case strings.HasPrefix(filepath.Base(strings.Split(c, "\x00")[0]), "bird"):
+				birds++
+			case strings.Contains(c, "wireguard-go"):
+				wgs++
+			}
+		}
+		if birds != 1 || (wgs != 0 && wgs != len(gateways)) {
+			t.Errorf("after 5 crashes: %d bird processes (want 1), %d wireguard-go processes (want %d: sm0 and the links)", birds, wgs, len(gateways))
+		}
 	})
 }
 
