@@ -440,6 +440,22 @@ type Status struct {
 	Events         []Event `json:"events"`
 	// Latency is the region × region matrix from the nodes' path probes.
 	Latency []RegionLatency `json:"latency"`
+	// Backends are the external systems the controller drives (Netmaker).
+	Backends []BackendStatus `json:"backends,omitempty"`
+}
+
+// BackendStatus is the health of an external system the controller keeps
+// in line with the registry.
+type BackendStatus struct {
+	Name     string    `json:"name"`
+	Healthy  bool      `json:"healthy"`
+	LastSync time.Time `json:"lastSync"`
+	Error    string    `json:"error,omitempty"`
+	// Approved, Rejected and Removed count hosts since the controller
+	// started.
+	Approved int `json:"approved"`
+	Rejected int `json:"rejected"`
+	Removed  int `json:"removed"`
 }
 
 // RegionLatency is one cell of the latency matrix: probes from nodes and

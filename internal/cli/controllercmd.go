@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/controller"
+	"github.com/statemesh/statemesh/internal/netmaker"
 	"github.com/statemesh/statemesh/internal/secrets"
 	"github.com/statemesh/statemesh/internal/server"
 	"github.com/statemesh/statemesh/internal/store"
@@ -41,6 +43,49 @@ type controllerFlags struct {
 	dataDir, listen, advertise, storeKind, etcdEndpoints, etcdPrefix, logLevel, apply, kekFile, metricsListen string
 	hosts                                                                                                     []string
 	heartbeatTimeout                                                                                          time.Duration
+	netmakerURL, netmakerTokenFile                                                                            string
+	netmakerNetworks                                                                                          []string
+	netmakerEvery                                                                                             time.Duration
+}
+
+// netmakerConfig builds the Netmaker connection from the flags: the token
+// from a file or $STATEMESH_NETMAKER_TOKEN, networks as
+// REGION=NETWORK:CIDR.
+func netmakerConfig(f controllerFlags) (*controller.NetmakerConfig, error) {
+	if f.netmakerURL == "" {
+		if len(f.netmakerNetworks) > 0 {
+			return nil, usagef("--netmaker-network needs --netmaker-url")
+		}
+		return nil, nil
+	}
+	token := os.Getenv("STATEMESH_NETMAKER_TOKEN")
+	if f.netmakerTokenFile != "" {
+		b, err := os.ReadFile(f.netmakerTokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--netmaker-token-file: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	if token == "" {
+		return nil, usagef("--netmaker-url needs a token: --netmaker-token-file or $STATEMESH_NETMAKER_TOKEN")
+	}
+	cl, err := netmaker.NewClient(f.netmakerURL, token, 10*time.Second)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	nets := map[string]netmaker.NetworkSpec{}
+	for _, m := range f.netmakerNetworks {
+		region, rest, ok1 := strings.Cut(m, "=")
+		name, cidr, ok2 := strings.Cut(rest, ":")
+		if _, err := netip.ParsePrefix(cidr); !ok1 || !ok2 || err != nil || region == "" || name == "" {
+			return nil, usagef("--netmaker-network %q: write REGION=NETWORK:CIDR, e.g. eu-central=nm-eu:10.201.0.0/16", m)
+		}
+		nets[region] = netmaker.NetworkSpec{Name: name, AddressRange: cidr}
+	}
+	if len(nets) == 0 {
+		return nil, usagef("--netmaker-url needs at least one --netmaker-network REGION=NETWORK:CIDR")
+	}
+	return &controller.NetmakerConfig{Client: cl, Networks: nets, Every: f.netmakerEvery}, nil
 }
 
 func newControllerCmd(e *env) *cobra.Command {
@@ -73,6 +118,10 @@ DATA-DIR/admin.json (mode 0600) for the CLI:
 	fl.StringVar(&f.apply, "apply", "", "apply this spec at start (as statemesh apply -f would)")
 	fl.DurationVar(&f.heartbeatTimeout, "gateway-timeout", 3*time.Second, "mark a gateway unhealthy after this long without a heartbeat")
 	fl.StringVar(&f.metricsListen, "metrics-listen", ":9464", "serve Prometheus metrics on this address at /metrics (\"\" to turn off)")
+	fl.StringVar(&f.netmakerURL, "netmaker-url", "", "keep this Netmaker server in line with the mesh (docs/netmaker.md)")
+	fl.StringVar(&f.netmakerTokenFile, "netmaker-token-file", "", "file with Netmaker's master key or an access token (default $STATEMESH_NETMAKER_TOKEN); never logged")
+	fl.StringArrayVar(&f.netmakerNetworks, "netmaker-network", nil, "REGION=NETWORK:CIDR: the Netmaker network of a region and its address range (repeat per region)")
+	fl.DurationVar(&f.netmakerEvery, "netmaker-interval", 10*time.Second, "how often to reconcile Netmaker (and at once after a node is quarantined or removed)")
 	fl.StringVar(&f.kekFile, "kek-file", "", "key-encryption keyring sealing secrets at rest (default DATA-DIR/kek, created at first start; or $STATEMESH_KEK). Replicas on one etcd need the same one")
 	return cmd
 }
@@ -112,7 +161,11 @@ func runController(parent context.Context, e *env, f controllerFlags) error {
 		return err
 	}
 	defer st.Close()
-	c, err := controller.New(controller.Config{Store: st, Logger: log, HeartbeatTimeout: f.heartbeatTimeout, Keyring: kr})
+	nm, err := netmakerConfig(f)
+	if err != nil {
+		return err
+	}
+	c, err := controller.New(controller.Config{Store: st, Logger: log, HeartbeatTimeout: f.heartbeatTimeout, Keyring: kr, Netmaker: nm})
 	if err != nil {
 		return err
 	}

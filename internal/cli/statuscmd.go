@@ -93,6 +93,13 @@ func printStatus(w io.Writer, st api.Status) error {
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "QUARANTINED       %s\n", dash(strings.Join(st.Quarantined, ", ")))
 	fmt.Fprintf(w, "STALE HANDSHAKES  %s\n", dash(strings.Join(st.StalePeers, ", ")))
+	for _, b := range st.Backends {
+		state := "healthy"
+		if !b.Healthy {
+			state = "FAILING: " + b.Error
+		}
+		fmt.Fprintf(w, "BACKEND %-9s %s; last pass %s; hosts approved %d, rejected %d, removed %d\n", b.Name, state, b.LastSync.Format("15:04:05"), b.Approved, b.Rejected, b.Removed)
+	}
 	fmt.Fprintln(w)
 	if len(st.Latency) > 0 {
 		if err := printLatency(w, st.Latency); err != nil {

@@ -67,6 +67,8 @@ type Config struct {
 	// Keyring seals secrets at rest (the CA key). Without one they are
 	// stored in clear (tests only; the daemon always has one).
 	Keyring *secrets.Keyring
+	// Netmaker, when set, is kept in line with the registry.
+	Netmaker *NetmakerConfig
 }
 
 func (c *Config) setDefaults() {
@@ -125,9 +127,12 @@ type Controller struct {
 	// reporter → down) and the resulting verdict (bfdvotes.go).
 	bfdVotes map[string]map[string]bool
 	bfdDown  map[string]bool
-	hub      *hub
-	metrics  *metrics
-	events   []api.Event
+	// backends' status (Netmaker) and the kick that starts a pass now.
+	backends     []api.BackendStatus
+	netmakerKick chan struct{}
+	hub          *hub
+	metrics      *metrics
+	events       []api.Event
 
 	ready chan struct{}
 	// started is when Run began: gateways get a heartbeat timeout's grace
@@ -143,18 +148,19 @@ func New(cfg Config) (*Controller, error) {
 		return nil, errors.New("controller: no store")
 	}
 	c := &Controller{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		revWait:  make(chan struct{}),
-		nodes:    map[string]*NodeRecord{},
-		clients:  map[string]*ClientRecord{},
-		health:   map[string]HealthRecord{},
-		slots:    map[string]map[int]SlotRecord{},
-		status:   map[string]statusEntry{},
-		bfdVotes: map[string]map[string]bool{},
-		bfdDown:  map[string]bool{},
-		hub:      newHub(cfg.HistoryLen, cfg.QueueLen),
-		ready:    make(chan struct{}),
+		cfg:          cfg,
+		log:          cfg.Logger,
+		revWait:      make(chan struct{}),
+		nodes:        map[string]*NodeRecord{},
+		clients:      map[string]*ClientRecord{},
+		health:       map[string]HealthRecord{},
+		slots:        map[string]map[int]SlotRecord{},
+		status:       map[string]statusEntry{},
+		bfdVotes:     map[string]map[string]bool{},
+		bfdDown:      map[string]bool{},
+		netmakerKick: make(chan struct{}, 1),
+		hub:          newHub(cfg.HistoryLen, cfg.QueueLen),
+		ready:        make(chan struct{}),
 	}
 	c.metrics = newMetrics(c)
 	c.st = timedStore{Store: cfg.Store, h: c.metrics.storeOps}
@@ -258,6 +264,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	close(c.ready)
 
 	go c.healthMonitor(ctx)
+	if c.cfg.Netmaker != nil {
+		go c.netmakerLoop(ctx)
+	}
 	for {
 		if err := c.follow(ctx, rev); err != nil {
 			if ctx.Err() != nil {
@@ -422,6 +431,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 		if deleted {
 			if _, had := c.nodes[name]; had && rev > 0 {
 				c.eventLocked("removed", name, "removed from the mesh")
+				c.kickNetmaker()
 			}
 			delete(c.nodes, name)
 			delete(c.status, name)
@@ -441,6 +451,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 				c.eventLocked("enrolled", name, "%s in %s (%s)", n.Role, clusterOrRegion(&n), n.Class)
 			case old.State != n.State:
 				c.eventLocked("state", name, "%s → %s: %s", old.State, n.State, n.Reason)
+				c.kickNetmaker()
 			case old.Class != n.Class:
 				c.eventLocked("state", name, "class %s → %s: %s", old.Class, n.Class, n.Reason)
 			}

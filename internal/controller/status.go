@@ -96,6 +96,7 @@ func (c *Controller) Status() (api.Status, error) {
 	}
 	slices.Sort(st.StalePeers)
 	st.Latency = LatencyMatrix(c.pathsLocked())
+	st.Backends = c.backendsLocked()
 	for _, r := range regions {
 		rs := api.RegionStatus{Name: r.Name, Gateways: r.Gateways}
 		for _, cl := range slices.Sorted(maps.Keys(r.Designation)) {

@@ -331,3 +331,14 @@ func (s *Server) handle(r *http.Request, body []byte) (int, any) {
 	}
 	return errResp(500, "the fake does not implement "+key)
 }
+
+// PendingIDs returns the IDs of the hosts still waiting for approval.
+func (s *Server) PendingIDs() map[string]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]bool{}
+	for id := range s.Pending {
+		out[id] = true
+	}
+	return out
+}
