@@ -67,6 +67,12 @@ type Config struct {
 	// NoFirewall disables the nftables firewall (the node then does not
 	// enforce the policy, and reports so).
 	NoFirewall bool
+	// AttestOnly runs the agent on a Netmaker host (role host): it enrolls
+	// with the public key of netclient's WireGuard interface
+	// KeyFromInterface, binds that key into its TPM evidence, re-attests
+	// and reports; it touches no interface, route or firewall.
+	AttestOnly       bool
+	KeyFromInterface string
 	// UnderlayAllow are ports the firewall leaves open on the underlay.
 	UnderlayAllow []netmap.PortRange
 	// DriftEvery is how often the firewall is checked for drift (1s).
@@ -93,6 +99,7 @@ type Agent struct {
 	cfg  Config
 	log  *slog.Logger
 	key  netmap.Key
+	pub  netmap.Key // the public key enrolled and bound into TPM evidence
 	id   *apiclient.Identity
 	cli  *apiclient.Client
 	dev  *wg.Device
@@ -173,8 +180,17 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: cfg.Logger, saveKick: make(chan struct{}, 1), links: map[string]*wg.Device{}, linkMaps: map[string]netmap.Map{}, reportKick: make(chan struct{}, 1)}
 	a.metrics = newAgentMetrics(a)
 	var err error
-	if a.key, err = a.loadOrCreateKey(); err != nil {
-		return nil, err
+	if cfg.AttestOnly {
+		if a.pub, err = interfaceKey(cfg.KeyFromInterface); err != nil {
+			return nil, err
+		}
+		cfg.NoFirewall = true
+		a.cfg = cfg
+	} else {
+		if a.key, err = a.loadOrCreateKey(); err != nil {
+			return nil, err
+		}
+		a.pub = a.key.PublicKey()
 	}
 	if a.id, err = a.identity(ctx); err != nil {
 		return nil, err
@@ -183,6 +199,9 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	switch {
+	case cfg.AttestOnly:
+		a.fwState = "attest-only: netclient's host, Netmaker's ACLs apply"
+		return a, nil
 	case cfg.NoFirewall:
 		a.fwState = "off (--firewall=false): this node does not enforce the policy"
 	default:
@@ -333,7 +352,7 @@ func (a *Agent) identity(ctx context.Context) (*apiclient.Identity, error) {
 	}
 	for attempt := 0; ; attempt++ {
 		req := api.EnrollRequest{
-			Name: a.cfg.Name, Role: a.cfg.Role, PublicKey: a.key.PublicKey(),
+			Name: a.cfg.Name, Role: a.cfg.Role, PublicKey: a.pub,
 			Endpoint: endpoint, PublicEndpoint: a.cfg.PublicEndpoint, Labels: a.cfg.Labels,
 		}
 		id, err = apiclient.EnrollAttested(ctx, a.cfg.Controller, a.cfg.Token, req, att)
@@ -537,6 +556,15 @@ func (a *Agent) flush() {
 // Run applies the saved map (if any), then follows the controller until
 // ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
+	if a.cfg.AttestOnly {
+		var wgRun sync.WaitGroup
+		wgRun.Add(3)
+		go func() { defer wgRun.Done(); a.renewLoop(ctx) }()
+		go func() { defer wgRun.Done(); a.reattestLoop(ctx) }()
+		go func() { defer wgRun.Done(); a.statusLoop(ctx) }()
+		wgRun.Wait()
+		return nil
+	}
 	if a.cur.Interface.Name != "" {
 		if err := a.apply(ctx); err != nil {
 			a.log.Error("re-applying saved map", "err", err)

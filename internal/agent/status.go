@@ -14,6 +14,10 @@ func (a *Agent) Status() api.StatusReport {
 	m, ok, paths := a.prev, a.ok, a.paths
 	a.mu.Unlock()
 	r := api.StatusReport{AppliedRevision: m.Revision, Peers: len(m.Peers), Healthy: ok, Firewall: a.firewallStatus(), Paths: paths, Time: time.Now()}
+	if a.cfg.AttestOnly {
+		r.Healthy, r.Message = true, "attest-only: netclient manages WireGuard on this host"
+		return r
+	}
 	if a.dev == nil {
 		r.Healthy = false
 		r.Message = "no map applied yet"

@@ -9,10 +9,12 @@ import (
 
 	"github.com/google/go-tpm-tools/client"
 	pb "github.com/google/go-tpm-tools/proto/tpm"
+	"golang.zx2c4.com/wireguard/wgctrl"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/attest"
+	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/tpm"
 )
 
@@ -112,7 +114,7 @@ func (a *Agent) reattest(ctx context.Context, att *tpmAttester, interval *time.D
 	if ch.ReattestInterval > 0 {
 		*interval = time.Duration(ch.ReattestInterval) * time.Second
 	}
-	pub := a.key.PublicKey()
+	pub := a.pub
 	return a.client().Reattest(ctx, func(exp []byte) ([]byte, error) {
 		return att.Respond(ch.Challenge, exp, pub[:])
 	})
@@ -162,4 +164,22 @@ func unsealFromTPM(url string, blob []byte) ([]byte, error) {
 		return nil, fmt.Errorf("unsealing with the TPM (another TPM, or its state was reset?): %w", err)
 	}
 	return out, nil
+}
+
+// interfaceKey reads the public key of an existing WireGuard interface
+// (netclient's, in attest-only mode).
+func interfaceKey(iface string) (netmap.Key, error) {
+	if iface == "" {
+		return netmap.Key{}, errors.New("attest-only needs the WireGuard interface whose key to attest (--wireguard-key-from, netclient's is usually netmaker)")
+	}
+	c, err := wgctrl.New()
+	if err != nil {
+		return netmap.Key{}, err
+	}
+	defer c.Close()
+	d, err := c.Device(iface)
+	if err != nil {
+		return netmap.Key{}, fmt.Errorf("reading the WireGuard key of %s: %w", iface, err)
+	}
+	return netmap.Key(d.PublicKey), nil
 }

@@ -406,7 +406,7 @@ func newTokenCmd(e *env) *cobra.Command {
 	}
 	create.Flags().StringVar(&req.Cluster, "cluster", "", "REGION/CLUSTER the node will join")
 	create.Flags().StringVar(&req.Region, "region", "", "REGION (gateway tokens)")
-	create.Flags().StringVar(&req.Role, "role", "", "node, operator or gateway")
+	create.Flags().StringVar(&req.Role, "role", "", "node, operator, gateway, or host (a Netmaker host running statemesh agent --attest-only)")
 	create.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "lifetime")
 	create.Flags().IntVar(&req.Uses, "uses", 1, "how many nodes may enroll with it")
 	a.register(create, formatTable, formatJSON)

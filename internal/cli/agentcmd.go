@@ -72,6 +72,12 @@ agent restarts; either way 'wg show' works.`,
 			if cfg.Token == "" {
 				cfg.Token = os.Getenv("STATEMESH_TOKEN")
 			}
+			switch {
+			case cfg.AttestOnly && !cmd.Flags().Changed("role"):
+				cfg.Role = netmap.RoleHost
+			case cfg.AttestOnly != (cfg.Role == netmap.RoleHost):
+				return usagef("--role host and --attest-only go together (a Netmaker host is attested, never configured)")
+			}
 			a, err := agent.New(ctx, cfg)
 			if err != nil {
 				return err
@@ -93,7 +99,9 @@ agent restarts; either way 'wg show' works.`,
 	f.StringToStringVar(&cfg.Labels, "labels", nil, "node labels for policy selectors, k=v,k2=v2 (sent at enrollment)")
 	f.StringVar(&kekFile, "kek-file", "", "keyring encrypting the WireGuard key at rest when there is no TPM (or $STATEMESH_KEK)")
 	f.StringVar(&cfg.Name, "name", "", "node name (default: the hostname)")
-	f.StringVar(&cfg.Role, "role", "node", "node, operator or gateway")
+	f.StringVar(&cfg.Role, "role", "node", "node, operator, gateway, or host (a Netmaker host: with --attest-only)")
+	f.BoolVar(&cfg.AttestOnly, "attest-only", false, "on a Netmaker host: attest the host and bind netclient's WireGuard key (--wireguard-key-from) into the evidence; touch no interface, route or firewall")
+	f.StringVar(&cfg.KeyFromInterface, "wireguard-key-from", "netmaker", "with --attest-only: the WireGuard interface whose public key is enrolled")
 	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/statemesh-agent", "key, identity and last applied map")
 	f.StringVar(&cfg.Endpoint, "endpoint", "", "IP:PORT where peers reach this node (default: the address towards the controller)")
 	f.StringVar(&cfg.PublicEndpoint, "public-endpoint", "", "IP:PORT where other regions' gateways reach this gateway")

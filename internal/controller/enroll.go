@@ -55,9 +55,9 @@ func (c *Controller) enroll(ctx context.Context, req api.EnrollRequest, exporter
 		return api.EnrollResponse{}, apiErr(api.CodeInvalidArgument, "node name %q: use lowercase letters, digits and '-', at most 63 characters", req.Name)
 	}
 	switch req.Role {
-	case netmap.RoleNode, netmap.RoleOperator, netmap.RoleGateway:
+	case netmap.RoleNode, netmap.RoleOperator, netmap.RoleGateway, netmap.RoleHost:
 	default:
-		return api.EnrollResponse{}, apiErr(api.CodeInvalidArgument, "role %q: use node, operator or gateway", req.Role)
+		return api.EnrollResponse{}, apiErr(api.CodeInvalidArgument, "role %q: use node, operator, gateway or host", req.Role)
 	}
 	if req.PublicKey.IsZero() {
 		return api.EnrollResponse{}, apiErr(api.CodeInvalidArgument, "publicKey is missing")

@@ -133,7 +133,7 @@ func (c *Controller) CreateToken(ctx context.Context, req api.CreateTokenRequest
 			return api.CreatedToken{}, apiErr(api.CodeNotFound, "region %q is not in the plan", req.Region)
 		}
 		rec.Region = req.Region
-	case netmap.RoleNode, netmap.RoleOperator:
+	case netmap.RoleNode, netmap.RoleOperator, netmap.RoleHost:
 		region, cluster, ok := strings.Cut(req.Cluster, "/")
 		if !ok {
 			return api.CreatedToken{}, apiErr(api.CodeInvalidArgument, "cluster %q: write REGION/CLUSTER", req.Cluster)
@@ -143,7 +143,7 @@ func (c *Controller) CreateToken(ctx context.Context, req api.CreateTokenRequest
 		}
 		rec.Region, rec.Cluster = region, cluster
 	default:
-		return api.CreatedToken{}, apiErr(api.CodeInvalidArgument, "role %q: use node, operator or gateway", req.Role)
+		return api.CreatedToken{}, apiErr(api.CodeInvalidArgument, "role %q: use node, operator, gateway or host", req.Role)
 	}
 	secret := randomText(24)
 	rec.SecretHash = hashSecret(secret)

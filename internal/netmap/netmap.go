@@ -21,6 +21,9 @@ import (
 const (
 	RoleNode     = "node"
 	RoleOperator = "operator"
+	// RoleHost is a Netmaker host: netclient manages its WireGuard;
+	// StateMesh only attests it (its netclient key) and is never its peer.
+	RoleHost = "host"
 	RoleGateway  = "gateway"
 )
 

@@ -199,6 +199,9 @@ func (ix *Index) Check(n Node) error {
 
 // Upsert adds or updates a node and returns the changes it causes.
 func (ix *Index) Upsert(in Node) ([]Change, error) {
+	if in.Role == netmap.RoleHost {
+		return nil, nil // Netmaker hosts are attested, never peers
+	}
 	if err := ix.Check(in); err != nil {
 		return nil, err
 	}
