@@ -23,8 +23,8 @@ const (
 	RoleOperator = "operator"
 	// RoleHost is a Netmaker host: netclient manages its WireGuard;
 	// StateMesh only attests it (its netclient key) and is never its peer.
-	RoleHost = "host"
-	RoleGateway  = "gateway"
+	RoleHost    = "host"
+	RoleGateway = "gateway"
 )
 
 // Security classes of a node.
