@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/statemesh/statemesh/internal/atls"
 	"github.com/statemesh/statemesh/internal/controller"
 	"github.com/statemesh/statemesh/internal/dashboard"
+	"github.com/statemesh/statemesh/internal/store"
 )
 
 // Config configures the server.
@@ -32,15 +34,18 @@ type Config struct {
 	Hosts []string
 	// PingEvery is the watch keepalive interval (default 15s).
 	PingEvery time.Duration
+	// Limits are the per-source rate limits and the timeouts.
+	Limits Limits
 }
 
 // Server is the HTTPS API server.
 type Server struct {
-	cfg  Config
-	c    *controller.Controller
-	log  *slog.Logger
-	http *http.Server
-	mux  *http.ServeMux
+	cfg     Config
+	c       *controller.Controller
+	log     *slog.Logger
+	http    *http.Server
+	mux     *http.ServeMux
+	limiter *rateLimiter
 }
 
 // New builds a server.
@@ -51,7 +56,8 @@ func New(cfg Config) *Server {
 	if cfg.PingEvery == 0 {
 		cfg.PingEvery = 15 * time.Second
 	}
-	s := &Server{cfg: cfg, c: cfg.Controller, log: cfg.Logger, mux: http.NewServeMux()}
+	cfg.Limits.setDefaults()
+	s := &Server{cfg: cfg, c: cfg.Controller, log: cfg.Logger, mux: http.NewServeMux(), limiter: newRateLimiter(cfg.Limits, nil)}
 	s.routes()
 	return s
 }
@@ -87,8 +93,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	s.http = &http.Server{
 		Handler:           s.mux,
 		TLSConfig:         tc,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: s.cfg.Limits.HeaderTimeout,
+		IdleTimeout:       s.cfg.Limits.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
@@ -134,8 +140,8 @@ func (s *Server) routes() {
 	admin("POST /v1/clients", s.addClient)
 	admin("GET /v1/clients/{name}/config", s.clientConfig)
 	admin("DELETE /v1/clients/{name}", s.removeClient)
-	s.mux.Handle("POST /v1/enroll", s.wrap(s.enroll))
-	s.mux.Handle("POST /v1/attest/challenge", s.wrap(s.attestChallenge))
+	s.mux.Handle("POST /v1/enroll", s.limitUnauth(s.wrap(s.enroll)))
+	s.mux.Handle("POST /v1/attest/challenge", s.limitUnauth(s.wrap(s.attestChallenge)))
 	node("POST /v1/node/attest/challenge", s.nodeChallenge)
 	node("POST /v1/node/attest", s.nodeAttest)
 	node("POST /v1/node/renew", s.renew)
@@ -195,6 +201,13 @@ func (s *Server) wrap(h handler) http.Handler {
 			var mbe *http.MaxBytesError
 			if errors.As(err, &mbe) {
 				ae = &api.Error{Code: api.CodeTooLarge, Message: fmt.Sprintf("request body exceeds %d bytes", mbe.Limit)}
+			} else if errors.Is(err, store.ErrNoSpace) {
+				s.log.Error("store out of disk space", "method", r.Method, "path", r.URL.Path, "err", err)
+				ae = &api.Error{Code: api.CodeUnavailable, Message: "the controller's store is out of disk space; nothing was written. Retry once space is freed"}
+			} else if errors.Is(err, store.ErrUnavailable) {
+				s.log.Warn("store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+				w.Header().Set("Retry-After", "1")
+				ae = &api.Error{Code: api.CodeUnavailable, Message: "the controller's store is unavailable (etcd unreachable or without quorum); a write may or may not have been committed: retry, here or on another replica"}
 			} else if errors.Is(err, context.Canceled) {
 				return
 			} else {
@@ -236,7 +249,13 @@ func (s *Server) nodeAuth(h func(w http.ResponseWriter, r *http.Request, name st
 }
 
 // readJSON decodes a bounded JSON body, refusing unknown fields.
-func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
+func (s *Server) readJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	return s.withBodyDeadline(w, func() error { return decodeJSON(w, r, v) })
+}
+
+// decodeJSON decodes one JSON value of at most api.MaxRequestBytes from the
+// body: unknown fields and trailing data are refused.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	r.Body = http.MaxBytesReader(w, r.Body, api.MaxRequestBytes)
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
@@ -244,6 +263,9 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return err
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return &api.Error{Code: api.CodeInvalidArgument, Message: "request body not received in time"}
 		}
 		return &api.Error{Code: api.CodeInvalidArgument, Message: "malformed JSON body: " + err.Error()}
 	}
@@ -254,7 +276,14 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 }
 
 func (s *Server) applySpec(w http.ResponseWriter, r *http.Request) error {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, api.MaxSpecBytes))
+	var body []byte
+	err := s.withBodyDeadline(w, func() (err error) {
+		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, api.MaxSpecBytes))
+		return err
+	})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return &api.Error{Code: api.CodeInvalidArgument, Message: "request body not received in time"}
+	}
 	if err != nil {
 		return err
 	}
@@ -366,7 +395,7 @@ func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
 	var req api.CreateTokenRequest
-	if err := readJSON(w, r, &req); err != nil {
+	if err := s.readJSON(w, r, &req); err != nil {
 		return err
 	}
 	t, err := s.c.CreateToken(r.Context(), req)
@@ -411,7 +440,7 @@ func (s *Server) listClients(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) addClient(w http.ResponseWriter, r *http.Request) error {
 	var req api.AddClientRequest
-	if err := readJSON(w, r, &req); err != nil {
+	if err := s.readJSON(w, r, &req); err != nil {
 		return err
 	}
 	cfg, err := s.c.AddClient(r.Context(), req)
@@ -449,7 +478,7 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
 	var req api.EnrollRequest
-	if err := readJSON(w, r, &req); err != nil {
+	if err := s.readJSON(w, r, &req); err != nil {
 		return err
 	}
 	var exporter []byte
@@ -469,7 +498,7 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) attestChallenge(w http.ResponseWriter, r *http.Request) error {
 	var req api.AttestChallengeRequest
-	if err := readJSON(w, r, &req); err != nil {
+	if err := s.readJSON(w, r, &req); err != nil {
 		return err
 	}
 	ch, err := s.c.Challenge(r.Context(), "", req)
@@ -482,7 +511,7 @@ func (s *Server) attestChallenge(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) nodeChallenge(w http.ResponseWriter, r *http.Request, name string) error {
 	var req api.AttestChallengeRequest
-	if err := readJSON(w, r, &req); err != nil {
+	if err := s.readJSON(w, r, &req); err != nil {
 		return err
 	}
 	ch, err := s.c.Challenge(r.Context(), name, req)
@@ -495,7 +524,7 @@ func (s *Server) nodeChallenge(w http.ResponseWriter, r *http.Request, name stri
 
 func (s *Server) nodeAttest(w http.ResponseWriter, r *http.Request, name string) error {
 	var req api.AttestRequest
-	if err := readJSON(w, r, &req); err != nil {
+	if err := s.readJSON(w, r, &req); err != nil {
 		return err
 	}
 	exporter, err := atls.Exporter(r.TLS)
@@ -511,7 +540,7 @@ func (s *Server) nodeAttest(w http.ResponseWriter, r *http.Request, name string)
 
 func (s *Server) renew(w http.ResponseWriter, r *http.Request, name string) error {
 	var req api.RenewRequest
-	if err := readJSON(w, r, &req); err != nil {
+	if err := s.readJSON(w, r, &req); err != nil {
 		return err
 	}
 	cert, err := s.c.Renew(r.Context(), name, req.CSR)
@@ -524,7 +553,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, name string) erro
 
 func (s *Server) reportStatus(w http.ResponseWriter, r *http.Request, name string) error {
 	var rep api.StatusReport
-	if err := readJSON(w, r, &rep); err != nil {
+	if err := s.readJSON(w, r, &rep); err != nil {
 		return err
 	}
 	if err := s.c.ReportStatus(r.Context(), name, rep); err != nil {
@@ -534,14 +563,27 @@ func (s *Server) reportStatus(w http.ResponseWriter, r *http.Request, name strin
 	return nil
 }
 
-// streamSink writes frames to a streaming response.
+// streamSink writes frames to a streaming response. Every write and flush
+// must complete within timeout: a client that stops reading is cut off
+// rather than holding its connection and goroutine forever.
 type streamSink struct {
-	w http.ResponseWriter
-	f http.Flusher
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
 }
 
-func (s streamSink) Write(b []byte) error { _, err := s.w.Write(b); return err }
-func (s streamSink) Flush() error         { s.f.Flush(); return nil }
+func (s streamSink) deadline() { s.rc.SetWriteDeadline(time.Now().Add(s.timeout)) }
+
+func (s streamSink) Write(b []byte) error {
+	s.deadline()
+	_, err := s.w.Write(b)
+	return err
+}
+
+func (s streamSink) Flush() error {
+	s.deadline()
+	return s.rc.Flush()
+}
 
 func (s *Server) watchMap(w http.ResponseWriter, r *http.Request, name string) error {
 	q := r.URL.Query()
@@ -563,14 +605,14 @@ func (s *Server) watchMap(w http.ResponseWriter, r *http.Request, name string) e
 		json.NewEncoder(w).Encode(api.Frame{Type: api.FrameSnapshot, Revision: m.Revision, Map: &m})
 		return nil
 	}
-	f, ok := w.(http.Flusher)
-	if !ok {
+	if _, ok := w.(http.Flusher); !ok {
 		return errors.New("response writer cannot stream")
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	err := s.c.Watch(r.Context(), name, from, streamSink{w, f}, s.cfg.PingEvery)
+	sink := streamSink{w: w, rc: http.NewResponseController(w), timeout: s.cfg.Limits.StreamWriteTimeout}
+	err := s.c.Watch(r.Context(), name, from, sink, s.cfg.PingEvery)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		s.log.Debug("watch stream ended", "node", name, "err", err)
 	}

@@ -37,6 +37,14 @@ var (
 	// ErrWatcherOverflow: a watcher fell too far behind and was cut off; it
 	// must re-list and watch again.
 	ErrWatcherOverflow = errors.New("watcher fell behind")
+	// ErrNoSpace: the store's disk is full (or over quota); nothing of the
+	// failed transaction was written and the store stays usable: writes
+	// succeed again once space returns.
+	ErrNoSpace = errors.New("store out of disk space")
+	// ErrUnavailable: the store did not answer in time (etcd unreachable,
+	// no quorum, or this replica partitioned from it). The outcome of a
+	// write that failed this way is unknown: it may have been committed.
+	ErrUnavailable = errors.New("store unavailable")
 )
 
 // MaxValueBytes bounds one value (etcd's default request limit is 1.5 MiB).

@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	bbolt "go.etcd.io/bbolt"
@@ -272,12 +274,24 @@ func (s *Store) Update(ctx context.Context, fn func(store.Tx) error) (int64, err
 		return s.compact(meta, lg, rev)
 	})
 	if err != nil {
-		return 0, err
+		return 0, noSpace(err)
 	}
 	if t != nil && len(t.events) > 0 {
 		s.notify(store.WatchResponse{Revision: rev, Events: t.events})
 	}
 	return rev, nil
+}
+
+// noSpace marks a commit that failed for lack of disk space with
+// store.ErrNoSpace. bbolt rolls such a commit back (its meta page is written
+// last, so the file still holds the previous transaction), and some of its
+// errors carry the cause only as text ("file resize error: ...").
+func noSpace(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EFBIG) ||
+		strings.Contains(err.Error(), syscall.ENOSPC.Error()) || strings.Contains(err.Error(), syscall.EDQUOT.Error()) {
+		return fmt.Errorf("%w: %w", store.ErrNoSpace, err)
+	}
+	return err
 }
 
 // compact drops changelog entries older than the retention.

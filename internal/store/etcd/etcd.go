@@ -34,6 +34,13 @@ type Options struct {
 	Retries int
 	// PageSize is the List page size (default 10,000).
 	PageSize int64
+	// RequestTimeout bounds every read and every attempt of an Update
+	// (default 5s): a replica cut off from etcd, or an etcd without quorum,
+	// fails its calls with store.ErrUnavailable instead of hanging.
+	RequestTimeout time.Duration
+	// KeepAlive is the gRPC keepalive interval that detects a dead etcd
+	// connection under an idle watch (default 5s).
+	KeepAlive time.Duration
 }
 
 // Store is the etcd backend.
@@ -61,11 +68,19 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if opts.PageSize == 0 {
 		opts.PageSize = 10_000
 	}
+	if opts.RequestTimeout == 0 {
+		opts.RequestTimeout = 5 * time.Second
+	}
+	if opts.KeepAlive == 0 {
+		opts.KeepAlive = 5 * time.Second
+	}
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   opts.Endpoints,
-		DialTimeout: opts.DialTimeout,
-		Logger:      zap.NewNop(),
-		Context:     ctx,
+		Endpoints:            opts.Endpoints,
+		DialTimeout:          opts.DialTimeout,
+		DialKeepAliveTime:    opts.KeepAlive,
+		DialKeepAliveTimeout: opts.KeepAlive,
+		Logger:               zap.NewNop(),
+		Context:              ctx,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connecting to etcd %v: %w", opts.Endpoints, err)
@@ -86,21 +101,43 @@ func (s *Store) kv(m *mvccpb.KeyValue) store.KV {
 	return store.KV{Key: strings.TrimPrefix(string(m.Key), s.opts.Prefix), Value: m.Value, CreateRev: m.CreateRevision, ModRev: m.ModRevision}
 }
 
-func mapErr(err error) error {
+// bounded returns ctx limited to one request's timeout.
+func (s *Store) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.opts.RequestTimeout)
+}
+
+// mapErr turns etcd errors into the store's sentinels. parent is the
+// caller's context: when it ended, its own error is returned as is.
+func mapErr(parent context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
 	if errors.Is(err, rpctypes.ErrCompacted) || errors.Is(err, rpctypes.ErrGRPCCompacted) {
 		return store.ErrCompacted
 	}
 	if errors.Is(err, rpctypes.ErrRequestTooLarge) || errors.Is(err, rpctypes.ErrGRPCRequestTooLarge) {
 		return fmt.Errorf("%w: %v", store.ErrTooLarge, err)
 	}
+	if errors.Is(err, rpctypes.ErrNoSpace) || errors.Is(err, rpctypes.ErrGRPCNoSpace) {
+		return fmt.Errorf("%w: %v", store.ErrNoSpace, err)
+	}
+	if perr := parent.Err(); perr != nil {
+		return perr
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrGRPCNoLeader) ||
+		errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrGRPCTimeout) || errors.Is(err, rpctypes.ErrGRPCLeaderChanged) {
+		return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
+	}
 	return err
 }
 
 // Get implements store.Store.
 func (s *Store) Get(ctx context.Context, key string) (store.KV, error) {
-	resp, err := s.cli.Get(ctx, s.k(key))
+	bctx, cancel := s.bounded(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(bctx, s.k(key))
 	if err != nil {
-		return store.KV{}, mapErr(err)
+		return store.KV{}, mapErr(ctx, err)
 	}
 	if len(resp.Kvs) == 0 {
 		return store.KV{}, store.ErrNotFound
@@ -118,9 +155,11 @@ func (s *Store) list(ctx context.Context, prefix string, rev int64) ([]store.KV,
 		if rev > 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
-		resp, err := s.cli.Get(ctx, start, opts...)
+		bctx, cancel := s.bounded(ctx)
+		resp, err := s.cli.Get(bctx, start, opts...)
+		cancel()
 		if err != nil {
-			return nil, 0, mapErr(err)
+			return nil, 0, mapErr(ctx, err)
 		}
 		if rev == 0 {
 			rev = resp.Header.Revision
@@ -142,9 +181,11 @@ func (s *Store) List(ctx context.Context, prefix string) ([]store.KV, int64, err
 
 // Revision implements store.Store.
 func (s *Store) Revision(ctx context.Context) (int64, error) {
-	resp, err := s.cli.Get(ctx, s.k("\x00revision-probe"), clientv3.WithCountOnly())
+	bctx, cancel := s.bounded(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(bctx, s.k("\x00revision-probe"), clientv3.WithCountOnly())
 	if err != nil {
-		return 0, mapErr(err)
+		return 0, mapErr(ctx, err)
 	}
 	return resp.Header.Revision, nil
 }
@@ -152,7 +193,8 @@ func (s *Store) Revision(ctx context.Context) (int64, error) {
 // tx buffers writes and records what was read.
 type tx struct {
 	s      *Store
-	ctx    context.Context
+	ctx    context.Context    // bounded by the attempt's timeout
+	parent context.Context    // the caller's
 	rev    int64              // snapshot revision of the reads
 	reads  map[string]int64   // key -> mod revision seen (0: absent)
 	ranges map[string]bool    // prefixes listed
@@ -167,7 +209,7 @@ func (t *tx) get(key string) (store.KV, error) {
 	}
 	resp, err := t.s.cli.Get(t.ctx, t.s.k(key), opts...)
 	if err != nil {
-		return store.KV{}, mapErr(err)
+		return store.KV{}, mapErr(t.parent, err)
 	}
 	if t.rev == 0 {
 		t.rev = resp.Header.Revision
@@ -264,56 +306,9 @@ const maxKeyCompares = 64
 // Update implements store.Store.
 func (s *Store) Update(ctx context.Context, fn func(store.Tx) error) (int64, error) {
 	for attempt := 0; attempt < s.opts.Retries; attempt++ {
-		t := &tx{s: s, ctx: ctx, reads: map[string]int64{}, ranges: map[string]bool{}, writes: map[string]*[]byte{}}
-		if err := fn(t); err != nil {
-			return 0, err
-		}
-		if len(t.writes) == 0 {
-			if t.rev > 0 {
-				return t.rev, nil
-			}
-			return s.Revision(ctx)
-		}
-		var cmps []clientv3.Cmp
-		for prefix := range t.ranges {
-			start := s.k(prefix)
-			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(start).WithRange(clientv3.GetPrefixRangeEnd(start)), "<", t.rev+1))
-		}
-		inRange := func(k string) bool {
-			for p := range t.ranges {
-				if strings.HasPrefix(k, p) {
-					return true
-				}
-			}
-			return false
-		}
-		keys := slices.Sorted(maps.Keys(t.reads))
-		perKey := 0
-		for _, k := range keys {
-			if inRange(k) {
-				perKey++
-			}
-		}
-		for _, k := range keys {
-			if inRange(k) && perKey > maxKeyCompares {
-				continue
-			}
-			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.k(k)), "=", t.reads[k]))
-		}
-		var ops []clientv3.Op
-		for _, k := range t.order {
-			if v := t.writes[k]; v == nil {
-				ops = append(ops, clientv3.OpDelete(s.k(k)))
-			} else {
-				ops = append(ops, clientv3.OpPut(s.k(k), string(*v)))
-			}
-		}
-		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
-		if err != nil {
-			return 0, mapErr(err)
-		}
-		if resp.Succeeded {
-			return resp.Header.Revision, nil
+		rev, done, err := s.attempt(ctx, fn)
+		if done || err != nil {
+			return rev, err
 		}
 		// Someone wrote what we read: back off (random, growing, capped)
 		// so that contending writers fall out of step, and re-run.
@@ -327,6 +322,64 @@ func (s *Store) Update(ctx context.Context, fn func(store.Tx) error) (int64, err
 	return 0, store.ErrConflict
 }
 
+// attempt runs fn once and commits its writes if nothing it read changed
+// meanwhile; done=false means a conflict (retry). Its reads and its commit
+// are bounded by RequestTimeout together.
+func (s *Store) attempt(ctx context.Context, fn func(store.Tx) error) (rev int64, done bool, err error) {
+	actx, cancel := s.bounded(ctx)
+	defer cancel()
+	t := &tx{s: s, ctx: actx, parent: ctx, reads: map[string]int64{}, ranges: map[string]bool{}, writes: map[string]*[]byte{}}
+	if err := fn(t); err != nil {
+		return 0, true, err
+	}
+	if len(t.writes) == 0 {
+		if t.rev > 0 {
+			return t.rev, true, nil
+		}
+		rev, err := s.Revision(ctx)
+		return rev, true, err
+	}
+	var cmps []clientv3.Cmp
+	for prefix := range t.ranges {
+		start := s.k(prefix)
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(start).WithRange(clientv3.GetPrefixRangeEnd(start)), "<", t.rev+1))
+	}
+	inRange := func(k string) bool {
+		for p := range t.ranges {
+			if strings.HasPrefix(k, p) {
+				return true
+			}
+		}
+		return false
+	}
+	keys := slices.Sorted(maps.Keys(t.reads))
+	perKey := 0
+	for _, k := range keys {
+		if inRange(k) {
+			perKey++
+		}
+	}
+	for _, k := range keys {
+		if inRange(k) && perKey > maxKeyCompares {
+			continue
+		}
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.k(k)), "=", t.reads[k]))
+	}
+	var ops []clientv3.Op
+	for _, k := range t.order {
+		if v := t.writes[k]; v == nil {
+			ops = append(ops, clientv3.OpDelete(s.k(k)))
+		} else {
+			ops = append(ops, clientv3.OpPut(s.k(k), string(*v)))
+		}
+	}
+	resp, err := s.cli.Txn(actx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return 0, true, mapErr(ctx, err)
+	}
+	return resp.Header.Revision, resp.Succeeded, nil
+}
+
 // Watch implements store.Store.
 func (s *Store) Watch(ctx context.Context, prefix string, fromRev int64) <-chan store.WatchResponse {
 	out := make(chan store.WatchResponse)
@@ -337,12 +390,15 @@ func (s *Store) Watch(ctx context.Context, prefix string, fromRev int64) <-chan 
 		wch := s.cli.Watch(wctx, s.k(prefix), clientv3.WithPrefix(), clientv3.WithRev(fromRev+1))
 		for resp := range wch {
 			if resp.CompactRevision != 0 {
-				out <- store.WatchResponse{Err: store.ErrCompacted}
+				select {
+				case out <- store.WatchResponse{Err: store.ErrCompacted}:
+				case <-ctx.Done():
+				}
 				return
 			}
 			if err := resp.Err(); err != nil {
 				select {
-				case out <- store.WatchResponse{Err: mapErr(err)}:
+				case out <- store.WatchResponse{Err: mapErr(ctx, err)}:
 				case <-ctx.Done():
 				}
 				return
