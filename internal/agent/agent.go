@@ -411,8 +411,8 @@ func loadMap(path string) (netmap.Map, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return netmap.Map{}, fmt.Errorf("%s: %w", path, err)
 	}
-	if m.Self.Name == "" || m.Interface.Name == "" {
-		return netmap.Map{}, fmt.Errorf("%s: not a network map", path)
+	if err := m.Validate(); err != nil {
+		return netmap.Map{}, fmt.Errorf("%s: %w", path, err)
 	}
 	return m.Normalize(), nil
 }

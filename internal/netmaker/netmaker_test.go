@@ -308,3 +308,19 @@ func mustYAML(t *testing.T, s string, v any) {
 		t.Fatal(err)
 	}
 }
+
+// FuzzCheckRequest: the contract checker takes whatever a client sends
+// without panicking.
+func FuzzCheckRequest(f *testing.F) {
+	c, err := netmaker.LoadContract(nmtest.SwaggerPath(f))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add("POST", "/api/v1/acls", `{"name":"x","protocol":"tcp","src_type":[{"id":"tag","value":"n.t"}]}`)
+	f.Add("GET", "/api/v1/pending_hosts", "")
+	f.Add("DELETE", "/api/hosts/h/networks/n", `[1,2,{"a":null}]`)
+	f.Fuzz(func(t *testing.T, method, path, body string) {
+		c.CheckRequest(method, path, url.Values{"network": {"n"}}, []byte(body))
+		c.CheckResponse(method, path, 200, []byte(body))
+	})
+}

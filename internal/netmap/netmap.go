@@ -13,6 +13,8 @@ package netmap
 
 import (
 	"cmp"
+	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 )
@@ -166,4 +168,40 @@ func (m Map) Clone() Map {
 		c.Peers[i] = p
 	}
 	return c
+}
+
+// Validate checks the invariants a map from outside (a saved file) must
+// hold before it is applied: unique peer names and keys, a prefix on at
+// most one peer, valid prefixes, an interface name of at most 15 bytes.
+func (m Map) Validate() error {
+	if m.Self.Name == "" || m.Interface.Name == "" || len(m.Interface.Name) > 15 {
+		return fmt.Errorf("not a network map (self %q, interface %q)", m.Self.Name, m.Interface.Name)
+	}
+	names := map[string]bool{}
+	keys := map[Key]bool{}
+	owner := map[netip.Prefix]string{}
+	for _, p := range m.Peers {
+		if p.Name == "" || names[p.Name] {
+			return fmt.Errorf("peer name %q is empty or repeated", p.Name)
+		}
+		if keys[p.PublicKey] {
+			return fmt.Errorf("peer %s: its public key is another peer's", p.Name)
+		}
+		names[p.Name], keys[p.PublicKey] = true, true
+		for _, a := range p.AllowedIPs {
+			if !a.IsValid() {
+				return fmt.Errorf("peer %s: invalid allowed IP", p.Name)
+			}
+			if o, dup := owner[a.Masked()]; dup {
+				return fmt.Errorf("prefix %s on peers %s and %s", a, o, p.Name)
+			}
+			owner[a.Masked()] = p.Name
+		}
+	}
+	for _, r := range append(slices.Clone(m.Routes), m.Interface.Addresses...) {
+		if !r.IsValid() {
+			return errors.New("invalid route or address")
+		}
+	}
+	return nil
 }

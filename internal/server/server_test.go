@@ -460,3 +460,36 @@ func TestRenewRotatesTheNodeCertificate(t *testing.T) {
 		t.Fatalf("superseded certificate still works: %v", err)
 	}
 }
+
+// A node's certificate is no admin credential: it cannot read another
+// node's map or the registry, and it can only report its own status (the
+// node endpoints take the name from the certificate, never the request).
+func TestNodeCannotReadOthers(t *testing.T) {
+	h := start(t, controller.Config{})
+	ctx := context.Background()
+	h.admin.ApplySpec(ctx, mustRead(t, "../../examples/small.yaml"))
+	tok := h.token(api.CreateTokenRequest{Cluster: "eu-central/prod", Uses: 2})
+	a, err := h.enroll(tok, "a", "node")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.enroll(tok, "b", "node"); err != nil {
+		t.Fatal(err)
+	}
+	nc, _ := a.Client()
+	if _, err := nc.NodeMap(ctx, "b"); code(err) != api.CodeUnauthenticated {
+		t.Errorf("node a read b's map: %v", err)
+	}
+	if _, err := nc.Nodes(ctx, "", ""); code(err) != api.CodeUnauthenticated {
+		t.Errorf("node a listed the registry: %v", err)
+	}
+	if err := nc.ReportStatus(ctx, api.StatusReport{Healthy: true, Peers: 99}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := h.admin.Node(ctx, "b"); b.Peers == 99 {
+		t.Error("node a's report landed on b")
+	}
+	if n, _ := h.admin.Node(ctx, "a"); n.Peers != 99 {
+		t.Errorf("node a's own report is missing: %+v", n)
+	}
+}

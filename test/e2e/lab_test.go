@@ -668,6 +668,38 @@ func TestLab(t *testing.T) {
 		l.Forget(victim)
 	})
 
+	t.Run("CorruptStateFileResyncs", func(t *testing.T) {
+		// A truncated map.json: the agent refuses it with a clear message,
+		// resyncs from the controller, and ends with the controller's map.
+		const victim = "us-east-c1-n1"
+		path := filepath.Join(l.State.Config.Dir, "hosts", victim, "map.json")
+		if err := l.KillAgent(victim); err != nil {
+			t.Fatal(err)
+		}
+		good, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(path, good[:len(good)/3], 0o600)
+		if err := l.StartAgent(victim); err != nil {
+			t.Fatal(err)
+		}
+		logPath := filepath.Join(l.State.Config.Dir, "hosts", victim, "agent.log")
+		waitFor(t, "the agent refusing the truncated map", 15*time.Second, func() bool {
+			b, _ := os.ReadFile(logPath)
+			return strings.Contains(string(b), "ignoring unreadable saved map; resyncing from the controller")
+		})
+		waitFor(t, "the controller's map applied again", 20*time.Second, func() bool {
+			got, err := l.WGPeers(ctx, victim)
+			return err == nil && slices.Equal(got, controllerPeers(t, l, victim))
+		})
+		waitFor(t, "map.json rewritten whole", 10*time.Second, func() bool {
+			b, _ := os.ReadFile(path)
+			var m netmap.Map
+			return json.Unmarshal(b, &m) == nil && m.Validate() == nil
+		})
+	})
+
 	t.Run("AgentRestartKeepsFlows", func(t *testing.T) {
 		h := host(t, l, "us-east-c1-n2")
 		peersBefore, err := l.WGPeers(ctx, h.Name)
