@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/statemesh/statemesh/internal/spec"
 )
@@ -232,4 +233,27 @@ func TestPolicyValidation(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s\n%v", diff, err)
 	}
+}
+
+// FuzzCompile: any policy the spec parser accepts compiles or is refused
+// with an error, and a compiled policy answers questions without
+// panicking.
+func FuzzCompile(f *testing.F) {
+	f.Add("segments:\n  - {name: a}\n  - {name: b, isolated: true}\nrules:\n  - {name: r, from: a, to: b, ports: [tcp/80]}\n")
+	f.Add("segments: [{name: c, clients: true, match: {classes: [strong]}}]\n")
+	f.Fuzz(func(t *testing.T, doc string) {
+		var p spec.Policy
+		if yaml.Unmarshal([]byte(doc), &p) != nil {
+			return
+		}
+		c, err := Compile(&p)
+		if err != nil || c == nil {
+			return
+		}
+		e := Endpoint{Name: "n", Region: "r", Cluster: "c", Role: "node", Class: "strong"}
+		c.SegmentsOf(e)
+		c.FirewallFor(e)
+		c.Allowed(e, e, "tcp", 80)
+		c.Matrix()
+	})
 }
