@@ -239,8 +239,9 @@ func (r *Runner) watch(pid int, logPath string) {
 		r.mu.Lock()
 		stopped = r.stopped
 		r.mu.Unlock()
-		if !stopped {
-			if err := r.start(); err != nil && r.Log != nil {
+		// Apply may have started (or adopted) one meanwhile.
+		if !stopped && !r.running() {
+			if _, err := r.startOrAdopt(); err != nil && r.Log != nil {
 				r.Log.Error("restarting bird", "err", err)
 			}
 		}
