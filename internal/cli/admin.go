@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/apiclient"
 	"github.com/statemesh/statemesh/internal/cilium"
 	"github.com/statemesh/statemesh/internal/spec"
@@ -276,7 +277,7 @@ func getThing(ctx context.Context, e *env, c *apiclient.Client, what, output, re
 			}
 			return nil
 		}
-		t := newTable(e.stdout, "NAME", "REGION", "CLUSTER", "ROLE", "CLASS", "STATE", "OVERLAY", "PODS", "ENDPOINT", "HEALTH", "FIREWALL")
+		t := newTable(e.stdout, "NAME", "REGION", "CLUSTER", "ROLE", "BACKEND", "CLASS", "STATE", "OVERLAY", "PODS", "ENDPOINT", "HEALTH", "FIREWALL")
 		for _, n := range ns {
 			health := "-"
 			if n.Healthy != nil {
@@ -286,7 +287,11 @@ func getThing(ctx context.Context, e *env, c *apiclient.Client, what, output, re
 			if len(fw) > 40 {
 				fw = fw[:37] + "..."
 			}
-			t.row(n.Name, n.Region, dash(n.Cluster), n.Role, n.Class, n.State, n.OverlayIPv4, dash(n.PodIPv4), dash(n.Endpoint), health, fw)
+			backend := "statemesh"
+			if n.Role == netmap.RoleHost {
+				backend = "netmaker" // netclient manages its WireGuard; StateMesh attests it
+			}
+			t.row(n.Name, n.Region, dash(n.Cluster), n.Role, backend, n.Class, n.State, n.OverlayIPv4, dash(n.PodIPv4), dash(n.Endpoint), health, fw)
 		}
 		return t.flush()
 	}
