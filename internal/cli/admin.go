@@ -14,9 +14,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/statemesh/statemesh/internal/api"
-	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/apiclient"
 	"github.com/statemesh/statemesh/internal/cilium"
+	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/spec"
 )
 
