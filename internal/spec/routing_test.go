@@ -77,3 +77,14 @@ func TestRoutingRefusesBadBGPSettings(t *testing.T) {
 		t.Errorf("external peers without BIRD mode (-want +got):\n%s\n%v", diff, err)
 	}
 }
+
+func TestBIRDModeRefusesIPv6(t *testing.T) {
+	in := strings.Replace(twoRegions, "  podIPv4: [10.0.0.0/8]\n", "  podIPv4: [10.0.0.0/8]\n  overlayIPv6: fd7a::/48\n", 1) + "routing:\n  bgp: true\n"
+	_, err := Parse([]byte(in))
+	if diff := cmp.Diff([]string{"routing.bgp"}, paths(err)); diff != "" {
+		t.Errorf("(-want +got):\n%s\n%v", diff, err)
+	}
+	if _, err := Parse([]byte(strings.Replace(in, "  bgp: true\n", "  bgp: false\n", 1))); err != nil {
+		t.Errorf("baseline with IPv6: %v", err)
+	}
+}
