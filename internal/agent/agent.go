@@ -362,7 +362,7 @@ func (a *Agent) identity(ctx context.Context) (*apiclient.Identity, error) {
 			att = nil
 			id, err = apiclient.EnrollAttested(ctx, a.cfg.Controller, a.cfg.Token, req, nil)
 		}
-		if err == nil || errors.As(err, &ae) || attempt >= 30 {
+		if err == nil || (errors.As(err, &ae) && ae.Code != api.CodeUnavailable) || attempt >= 30 {
 			break
 		}
 		// The controller may not be up yet.

@@ -1,11 +1,13 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -210,11 +212,18 @@ func (s *Server) limitUnauth(h http.Handler) http.Handler {
 
 // withBodyDeadline bounds reading a request body to BodyTimeout (a client
 // that trickles its body is cut off) and lifts the bound afterwards, so a
-// slow handler is not mistaken for a slow client.
+// slow handler is not mistaken for a slow client. When the bound was hit,
+// it stays: the server's discard of the unread body then fails at once and
+// the connection is closed after the answer, instead of waiting forever for
+// the rest of the body.
 func (s *Server) withBodyDeadline(w http.ResponseWriter, read func() error) error {
 	rc := http.NewResponseController(w)
 	set := rc.SetReadDeadline(time.Now().Add(s.cfg.Limits.BodyTimeout)) == nil
 	err := read()
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		w.Header().Set("Connection", "close")
+		return err
+	}
 	if set {
 		rc.SetReadDeadline(time.Time{})
 	}

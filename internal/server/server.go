@@ -248,6 +248,11 @@ func (s *Server) nodeAuth(h func(w http.ResponseWriter, r *http.Request, name st
 	}
 }
 
+// errBodyTimeout answers a request whose body did not arrive within
+// Limits.BodyTimeout; it is also os.ErrDeadlineExceeded, so
+// withBodyDeadline closes the connection.
+var errBodyTimeout = fmt.Errorf("%w: %w", &api.Error{Code: api.CodeInvalidArgument, Message: "request body not received in time"}, os.ErrDeadlineExceeded)
+
 // readJSON decodes a bounded JSON body, refusing unknown fields.
 func (s *Server) readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	return s.withBodyDeadline(w, func() error { return decodeJSON(w, r, v) })
@@ -265,7 +270,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 			return err
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return &api.Error{Code: api.CodeInvalidArgument, Message: "request body not received in time"}
+			return errBodyTimeout
 		}
 		return &api.Error{Code: api.CodeInvalidArgument, Message: "malformed JSON body: " + err.Error()}
 	}
@@ -282,7 +287,7 @@ func (s *Server) applySpec(w http.ResponseWriter, r *http.Request) error {
 		return err
 	})
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return &api.Error{Code: api.CodeInvalidArgument, Message: "request body not received in time"}
+		return errBodyTimeout
 	}
 	if err != nil {
 		return err

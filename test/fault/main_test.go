@@ -43,3 +43,12 @@ func TestMain(m *testing.M) {
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
+
+// knownBug skips a test that pins a reported, not yet fixed bug, unless
+// STATEMESH_KNOWN_BUGS=1 (then it runs, and fails until the fix lands).
+func knownBug(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("STATEMESH_KNOWN_BUGS") != "1" {
+		t.Skip(why)
+	}
+}
