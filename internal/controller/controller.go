@@ -23,6 +23,7 @@ import (
 	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
@@ -69,6 +70,12 @@ type Config struct {
 	Keyring *secrets.Keyring
 	// Netmaker, when set, is kept in line with the registry.
 	Netmaker *NetmakerConfig
+	// StoreProbeEvery is how often the store is probed (default 1s); a
+	// replica whose store has not answered for StoreFenceAfter (default
+	// 5s) ends its watch streams and refuses new ones until it answers
+	// again, so nodes resume on a replica that knows the mesh.
+	StoreProbeEvery time.Duration
+	StoreFenceAfter time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -83,6 +90,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.HeartbeatTimeout == 0 {
 		c.HeartbeatTimeout = 3 * time.Second
+	}
+	if c.StoreProbeEvery == 0 {
+		c.StoreProbeEvery = time.Second
+	}
+	if c.StoreFenceAfter == 0 {
+		c.StoreFenceAfter = 5 * time.Second
 	}
 	if c.HealthInterval == 0 {
 		c.HealthInterval = 250 * time.Millisecond
@@ -130,9 +143,11 @@ type Controller struct {
 	// backends' status (Netmaker) and the kick that starts a pass now.
 	backends     []api.BackendStatus
 	netmakerKick chan struct{}
-	hub          *hub
-	metrics      *metrics
-	events       []api.Event
+	// fenced is set while the store does not answer (storeMonitor).
+	fenced  atomic.Bool
+	hub     *hub
+	metrics *metrics
+	events  []api.Event
 
 	ready chan struct{}
 	// started is when Run began: gateways get a heartbeat timeout's grace
@@ -264,6 +279,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	close(c.ready)
 
 	go c.healthMonitor(ctx)
+	go c.storeMonitor(ctx)
 	if c.cfg.Netmaker != nil {
 		go c.netmakerLoop(ctx)
 	}
@@ -553,4 +569,45 @@ func (c *Controller) topoNode(n *NodeRecord) topology.Node {
 	maps.Copy(labels, n.Labels)
 	t.Labels = labels
 	return t
+}
+
+// storeMonitor probes the store with a read that needs its quorum. While
+// the store has not answered for StoreFenceAfter, the replica is fenced:
+// it ends every watch stream and Watch refuses new ones, so nodes resume
+// on a replica that knows the mesh instead of following a frozen map.
+func (c *Controller) storeMonitor(ctx context.Context) {
+	t := time.NewTicker(c.cfg.StoreProbeEvery)
+	defer t.Stop()
+	var failingSince time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, c.cfg.StoreProbeEvery)
+		_, err := c.st.Get(pctx, keyCA)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			failingSince = time.Time{}
+			if c.fenced.Swap(false) {
+				c.log.Warn("store answers again; serving watch streams")
+			}
+			continue
+		}
+		if failingSince.IsZero() {
+			failingSince = time.Now()
+		}
+		if time.Since(failingSince) >= c.cfg.StoreFenceAfter && !c.fenced.Swap(true) {
+			c.log.Error("store unreachable: ending watch streams so nodes resume on a replica that can reach it", "err", err, "since", failingSince)
+			c.mu.Lock()
+			for _, s := range c.hub.subs {
+				c.hub.unsubscribe(s)
+			}
+			c.mu.Unlock()
+		}
+	}
 }

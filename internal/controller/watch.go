@@ -56,6 +56,9 @@ type Sink interface {
 // pingEvery. It returns when ctx ends, the sink fails, the node is removed,
 // or a newer stream of the same node replaces it.
 func (c *Controller) Watch(ctx context.Context, name string, from int64, sink Sink, pingEvery time.Duration) error {
+	if c.fenced.Load() {
+		return ErrStoreUnreachable
+	}
 	// The node may have enrolled a moment ago on this or another replica:
 	// wait (briefly) for the registry to know it.
 	deadline := time.Now().Add(10 * time.Second)
@@ -201,3 +204,7 @@ func pingFrame(rev int64) []byte {
 	b, _ := json.Marshal(api.Frame{Type: api.FramePing, Revision: rev})
 	return append(b, '\n')
 }
+
+// ErrStoreUnreachable ends or refuses streams on a replica that cannot
+// reach its store.
+var ErrStoreUnreachable = errors.New("this controller cannot reach its store; resume on another replica")

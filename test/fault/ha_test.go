@@ -427,9 +427,6 @@ func TestHAEtcdReplicas(t *testing.T) {
 // nodes resume on a replica that can, rather than keep them on a frozen map
 // with pings that look healthy.
 func TestPartitionedReplicaEndsStreams(t *testing.T) {
-	knownBug(t, "BUG: a replica cut off from etcd keeps its watch streams open with a frozen map and healthy-looking pings "+
-		"(internal/controller: Run only logs a broken store watch, and the etcd client retries silently); "+
-		"nodes streaming from it miss every change until the partition heals. Proposed fix in docs/reliability.md, \"Known gaps\"")
 	ctx := bounded(t, 2*time.Minute)
 	cluster := etcdtest.Start(t, 1)
 	kek := filepath.Join(t.TempDir(), "kek")
