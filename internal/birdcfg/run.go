@@ -8,14 +8,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrMissing is returned when BIRD is not installed.
@@ -56,6 +60,7 @@ type Runner struct {
 	// agent reports at once instead of at its next interval.
 	OnChange func()
 
+	startMu sync.Mutex // serializes startOrAdopt
 	mu      sync.Mutex
 	pid     int
 	exited  chan struct{}
@@ -137,16 +142,37 @@ func (r *Runner) running() bool {
 // outlives the agent, like the WireGuard interfaces: an agent restart does
 // not withdraw routes). A watcher restarts it (after a second) when it
 // exits, and a tailer of its log calls OnChange on state changes.
+//
+// There is never more than one BIRD per Dir: starts are serialized, and a
+// BIRD on this runner's socket that cannot be adopted (an agent killed
+// while its BIRD was starting, or one that no longer answers) is stopped
+// before a new one starts. Two would fight over the BGP sessions and the
+// kernel's routes.
 func (r *Runner) startOrAdopt() (adopted bool, err error) {
+	r.startMu.Lock()
+	defer r.startMu.Unlock()
+	if r.running() {
+		return true, nil // started or adopted meanwhile
+	}
 	if _, err := exec.LookPath("bird"); err != nil {
 		return false, ErrMissing
 	}
-	if pid := r.adoptable(filepath.Join(r.Dir, "bird.pid")); pid > 0 {
+	pids := birdsOn(r.socket())
+	if pid := r.adoptable(pids); pid > 0 {
 		if r.Log != nil {
 			r.Log.Info("adopted the running bird", "pid", pid)
 		}
+		// Others are killed outright: a BIRD that ends cleanly unlinks
+		// its socket and pid file, which are the adopted one's now.
+		killPids(without(pids, pid))
 		r.watch(pid, filepath.Join(r.Dir, "bird.log"))
 		return true, nil
+	}
+	if len(pids) > 0 {
+		if r.Log != nil {
+			r.Log.Warn("stopping a bird that does not answer on its control socket", "pids", pids)
+		}
+		stopPids(pids)
 	}
 	return false, r.start()
 }
@@ -193,23 +219,114 @@ func (r *Runner) start() error {
 	}
 }
 
-// adoptable returns the pid of a BIRD already serving this runner's
-// socket, or 0.
-func (r *Runner) adoptable(pidFile string) int {
-	b, err := os.ReadFile(pidFile)
+// adoptable returns the one of pids (BIRDs on this runner's socket) that
+// listens on the socket and answers there, or 0. A busy BIRD gets a few
+// seconds to answer.
+func (r *Runner) adoptable(pids []int) int {
+	pid := socketOwner(r.socket(), pids)
+	if pid == 0 {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
+	defer cancel()
+	for {
+		if _, err := r.birdc(ctx, "show status"); err == nil {
+			return pid
+		}
+		if syscall.Kill(pid, 0) != nil || zombie(pid) {
+			return 0
+		}
+		select {
+		case <-ctx.Done():
+			return 0
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// socketOwner returns the one of pids that listens on the unix socket at
+// path (each BIRD start unlinks the path and binds anew, so an older BIRD
+// may still run on a path it no longer owns), or 0. The kernel names the
+// listener: SO_PEERCRED on a connection to it.
+func socketOwner(path string, pids []int) int {
+	c, err := net.DialTimeout("unix", path, time.Second)
 	if err != nil {
 		return 0
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 || syscall.Kill(pid, 0) != nil {
+	defer c.Close()
+	raw, err := c.(*net.UnixConn).SyscallConn()
+	if err != nil {
 		return 0
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if _, err := r.birdc(ctx, "show status"); err != nil {
+	var cred *unix.Ucred
+	raw.Control(func(fd uintptr) {
+		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	})
+	if err != nil || cred == nil || !slices.Contains(pids, int(cred.Pid)) {
 		return 0
 	}
-	return pid
+	return int(cred.Pid)
+}
+
+// birdsOn returns the live BIRD processes serving socket, oldest first
+// (by pid, which is good enough between restarts of one agent).
+func birdsOn(socket string) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if filepath.Base(args[0]) != "bird" || zombie(pid) {
+			continue
+		}
+		for i := 1; i+1 < len(args); i++ {
+			if args[i] == "-s" && args[i+1] == socket {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	slices.Sort(pids)
+	return pids
+}
+
+func without(pids []int, pid int) []int {
+	return slices.DeleteFunc(slices.Clone(pids), func(p int) bool { return p == pid })
+}
+
+// killPids ends BIRD processes at once, leaving their files alone.
+func killPids(pids []int) {
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	stopPids(pids) // waits until they are gone
+}
+
+// stopPids ends BIRD processes: SIGTERM, and SIGKILL after 3 s.
+func stopPids(pids []int) {
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for _, pid := range pids {
+		for syscall.Kill(pid, 0) == nil && !zombie(pid) {
+			if time.Now().After(deadline) {
+				syscall.Kill(pid, syscall.SIGKILL)
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 }
 
 // watch follows BIRD process pid: its log for state changes, its life
@@ -404,15 +521,10 @@ func ParseBFD(out string) []BFDSession {
 	return ss
 }
 
-// StopStale stops a BIRD an earlier agent left running in dir (the
+// StopStale stops every BIRD an earlier agent left running in dir (the
 // gateway is no longer in BIRD mode); it reports whether there was one.
 func StopStale(dir string) bool {
-	r := &Runner{Dir: dir}
-	pid := r.adoptable(filepath.Join(dir, "bird.pid"))
-	if pid <= 0 {
-		return false
-	}
-	r.watch(pid, filepath.Join(dir, "bird.log"))
-	r.Stop()
-	return true
+	pids := birdsOn((&Runner{Dir: dir}).socket())
+	stopPids(pids)
+	return len(pids) > 0
 }

@@ -3,6 +3,7 @@ package birdcfg
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -94,12 +95,63 @@ func TestRunnerInstallsOnlyWhatParses(t *testing.T) {
 	r.mu.Lock()
 	r.stopped = true // the first runner is gone, as with a dead agent
 	r.mu.Unlock()
-	r2.Stop()
-	if _, err := r2.Status(ctx); err == nil {
+
+	// Two BIRDs on the socket (BIRD refuses to start while another answers
+	// on it, but an earlier agent that gave up on an adoption removed the
+	// socket file and started a second one): the next runner adopts the
+	// one that owns the socket and stops the other, so one is left.
+	r2.mu.Lock()
+	r2.stopped = true
+	r2.mu.Unlock()
+	extra := exec.Command("bird", "-f", "-c", filepath.Join(dir, "bird.conf"), "-s", filepath.Join(dir, "bird.ctl"), "-P", filepath.Join(dir, "bird.pid"))
+	extra.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	os.Remove(filepath.Join(dir, "bird.ctl"))
+	if err := extra.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go extra.Wait()
+	t.Cleanup(func() { extra.Process.Kill() })
+	waitAnswers(t, r2)
+	if got := birdsOn(filepath.Join(dir, "bird.ctl")); len(got) != 2 {
+		t.Fatalf("set-up: birds on the socket %v, want 2", got)
+	}
+	r3 := &Runner{Dir: dir}
+	t.Cleanup(r3.Stop)
+	if _, err := r3.Apply(ctx, []byte(harmless)); err != nil {
+		t.Fatal(err)
+	}
+	if got := birdsOn(filepath.Join(dir, "bird.ctl")); len(got) != 1 || got[0] != extra.Process.Pid {
+		t.Errorf("after adoption with two birds: %v, want only %d (the socket's owner)", got, extra.Process.Pid)
+	}
+	if st, err := r3.Status(ctx); err != nil || len(st.Protocols) != 1 {
+		t.Errorf("adopted bird: %+v %v", st, err)
+	}
+	pid = extra.Process.Pid
+	r3.Stop()
+	if _, err := r3.Status(ctx); err == nil {
 		t.Error("Status after Stop says running")
 	}
 	if syscall.Kill(pid, 0) == nil && !zombie(pid) {
 		t.Error("bird still runs after Stop")
+	}
+	// A bird left in a directory whose gateway left BIRD mode is stopped.
+	if StopStale(dir) {
+		t.Error("StopStale found a bird after Stop")
+	}
+}
+
+// waitAnswers waits until a BIRD answers on r's socket.
+func waitAnswers(t *testing.T, r *Runner) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := r.birdc(context.Background(), "show status"); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("bird does not answer on its socket")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -167,8 +169,12 @@ type peerWatcher struct {
 	seen   map[string]time.Time
 	frames int
 	snaps  int
-	err    error
-	done   chan struct{}
+	// opens counts the attempts to open the stream: like an agent, the
+	// watcher retries (with backoff) until the stream delivers its first
+	// frame; once it has, the stream's end is final (done closes).
+	opens int
+	err   error
+	done  chan struct{}
 }
 
 func watchPeers(ctx context.Context, t testing.TB, id *apiclient.Identity) *peerWatcher {
@@ -181,32 +187,58 @@ func watchPeers(ctx context.Context, t testing.TB, id *apiclient.Identity) *peer
 	go func() {
 		defer close(w.done)
 		defer c.CloseIdle()
-		err := c.Watch(ctx, 0, func(f api.Frame) error {
-			now := time.Now()
+		backoff := 100 * time.Millisecond
+		for {
 			w.mu.Lock()
-			defer w.mu.Unlock()
-			w.frames++
-			switch f.Type {
-			case api.FrameSnapshot:
-				w.snaps++
-				w.m = *f.Map
-			case api.FrameDelta:
-				w.m = w.m.Apply(*f.Delta)
-			default:
-				return nil
-			}
-			for _, p := range w.m.Peers {
-				if _, ok := w.seen[p.Name]; !ok {
-					w.seen[p.Name] = now
+			w.opens++
+			w.mu.Unlock()
+			err := c.Watch(ctx, 0, func(f api.Frame) error {
+				now := time.Now()
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				w.frames++
+				switch f.Type {
+				case api.FrameSnapshot:
+					w.snaps++
+					w.m = *f.Map
+				case api.FrameDelta:
+					w.m = w.m.Apply(*f.Delta)
+				default:
+					return nil
 				}
+				for _, p := range w.m.Peers {
+					if _, ok := w.seen[p.Name]; !ok {
+						w.seen[p.Name] = now
+					}
+				}
+				return nil
+			})
+			w.mu.Lock()
+			w.err = err
+			started := w.frames > 0
+			w.mu.Unlock()
+			var ae *api.Error
+			if started || ctx.Err() != nil || errors.As(err, &ae) && ae.Code == api.CodeUnauthenticated {
+				return
 			}
-			return nil
-		})
-		w.mu.Lock()
-		w.err = err
-		w.mu.Unlock()
+			// Not open yet (e.g. a TLS handshake timed out while thousands
+			// open at once): retry, as the agent does.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff + time.Duration(rand.Int64N(int64(backoff)))):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+		}
 	}()
 	return w
+}
+
+// state describes the watcher for a failure message.
+func (w *peerWatcher) state() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return fmt.Sprintf("%d frames, %d attempts to open the stream, last error: %v", w.frames, w.opens, w.err)
 }
 
 func (w *peerWatcher) has(name string) (time.Time, bool) {
