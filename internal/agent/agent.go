@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"net/url"
@@ -28,6 +29,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/apiclient"
+	"github.com/statemesh/statemesh/internal/atomicfile"
 	"github.com/statemesh/statemesh/internal/birdcfg"
 	"github.com/statemesh/statemesh/internal/dataplane/firewall"
 	"github.com/statemesh/statemesh/internal/dataplane/wg"
@@ -263,7 +265,7 @@ func (a *Agent) loadOrCreateKey() (netmap.Key, error) {
 		if err != nil {
 			return k, err
 		}
-		return k, writeFileAtomic(path, blob, 0o600)
+		return k, atomicfile.WriteFile(path, blob, 0o600)
 	}
 	if a.cfg.Keyring != nil {
 		path := filepath.Join(dir, KeyFile+".enc")
@@ -282,13 +284,21 @@ func (a *Agent) loadOrCreateKey() (netmap.Key, error) {
 		if err != nil {
 			return k, err
 		}
-		return k, writeFileAtomic(path, blob, 0o600)
+		return k, atomicfile.WriteFile(path, blob, 0o600)
 	}
 	k, err := netmap.GeneratePrivateKey()
 	if err != nil {
 		return k, err
 	}
-	return k, writeFileAtomic(plain, []byte(k.String()+"\n"), 0o600)
+	return k, atomicfile.WriteFile(plain, []byte(k.String()+"\n"), 0o600)
+}
+
+// retryWait is how long to wait before retrying after err: base, or what
+// the controller's Retry-After asks for when that is longer, plus up to a
+// fifth more at random so that many agents do not come back at once.
+func retryWait(base time.Duration, err error) time.Duration {
+	d := max(base, apiclient.RetryAfter(err))
+	return d + rand.N(d/5+1)
 }
 
 func trimSpace(b []byte) []byte {
@@ -296,26 +306,6 @@ func trimSpace(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 func (a *Agent) identity(ctx context.Context) (*apiclient.Identity, error) {
@@ -365,19 +355,20 @@ func (a *Agent) identity(ctx context.Context) (*apiclient.Identity, error) {
 		if err == nil || (errors.As(err, &ae) && ae.Code != api.CodeUnavailable) || attempt >= 30 {
 			break
 		}
-		// The controller may not be up yet.
-		a.log.Info("controller not reachable; retrying enrollment", "err", err)
+		// The controller may not be up yet, or asks to come back later.
+		wait := retryWait(time.Second, err)
+		a.log.Info("controller not reachable; retrying enrollment", "err", err, "in", wait.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(time.Second):
+		case <-time.After(wait):
 		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("enrolling: %w", err)
 	}
 	b, _ := json.MarshalIndent(id, "", "  ")
-	if err := writeFileAtomic(path, b, 0o600); err != nil {
+	if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
 		return nil, err
 	}
 	a.log.Info("enrolled", "node", id.Node.Name, "region", id.Node.Region, "cluster", id.Node.Cluster, "overlay", id.Node.OverlayIPv4, "class", id.Node.Class)
@@ -422,7 +413,7 @@ func (a *Agent) saveMap(m netmap.Map) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(a.cfg.DataDir, MapFile), b, 0o600)
+	return atomicfile.WriteFile(filepath.Join(a.cfg.DataDir, MapFile), b, 0o600)
 }
 
 func (a *Agent) device(ifname string) (*wg.Device, error) {
@@ -603,7 +594,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(backoff):
+		case <-time.After(retryWait(backoff, err)):
 		}
 		backoff = min(backoff*2, 2*time.Second)
 	}
@@ -719,7 +710,7 @@ func (a *Agent) renewLoop(ctx context.Context) {
 			continue
 		}
 		b, _ := json.MarshalIndent(renewed, "", "  ")
-		if err := writeFileAtomic(filepath.Join(a.cfg.DataDir, IdentityFile), b, 0o600); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(a.cfg.DataDir, IdentityFile), b, 0o600); err != nil {
 			a.log.Error("saving the renewed identity", "err", err)
 		}
 		cli, err := renewed.Client()

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/statemesh/statemesh/internal/atomicfile"
 )
 
 // ErrMissing is returned when BIRD is not installed.
@@ -84,7 +86,7 @@ func (r *Runner) Apply(ctx context.Context, conf []byte) (changed bool, err erro
 	if err := os.MkdirAll(r.Dir, 0o700); err != nil {
 		return false, err
 	}
-	if err := writeAtomic(r.conf(), conf); err != nil {
+	if err := atomicfile.WriteFile(r.conf(), conf, 0o600); err != nil {
 		return false, err
 	}
 	if !r.running() {
@@ -102,26 +104,6 @@ func (r *Runner) Apply(ctx context.Context, conf []byte) (changed bool, err erro
 		return true, fmt.Errorf("birdc configure: %s", strings.TrimSpace(out))
 	}
 	return true, nil
-}
-
-func writeAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 func (r *Runner) running() bool {

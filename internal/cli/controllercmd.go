@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/atomicfile"
 	"github.com/statemesh/statemesh/internal/controller"
 	"github.com/statemesh/statemesh/internal/netmaker"
 	"github.com/statemesh/statemesh/internal/secrets"
@@ -238,11 +239,10 @@ func writeAdminConfig(path string, cfg api.AdminConfig) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("writing admin config: %w", err)
 	}
-	return os.Rename(tmp, path)
+	return nil
 }
 
 // loadKeyring loads the key-encryption keyring from $STATEMESH_KEK or the

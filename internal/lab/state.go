@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/statemesh/statemesh/internal/atomicfile"
 )
 
 // State records everything a lab created, written as it is created.
@@ -73,11 +75,7 @@ func (s *State) save() error {
 	if err != nil {
 		return err
 	}
-	tmp := s.path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, s.path)
+	return atomicfile.WriteFile(s.path, b, 0o600)
 }
 
 func (s *State) addNamespace(ns string) error {

@@ -20,6 +20,8 @@ import (
 	"strings"
 
 	"golang.org/x/crypto/chacha20poly1305"
+
+	"github.com/statemesh/statemesh/internal/atomicfile"
 )
 
 var magic = []byte("smenc1")
@@ -233,11 +235,7 @@ func AddPrimary(path, id string) (*Keyring, error) {
 	if _, err := Parse(text); err != nil {
 		return nil, err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(text), 0o600); err != nil {
-		return nil, err
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.WriteFile(path, []byte(text), 0o600); err != nil {
 		return nil, err
 	}
 	return Load(path)
