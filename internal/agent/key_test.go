@@ -6,7 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/secrets"
 	"github.com/statemesh/statemesh/internal/swtpm"
 	"github.com/statemesh/statemesh/internal/testenv"
@@ -89,5 +91,20 @@ func TestWireGuardKeyEncryptedWithKeyring(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(plain, KeyFile))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("plain key file: %v %v", fi.Mode(), err)
+	}
+}
+
+func TestRetryWaitHonoursRetryAfter(t *testing.T) {
+	busy := &api.Error{Code: api.CodeUnavailable, RetryAfter: 7 * time.Second}
+	for range 100 {
+		if d := retryWait(time.Second, busy); d < 7*time.Second || d > 7*time.Second+7*time.Second/5 {
+			t.Fatalf("Retry-After 7s: waited %s", d)
+		}
+		if d := retryWait(time.Second, errors.New("connection refused")); d < time.Second || d > 1200*time.Millisecond {
+			t.Fatalf("no Retry-After: waited %s", d)
+		}
+		if d := retryWait(10*time.Second, busy); d < 10*time.Second {
+			t.Fatalf("a longer own backoff was cut to Retry-After: %s", d)
+		}
 	}
 }

@@ -57,6 +57,9 @@ type Error struct {
 	Message string `json:"message"`
 	// Fields lists field-level problems (spec errors), when any.
 	Fields []FieldError `json:"fields,omitempty"`
+	// RetryAfter is the answer's Retry-After (429 and 503 answers), for
+	// clients: not part of the body.
+	RetryAfter time.Duration `json:"-"`
 }
 
 // FieldError is one problem with one field.

@@ -140,9 +140,30 @@ func decodeError(resp *http.Response) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	var er api.ErrorResponse
 	if err := json.Unmarshal(b, &er); err != nil || er.Error.Code == "" {
-		return &api.Error{Code: api.CodeInternal, Message: fmt.Sprintf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(b))}
+		return &api.Error{Code: api.CodeInternal, Message: fmt.Sprintf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(b)), RetryAfter: retryAfter(resp)}
 	}
+	er.Error.RetryAfter = retryAfter(resp)
 	return &er.Error
+}
+
+// retryAfter reads a Retry-After header in seconds (the form the
+// controller sends), capped at 5 minutes; 0 when absent or malformed.
+func retryAfter(resp *http.Response) time.Duration {
+	secs, err := strconv.Atoi(strings.TrimSpace(resp.Header.Get("Retry-After")))
+	if err != nil || secs <= 0 {
+		return 0
+	}
+	return min(time.Duration(secs)*time.Second, 5*time.Minute)
+}
+
+// RetryAfter is how long an error asks the caller to wait before it
+// retries (the answer's Retry-After), or 0.
+func RetryAfter(err error) time.Duration {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return ae.RetryAfter
+	}
+	return 0
 }
 
 func (c *Client) jsonCall(ctx context.Context, method, path string, in, out any) error {
