@@ -344,7 +344,9 @@ func (c *Controller) attestationFailed(ctx context.Context, node string, m *spec
 		return err
 	}
 	c.log.Warn("attestation failure action", "node", node, "action", action, "reason", reason, "revision", rev)
-	return nil
+	// The caller's answer comes after the action is visible here: whoever
+	// asks this replica next sees the node quarantined (or weak).
+	return c.WaitRevision(ctx, rev)
 }
 
 // attestationMonitor treats strong nodes that stopped re-attesting as

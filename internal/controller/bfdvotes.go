@@ -38,12 +38,10 @@ func bfdView(reporter *NodeRecord, rs *api.RoutingStatus, nodes map[string]*Node
 	return down, up
 }
 
-// votedDown reports whether most of gateway g's fresh region peers see it
-// down, with the tally for the health record's reason.
-func (c *Controller) votedDownLocked(g string, now time.Time) (bool, string) {
-	votes := c.bfdVotes[g]
-	down, total := 0, 0
-	for reporter, isDown := range votes {
+// tallyLocked counts the fresh votes on gateway g: how many of its region
+// peers that reported within the heartbeat timeout see it down, of all.
+func (c *Controller) tallyLocked(g string, now time.Time) (down, total int) {
+	for reporter, isDown := range c.bfdVotes[g] {
 		st, ok := c.status[reporter]
 		if !ok || now.Sub(st.at) > c.cfg.HeartbeatTimeout {
 			continue // a silent reporter's view is stale
@@ -53,7 +51,30 @@ func (c *Controller) votedDownLocked(g string, now time.Time) (bool, string) {
 			down++
 		}
 	}
+	return down, total
+}
+
+// votedDown reports whether most of gateway g's fresh region peers see it
+// down, with the tally for the health record's reason.
+func (c *Controller) votedDownLocked(g string, now time.Time) (bool, string) {
+	down, total := c.tallyLocked(g, now)
 	return total > 0 && down*2 > total, fmt.Sprintf("BFD: %d of %d gateways of its region see it down", down, total)
+}
+
+// vouchFactor bounds how long BFD can vouch for a silent gateway: up to
+// vouchFactor heartbeat timeouts without a heartbeat.
+const vouchFactor = 10
+
+// vouchedLocked reports whether most of gateway g's fresh region peers see
+// its BFD sessions up. A gateway whose heartbeats stopped but whose BIRD
+// still answers BFD has lost its agent (a crash, a restart, an upgrade),
+// not its data plane: it keeps forwarding with its last configuration, so
+// it stays designated while its peers vouch for it, for at most
+// vouchFactor heartbeat timeouts (an agent that stays away cannot apply
+// changes). A host that dies takes BFD with it and is voted down at once.
+func (c *Controller) vouchedLocked(g string, now time.Time) bool {
+	down, total := c.tallyLocked(g, now)
+	return total > 0 && (total-down)*2 > total
 }
 
 // recordBFDVotesLocked stores reporter's view and returns the gateways
@@ -65,6 +86,21 @@ func (c *Controller) recordBFDVotesLocked(reporter string, rs *api.RoutingStatus
 	}
 	down, up := bfdView(n, rs, c.nodes)
 	changed := map[string]bool{}
+	if rs == nil || rs.BIRD != "running" {
+		// No BIRD, no view: the reporter's earlier votes lapse (they would
+		// otherwise count, or vouch, for as long as it keeps reporting).
+		for g, votes := range c.bfdVotes {
+			if _, ok := votes[reporter]; !ok {
+				continue
+			}
+			delete(votes, reporter)
+			if verdict, _ := c.votedDownLocked(g, now); verdict != c.bfdDown[g] {
+				c.bfdDown[g] = verdict
+				changed[g] = verdict
+			}
+		}
+		return changed
+	}
 	set := func(g string, isDown bool) {
 		if c.bfdVotes[g] == nil {
 			c.bfdVotes[g] = map[string]bool{}

@@ -1,11 +1,16 @@
 package controller
 
 import (
+	"context"
+	"os"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/store/bolt"
 )
 
 func TestBFDVotes(t *testing.T) {
@@ -55,8 +60,113 @@ func TestBFDVotes(t *testing.T) {
 	if ch := report("a2", now, s("a1", "Up")); ch["a1"] || len(ch) != 1 {
 		t.Errorf("recovery: %v", ch)
 	}
-	// Without BIRD running, a report has no view.
-	if ch := c.recordBFDVotesLocked("a2", &api.RoutingStatus{BIRD: "bird exited"}, now); len(ch) != 0 {
-		t.Errorf("a report without BIRD voted: %v", ch)
+	// Without BIRD running, a report has no view, and the reporter's
+	// earlier one lapses: a3's "down" is now 1 of 1.
+	if ch := c.recordBFDVotesLocked("a2", &api.RoutingStatus{BIRD: "bird exited"}, now); !ch["a1"] || len(ch) != 1 {
+		t.Errorf("a2's view did not lapse with its BIRD: %v", ch)
+	}
+	if _, ok := c.bfdVotes["a1"]["a2"]; ok {
+		t.Error("a2's vote on a1 kept after its BIRD exited")
+	}
+	if ch := c.recordBFDVotesLocked("a2", nil, now); len(ch) != 0 {
+		t.Errorf("a second report without BIRD changed verdicts: %v", ch)
+	}
+}
+
+// TestBFDVouchesForSilentGateway: a gateway whose heartbeats stop while its
+// region peer still sees its BFD session up (its agent crashed or
+// restarts; BIRD and WireGuard keep forwarding) stays healthy, for at most
+// vouchFactor heartbeat timeouts; without the peer's view it is marked
+// unhealthy after one timeout, as before.
+func TestBFDVouchesForSilentGateway(t *testing.T) {
+	st, err := bolt.Open(t.TempDir(), bolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	const timeout = time.Second
+	c, err := New(Config{Store: st, Now: clock, HeartbeatTimeout: timeout, HealthInterval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Bootstrap(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	go c.Run(ctx)
+	<-c.Ready()
+	spec, _ := os.ReadFile("../../examples/small.yaml")
+	if _, err := c.ApplySpec(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"gw0", "gw1"} {
+		tok, err := c.CreateToken(ctx, api.CreateTokenRequest{Region: "eu-central", Role: "gateway"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, _ := netmap.GeneratePrivateKey()
+		if _, err := c.Enroll(ctx, api.EnrollRequest{Token: tok.Secret, Name: name, Role: "gateway", PublicKey: k.PublicKey(), CSR: csr(t), Endpoint: "192.0.2.1:51820"}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sees := func(peer, bfd string) *api.RoutingStatus {
+		return &api.RoutingStatus{BIRD: "running", Sessions: []api.BGPSession{{Peer: peer, BFD: bfd}}}
+	}
+	report := func(name string, rs *api.RoutingStatus) {
+		t.Helper()
+		if err := c.ReportStatus(ctx, name, api.StatusReport{Healthy: true, AppliedRevision: 1, Routing: rs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	health := func(name string) HealthRecord {
+		c.mu.RLock()
+		defer c.mu.RUnlock()
+		return c.health[name]
+	}
+	// settle lets the monitor run (it ticks every 5 ms of real time) and
+	// the health record come back through the store's watch.
+	settle := func() { time.Sleep(150 * time.Millisecond) }
+	report("gw0", sees("gw1", "Up"))
+	report("gw1", sees("gw0", "Up"))
+	settle()
+	if h := health("gw0"); !h.Healthy {
+		t.Fatalf("gw0 not healthy at the start: %+v", h)
+	}
+
+	// gw0's agent goes silent; gw1 keeps reporting gw0's BFD up.
+	for range 8 {
+		advance(timeout)
+		report("gw1", sees("gw0", "Up"))
+		settle()
+		if h := health("gw0"); !h.Healthy {
+			t.Fatalf("silent gw0 marked unhealthy although its region peer sees its BFD up: %+v", h)
+		}
+	}
+	// Beyond vouchFactor timeouts, silence wins.
+	advance(3 * timeout)
+	report("gw1", sees("gw0", "Up"))
+	settle()
+	if h := health("gw0"); h.Healthy || !strings.Contains(h.Reason, "no heartbeat") {
+		t.Fatalf("gw0 silent for %d timeouts still healthy: %+v", vouchFactor+1, h)
+	}
+
+	// Back: gw0 reports again. Then gw1's BIRD stops: its old view lapses
+	// and no longer vouches, so gw0's silence counts after one timeout.
+	report("gw0", sees("gw1", "Up"))
+	settle()
+	if h := health("gw0"); !h.Healthy {
+		t.Fatalf("gw0 not healthy after reporting again: %+v", h)
+	}
+	report("gw1", &api.RoutingStatus{BIRD: "bird exited"})
+	advance(timeout + timeout/2)
+	report("gw1", &api.RoutingStatus{BIRD: "bird exited"})
+	settle()
+	if h := health("gw0"); h.Healthy {
+		t.Fatalf("gw0 silent, nobody's BFD sees it, still healthy: %+v", h)
 	}
 }

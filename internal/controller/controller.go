@@ -139,7 +139,10 @@ type Controller struct {
 	// BIRD mode: each gateway's region peers' BFD view of it (gateway →
 	// reporter → down) and the resulting verdict (bfdvotes.go).
 	bfdVotes map[string]map[string]bool
-	bfdDown  map[string]bool
+	// vouchLogged: silent gateways kept designated by their region's BFD
+	// (logged once per silence).
+	vouchLogged map[string]bool
+	bfdDown     map[string]bool
 	// backends' status (Netmaker) and the kick that starts a pass now.
 	backends     []api.BackendStatus
 	netmakerKick chan struct{}
@@ -173,6 +176,7 @@ func New(cfg Config) (*Controller, error) {
 		status:       map[string]statusEntry{},
 		bfdVotes:     map[string]map[string]bool{},
 		bfdDown:      map[string]bool{},
+		vouchLogged:  map[string]bool{},
 		netmakerKick: make(chan struct{}, 1),
 		hub:          newHub(cfg.HistoryLen, cfg.QueueLen),
 		ready:        make(chan struct{}),

@@ -109,17 +109,32 @@ func (c *Controller) healthMonitor(ctx context.Context) {
 		now := c.cfg.Now()
 		c.checkAttestationDeadlines(ctx, now)
 		var stale []string
-		c.mu.RLock()
+		c.mu.Lock()
 		for name, h := range c.health {
 			last := h.LastHeartbeat
 			if c.started.After(last) {
 				last = c.started
 			}
-			if h.Healthy && now.Sub(last) > c.cfg.HeartbeatTimeout {
-				stale = append(stale, name)
+			silent := now.Sub(last)
+			if !h.Healthy || silent <= c.cfg.HeartbeatTimeout {
+				continue
+			}
+			if silent <= vouchFactor*c.cfg.HeartbeatTimeout && c.vouchedLocked(name, now) {
+				if !c.vouchLogged[name] {
+					c.vouchLogged[name] = true
+					c.log.Info("gateway silent but its region's BFD sees it up: it stays designated", "gateway", name,
+						"silent", silent.Round(time.Millisecond), "for at most", vouchFactor*c.cfg.HeartbeatTimeout)
+				}
+				continue
+			}
+			stale = append(stale, name)
+		}
+		for name := range c.vouchLogged {
+			if h, ok := c.health[name]; ok && now.Sub(h.LastHeartbeat) <= c.cfg.HeartbeatTimeout {
+				delete(c.vouchLogged, name) // heard from again
 			}
 		}
-		c.mu.RUnlock()
+		c.mu.Unlock()
 		for _, name := range stale {
 			_, err := c.st.Update(ctx, func(tx store.Tx) error {
 				kv, err := tx.Get(healthKey(name))
