@@ -46,7 +46,7 @@ type controllerFlags struct {
 	heartbeatTimeout                                                                                          time.Duration
 	netmakerURL, netmakerTokenFile                                                                            string
 	netmakerNetworks                                                                                          []string
-	netmakerEvery                                                                                             time.Duration
+	netmakerEvery, netmakerKeyTTL                                                                             time.Duration
 }
 
 // netmakerConfig builds the Netmaker connection from the flags: the token
@@ -59,18 +59,11 @@ func netmakerConfig(f controllerFlags) (*controller.NetmakerConfig, error) {
 		}
 		return nil, nil
 	}
-	token := os.Getenv("STATEMESH_NETMAKER_TOKEN")
-	if f.netmakerTokenFile != "" {
-		b, err := os.ReadFile(f.netmakerTokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("--netmaker-token-file: %w", err)
-		}
-		token = strings.TrimSpace(string(b))
+	token, err := netmaker.LoadToken(f.netmakerTokenFile)
+	if err != nil {
+		return nil, usagef("--netmaker-url needs a token (--netmaker-token-file or $%s): %v", netmaker.TokenEnv, err)
 	}
-	if token == "" {
-		return nil, usagef("--netmaker-url needs a token: --netmaker-token-file or $STATEMESH_NETMAKER_TOKEN")
-	}
-	cl, err := netmaker.NewClient(f.netmakerURL, token, 10*time.Second)
+	cl, err := netmaker.NewClient(f.netmakerURL, token.Reveal(), 10*time.Second)
 	if err != nil {
 		return nil, usageError{err}
 	}
@@ -86,7 +79,10 @@ func netmakerConfig(f controllerFlags) (*controller.NetmakerConfig, error) {
 	if len(nets) == 0 {
 		return nil, usagef("--netmaker-url needs at least one --netmaker-network REGION=NETWORK:CIDR")
 	}
-	return &controller.NetmakerConfig{Client: cl, Networks: nets, Every: f.netmakerEvery}, nil
+	if f.netmakerKeyTTL < 0 || f.netmakerKeyTTL > 0 && f.netmakerKeyTTL < time.Hour {
+		return nil, usagef("--netmaker-key-ttl %s: give 0 (keys do not expire) or at least 1h", f.netmakerKeyTTL)
+	}
+	return &controller.NetmakerConfig{Client: cl, Networks: nets, Every: f.netmakerEvery, KeyTTL: f.netmakerKeyTTL}, nil
 }
 
 func newControllerCmd(e *env) *cobra.Command {
@@ -123,6 +119,7 @@ DATA-DIR/admin.json (mode 0600) for the CLI:
 	fl.StringVar(&f.netmakerTokenFile, "netmaker-token-file", "", "file with Netmaker's master key or an access token (default $STATEMESH_NETMAKER_TOKEN); never logged")
 	fl.StringArrayVar(&f.netmakerNetworks, "netmaker-network", nil, "REGION=NETWORK:CIDR: the Netmaker network of a region and its address range (repeat per region)")
 	fl.DurationVar(&f.netmakerEvery, "netmaker-interval", 10*time.Second, "how often to reconcile Netmaker (and at once after a node is quarantined or removed)")
+	fl.DurationVar(&f.netmakerKeyTTL, "netmaker-key-ttl", 0, "make the clusters' Netmaker enrollment keys expire after this long, replaced by new ones once less than a fifth is left (0: they do not expire)")
 	fl.StringVar(&f.kekFile, "kek-file", "", "key-encryption keyring sealing secrets at rest (default DATA-DIR/kek, created at first start; or $STATEMESH_KEK). Replicas on one etcd need the same one")
 	return cmd
 }

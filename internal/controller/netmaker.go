@@ -2,8 +2,10 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
@@ -22,7 +24,16 @@ type NetmakerConfig struct {
 	// unattested pending host waits before it is rejected (default 5 min).
 	Every time.Duration
 	Grace time.Duration
+	// KeyTTL, when set, makes the clusters' enrollment keys expire after
+	// it; each is replaced by a new one once less than a fifth is left.
+	KeyTTL time.Duration
 }
+
+// NetmakerGatewayLabel marks a host (role host, netclient) as a candidate
+// Netmaker gateway of its region's network: the first attested candidate
+// present in the network (by name) is the gateway, and the next takes
+// over when it is quarantined or removed.
+const NetmakerGatewayLabel = "netmaker-gateway"
 
 // netmakerState is what the loop remembers and reports.
 type netmakerState struct {
@@ -39,19 +50,19 @@ func (c *Controller) netmakerLoop(ctx context.Context) {
 	if every == 0 {
 		every = 10 * time.Second
 	}
-	r := &netmaker.Reconciler{C: cfg.Client, Now: c.cfg.Now}
+	r := &netmaker.Reconciler{C: cfg.Client, Now: c.cfg.Now, Log: c.log.With("backend", "netmaker")}
 	st := &netmakerState{seen: map[string]string{}, gone: map[string]time.Time{}}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		d, err := c.netmakerDesired(st)
+		d, policyErr, err := c.netmakerDesired(st)
 		var rep netmaker.Report
 		if err == nil {
 			pctx, cancel := context.WithTimeout(ctx, every+30*time.Second)
 			rep, err = r.Reconcile(pctx, d)
 			cancel()
 		}
-		c.recordNetmaker(st, rep, err)
+		c.recordNetmaker(st, rep, errors.Join(policyErr, err))
 		select {
 		case <-ctx.Done():
 			return
@@ -73,16 +84,19 @@ func (c *Controller) kickNetmaker() {
 }
 
 // netmakerDesired builds the state Netmaker should have from the registry.
-func (c *Controller) netmakerDesired(st *netmakerState) (netmaker.Desired, error) {
+// A policy Netmaker cannot express is reported (policyErr) and its tags and
+// ACLs are left as they are, while admission and removal go on.
+func (c *Controller) netmakerDesired(st *netmakerState) (d netmaker.Desired, policyErr, err error) {
 	cfg := c.cfg.Netmaker
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if c.plan == nil {
-		return netmaker.Desired{}, fmt.Errorf("no spec applied")
+		return d, nil, fmt.Errorf("no spec applied")
 	}
 	now := c.cfg.Now()
-	d := netmaker.Desired{Attested: map[string]string{}, Removed: map[string]time.Time{}, Grace: cfg.Grace}
+	d = netmaker.Desired{Hosts: map[string]netmaker.Attested{}, Removed: map[string]time.Time{}, Grace: cfg.Grace}
 	var clusters []netmaker.Cluster
+	network := map[string]string{} // region → network
 	for _, r := range c.plan.Regions {
 		ns, ok := cfg.Networks[r.Name]
 		if !ok {
@@ -94,29 +108,41 @@ func (c *Controller) netmakerDesired(st *netmakerState) (netmaker.Desired, error
 			}
 		}
 		d.Networks = append(d.Networks, ns)
+		network[r.Name] = ns.Name
 		for _, cl := range r.Clusters {
 			clusters = append(clusters, netmaker.Cluster{Region: r.Name, Name: cl.Name, Network: ns.Name})
 		}
 	}
-	var pol = c.mesh.Policy
-	acls, tags, err := netmaker.MapPolicy(pol, clusters)
+	acls, tags, err := netmaker.MapPolicy(c.mesh.Policy, clusters)
 	if err != nil {
-		return d, fmt.Errorf("the policy cannot be written in Netmaker: %w", err)
+		d.SkipPolicy = true
+		policyErr = fmt.Errorf("the policy cannot be written in Netmaker; its tags and ACL policies there are left as they are: %w", err)
 	}
 	d.ACLs = acls
 	for _, cl := range clusters {
-		d.Keys = append(d.Keys, netmaker.KeySpec{Region: cl.Region, Cluster: cl.Name, Network: cl.Network, Tags: tags[cl.Region+"/"+cl.Name]})
+		d.Keys = append(d.Keys, netmaker.KeySpec{Region: cl.Region, Cluster: cl.Name, Network: cl.Network,
+			Tags: tags[cl.Region+"/"+cl.Name], TTL: cfg.KeyTTL})
 	}
 	current := map[string]bool{}
+	candidates := map[string][]*NodeRecord{} // network → gateway candidates
 	for _, n := range c.nodes {
 		k := n.PublicKey.String()
 		current[k] = true
+		if n.State == topology.StateActive {
+			// Weak ones are known too: their pending requests are
+			// rejected at once instead of after the grace period.
+			d.Hosts[k] = netmaker.Attested{Node: n.Name, Region: n.Region, Cluster: n.Cluster, Class: n.Class}
+		}
 		switch {
 		case n.State == topology.StateActive && n.Class == netmap.ClassStrong:
-			d.Attested[k] = n.Name
 			st.seen[k] = n.Name
 			delete(st.gone, k)
+			if net, ok := network[n.Region]; ok && n.Role == netmap.RoleHost && n.Labels[NetmakerGatewayLabel] == "true" {
+				candidates[net] = append(candidates[net], n)
+			}
 		case st.seen[k] != "":
+			// Admitted once, no longer qualifies: quarantined, or
+			// downgraded to weak by a failed re-attestation.
 			if _, ok := st.gone[k]; !ok {
 				st.gone[k] = c.lastEventLocked(n.Name, now)
 			}
@@ -132,7 +158,19 @@ func (c *Controller) netmakerDesired(st *netmakerState) (netmaker.Desired, error
 	for k, at := range st.gone {
 		d.Removed[k] = at
 	}
-	return d, nil
+	for _, ns := range d.Networks {
+		cs := candidates[ns.Name]
+		if len(cs) == 0 {
+			continue
+		}
+		slices.SortFunc(cs, func(a, b *NodeRecord) int { return strings.Compare(a.Name, b.Name) })
+		g := netmaker.GatewaySpec{Network: ns.Name}
+		for _, n := range cs {
+			g.Candidates = append(g.Candidates, n.PublicKey.String())
+		}
+		d.Gateways = append(d.Gateways, g)
+	}
+	return d, policyErr, nil
 }
 
 // lastEventLocked is the time of the latest event about a node (its
@@ -160,9 +198,6 @@ func (c *Controller) recordNetmaker(st *netmakerState, rep netmaker.Report, err 
 	s.Removed += len(rep.Removed)
 	for host, took := range rep.Removed {
 		c.log.Info("netmaker host removed", "host", host, "after", took.Round(time.Millisecond))
-	}
-	for _, w := range rep.Writes {
-		c.log.Info("netmaker", "change", w)
 	}
 	c.mu.Lock()
 	c.backends = []api.BackendStatus{*s}

@@ -77,9 +77,14 @@ func TestNetmakerFollowsAttestation(t *testing.T) {
 	if len(nm.HostNetworks("host-2")) != 0 || len(nm.HostNetworks("stranger")) != 0 {
 		t.Error("a host no attested node owns was admitted")
 	}
-	st, err := h.admin.Status(ctx)
-	if err != nil || len(st.Backends) != 1 || !st.Backends[0].Healthy || st.Backends[0].Approved != 1 || st.Backends[0].Rejected != 2 {
-		t.Errorf("backend status: %+v %v", st.Backends, err)
+	// The pass that approved them records its report when it ends.
+	var st api.Status
+	wait("the pass's report in status", func() bool {
+		st, err = h.admin.Status(ctx)
+		return err == nil && len(st.Backends) == 1 && st.Backends[0].Approved+st.Backends[0].Rejected == 3
+	})
+	if b := st.Backends[0]; !b.Healthy || b.Approved != 1 || b.Rejected != 2 {
+		t.Errorf("backend status: %+v", st.Backends)
 	}
 	// Quarantine: out of Netmaker at once (the loop is kicked).
 	quarantined := time.Now()

@@ -1,192 +1,377 @@
-// Package nmtest is a Netmaker server for tests: every request is checked
-// against Netmaker's swagger.yaml (path, method, parameters, body schema)
-// and every answer is schema-valid and comes from an in-memory model. It
-// can fail, stall or forget its state on demand.
+// Package nmtest is a Netmaker server for tests. Every request is checked
+// against Netmaker's swagger.yaml (operation, method, path and query
+// parameters, the Authorization header of secured operations, the body
+// against its schema with unknown fields refused); an off-contract
+// request fails the test with a message naming the operation and the
+// field. Answers come from an in-memory model (networks, enrollment keys,
+// pending hosts, hosts, nodes, tags, ACL policies, gateways) that follows
+// the real server's rules, and each answer is itself checked against the
+// response schema. Errors, latency, timeouts and restarts (state kept or
+// lost) can be injected.
 package nmtest
 
 import (
-	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/statemesh/statemesh/internal/netmaker"
+	"github.com/statemesh/statemesh/internal/netmaker/contract"
 )
 
-// SwaggerPath finds ../shared/netmaker/swagger.yaml beside the repository.
+// SwaggerPath finds shared/netmaker/swagger.yaml beside the repository
+// (../shared/netmaker/swagger.yaml from the directory holding go.mod).
 func SwaggerPath(t testing.TB) string {
-	_, file, _, _ := runtime.Caller(0)
-	dir := filepath.Dir(file)
-	for range 8 {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			p := filepath.Join(dir, "..", "shared", "netmaker", "swagger.yaml")
-			if _, err := os.Stat(p); err != nil {
-				t.Fatalf("the Netmaker contract is missing: %v", err)
-			}
-			return p
-		}
-		dir = filepath.Dir(dir)
-	}
-	t.Fatal("repository root not found")
-	return ""
-}
-
-// Server is the fake.
-type Server struct {
-	*httptest.Server
-	Token    string
-	Contract *netmaker.Contract
-
-	mu         sync.Mutex
-	t          testing.TB
-	Violations []string
-	Calls      []string // "METHOD /path"
-	failNext   int
-	failStatus int
-	delay      time.Duration
-
-	Networks map[string]netmaker.Network
-	Keys     map[string]netmaker.EnrollmentKey
-	Pending  map[string]netmaker.PendingHost
-	Hosts    map[string]*HostState
-	ACLs     map[string]netmaker.ACL
-	seq      int
-}
-
-// HostState is a host and the networks it is in.
-type HostState struct {
-	Host     netmaker.Host
-	Networks []string
-}
-
-// Start runs a server checking requests against the contract.
-func Start(t testing.TB) *Server {
-	c, err := netmaker.LoadContract(SwaggerPath(t))
+	t.Helper()
+	p, err := FindSwagger()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{Token: "master-key-for-tests", Contract: c, t: t}
-	s.Reset()
-	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
-	t.Cleanup(s.Close)
+	return p
+}
+
+// FindSwagger walks up from this package to the module root.
+func FindSwagger() (string, error) {
+	_, file, _, _ := runtime.Caller(0)
+	for dir := filepath.Dir(file); ; dir = filepath.Dir(dir) {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			p := filepath.Join(dir, "..", "shared", "netmaker", "swagger.yaml")
+			if _, err := os.Stat(p); err != nil {
+				return "", fmt.Errorf("the Netmaker contract is missing beside the repository: %w", err)
+			}
+			return p, nil
+		}
+		if filepath.Dir(dir) == dir {
+			return "", errors.New("the repository root (go.mod) was not found above " + file)
+		}
+	}
+}
+
+// Options shape the server.
+type Options struct {
+	// Quirks answers as the real server does where it departs from
+	// swagger.yaml: pending hosts, ACL, tag and feature-flag answers
+	// wrapped in {code, message, response}; every pending host listed
+	// whatever network is asked for; enrollment_key_id as the key's JSON
+	// object. Answers are then checked inside the wrapper.
+	Quirks bool
+	// NoDeviceApproval: the server's device approval is off (hosts join
+	// without approval).
+	NoDeviceApproval bool
+	// NoPro: a community server: the tags API answers 404.
+	NoPro bool
+}
+
+// Server is the fake Netmaker.
+type Server struct {
+	// URL is where it listens (it keeps its address across restarts).
+	URL string
+	// Token is the bearer token it accepts.
+	Token string
+	// Contract is the loaded swagger.yaml (strict).
+	Contract *contract.Contract
+	// Violations are the off-contract requests seen (also test errors).
+	// Read it after the calls are done.
+	Violations []string
+
+	t    testing.TB
+	opts Options
+
+	mu     sync.Mutex
+	m      *Model
+	addr   string
+	srv    *http.Server
+	faults []Fault
+	delay  time.Duration
+	calls  []Call
+}
+
+// Call is one request the server saw.
+type Call struct {
+	Method, Path string
+	// Op is the swagger operation matched ("METHOD /template"), "" if none.
+	Op     string
+	Status int
+	At     time.Time
+}
+
+// Write reports whether the call asked for a change.
+func (c Call) Write() bool { return c.Method != http.MethodGet }
+
+// Fault makes matching requests fail.
+type Fault struct {
+	// Op is "METHOD /path/{template}" as in swagger.yaml; "" matches all.
+	Op string
+	// Status answers the request (with a models.ErrorResponse); 0 with
+	// Delay only slows it.
+	Status int
+	// Times is how many requests it hits (0: until cleared).
+	Times int
+	// AfterApply makes the change first, then answers Status (as a
+	// server that fails after committing, or a lost answer).
+	AfterApply bool
+	// Delay is added before answering.
+	Delay time.Duration
+}
+
+// Start runs a server with the default options.
+func Start(t testing.TB) *Server { return StartWith(t, Options{}) }
+
+// StartWith runs a server.
+func StartWith(t testing.TB, o Options) *Server {
+	t.Helper()
+	c, err := contract.Load(SwaggerPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Strict = true
+	s := &Server{Token: "master-key-for-tests", Contract: c, t: t, opts: o, m: newModel(o)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.addr = ln.Addr().String()
+	s.URL = "http://" + s.addr
+	s.serveOn(ln)
+	t.Cleanup(s.Down)
 	return s
 }
 
-// Reset forgets every object (a server restarted without its database).
-func (s *Server) Reset() {
+func (s *Server) serveOn(ln net.Listener) {
+	srv := &http.Server{Handler: http.HandlerFunc(s.serve), ReadHeaderTimeout: 5 * time.Second}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.Networks = map[string]netmaker.Network{}
-	s.Keys = map[string]netmaker.EnrollmentKey{}
-	s.Pending = map[string]netmaker.PendingHost{}
-	s.Hosts = map[string]*HostState{}
-	s.ACLs = map[string]netmaker.ACL{}
+	s.srv = srv
+	s.mu.Unlock()
+	go srv.Serve(ln)
 }
 
-// Fail makes the next n requests answer status.
-func (s *Server) Fail(n, status int) {
+// Down stops the server: connections are refused until Up.
+func (s *Server) Down() {
 	s.mu.Lock()
-	s.failNext, s.failStatus = n, status
+	srv := s.srv
+	s.srv = nil
+	s.mu.Unlock()
+	if srv != nil {
+		srv.Close()
+	}
+}
+
+// Up starts a stopped server again on the same address.
+func (s *Server) Up() {
+	var ln net.Listener
+	var err error
+	for range 50 {
+		if ln, err = net.Listen("tcp", s.addr); err == nil {
+			s.serveOn(ln)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.t.Fatalf("nmtest: listening again on %s: %v", s.addr, err)
+}
+
+// Restart stops and starts the server, keeping its state or, like a
+// server restarted without its database, losing it.
+func (s *Server) Restart(keepState bool) {
+	s.Down()
+	if !keepState {
+		s.Reset()
+	}
+	s.Up()
+}
+
+// Reset forgets every object.
+func (s *Server) Reset() {
+	s.mu.Lock()
+	s.m = newModel(s.opts)
 	s.mu.Unlock()
 }
 
-// Stall delays every answer by d (0: none).
+// Inject adds a fault.
+func (s *Server) Inject(f Fault) {
+	s.mu.Lock()
+	s.faults = append(s.faults, f)
+	s.mu.Unlock()
+}
+
+// Fail makes the next n requests answer status; Fail(0, 0) clears all
+// faults.
+func (s *Server) Fail(n, status int) {
+	s.mu.Lock()
+	s.faults = nil
+	if n > 0 {
+		s.faults = []Fault{{Status: status, Times: n}}
+	}
+	s.mu.Unlock()
+}
+
+// Stall delays every answer by d (0: none); with d above the client's
+// timeout the server looks hung.
 func (s *Server) Stall(d time.Duration) {
 	s.mu.Lock()
 	s.delay = d
 	s.mu.Unlock()
 }
 
-// Register makes a host ask to join network (as netclient does with an
-// enrollment key of a network that needs approval).
-func (s *Server) Register(name, publicKey, network string, at time.Time) string {
+// Calls returns the requests seen so far.
+func (s *Server) Calls() []Call {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.seq++
-	id := fmt.Sprintf("pending-%d", s.seq)
-	hid := fmt.Sprintf("host-%d", s.seq)
-	s.Pending[id] = netmaker.PendingHost{ID: id, HostID: hid, HostName: name, Network: network, PublicKey: publicKey, RequestedAt: at.UTC().Format(time.RFC3339)}
-	s.Hosts[hid] = &HostState{Host: netmaker.Host{ID: hid, Name: name, PublicKey: publicKey}}
-	return id
+	return append([]Call(nil), s.calls...)
 }
 
-// HostNetworks returns the networks a host (by name) is in.
-func (s *Server) HostNetworks(name string) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, h := range s.Hosts {
-		if h.Host.Name == name {
-			return slices.Clone(h.Networks)
-		}
-	}
-	return nil
-}
-
-// WriteCount counts the calls that change something.
+// WriteCount counts the requests that asked for a change.
 func (s *Server) WriteCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	n := 0
-	for _, c := range s.Calls {
-		if !strings.HasPrefix(c, "GET ") {
+	for _, c := range s.Calls() {
+		if c.Write() {
 			n++
 		}
 	}
 	return n
 }
 
-func (s *Server) violation(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	s.Violations = append(s.Violations, msg)
-	s.t.Errorf("Netmaker contract violation: %s", msg)
+// Do runs f on the model (to seed or inspect it) under the server's lock.
+func (s *Server) Do(f func(m *Model)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(s.m)
+}
+
+func (s *Server) violation(err error) {
+	s.Violations = append(s.Violations, err.Error())
+	s.t.Errorf("Netmaker contract violation: %v", err)
+}
+
+// takeFault returns the fault hitting a request of op (s.mu held).
+func (s *Server) takeFault(op string) (Fault, bool) {
+	for i := range s.faults {
+		f := &s.faults[i]
+		if f.Op != "" && f.Op != op {
+			continue
+		}
+		hit := *f
+		if f.Times > 0 {
+			if f.Times--; f.Times == 0 {
+				s.faults = append(s.faults[:i], s.faults[i+1:]...)
+			}
+		}
+		return hit, true
+	}
+	return Fault{}, false
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	s.mu.Lock()
+	call := Call{Method: r.Method, Path: r.URL.Path, At: time.Now()}
+	op, err := s.Contract.CheckRequest(r.Method, r.URL.EscapedPath(), r.URL.Query(), r.Header, body)
+	if op != nil {
+		call.Op = op.Name()
+	}
+	record := func(status int) {
+		call.Status = status
+		s.calls = append(s.calls, call)
+	}
+	if err != nil {
+		s.violation(err)
+		record(http.StatusBadRequest)
+		s.mu.Unlock()
+		writeJSON(w, http.StatusBadRequest, errorBody(http.StatusBadRequest, "off contract: "+err.Error()))
+		return
+	}
+	if op.Secured && r.Header.Get("Authorization") != "Bearer "+s.Token {
+		record(http.StatusUnauthorized)
+		s.mu.Unlock()
+		writeJSON(w, http.StatusUnauthorized, errorBody(http.StatusUnauthorized, "unauthorized"))
+		return
+	}
 	delay := s.delay
-	s.Calls = append(s.Calls, r.Method+" "+r.URL.Path)
-	if err := s.Contract.CheckRequest(r.Method, r.URL.Path, r.URL.Query(), body); err != nil {
-		s.violation("%v", err)
-		s.mu.Unlock()
-		http.Error(w, `{"code":400,"message":"off contract"}`, http.StatusBadRequest)
-		return
+	fault, faulted := s.takeFault(op.Name())
+	delay += fault.Delay
+	var status int
+	var out any
+	if !faulted || fault.Status == 0 || fault.AfterApply {
+		status, out = s.m.handle(op.Name(), r, body)
 	}
-	if r.Header.Get("Authorization") != "Bearer "+s.Token {
-		s.mu.Unlock()
-		writeJSON(w, http.StatusUnauthorized, map[string]any{"code": 401, "message": "unauthorized"})
-		return
+	if faulted && fault.Status != 0 {
+		status, out = fault.Status, errorBody(fault.Status, "injected failure")
 	}
-	if s.failNext > 0 {
-		s.failNext--
-		st := s.failStatus
-		s.mu.Unlock()
-		time.Sleep(delay)
-		writeJSON(w, st, map[string]any{"code": st, "message": "injected failure"})
-		return
-	}
-	status, out := s.handle(r, body)
-	s.mu.Unlock()
-	time.Sleep(delay)
 	data, _ := json.Marshal(out)
-	if err := s.Contract.CheckResponse(r.Method, r.URL.Path, status, data); err != nil {
-		s.mu.Lock()
-		s.violation("the fake's own answer: %v", err)
-		s.mu.Unlock()
+	if status < 400 {
+		s.checkAnswer(op, status, data)
+	}
+	record(status)
+	s.mu.Unlock()
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+			return
+		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	w.Write(data)
+}
+
+// checkAnswer checks the model's own answer against the contract (inside
+// the wrapper in Quirks mode).
+func (s *Server) checkAnswer(op *contract.Operation, status int, data []byte) {
+	var env struct {
+		Code     int             `json:"code"`
+		Message  *string         `json:"message"`
+		Response json.RawMessage `json:"response"`
+	}
+	if s.opts.Quirks && quirkWrapped[op.Name()] && json.Unmarshal(data, &env) == nil && env.Message != nil {
+		data = env.Response
+	}
+	if s.opts.Quirks {
+		data = keyAsBytes(data)
+	}
+	if err := s.Contract.CheckResponse(op, status, data); err != nil {
+		s.Violations = append(s.Violations, "the fake's own answer: "+err.Error())
+		s.t.Errorf("nmtest answered off contract: %v", err)
+	}
+}
+
+// keyAsBytes turns the enrollment_key_id objects the real server sends
+// into what swagger.yaml declares (the bytes of their JSON), so the rest
+// of a quirky answer is still checked.
+func keyAsBytes(data []byte) []byte {
+	var v any
+	if json.Unmarshal(data, &v) != nil {
+		return data
+	}
+	var walk func(any)
+	walk = func(x any) {
+		switch x := x.(type) {
+		case []any:
+			for _, e := range x {
+				walk(e)
+			}
+		case map[string]any:
+			if k, ok := x["enrollment_key_id"].(map[string]any); ok {
+				raw, _ := json.Marshal(k)
+				ints := make([]any, len(raw))
+				for i, b := range raw {
+					ints[i] = float64(b)
+				}
+				x["enrollment_key_id"] = ints
+			}
+		}
+	}
+	walk(v)
+	out, _ := json.Marshal(v)
+	return out
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -195,150 +380,64 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-func errResp(code int, msg string) (int, any) {
-	return code, map[string]any{"code": code, "message": msg}
+func errorBody(code int, msg string) map[string]any {
+	return map[string]any{"code": code, "message": msg}
 }
 
-func ok() (int, any) { return 200, map[string]any{"code": 200, "message": "ok"} }
-
-// handle answers from the model (s.mu held).
-func (s *Server) handle(r *http.Request, body []byte) (int, any) {
-	seg := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
-	q := r.URL.Query()
-	key := r.Method + " " + r.URL.Path
-	dec := func(v any) error { return json.NewDecoder(bytes.NewReader(body)).Decode(v) }
-	switch {
-	case key == "GET /api/networks":
-		out := []netmaker.Network{}
-		for _, n := range s.Networks {
-			out = append(out, n)
-		}
-		slices.SortFunc(out, func(a, b netmaker.Network) int { return strings.Compare(a.NetID, b.NetID) })
-		return 200, out
-	case key == "POST /api/networks":
-		var n netmaker.Network
-		if err := dec(&n); err != nil || n.NetID == "" {
-			return errResp(400, "invalid network")
-		}
-		if _, dup := s.Networks[n.NetID]; dup {
-			return errResp(400, "network exists")
-		}
-		s.Networks[n.NetID] = n
-		return 200, n
-	case r.Method == "PUT" && len(seg) == 3 && seg[1] == "networks":
-		var n netmaker.Network
-		dec(&n)
-		if _, ok := s.Networks[seg[2]]; !ok {
-			return errResp(400, "no such network")
-		}
-		n.NetID = seg[2]
-		s.Networks[seg[2]] = n
-		return 200, n
-	case r.Method == "DELETE" && len(seg) == 3 && seg[1] == "networks":
-		if _, ok := s.Networks[seg[2]]; !ok {
-			return errResp(400, "no such network")
-		}
-		delete(s.Networks, seg[2])
-		return ok()
-	case key == "GET /api/v1/enrollment-keys":
-		out := []netmaker.EnrollmentKey{}
-		for _, k := range s.Keys {
-			out = append(out, k)
-		}
-		slices.SortFunc(out, func(a, b netmaker.EnrollmentKey) int { return strings.Compare(a.Value, b.Value) })
-		return 200, out
-	case key == "POST /api/v1/enrollment-keys":
-		var k netmaker.KeyRequest
-		dec(&k)
-		s.seq++
-		ek := netmaker.EnrollmentKey{Value: fmt.Sprintf("key-%d", s.seq), Token: fmt.Sprintf("token-%d", s.seq), Networks: k.Networks, Tags: k.Tags, Type: k.Type, UsesRemaining: k.UsesRemaining}
-		s.Keys[ek.Value] = ek
-		return 200, ek
-	case r.Method == "DELETE" && len(seg) == 4 && seg[2] == "enrollment-keys":
-		if _, ok := s.Keys[seg[3]]; !ok {
-			return errResp(500, "no such key")
-		}
-		delete(s.Keys, seg[3])
-		return 200, "deleted"
-	case key == "GET /api/v1/pending_hosts":
-		out := []netmaker.PendingHost{}
-		for _, p := range s.Pending {
-			if p.Network == q.Get("network") {
-				out = append(out, p)
-			}
-		}
-		slices.SortFunc(out, func(a, b netmaker.PendingHost) int { return strings.Compare(a.ID, b.ID) })
-		return 200, out
-	case r.Method == "POST" && len(seg) == 5 && seg[2] == "pending_hosts":
-		p, found := s.Pending[seg[4]]
-		if !found {
-			return errResp(500, "no such pending host")
-		}
-		delete(s.Pending, p.ID)
-		if seg[3] == "reject" {
-			return 200, p
-		}
-		h := s.Hosts[p.HostID]
-		h.Networks = append(h.Networks, p.Network)
-		h.Host.Nodes = append(h.Host.Nodes, p.HostID+"-"+p.Network)
-		return 200, map[string]any{"id": p.HostID + "-" + p.Network, "network": p.Network, "hostid": p.HostID}
-	case r.Method == "GET" && len(seg) == 3 && seg[1] == "nodes":
-		out := []map[string]any{}
-		for _, h := range s.Hosts {
-			if slices.Contains(h.Networks, seg[2]) {
-				out = append(out, map[string]any{"id": h.Host.ID + "-" + seg[2], "hostid": h.Host.ID, "network": seg[2]})
-			}
-		}
-		slices.SortFunc(out, func(a, b map[string]any) int { return strings.Compare(a["id"].(string), b["id"].(string)) })
-		return 200, out
-	case key == "GET /api/hosts":
-		out := []netmaker.Host{}
-		for _, h := range s.Hosts {
-			out = append(out, h.Host)
-		}
-		slices.SortFunc(out, func(a, b netmaker.Host) int { return strings.Compare(a.ID, b.ID) })
-		return 200, out
-	case r.Method == "DELETE" && len(seg) == 5 && seg[1] == "hosts" && seg[3] == "networks":
-		h, found := s.Hosts[seg[2]]
-		if !found || !slices.Contains(h.Networks, seg[4]) {
-			return errResp(500, "host not in network")
-		}
-		h.Networks = slices.DeleteFunc(h.Networks, func(n string) bool { return n == seg[4] })
-		h.Host.Nodes = slices.DeleteFunc(h.Host.Nodes, func(n string) bool { return n == h.Host.ID+"-"+seg[4] })
-		return 200, "removed"
-	case key == "GET /api/v1/acls":
-		out := []netmaker.ACL{}
-		for _, a := range s.ACLs {
-			if a.NetworkID == q.Get("network") {
-				out = append(out, a)
-			}
-		}
-		slices.SortFunc(out, func(a, b netmaker.ACL) int { return strings.Compare(a.ID, b.ID) })
-		return 200, out
-	case key == "POST /api/v1/acls":
-		var a netmaker.ACL
-		dec(&a)
-		s.seq++
-		a.ID = fmt.Sprintf("acl-%d", s.seq)
-		s.ACLs[a.ID] = a
-		return 200, a
-	case key == "DELETE /api/v1/acls":
-		if _, found := s.ACLs[q.Get("acl_id")]; !found {
-			return errResp(400, "no such acl")
-		}
-		delete(s.ACLs, q.Get("acl_id"))
-		return ok()
-	}
-	return errResp(500, "the fake does not implement "+key)
+// quirkWrapped are the operations the real server answers inside
+// {code, message, response}.
+var quirkWrapped = map[string]bool{
+	"GET /api/v1/pending_hosts": true, "POST /api/v1/pending_hosts/approve/{id}": true, "POST /api/v1/pending_hosts/reject/{id}": true,
+	"GET /api/v1/acls": true, "POST /api/v1/acls": true, // PUT: {code, message, response} is its declared answer
+	"GET /api/v1/tags": true, "POST /api/v1/tags": true, "PUT /api/v1/tags": true,
+	"GET /api/server/feature_flags": true,
 }
 
-// PendingIDs returns the IDs of the hosts still waiting for approval.
-func (s *Server) PendingIDs() map[string]bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := map[string]bool{}
-	for id := range s.Pending {
-		out[id] = true
-	}
+// HostNetworks returns the networks a host (by name) is a member of.
+func (s *Server) HostNetworks(name string) []string {
+	var out []string
+	s.Do(func(m *Model) {
+		for _, n := range m.sortedNodes() {
+			if h := m.Hosts[n.HostID]; h != nil && h.Name == name {
+				out = append(out, n.Network)
+			}
+		}
+	})
 	return out
+}
+
+// PendingIDs returns the IDs of the hosts waiting for approval.
+func (s *Server) PendingIDs() map[string]bool {
+	out := map[string]bool{}
+	s.Do(func(m *Model) {
+		for id := range m.Pending {
+			out[id] = true
+		}
+	})
+	return out
+}
+
+// Register makes a host ask to join a network without saying which key it
+// used (as a pending host created by an older server).
+func (s *Server) Register(name, publicKey, network string, at time.Time) string {
+	var id string
+	s.Do(func(m *Model) { id = m.addPending(m.hostFor(name, publicKey), network, nil, at) })
+	return id
+}
+
+// Join is netclient joining with an enrollment key (its value or token):
+// for each of the key's networks the host waits as a pending host, or
+// joins at once where auto_join is on. It returns the pending IDs.
+func (s *Server) Join(name, publicKey, key string, at time.Time) ([]string, error) {
+	var ids []string
+	var err error
+	s.Do(func(m *Model) { ids, err = m.join(name, publicKey, key, at) })
+	return ids, err
+}
+
+// AddMember puts a host into a network directly (an operator adding it).
+func (s *Server) AddMember(name, publicKey, network string) string {
+	var id string
+	s.Do(func(m *Model) { id = m.addNode(m.hostFor(name, publicKey), network, nil).ID })
+	return id
 }

@@ -1,0 +1,127 @@
+package controller
+
+import (
+	"context"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/statemesh/statemesh/internal/netmaker"
+	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/spec"
+	"github.com/statemesh/statemesh/internal/store/bolt"
+	"github.com/statemesh/statemesh/internal/topology"
+)
+
+// TestNetmakerDesiredFollowsTheRegistry checks what the controller asks of
+// Netmaker: every active node's key with its region, cluster and class;
+// keys of nodes that were admitted and no longer qualify (quarantined,
+// downgraded, removed) as removed; labelled strong hosts as the gateway
+// candidates of their region's network, by name; and a policy Netmaker
+// cannot express reported while admission goes on.
+func TestNetmakerDesiredFollowsTheRegistry(t *testing.T) {
+	st, err := bolt.Open(t.TempDir(), bolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// The loop's own passes go nowhere (nothing listens there); the test
+	// calls netmakerDesired itself.
+	cl, err := netmaker.NewClient("http://127.0.0.1:1", "t", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{Store: st, Netmaker: &NetmakerConfig{Client: cl, Every: time.Hour,
+		Networks: map[string]netmaker.NetworkSpec{"eu-central": {Name: "nm-eu", AddressRange: "10.201.0.0/16"}},
+		KeyTTL:   720 * time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Bootstrap(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	go c.Run(ctx)
+	<-c.Ready()
+	spec0, _ := os.ReadFile("../../examples/small.yaml")
+	if _, err := c.ApplySpec(ctx, spec0); err != nil {
+		t.Fatal(err)
+	}
+	key := func() netmap.Key { k, _ := netmap.GeneratePrivateKey(); return k.PublicKey() }
+	gw := map[string]string{NetmakerGatewayLabel: "true"}
+	recs := []*NodeRecord{
+		{Name: "host-b", Region: "eu-central", Cluster: "prod", Role: netmap.RoleHost, Class: netmap.ClassStrong, State: topology.StateActive, PublicKey: key(), Labels: gw},
+		{Name: "host-a", Region: "eu-central", Cluster: "prod", Role: netmap.RoleHost, Class: netmap.ClassStrong, State: topology.StateActive, PublicKey: key(), Labels: gw},
+		{Name: "host-c", Region: "eu-central", Cluster: "prod", Role: netmap.RoleHost, Class: netmap.ClassStrong, State: topology.StateActive, PublicKey: key()},
+		{Name: "host-w", Region: "eu-central", Cluster: "staging", Role: netmap.RoleHost, Class: netmap.ClassWeak, State: topology.StateActive, PublicKey: key(), Labels: gw},
+		{Name: "us-1", Region: "us-east", Cluster: "prod", Role: netmap.RoleHost, Class: netmap.ClassStrong, State: topology.StateActive, PublicKey: key(), Labels: gw},
+	}
+	set := func(rs ...*NodeRecord) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.nodes = map[string]*NodeRecord{}
+		for _, r := range rs {
+			c.nodes[r.Name] = r
+		}
+	}
+	set(recs...)
+	nst := &netmakerState{seen: map[string]string{}, gone: map[string]time.Time{}}
+	d, policyErr, err := c.netmakerDesired(nst)
+	if err != nil || policyErr != nil {
+		t.Fatal(err, policyErr)
+	}
+	if len(d.Hosts) != 5 || d.Hosts[recs[3].PublicKey.String()].Class != netmap.ClassWeak || d.Hosts[recs[0].PublicKey.String()].Cluster != "prod" {
+		t.Errorf("hosts: %+v", d.Hosts)
+	}
+	if len(d.Removed) != 0 {
+		t.Errorf("removed before anything happened: %v", d.Removed)
+	}
+	if len(d.Networks) != 1 || d.Networks[0].MTU == 0 || len(d.Keys) != 2 || d.Keys[0].TTL != 720*time.Hour {
+		t.Errorf("networks %+v keys %+v (one per cluster of the mapped region, the plan's MTU, the key TTL)", d.Networks, d.Keys)
+	}
+	// Candidates: strong labelled hosts of the region, by name (the weak
+	// one and the other region's are not).
+	if len(d.Gateways) != 1 || !slices.Equal(d.Gateways[0].Candidates, []string{recs[1].PublicKey.String(), recs[0].PublicKey.String()}) {
+		t.Errorf("gateways: %+v", d.Gateways)
+	}
+
+	// host-a quarantined, host-c downgraded, host-b removed from the
+	// registry: all three leave Netmaker; host-a's candidacy passes on.
+	a, cc := *recs[1], *recs[2]
+	a.State, cc.Class = topology.StateQuarantined, netmap.ClassWeak
+	set(recs[0], &a, &cc, recs[3], recs[4])
+	d, _, _ = c.netmakerDesired(nst)
+	if _, ok := d.Removed[a.PublicKey.String()]; !ok {
+		t.Error("quarantined host-a not removed from Netmaker")
+	}
+	if _, ok := d.Removed[cc.PublicKey.String()]; !ok {
+		t.Error("downgraded host-c not removed from Netmaker")
+	}
+	if len(d.Gateways) != 1 || !slices.Equal(d.Gateways[0].Candidates, []string{recs[0].PublicKey.String()}) {
+		t.Errorf("after host-a's quarantine: gateways %+v", d.Gateways)
+	}
+	set(&a, &cc, recs[3], recs[4])
+	d, _, _ = c.netmakerDesired(nst)
+	if _, ok := d.Removed[recs[0].PublicKey.String()]; !ok || len(d.Gateways) != 0 {
+		t.Errorf("removed host-b: removed %v, gateways %+v", d.Removed, d.Gateways)
+	}
+
+	// A policy Netmaker cannot express: reported, tags and ACLs left
+	// alone, admission and removal go on.
+	c.mu.Lock()
+	pol := *c.mesh
+	withPolicy, err := spec.Parse(append(spec0, "policy:\n  segments:\n    - name: vault\n      match: {labels: {app: vault}}\n"...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol.Policy = withPolicy.Policy
+	c.mesh = &pol
+	c.mu.Unlock()
+	d, policyErr, err = c.netmakerDesired(nst)
+	if err != nil || policyErr == nil || !strings.Contains(policyErr.Error(), "vault") || !d.SkipPolicy || len(d.Removed) != 3 {
+		t.Errorf("refused policy: err %v, policy %v, skip %v, removed %d", err, policyErr, d.SkipPolicy, len(d.Removed))
+	}
+}

@@ -1,0 +1,35 @@
+package netmaker
+
+import "errors"
+
+// Sentinel errors; test with errors.Is.
+var (
+	// ErrUnavailable: Netmaker could not be reached or answered 5xx after
+	// the retries. A pass stops at the first such error (the next pass
+	// starts over), so a down server costs one call's retries, not one
+	// per object.
+	ErrUnavailable = errors.New("netmaker unavailable")
+
+	// ErrInvalid: the Desired state cannot be written as asked (a network
+	// name Netmaker refuses, two clusters with one key name, ...).
+	ErrInvalid = errors.New("invalid desired state")
+
+	// ErrRefused: a policy construct Netmaker cannot express (see
+	// Mappings). MapPolicy returns a *RefusedError wrapping it.
+	ErrRefused = errors.New("cannot be expressed in Netmaker")
+
+	// ErrDrift: an object StateMesh created differs from the desired state
+	// in a way Netmaker's API cannot change (a network's address range or
+	// MTU). StateMesh reports it and leaves the object alone.
+	ErrDrift = errors.New("cannot be changed through the Netmaker API")
+
+	// ErrUngated: hosts can join a network without waiting as pending
+	// hosts (device approval is off on the server, or a network StateMesh
+	// did not create has auto_join on), so admission is not gated on
+	// attestation there.
+	ErrUngated = errors.New("admission is not gated on attestation")
+
+	// ErrNotMarked: an object StateMesh would create exists without its
+	// mark (created by someone else); StateMesh leaves it alone.
+	ErrNotMarked = errors.New("exists but was not created by StateMesh")
+)

@@ -1,0 +1,62 @@
+package netmaker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+)
+
+// Token is a secret: a Netmaker bearer token (master key or access
+// token), an enrollment key's value or its join token. It prints as
+// [REDACTED] with every fmt verb, in slog and in JSON; Reveal gives the
+// value.
+type Token string
+
+const redacted = "[REDACTED]"
+
+// Reveal returns the secret itself.
+func (t Token) Reveal() string { return string(t) }
+
+// String redacts.
+func (t Token) String() string { return redacted }
+
+// GoString redacts (%#v).
+func (t Token) GoString() string { return redacted }
+
+// Format redacts for every verb (%s, %v, %q, %x, ...).
+func (t Token) Format(f fmt.State, _ rune) { fmt.Fprint(f, redacted) }
+
+// MarshalJSON redacts: a report or key written as JSON (a status page,
+// slog's JSON handler) carries no secret. Decoding is unaffected.
+func (t Token) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted + `"`), nil }
+
+// LogValue redacts in slog.
+func (t Token) LogValue() slog.Value { return slog.StringValue(redacted) }
+
+// TokenEnv is the environment variable LoadToken reads when no file is
+// given.
+const TokenEnv = "STATEMESH_NETMAKER_TOKEN"
+
+// LoadToken reads the Netmaker token from file (surrounding white space
+// trimmed) or, when file is "", from $STATEMESH_NETMAKER_TOKEN. Errors
+// never contain the token.
+func LoadToken(file string) (Token, error) {
+	var s string
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("reading the Netmaker token: %w", err)
+		}
+		s = strings.TrimSpace(string(b))
+		if s == "" {
+			return "", fmt.Errorf("the Netmaker token file %s is empty", file)
+		}
+		return Token(s), nil
+	}
+	if s = strings.TrimSpace(os.Getenv(TokenEnv)); s == "" {
+		return "", errors.New("no Netmaker token: give a token file or set $" + TokenEnv)
+	}
+	return Token(s), nil
+}
