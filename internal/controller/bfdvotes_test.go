@@ -1,8 +1,6 @@
 package controller
 
 import (
-	"context"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -10,7 +8,6 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/netmap"
-	"github.com/statemesh/statemesh/internal/store/bolt"
 )
 
 func TestBFDVotes(t *testing.T) {
@@ -79,40 +76,14 @@ func TestBFDVotes(t *testing.T) {
 // vouchFactor heartbeat timeouts; without the peer's view it is marked
 // unhealthy after one timeout, as before.
 func TestBFDVouchesForSilentGateway(t *testing.T) {
-	st, err := bolt.Open(t.TempDir(), bolt.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	var mu sync.Mutex
 	now := time.Now()
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 	const timeout = time.Second
-	c, err := New(Config{Store: st, Now: clock, HeartbeatTimeout: timeout, HealthInterval: 5 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Bootstrap(ctx, "t"); err != nil {
-		t.Fatal(err)
-	}
-	go c.Run(ctx)
-	<-c.Ready()
-	spec, _ := os.ReadFile("../../examples/small.yaml")
-	if _, err := c.ApplySpec(ctx, spec); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx := runSmall(t, Config{Now: clock, HeartbeatTimeout: timeout, HealthInterval: 5 * time.Millisecond})
 	for _, name := range []string{"gw0", "gw1"} {
-		tok, err := c.CreateToken(ctx, api.CreateTokenRequest{Region: "eu-central", Role: "gateway"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		k, _ := netmap.GeneratePrivateKey()
-		if _, err := c.Enroll(ctx, api.EnrollRequest{Token: tok.Secret, Name: name, Role: "gateway", PublicKey: k.PublicKey(), CSR: csr(t), Endpoint: "192.0.2.1:51820"}, nil); err != nil {
-			t.Fatal(err)
-		}
+		enroll(t, ctx, c, api.CreateTokenRequest{Region: "eu-central", Role: "gateway"}, name, "gateway")
 	}
 	sees := func(peer, bfd string) *api.RoutingStatus {
 		return &api.RoutingStatus{BIRD: "running", Sessions: []api.BGPSession{{Peer: peer, BFD: bfd}}}

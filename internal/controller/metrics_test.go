@@ -1,53 +1,21 @@
 package controller
 
 import (
-	"context"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"testing"
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/netmap"
-	"github.com/statemesh/statemesh/internal/store/bolt"
 )
 
 // TestMetricsScrape scrapes a controller with a node, a gateway and
 // status reports: the documented series are there, and a collector
 // mistake (a panic the library turns into HTTP 500) fails the test.
 func TestMetricsScrape(t *testing.T) {
-	st, err := bolt.Open(t.TempDir(), bolt.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	c, err := New(Config{Store: st})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Bootstrap(ctx, "t"); err != nil {
-		t.Fatal(err)
-	}
-	go c.Run(ctx)
-	<-c.Ready()
-	spec, _ := os.ReadFile("../../examples/small.yaml")
-	if _, err := c.ApplySpec(ctx, spec); err != nil {
-		t.Fatal(err)
-	}
-	enroll := func(req api.CreateTokenRequest, name, role string) {
-		tok, err := c.CreateToken(ctx, req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		k, _ := netmap.GeneratePrivateKey()
-		if _, err := c.Enroll(ctx, api.EnrollRequest{Token: tok.Secret, Name: name, Role: role, PublicKey: k.PublicKey(), CSR: csr(t), Endpoint: "192.0.2.1:51820"}, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	enroll(api.CreateTokenRequest{Cluster: "eu-central/prod"}, "n0", "node")
-	enroll(api.CreateTokenRequest{Region: "eu-central", Role: "gateway"}, "gw0", "gateway")
+	c, ctx := runSmall(t, Config{})
+	enroll(t, ctx, c, api.CreateTokenRequest{Cluster: "eu-central/prod"}, "n0", "node")
+	enroll(t, ctx, c, api.CreateTokenRequest{Region: "eu-central", Role: "gateway"}, "gw0", "gateway")
 	// A refused enrollment counts under its code.
 	k, _ := netmap.GeneratePrivateKey()
 	c.Enroll(ctx, api.EnrollRequest{Token: "bogus", Name: "n9", Role: "node", PublicKey: k.PublicKey(), CSR: csr(t)}, nil)

@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"context"
 	"os"
 	"slices"
 	"strings"
@@ -11,7 +10,6 @@ import (
 	"github.com/statemesh/statemesh/internal/netmaker"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/spec"
-	"github.com/statemesh/statemesh/internal/store/bolt"
 	"github.com/statemesh/statemesh/internal/topology"
 )
 
@@ -22,34 +20,16 @@ import (
 // candidates of their region's network, by name; and a policy Netmaker
 // cannot express reported while admission goes on.
 func TestNetmakerDesiredFollowsTheRegistry(t *testing.T) {
-	st, err := bolt.Open(t.TempDir(), bolt.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	// The loop's own passes go nowhere (nothing listens there); the test
 	// calls netmakerDesired itself.
 	cl, err := netmaker.NewClient("http://127.0.0.1:1", "t", time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := New(Config{Store: st, Netmaker: &NetmakerConfig{Client: cl, Every: time.Hour,
+	c, _ := runSmall(t, Config{Netmaker: &NetmakerConfig{Client: cl, Every: time.Hour,
 		Networks: map[string]netmaker.NetworkSpec{"eu-central": {Name: "nm-eu", AddressRange: "10.201.0.0/16"}},
 		KeyTTL:   720 * time.Hour}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Bootstrap(ctx, "t"); err != nil {
-		t.Fatal(err)
-	}
-	go c.Run(ctx)
-	<-c.Ready()
 	spec0, _ := os.ReadFile("../../examples/small.yaml")
-	if _, err := c.ApplySpec(ctx, spec0); err != nil {
-		t.Fatal(err)
-	}
 	key := func() netmap.Key { k, _ := netmap.GeneratePrivateKey(); return k.PublicKey() }
 	gw := map[string]string{NetmakerGatewayLabel: "true"}
 	recs := []*NodeRecord{

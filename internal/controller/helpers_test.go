@@ -1,0 +1,59 @@
+package controller
+
+import (
+	"context"
+	"os"
+	"testing"
+
+	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/store/bolt"
+)
+
+// runSmall runs a controller with cfg (on a fresh bbolt store unless cfg
+// has one) with examples/small.yaml applied, until the test ends.
+func runSmall(t *testing.T, cfg Config) (*Controller, context.Context) {
+	t.Helper()
+	if cfg.Store == nil {
+		st, err := bolt.Open(t.TempDir(), bolt.Options{NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		cfg.Store = st
+	}
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if _, err := c.Bootstrap(ctx, "t"); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-c.Ready()
+	spec, err := os.ReadFile("../../examples/small.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ApplySpec(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	return c, ctx
+}
+
+// enroll enrolls node name with a new token of req.
+func enroll(t *testing.T, ctx context.Context, c *Controller, req api.CreateTokenRequest, name, role string) {
+	t.Helper()
+	tok, err := c.CreateToken(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, _ := netmap.GeneratePrivateKey()
+	if _, err := c.Enroll(ctx, api.EnrollRequest{Token: tok.Secret, Name: name, Role: role, PublicKey: k.PublicKey(), CSR: csr(t), Endpoint: "192.0.2.1:51820"}, nil); err != nil {
+		t.Fatal(err)
+	}
+}
