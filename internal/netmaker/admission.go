@@ -141,6 +141,8 @@ func (p *pass) decide(ctx context.Context, net string, ph PendingHost, ours map[
 		if refused {
 			dec.Reason = "refused by StateMesh: " + refusal
 		}
+	case attested && att.Class == netmap.ClassStrong && !p.ofItsRegion(att, net):
+		dec.Action, dec.Reason = "reject", fmt.Sprintf("attested as node %s of region %s, whose Netmaker network is not %s", att.Node, att.Region, net)
 	case attested && att.Class == netmap.ClassStrong:
 		dec.Action, dec.Reason = "approve", "attested strong as node "+att.Node
 	case attested:
@@ -194,6 +196,23 @@ func (p *pass) issuedByStateMesh(ph PendingHost, ours map[string]bool) (bool, st
 	default:
 		return false, "key unknown, network not created by StateMesh"
 	}
+}
+
+// ofItsRegion: a node joins only its own region's network (the one its
+// region's cluster keys are for). Without a region, or for a region
+// without keys, there is nothing to hold it to.
+func (p *pass) ofItsRegion(a Attested, net string) bool {
+	known := false
+	for _, k := range p.d.Keys {
+		if k.Region != a.Region {
+			continue
+		}
+		if k.Network == net {
+			return true
+		}
+		known = true
+	}
+	return a.Region == "" || !known
 }
 
 func isOurKeyName(k EnrollmentKey) bool { _, ok := ourKey(k); return ok }

@@ -39,7 +39,7 @@ const (
 var Mappings = []Mapping{
 	{"region", "one network: address range and MTU as planned, created_by statemesh, auto_join off", Exact, "the caller maps region → network name"},
 	{"cluster", "one enrollment key named sm:REGION/CLUSTER#GENERATION; groups: the cluster tag and its segments' tags", Exact, "rotated by raising the generation or when a TTL runs low; revoked when the cluster goes"},
-	{"attestation (strong node)", "pending host approved", Exact, "only when its WireGuard key is an attested strong node's"},
+	{"attestation (strong node)", "pending host approved", Exact, "only when its WireGuard key is an attested strong node's, in the network of the node's region"},
 	{"not attested / weak / refused", "pending host rejected", Exact, "if it registered with a StateMesh key: at once when refused or weak, after the grace period when unknown"},
 	{"quarantine / removal", "host removed from StateMesh's networks (force)", Exact, "the delay from the StateMesh event is measured and reported"},
 	{"segment", "tag sm-seg-SEGMENT in each network with members; members set from the hosts' clusters", Exact, "Netmaker hosts count as role node of the cluster they enrolled in"},

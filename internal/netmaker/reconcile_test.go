@@ -116,6 +116,30 @@ func TestAttestedHostIsApproved(t *testing.T) {
 	}
 }
 
+// TestHostJoinsOnlyItsRegionsNetwork: a strong node of one region that
+// asks to join another region's network (with that region's key) is
+// rejected there.
+func TestHostJoinsOnlyItsRegionsNetwork(t *testing.T) {
+	e := newEnv(t, nmtest.Options{})
+	rep := e.reconcile()
+	var usCluster string
+	for _, k := range e.d.Keys {
+		if k.Network == "nm-us" {
+			usCluster = k.Region + "/" + k.Cluster
+		}
+	}
+	ids := e.join("web-1", usCluster, rep)
+	e.attest("web-1", "eu/prod")
+	rep = e.reconcile()
+	if !cmp.Equal(rep.Rejected, ids) || len(rep.Approved) != 0 {
+		t.Fatalf("eu node asking for nm-us: approved %v rejected %v (%+v)", rep.Approved, rep.Rejected, rep.Decisions)
+	}
+	if nets := e.nm.HostNetworks("web-1"); len(nets) != 0 {
+		t.Errorf("web-1 is in %v", nets)
+	}
+	e.noViolations()
+}
+
 func TestUnattestedHostIsRejected(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.name, func(t *testing.T) {
