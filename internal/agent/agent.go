@@ -30,6 +30,7 @@ import (
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/apiclient"
 	"github.com/statemesh/statemesh/internal/atomicfile"
+	"github.com/statemesh/statemesh/internal/attest"
 	"github.com/statemesh/statemesh/internal/birdcfg"
 	"github.com/statemesh/statemesh/internal/dataplane/firewall"
 	"github.com/statemesh/statemesh/internal/dataplane/wg"
@@ -62,6 +63,13 @@ type Config struct {
 	// TPM is the node's TPM (/dev/tpmrm0, swtpm://HOST:PORT, unix:PATH,
 	// mssim://HOST:PORT) or "none".
 	TPM string
+	// ControllerPolicy, when set, is what the controller's own TPM
+	// evidence must meet (mutual aTLS, the spec's attestation.controller):
+	// the agent attests the controller before it enrolls, before every map
+	// stream and every ControllerEvery (default 30 s), and takes no map
+	// from a controller that fails (the data plane keeps its last map).
+	ControllerPolicy *attest.Policy
+	ControllerEvery  time.Duration
 	// Keyring, when set and there is no TPM, encrypts the WireGuard key.
 	Keyring *secrets.Keyring
 	// Labels are the node's labels, sent at enrollment.
@@ -120,17 +128,21 @@ type Agent struct {
 	paths   []api.PathProbe
 	// BIRD mode: backbone link devices and their applied maps (used by
 	// the apply path only), and the last routing error.
-	links        map[string]*wg.Device
-	linkMaps     map[string]netmap.Map
-	linksSwept   bool
-	routingErr   error
-	bird         *birdcfg.Runner
-	reportKick   chan struct{}
-	birdSwept    bool
-	pathsRound   int // probe rounds finished; reports carry paths after each
-	fwErr        error
-	fwState      string
-	driftRepairs int
+	links      map[string]*wg.Device
+	linkMaps   map[string]netmap.Map
+	linksSwept bool
+	routingErr error
+	bird       *birdcfg.Runner
+	reportKick chan struct{}
+	// stopWatch ends the current map stream (the controller failed
+	// attestation).
+	stopWatch           context.CancelFunc
+	controllerUntrusted bool
+	birdSwept           bool
+	pathsRound          int // probe rounds finished; reports carry paths after each
+	fwErr               error
+	fwState             string
+	driftRepairs        int
 }
 
 func (c *Config) setDefaults() {
@@ -251,7 +263,7 @@ func (a *Agent) loadOrCreateKey() (netmap.Key, error) {
 	if t := a.attester(); t != nil {
 		path := filepath.Join(dir, SealedKeyFile)
 		if blob, err := os.ReadFile(path); err == nil {
-			b, err := unsealFromTPM(t.url, blob)
+			b, err := unsealFromTPM(t.URL, blob)
 			if err != nil {
 				return netmap.Key{}, err
 			}
@@ -261,7 +273,7 @@ func (a *Agent) loadOrCreateKey() (netmap.Key, error) {
 		if err != nil {
 			return k, err
 		}
-		blob, err := sealToTPM(t.url, []byte(k.String()))
+		blob, err := sealToTPM(t.URL, []byte(k.String()))
 		if err != nil {
 			return k, err
 		}
@@ -341,6 +353,19 @@ func (a *Agent) identity(ctx context.Context) (*apiclient.Identity, error) {
 		att = t
 	}
 	for attempt := 0; ; attempt++ {
+		if err = a.verifyBeforeEnroll(ctx); err != nil {
+			var ae *api.Error
+			if errors.As(err, &ae) && ae.Code == api.CodeAttestationFailed || attempt >= 30 {
+				break
+			}
+			a.log.Info("controller not reachable to attest it; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(retryWait(time.Second, err)):
+			}
+			continue
+		}
 		req := api.EnrollRequest{
 			Name: a.cfg.Name, Role: a.cfg.Role, PublicKey: a.pub,
 			Endpoint: endpoint, PublicEndpoint: a.cfg.PublicEndpoint, Labels: a.cfg.Labels,
@@ -562,7 +587,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	var wgRun sync.WaitGroup
-	wgRun.Add(7)
+	wgRun.Add(8)
 	go func() { defer wgRun.Done(); a.probeLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.firewallLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.renewLoop(ctx) }()
@@ -570,6 +595,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wgRun.Done(); a.saveLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.statusLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.reconcileLoop(ctx) }()
+	go func() { defer wgRun.Done(); a.controllerLoop(ctx) }()
 	defer wgRun.Wait()
 	backoff := 200 * time.Millisecond
 	for {
@@ -577,7 +603,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		from := a.cur.Revision
 		a.mu.Unlock()
 		start := time.Now()
-		err := a.client().Watch(ctx, from, func(f api.Frame) error { return a.onFrame(ctx, f) })
+		err := a.verifyController(ctx)
+		if err == nil {
+			wctx, stop := context.WithCancel(ctx)
+			a.mu.Lock()
+			a.stopWatch = stop
+			a.mu.Unlock()
+			err = a.client().Watch(wctx, from, func(f api.Frame) error { return a.onFrame(wctx, f) })
+			stop()
+		}
 		if ctx.Err() != nil {
 			return nil
 		}

@@ -20,6 +20,9 @@ type agentMetrics struct {
 	applyErrors  prometheus.Counter
 	driftRepairs prometheus.Counter
 	watchResets  prometheus.Counter
+	// controllerAttest counts attestations of the controller (mutual
+	// aTLS) by result: ok, untrusted, unreachable.
+	controllerAttest *prometheus.CounterVec
 }
 
 func newAgentMetrics(a *Agent) *agentMetrics {
@@ -32,7 +35,9 @@ func newAgentMetrics(a *Agent) *agentMetrics {
 	m.applyErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "statemesh_agent_apply_errors_total", Help: "Map applications that failed (retried by the reconcile loop)."})
 	m.driftRepairs = prometheus.NewCounter(prometheus.CounterOpts{Name: "statemesh_agent_firewall_drift_repairs_total", Help: "Times StateMesh's nftables table was found changed and restored."})
 	m.watchResets = prometheus.NewCounter(prometheus.CounterOpts{Name: "statemesh_agent_watch_reconnects_total", Help: "Times the map stream to the controller ended and was reopened."})
-	m.reg.MustRegister(m.applySeconds, m.applyErrors, m.driftRepairs, m.watchResets, &deviceCollector{a: a},
+	m.controllerAttest = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "statemesh_agent_controller_attestations_total",
+		Help: "Attestations of the controller's own TPM (mutual aTLS) by result: ok, untrusted (no map is taken from it), unreachable."}, []string{"result"})
+	m.reg.MustRegister(m.applySeconds, m.applyErrors, m.driftRepairs, m.watchResets, m.controllerAttest, &deviceCollector{a: a},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

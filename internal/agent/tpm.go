@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -18,60 +17,15 @@ import (
 	"github.com/statemesh/statemesh/internal/tpm"
 )
 
-// tpmAttester answers challenges with the node's TPM. It opens the TPM for
-// each operation: the EK and AK live at persistent handles, so every open
-// finds the same keys, and the TPM is never held between operations (a
-// software TPM serves one client at a time).
-type tpmAttester struct {
-	url string
-}
-
-func (t tpmAttester) with(fn func(a *attest.Attester) error) error {
-	rw, err := tpm.Open(t.url)
-	if err != nil {
-		return err
-	}
-	a, err := attest.NewAttester(rw)
-	if err != nil {
-		rw.Close()
-		return err
-	}
-	defer a.Close()
-	return fn(a)
-}
-
-// Identity implements apiclient.Attester.
-func (t tpmAttester) Identity() ([]byte, error) {
-	var out []byte
-	err := t.with(func(a *attest.Attester) error {
-		id, err := a.Identity()
-		out = attest.Encode(id)
-		return err
-	})
-	return out, err
-}
-
-// Respond implements apiclient.Attester.
-func (t tpmAttester) Respond(challenge, exporter, wgPub []byte) ([]byte, error) {
-	var ch attest.Challenge
-	if err := json.Unmarshal(challenge, &ch); err != nil {
-		return nil, fmt.Errorf("decoding the challenge: %w", err)
-	}
-	var out []byte
-	err := t.with(func(a *attest.Attester) error {
-		ev, err := a.Respond(ch, exporter, wgPub, nil)
-		out = attest.Encode(ev)
-		return err
-	})
-	return out, err
-}
+// tpmAttester answers challenges with the node's TPM.
+type tpmAttester = attest.Device
 
 // attester returns the node's TPM attester, or nil without a TPM.
 func (a *Agent) attester() *tpmAttester {
 	if a.cfg.TPM == "" || a.cfg.TPM == tpm.None {
 		return nil
 	}
-	return &tpmAttester{url: a.cfg.TPM}
+	return &tpmAttester{URL: a.cfg.TPM}
 }
 
 // reattestLoop re-attests a strong node on the controller's interval. A

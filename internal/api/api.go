@@ -255,6 +255,30 @@ type AttestChallengeRequest struct {
 	Identity json.RawMessage `json:"identity,omitempty"`
 }
 
+// ControllerIdentity answers GET /v1/attest/controller: the controller's
+// own TPM identity (attest.Identity as JSON), for mutual aTLS.
+type ControllerIdentity struct {
+	Identity json.RawMessage `json:"identity"`
+}
+
+// ControllerAttestRequest is a challenge an agent made for the
+// controller's identity (attest.Challenge as JSON, without a session).
+type ControllerAttestRequest struct {
+	Challenge json.RawMessage `json:"challenge"`
+}
+
+// ControllerEvidence answers a ControllerAttestRequest (attest.Evidence as
+// JSON): the activated credential and a quote whose extraData binds the
+// TLS exporter of the connection it came on, the challenge's nonce and
+// ControllerBinding.
+type ControllerEvidence struct {
+	Evidence json.RawMessage `json:"evidence"`
+}
+
+// ControllerBinding takes the place of the WireGuard key in the binding of
+// the controller's evidence.
+var ControllerBinding = []byte("statemesh-controller")
+
 // AttestChallenge is the controller's challenge (attest.Challenge as JSON).
 type AttestChallenge struct {
 	Challenge json.RawMessage `json:"challenge"`

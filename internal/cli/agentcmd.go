@@ -12,6 +12,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/statemesh/statemesh/internal/agent"
+	"github.com/statemesh/statemesh/internal/attest"
+	"github.com/statemesh/statemesh/internal/controller"
 	"github.com/statemesh/statemesh/internal/dataplane/wg"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/secrets"
@@ -21,7 +23,7 @@ import (
 
 func newAgentCmd(e *env) *cobra.Command {
 	var cfg agent.Config
-	var logLevel, kekFile string
+	var logLevel, kekFile, controllerSpec string
 	var withFirewall bool
 	var metricsListen string
 	var underlayAllow []string
@@ -62,6 +64,13 @@ agent restarts; either way 'wg show' works.`,
 				cfg.Keyring = kr
 			}
 			cfg.NoFirewall = !withFirewall
+			if controllerSpec != "" {
+				pol, err := controllerPolicyFrom(controllerSpec)
+				if err != nil {
+					return err
+				}
+				cfg.ControllerPolicy = pol
+			}
 			for _, s := range underlayAllow {
 				p, err := spec.ParsePort(s)
 				if err != nil {
@@ -108,6 +117,8 @@ agent restarts; either way 'wg show' works.`,
 	f.IntVar(&cfg.ListenPort, "listen-port", 51820, "WireGuard UDP port advertised in the default endpoint")
 	f.StringVar(&cfg.Interface, "interface", "", "WireGuard interface name (default: the map's, sm0)")
 	f.StringVar(&cfg.WireGuard, "wireguard", wg.ModeAuto, "kernel, userspace or auto")
+	f.StringVar(&controllerSpec, "controller-attestation", "", "mesh spec (YAML) whose attestation.controller the controller's own TPM must meet (mutual aTLS): checked before enrolling, before every map stream and every --controller-attestation-interval; no map is taken from a controller that fails")
+	f.DurationVar(&cfg.ControllerEvery, "controller-attestation-interval", 30*time.Second, "how often to re-attest the controller (with --controller-attestation)")
 	f.StringVar(&cfg.TPM, "tpm", tpm.Default(), "TPM: /dev/tpmrm0, swtpm://HOST:PORT, unix:PATH (swtpm socket), mssim://HOST:PORT, or none")
 	f.DurationVar(&cfg.StatusEvery, "status-interval", 0, "status/heartbeat interval (default 1s for gateways, 10s otherwise)")
 	f.DurationVar(&cfg.ReconcileEvery, "reconcile-interval", 30*time.Second, "re-apply the map this often to repair drift")
@@ -135,4 +146,26 @@ func newWireGuardGoCmd(e *env) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
+}
+
+// controllerPolicyFrom reads the controller's attestation policy from a
+// mesh spec (its attestation.controller), with the spec's field-path
+// errors.
+func controllerPolicyFrom(path string) (*attest.Policy, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--controller-attestation: %w", err)
+	}
+	m, err := spec.Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("--controller-attestation %s: %w", path, err)
+	}
+	pol, err := controller.ControllerPolicy(m)
+	if err != nil {
+		return nil, fmt.Errorf("--controller-attestation %s: %w", path, err)
+	}
+	if pol == nil {
+		return nil, usagef("--controller-attestation %s: the spec has no attestation.controller (the policy the controller's TPM must meet)", path)
+	}
+	return pol, nil
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/atomicfile"
+	"github.com/statemesh/statemesh/internal/attest"
 	"github.com/statemesh/statemesh/internal/controller"
 	"github.com/statemesh/statemesh/internal/netmaker"
 	"github.com/statemesh/statemesh/internal/secrets"
@@ -26,6 +27,7 @@ import (
 	"github.com/statemesh/statemesh/internal/store"
 	"github.com/statemesh/statemesh/internal/store/bolt"
 	etcdstore "github.com/statemesh/statemesh/internal/store/etcd"
+	"github.com/statemesh/statemesh/internal/tpm"
 )
 
 // AdminConfigFile is the admin credential the controller writes in its data
@@ -47,6 +49,7 @@ type controllerFlags struct {
 	netmakerURL, netmakerTokenFile                                                                            string
 	netmakerNetworks                                                                                          []string
 	netmakerEvery, netmakerKeyTTL                                                                             time.Duration
+	tpm                                                                                                       string
 }
 
 // netmakerConfig builds the Netmaker connection from the flags: the token
@@ -115,6 +118,7 @@ DATA-DIR/admin.json (mode 0600) for the CLI:
 	fl.StringVar(&f.apply, "apply", "", "apply this spec at start (as statemesh apply -f would)")
 	fl.DurationVar(&f.heartbeatTimeout, "gateway-timeout", 3*time.Second, "mark a gateway unhealthy after this long without a heartbeat")
 	fl.StringVar(&f.metricsListen, "metrics-listen", ":9464", "serve Prometheus metrics on this address at /metrics (\"\" to turn off)")
+	fl.StringVar(&f.tpm, "tpm", "none", "the controller's own TPM (/dev/tpmrm0, swtpm://HOST:PORT, unix:PATH, mssim://HOST:PORT): agents with --controller-attestation attest it (mutual aTLS); none: no TPM")
 	fl.StringVar(&f.netmakerURL, "netmaker-url", "", "keep this Netmaker server in line with the mesh (docs/netmaker.md)")
 	fl.StringVar(&f.netmakerTokenFile, "netmaker-token-file", "", "file with Netmaker's master key or an access token (default $STATEMESH_NETMAKER_TOKEN); never logged")
 	fl.StringArrayVar(&f.netmakerNetworks, "netmaker-network", nil, "REGION=NETWORK:CIDR: the Netmaker network of a region and its address range (repeat per region)")
@@ -163,7 +167,21 @@ func runController(parent context.Context, e *env, f controllerFlags) error {
 	if err != nil {
 		return err
 	}
-	c, err := controller.New(controller.Config{Store: st, Logger: log, HeartbeatTimeout: f.heartbeatTimeout, Keyring: kr, Netmaker: nm})
+	var selfTPM controller.TPM
+	if f.tpm != "" && f.tpm != tpm.None {
+		d := &attest.Device{URL: f.tpm}
+		raw, err := d.Identity()
+		if err != nil {
+			return fmt.Errorf("--tpm %s: %w", f.tpm, err)
+		}
+		id, err := attest.DecodeIdentity(raw)
+		if err != nil {
+			return fmt.Errorf("--tpm %s: %w", f.tpm, err)
+		}
+		log.Info("agents can attest this controller (mutual aTLS)", "tpm", f.tpm, "ek-sha256", attest.EKDigest(id.EKPub))
+		selfTPM = d
+	}
+	c, err := controller.New(controller.Config{Store: st, Logger: log, HeartbeatTimeout: f.heartbeatTimeout, Keyring: kr, Netmaker: nm, TPM: selfTPM})
 	if err != nil {
 		return err
 	}

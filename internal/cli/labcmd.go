@@ -227,7 +227,7 @@ checks the mesh with real packets.
 	var pcr int
 	tamper := &cobra.Command{
 		Use:   "tamper HOST [--pcr N]",
-		Short: "Extend a PCR of a host's software TPM, as a tampered boot would: its next re-attestation fails",
+		Short: "Extend a PCR of a host's software TPM (HOST controller: the controller's), as a tampered boot would: its next attestation fails",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := lab.Open(dir)

@@ -29,11 +29,33 @@ func policyFromSpec(m *spec.Mesh) (*attest.Policy, time.Duration, error) {
 	if a == nil {
 		return nil, 0, nil
 	}
-	p := &attest.Policy{Roots: x509.NewCertPool(), Intermediates: x509.NewCertPool(), EKAllowList: map[string]bool{}, PCRs: a.PCRs, Reference: map[int][][]byte{}}
-	for i, pemText := range a.EKRoots {
+	p, err := trustPolicy("attestation", a.EKRoots, a.EKAllowList, a.PCRs, a.Reference)
+	if err != nil {
+		return nil, 0, err
+	}
+	d, _ := time.ParseDuration(a.ReattestInterval)
+	return p, d, nil
+}
+
+// ControllerPolicy is what agents require of the controller's TPM (mutual
+// aTLS): the spec's attestation.controller, or nil when it has none.
+func ControllerPolicy(m *spec.Mesh) (*attest.Policy, error) {
+	if m.Attestation == nil || m.Attestation.Controller == nil {
+		return nil, nil
+	}
+	c := m.Attestation.Controller
+	return trustPolicy("attestation.controller", c.EKRoots, c.EKAllowList, c.PCRs, c.Reference)
+}
+
+// trustPolicy builds a policy from EK roots (PEM; self-signed ones are
+// roots, the others intermediates), an EK allow-list, the PCRs to quote
+// and their reference values (hex).
+func trustPolicy(at string, roots, allow []string, pcrs []int, ref map[int][]string) (*attest.Policy, error) {
+	p := &attest.Policy{Roots: x509.NewCertPool(), Intermediates: x509.NewCertPool(), EKAllowList: map[string]bool{}, PCRs: pcrs, Reference: map[int][][]byte{}}
+	for i, pemText := range roots {
 		certs, err := parsePEMCerts(pemText)
 		if err != nil || len(certs) == 0 {
-			return nil, 0, fmt.Errorf("attestation.ekRoots[%d]: %v", i, err)
+			return nil, fmt.Errorf("%s.ekRoots[%d]: %v", at, i, err)
 		}
 		for _, c := range certs {
 			if c.CheckSignatureFrom(c) == nil {
@@ -43,17 +65,16 @@ func policyFromSpec(m *spec.Mesh) (*attest.Policy, time.Duration, error) {
 			}
 		}
 	}
-	for _, h := range a.EKAllowList {
+	for _, h := range allow {
 		p.EKAllowList[h] = true
 	}
-	for pcr, values := range a.Reference {
+	for pcr, values := range ref {
 		for _, v := range values {
 			b, _ := hex.DecodeString(v)
 			p.Reference[pcr] = append(p.Reference[pcr], b)
 		}
 	}
-	d, _ := time.ParseDuration(a.ReattestInterval)
-	return p, d, nil
+	return p, nil
 }
 
 func parsePEMCerts(s string) ([]*x509.Certificate, error) {

@@ -68,6 +68,9 @@ type Config struct {
 	// Keyring seals secrets at rest (the CA key). Without one they are
 	// stored in clear (tests only; the daemon always has one).
 	Keyring *secrets.Keyring
+	// TPM, when set, is the controller's own TPM: it answers agents'
+	// challenges (mutual aTLS, spec attestation.controller).
+	TPM TPM
 	// Netmaker, when set, is kept in line with the registry.
 	Netmaker *NetmakerConfig
 	// StoreProbeEvery is how often the store is probed (default 1s); a

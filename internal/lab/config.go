@@ -279,6 +279,18 @@ regions:
 			s += fmt.Sprintf("    %d: [%q]\n", pcr, zero)
 		}
 		s += fmt.Sprintf("  reattestInterval: %s\n", c.ReattestInterval)
+		// The controller's swtpm has its EK certificate from the same CA.
+		s += "  controller:\n    ekRoots:\n"
+		for _, r := range ekRoots {
+			s += "      - |\n"
+			for _, line := range strings.Split(strings.TrimSpace(r), "\n") {
+				s += "        " + line + "\n"
+			}
+		}
+		s += "    pcrs: [0, 1, 2, 3, 4, 5, 6, 7]\n    reference:\n"
+		for pcr := range 8 {
+			s += fmt.Sprintf("      %d: [%q]\n", pcr, zero)
+		}
 	}
 	return s
 }

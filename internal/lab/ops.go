@@ -255,16 +255,21 @@ func (s *Streamer) Stop() {
 	s.cmd.Wait()
 }
 
-// Tamper extends a PCR of a host's software TPM, as a tampered boot would.
+// Tamper extends a PCR of a host's software TPM (or the controller's: host
+// "controller"), as a tampered boot would.
 func (l *Lab) Tamper(host string, pcr int) error {
-	h, ok := l.State.Host(host)
-	if !ok {
-		return fmt.Errorf("no lab host %q", host)
+	url := l.State.ControllerTPM
+	if host != "controller" {
+		h, ok := l.State.Host(host)
+		if !ok {
+			return fmt.Errorf("no lab host %q", host)
+		}
+		url = h.TPM
 	}
-	if h.TPM == "" {
-		return fmt.Errorf("host %s has no TPM", host)
+	if url == "" {
+		return fmt.Errorf("%s has no TPM", host)
 	}
-	rw, err := tpm.Open(h.TPM)
+	rw, err := tpm.Open(url)
 	if err != nil {
 		return err
 	}

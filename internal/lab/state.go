@@ -23,6 +23,9 @@ type State struct {
 	Holders    map[string]int `json:"holders"`
 	Procs      []Proc         `json:"procs"`
 	Controller Proc           `json:"controller"`
+	// ControllerTPM is the controller's swtpm (mutual aTLS), when the lab
+	// attests.
+	ControllerTPM string `json:"controllerTPM,omitempty"`
 	// AdminConfig is the controller's admin.json.
 	AdminConfig string `json:"adminConfig"`
 }

@@ -343,10 +343,26 @@ func (l *Lab) tpms(ctx context.Context) error {
 			errs <- provision()
 		}()
 	}
-	for range len(hosts) - 1 {
+	// The controller's own TPM (agents attest it: mutual aTLS).
+	ctlTPM := filepath.Join(cfg.Dir, "controller", "tpm-state")
+	go func() {
+		sem <- struct{}{}
+		defer func() { <-sem }()
+		errs <- ca.Provision(ctlTPM)
+	}()
+	for range len(hosts) {
 		if err := <-errs; err != nil {
 			return err
 		}
+	}
+	ctlDir := filepath.Dir(ctlTPM)
+	t, err := swtpm.Start(ctlTPM, filepath.Join(ctlDir, "tpm.sock"), filepath.Join(ctlDir, "swtpm.log"))
+	if err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	l.State.ControllerTPM = t.URL
+	if err := l.State.addProc(Proc{Name: "swtpm", Host: "controller", PID: t.PID(), Log: filepath.Join(ctlDir, "swtpm.log")}); err != nil {
+		return err
 	}
 	for _, h := range hosts {
 		dir := filepath.Join(cfg.Dir, "hosts", h.Name)
@@ -385,6 +401,9 @@ func (l *Lab) controller(ctx context.Context) error {
 	}
 	argv := []string{cfg.Binary, "controller", "--data-dir", dir, "--listen", ControllerIP + ":7443", "--advertise", ControllerURL, "--metrics-listen", ControllerIP + ":9464",
 		"--apply", specPath, "--gateway-timeout", cfg.GatewayTimeout.String()}
+	if l.State.ControllerTPM != "" {
+		argv = append(argv, "--tpm", l.State.ControllerTPM)
+	}
 	logPath := filepath.Join(cfg.Dir, "controller.log")
 	pid, err := startDetached(argv, logPath, nil)
 	if err != nil {
@@ -453,6 +472,12 @@ func (l *Lab) agentArgv(h *Host, token string) []string {
 		}
 		slices.Sort(kv)
 		argv = append(argv, "--labels", strings.Join(kv, ","))
+	}
+	if cfg.Attestation {
+		// Mutual aTLS: every agent attests the controller's swtpm
+		// against the spec's attestation.controller.
+		argv = append(argv, "--controller-attestation", filepath.Join(cfg.Dir, "mesh.yaml"),
+			"--controller-attestation-interval", cfg.ReattestInterval.String())
 	}
 	return append(argv, "--tpm", tpmURL)
 }

@@ -142,6 +142,8 @@ func (s *Server) routes() {
 	admin("DELETE /v1/clients/{name}", s.removeClient)
 	s.mux.Handle("POST /v1/enroll", s.limitUnauth(s.wrap(s.enroll)))
 	s.mux.Handle("POST /v1/attest/challenge", s.limitUnauth(s.wrap(s.attestChallenge)))
+	s.mux.Handle("GET /v1/attest/controller", s.limitUnauth(s.wrap(s.selfIdentity)))
+	s.mux.Handle("POST /v1/attest/controller", s.limitUnauth(s.wrap(s.selfEvidence)))
 	node("POST /v1/node/attest/challenge", s.nodeChallenge)
 	node("POST /v1/node/attest", s.nodeAttest)
 	node("POST /v1/node/renew", s.renew)
@@ -511,6 +513,35 @@ func (s *Server) attestChallenge(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, http.StatusOK, ch)
+	return nil
+}
+
+// selfIdentity and selfEvidence let agents attest the controller (mutual
+// aTLS): unauthenticated (an agent checks the controller before it
+// enrolls), rate-limited like enrollment.
+func (s *Server) selfIdentity(w http.ResponseWriter, r *http.Request) error {
+	id, err := s.c.SelfIdentity()
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.ControllerIdentity{Identity: id})
+	return nil
+}
+
+func (s *Server) selfEvidence(w http.ResponseWriter, r *http.Request) error {
+	var req api.ControllerAttestRequest
+	if err := s.readJSON(w, r, &req); err != nil {
+		return err
+	}
+	exporter, err := atls.Exporter(r.TLS)
+	if err != nil {
+		return &api.Error{Code: api.CodeInvalidArgument, Message: "mutual aTLS needs TLS 1.3 without resumption: " + err.Error()}
+	}
+	ev, err := s.c.SelfEvidence(req.Challenge, exporter)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.ControllerEvidence{Evidence: ev})
 	return nil
 }
 

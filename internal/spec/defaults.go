@@ -40,6 +40,9 @@ func (m *Mesh) SetDefaults() {
 		if a.OnFailure == "" {
 			a.OnFailure = OnFailureQuarantine
 		}
+		if c := a.Controller; c != nil && c.PCRs == nil {
+			c.PCRs = []int{0, 1, 2, 3, 4, 5, 6, 7}
+		}
 	}
 	explicitPods := false
 	for i := range m.Regions {

@@ -305,3 +305,41 @@ func TestAttestationPolicy(t *testing.T) {
 		t.Error("without an attestation policy every node is admitted (as weak)")
 	}
 }
+
+// TestControllerAttestationPolicy: attestation.controller (mutual aTLS) is
+// checked like the nodes' policy, with its own field paths, and gets the
+// same PCR default.
+func TestControllerAttestationPolicy(t *testing.T) {
+	base := good + "attestation:\n  ekAllowList: [" + strings.Repeat("ab", 32) + "]\n"
+	_, err := Parse([]byte(base + `  controller:
+    ekAllowList: [abc]
+    pcrs: [0, 99]
+    reference:
+      5: [zz]
+    extra: 1
+`))
+	if diff := cmp.Diff([]string{"attestation.controller.extra"}, paths(err)); diff != "" {
+		t.Fatalf("unknown field (-want +got):\n%s", diff)
+	}
+	_, err = Parse([]byte(base + `  controller:
+    ekAllowList: [abc]
+    pcrs: [0, 99]
+    reference:
+      5: [zz]
+`))
+	want := []string{"attestation.controller.ekAllowList[0]", "attestation.controller.pcrs[1]", "attestation.controller.reference.5", "attestation.controller.reference.5[0]"}
+	if diff := cmp.Diff(want, paths(err)); diff != "" {
+		t.Errorf("(-want +got):\n%s\n%v", diff, err)
+	}
+	_, err = Parse([]byte(base + "  controller: {pcrs: [7]}\n"))
+	if diff := cmp.Diff([]string{"attestation.controller"}, paths(err)); diff != "" {
+		t.Errorf("a controller policy trusting no EK (-want +got):\n%s", diff)
+	}
+	m, err := Parse([]byte(base + "  controller:\n    ekAllowList: [" + strings.Repeat("cd", 32) + "]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := m.Attestation.Controller; c == nil || len(c.PCRs) != 8 {
+		t.Errorf("controller policy defaults: %+v", c)
+	}
+}

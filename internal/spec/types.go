@@ -141,6 +141,22 @@ type Attestation struct {
 	// AdmitWithoutTPM admits nodes without TPM evidence as weak (default
 	// false: refused). Clusters may override it. Gateways always need it.
 	AdmitWithoutTPM bool `yaml:"admitWithoutTPM" json:"admitWithoutTPM"`
+	// Controller, when set, is what agents require of the controller's
+	// own TPM evidence (mutual aTLS): agents given this spec
+	// (--controller-attestation) verify the controller before they
+	// enroll, before every map stream and on the re-attestation interval,
+	// and take no map from a controller that fails.
+	Controller *ControllerAttestation `yaml:"controller" json:"controller,omitempty"`
+}
+
+// ControllerAttestation is the policy the controller's TPM must meet: the
+// same checks as for nodes (EK chain or allow-list, AK on that TPM,
+// quoted PCRs against reference values, bound to the TLS connection).
+type ControllerAttestation struct {
+	EKRoots     []string         `yaml:"ekRoots" json:"ekRoots,omitempty"`
+	EKAllowList []string         `yaml:"ekAllowList" json:"ekAllowList,omitempty"`
+	PCRs        []int            `yaml:"pcrs" json:"pcrs"`
+	Reference   map[int][]string `yaml:"reference" json:"reference,omitempty"`
 }
 
 // Metadata names the mesh.

@@ -379,8 +379,23 @@ func checkAttestation(e *errs, a *Attestation) {
 	if a == nil {
 		return
 	}
-	for i, p := range a.EKRoots {
-		path := fmt.Sprintf("attestation.ekRoots[%d]", i)
+	checkTrust(e, "attestation", a.EKRoots, a.EKAllowList, a.PCRs, a.Reference, "every TPM node would be refused")
+	if c := a.Controller; c != nil {
+		checkTrust(e, "attestation.controller", c.EKRoots, c.EKAllowList, c.PCRs, c.Reference, "agents would refuse every controller")
+	}
+	if d, err := time.ParseDuration(a.ReattestInterval); err != nil || d < 5*time.Second || d > 24*time.Hour {
+		e.add("attestation.reattestInterval", "use a Go duration between 5s and 24h (e.g. 30s)", "invalid interval %q", a.ReattestInterval)
+	}
+	if a.OnFailure != OnFailureQuarantine && a.OnFailure != OnFailureDowngrade {
+		e.add("attestation.onFailure", "use quarantine or downgrade", "unknown action %q", a.OnFailure)
+	}
+}
+
+// checkTrust checks an EK trust and PCR policy (the nodes' or the
+// controller's) at path at.
+func checkTrust(e *errs, at string, roots, allow []string, pcrs []int, ref map[int][]string, refusedAll string) {
+	for i, p := range roots {
+		path := fmt.Sprintf("%s.ekRoots[%d]", at, i)
 		blk, _ := pem.Decode([]byte(p))
 		if blk == nil || blk.Type != "CERTIFICATE" {
 			e.add(path, "paste the CA's PEM certificate (-----BEGIN CERTIFICATE-----...)", "not a PEM certificate")
@@ -390,17 +405,17 @@ func checkAttestation(e *errs, a *Attestation) {
 			e.add(path, "use the EK CA's certificate", "certificate does not parse: %v", err)
 		}
 	}
-	for i, h := range a.EKAllowList {
+	for i, h := range allow {
 		if b, err := hex.DecodeString(h); err != nil || len(b) != 32 {
-			e.add(fmt.Sprintf("attestation.ekAllowList[%d]", i), "give the SHA-256 (64 hex digits) of the EK's PKIX public key", "%q is not a SHA-256 digest", h)
+			e.add(fmt.Sprintf("%s.ekAllowList[%d]", at, i), "give the SHA-256 (64 hex digits) of the EK's PKIX public key", "%q is not a SHA-256 digest", h)
 		}
 	}
-	if len(a.EKRoots) == 0 && len(a.EKAllowList) == 0 {
-		e.add("attestation", "add ekRoots (your TPM vendors' EK CAs) or ekAllowList (vTPM EK digests)", "no EK can be trusted: every TPM node would be refused")
+	if len(roots) == 0 && len(allow) == 0 {
+		e.add(at, "add ekRoots (your TPM vendors' EK CAs) or ekAllowList (vTPM EK digests)", "no EK can be trusted: %s", refusedAll)
 	}
 	seen := map[int]bool{}
-	for i, p := range a.PCRs {
-		path := fmt.Sprintf("attestation.pcrs[%d]", i)
+	for i, p := range pcrs {
+		path := fmt.Sprintf("%s.pcrs[%d]", at, i)
 		if p < 0 || p > 23 {
 			e.add(path, "use PCR indexes 0..23", "PCR %d does not exist", p)
 		} else if seen[p] {
@@ -408,30 +423,24 @@ func checkAttestation(e *errs, a *Attestation) {
 		}
 		seen[p] = true
 	}
-	keys := make([]int, 0, len(a.Reference))
-	for k := range a.Reference {
+	keys := make([]int, 0, len(ref))
+	for k := range ref {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
 	for _, pcr := range keys {
-		path := fmt.Sprintf("attestation.reference.%d", pcr)
+		path := fmt.Sprintf("%s.reference.%d", at, pcr)
 		if !seen[pcr] {
-			e.add(path, fmt.Sprintf("add %d to attestation.pcrs", pcr), "PCR %d has reference values but is not quoted", pcr)
+			e.add(path, fmt.Sprintf("add %d to %s.pcrs", pcr, at), "PCR %d has reference values but is not quoted", pcr)
 		}
-		if len(a.Reference[pcr]) == 0 {
+		if len(ref[pcr]) == 0 {
 			e.add(path, "list at least one accepted value, or remove the entry", "no accepted value")
 		}
-		for j, v := range a.Reference[pcr] {
+		for j, v := range ref[pcr] {
 			if b, err := hex.DecodeString(v); err != nil || len(b) != 32 {
 				e.add(fmt.Sprintf("%s[%d]", path, j), "write the SHA-256 PCR value as 64 hex digits", "%q is not a SHA-256 value", v)
 			}
 		}
-	}
-	if d, err := time.ParseDuration(a.ReattestInterval); err != nil || d < 5*time.Second || d > 24*time.Hour {
-		e.add("attestation.reattestInterval", "use a Go duration between 5s and 24h (e.g. 30s)", "invalid interval %q", a.ReattestInterval)
-	}
-	if a.OnFailure != OnFailureQuarantine && a.OnFailure != OnFailureDowngrade {
-		e.add("attestation.onFailure", "use quarantine or downgrade", "unknown action %q", a.OnFailure)
 	}
 }
 

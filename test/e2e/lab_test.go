@@ -735,6 +735,59 @@ func TestLab(t *testing.T) {
 		}
 		check(t, l)
 	})
+
+	// Last: it leaves the lab with an untrusted controller.
+	t.Run("AgentsAttestTheController", func(t *testing.T) {
+		// Mutual aTLS: every agent attests the controller's swtpm against
+		// the spec's attestation.controller; after a tampered controller
+		// boot they take no map from it, and the data plane keeps going.
+		var live []string
+		for _, h := range l.State.Hosts {
+			if !h.Removed {
+				live = append(live, h.Name)
+			}
+		}
+		metrics := func(h string) metricsText {
+			return parseMetrics(hostOut(t, l, h, "curl", "-sf", "http://127.0.0.1:9465/metrics"))
+		}
+		const name = "statemesh_agent_controller_attestations_total"
+		for _, h := range live {
+			if m := metrics(h); m.sum(name, `result="ok"`) < 1 || m.sum(name, `result="untrusted"`) != 0 {
+				t.Errorf("%s has not attested the controller:\n%s", h, m.grep(name))
+			}
+		}
+		if err := l.Tamper("controller", 7); err != nil {
+			t.Fatal(err)
+		}
+		took := waitFor(t, "every agent finding the controller untrusted", 30*time.Second, func() bool {
+			for _, h := range live {
+				if metrics(h).sum(name, `result="untrusted"`) == 0 {
+					return false
+				}
+			}
+			return true
+		})
+		t.Logf("controller PCR 7 tampered: all %d agents refused it within %s (interval %s)", len(live), took.Round(time.Millisecond), l.State.Config.ReattestInterval)
+		// A change from the untrusted controller reaches nobody.
+		victim := "us-east-c2-n2"
+		pub := nodeKey(t, l, victim)
+		if _, err := l.Admin.Quarantine(ctx, victim); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Second)
+		if peers, err := l.WGPeers(ctx, "us-east-c2-n1"); err != nil || !slices.Contains(peers, pub) {
+			t.Errorf("an agent applied a map from a controller that failed attestation (peer %s gone: %v %v)", victim, peers, err)
+		}
+		// The data plane keeps its last map.
+		s, err := l.Stream(ctx, "eu-central-c1-n2", false, host(t, l, "us-east-c1-n1").Overlay, 20*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Stop()
+		if !s.WaitOK(time.Time{}, 10, 15*time.Second) {
+			t.Error("traffic stopped while the controller is untrusted")
+		}
+	})
 }
 
 func nodeKey(t *testing.T, l *lab.Lab, name string) string {

@@ -1,0 +1,91 @@
+package apiclient
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptrace"
+	"sync"
+
+	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/atls"
+	"github.com/statemesh/statemesh/internal/attest"
+)
+
+// ErrControllerUntrusted wraps every verdict of VerifyController against
+// the controller (as opposed to not reaching it).
+var ErrControllerUntrusted = errors.New("the controller failed attestation")
+
+// VerifyController attests the controller (mutual aTLS) against pol: its
+// TPM's EK must meet the policy, its AK must live on that TPM (it has to
+// activate a credential made here for the EK and the AK), and its quote
+// must cover the policy's PCRs with accepted values and be bound to the
+// TLS connection it arrives on, a fresh nonce and api.ControllerBinding.
+// Errors that are verdicts wrap ErrControllerUntrusted; others (the
+// controller unreachable, a controller without a TPM) do not.
+func (c *Client) VerifyController(ctx context.Context, pol *attest.Policy) error {
+	var ci api.ControllerIdentity
+	if err := c.jsonCall(ctx, http.MethodGet, "/v1/attest/controller", nil, &ci); err != nil {
+		return fmt.Errorf("controller attestation: %w", err)
+	}
+	untrusted := func(err error) error { return fmt.Errorf("%w: %w", ErrControllerUntrusted, err) }
+	id, err := attest.DecodeIdentity(ci.Identity)
+	if err != nil {
+		return untrusted(err)
+	}
+	checked, err := pol.CheckIdentity(id)
+	if err != nil {
+		return untrusted(err)
+	}
+	ch, secret, err := pol.NewChallenge(checked, "", true)
+	if err != nil {
+		return err
+	}
+	body, err := json.Marshal(api.ControllerAttestRequest{Challenge: attest.Encode(ch)})
+	if err != nil {
+		return err
+	}
+	// The evidence is bound to the connection it comes back on: note it.
+	var mu sync.Mutex
+	var state *tls.ConnectionState
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		if tc, ok := info.Conn.(*tls.Conn); ok {
+			s := tc.ConnectionState()
+			mu.Lock()
+			state = &s
+			mu.Unlock()
+		}
+	}}
+	var ce api.ControllerEvidence
+	if err := c.do(httptrace.WithClientTrace(ctx, trace), http.MethodPost, "/v1/attest/controller", bytes.NewReader(body), "application/json", &ce); err != nil {
+		var ae *api.Error
+		if errors.As(err, &ae) && ae.Code == api.CodeAttestationFailed {
+			return untrusted(err)
+		}
+		return fmt.Errorf("controller attestation: %w", err)
+	}
+	mu.Lock()
+	s := state
+	mu.Unlock()
+	exporter, err := atls.Exporter(s)
+	if err != nil {
+		return err
+	}
+	ev, err := attest.DecodeEvidence(ce.Evidence)
+	if err != nil {
+		return untrusted(err)
+	}
+	sum := sha256.Sum256(secret)
+	if err := attest.CheckSecret(sum[:], ev.Secret); err != nil {
+		return untrusted(err)
+	}
+	if err := pol.VerifyQuote(checked.AKPub, ev.Quote, attest.Binding(exporter, ch.Nonce, api.ControllerBinding)); err != nil {
+		return untrusted(err)
+	}
+	return nil
+}
