@@ -609,7 +609,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.mu.Lock()
 			a.stopWatch = stop
 			a.mu.Unlock()
-			err = a.client().Watch(wctx, from, func(f api.Frame) error { return a.onFrame(wctx, f) })
+			err = a.client().Watch(wctx, from, func(f api.Frame) error { return a.onFrame(ctx, f) })
 			stop()
 		}
 		if ctx.Err() != nil {
