@@ -48,7 +48,7 @@ type subscriber struct {
 	region   string
 	gateway  bool
 	sets     []string
-	frames   chan frame
+	frames   *frameQueue
 	overflow atomic.Bool
 	lastRev  atomic.Int64 // revision of the last frame queued
 }
@@ -87,7 +87,7 @@ func (h *hub) subscribe(n *topology.Node) *subscriber {
 	if old, ok := h.subs[n.Name]; ok {
 		h.unsubscribe(old)
 	}
-	s := &subscriber{name: n.Name, region: n.Region, gateway: n.IsGateway(), frames: make(chan frame, h.queueLen)}
+	s := &subscriber{name: n.Name, region: n.Region, gateway: n.IsGateway(), frames: newFrameQueue(h.queueLen)}
 	h.subs[n.Name] = s
 	if s.gateway {
 		addTo(h.byRegion, n.Region, s)
@@ -123,7 +123,7 @@ func (h *hub) unsubscribe(s *subscriber) {
 	for _, set := range s.sets {
 		delete(h.bySet[set], s)
 	}
-	close(s.frames)
+	s.frames.close()
 }
 
 // Len returns the number of open streams.
@@ -131,13 +131,10 @@ func (h *hub) len() int { return len(h.subs) }
 
 func (h *hub) enqueue(s *subscriber, f frame) {
 	s.lastRev.Store(f.rev)
-	select {
-	case s.frames <- f:
+	if s.frames.push(f) {
 		h.published.Add(1)
-	default:
-		if !s.overflow.Swap(true) {
-			h.dropped.Add(1)
-		}
+	} else if !s.overflow.Swap(true) {
+		h.dropped.Add(1)
 	}
 }
 

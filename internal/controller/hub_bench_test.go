@@ -57,9 +57,7 @@ func BenchmarkJoinWork(b *testing.B) {
 				changes = ix.Remove(joiner.Name)
 				h.publish(int64(i+1), changes, func(name string) (*topology.Node, bool) { return ix.Node(name) })
 				for _, s := range h.subs {
-					for len(s.frames) > 0 {
-						<-s.frames
-					}
+					s.frames.clear()
 					s.overflow.Store(false)
 				}
 				b.StartTimer()

@@ -132,26 +132,18 @@ func (c *Controller) Watch(ctx context.Context, name string, from int64, sink Si
 			if err := sink.Flush(); err != nil {
 				return err
 			}
-		case f, ok := <-sub.frames:
-			if !ok {
-				return ErrStreamReplaced
-			}
-			if err := c.deliver(sub, f, sink, &last); err != nil {
-				return err
-			}
-			// Drain what is already queued before flushing.
-		drain:
+		case <-sub.frames.ready:
+			// Write everything queued, then flush once.
 			for {
-				select {
-				case f, ok := <-sub.frames:
-					if !ok {
-						return ErrStreamReplaced
-					}
-					if err := c.deliver(sub, f, sink, &last); err != nil {
-						return err
-					}
-				default:
-					break drain
+				f, ok, closed := sub.frames.pop()
+				if closed {
+					return ErrStreamReplaced
+				}
+				if !ok {
+					break
+				}
+				if err := c.deliver(sub, f, sink, &last); err != nil {
+					return err
 				}
 			}
 			if err := sink.Flush(); err != nil {
@@ -166,16 +158,8 @@ func (c *Controller) Watch(ctx context.Context, name string, from int64, sink Si
 func (c *Controller) deliver(sub *subscriber, f frame, sink Sink, last *int64) error {
 	if sub.overflow.Load() {
 		// Skip everything queued: the snapshot supersedes it.
-		for {
-			select {
-			case _, ok := <-sub.frames:
-				if !ok {
-					return ErrStreamReplaced
-				}
-				continue
-			default:
-			}
-			break
+		if sub.frames.clear() {
+			return ErrStreamReplaced
 		}
 		sub.overflow.Store(false)
 		f = frame{resync: true}
