@@ -19,6 +19,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -83,6 +85,13 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		DialKeepAliveTimeout: opts.KeepAlive,
 		Logger:               zap.NewNop(),
 		Context:              ctx,
+		// gRPC's default reconnect backoff grows to minutes (base 1 s,
+		// ×1.6): after a partition heals, a replica would wait seconds
+		// before it can write again. Reconnect at most every second.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second,
+		})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connecting to etcd %v: %w", opts.Endpoints, err)
