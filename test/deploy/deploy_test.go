@@ -146,6 +146,41 @@ func TestHelmTemplateGatewaysAndEtcd(t *testing.T) {
 	}
 }
 
+// TestHelmTemplateControllerAttestation: with a ConfigMap holding the
+// spec, agents (nodes and gateways) get --controller-attestation and the
+// ConfigMap mounted where the flag points.
+func TestHelmTemplateControllerAttestation(t *testing.T) {
+	docs, out, err := helmTemplate(t, "--set", "agent.controller=https://c:7443", "--set", "gateway.enabled=true",
+		"--set", "agent.controllerAttestation.configMap=mesh-spec", "--set", "agent.controllerAttestation.interval=1m")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, name := range []string{"sm-agent", "sm-gateway"} {
+		ds := find(docs, "DaemonSet", name)
+		c := dig(ds, "spec", "template", "spec", "containers", 0)
+		args := strings.Join(toStrings(dig(c, "args")), " ")
+		if !strings.Contains(args, "--controller-attestation=/etc/statemesh/controller-attestation/mesh.yaml") || !strings.Contains(args, "--controller-attestation-interval=1m") {
+			t.Errorf("%s args: %s", name, args)
+		}
+		mounted, volume := false, false
+		for _, m := range dig(c, "volumeMounts").([]any) {
+			mm := m.(map[string]any)
+			mounted = mounted || mm["name"] == "controller-attestation" && mm["mountPath"] == "/etc/statemesh/controller-attestation"
+		}
+		for _, v := range dig(ds, "spec", "template", "spec", "volumes").([]any) {
+			vv := v.(map[string]any)
+			volume = volume || vv["name"] == "controller-attestation" && dig(vv, "configMap", "name") == "mesh-spec"
+		}
+		if !mounted || !volume {
+			t.Errorf("%s: spec ConfigMap mounted %v, volume %v", name, mounted, volume)
+		}
+	}
+	docs, _, _ = helmTemplate(t, "--set", "agent.controller=https://c:7443")
+	if args := strings.Join(toStrings(dig(find(docs, "DaemonSet", "sm-agent"), "spec", "template", "spec", "containers", 0, "args")), " "); strings.Contains(args, "controller-attestation") {
+		t.Errorf("controller attestation on by default: %s", args)
+	}
+}
+
 func TestHelmTemplateRefusals(t *testing.T) {
 	for _, tc := range []struct {
 		args []string

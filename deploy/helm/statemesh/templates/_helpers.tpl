@@ -33,6 +33,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
     {{- if .root.Values.agent.labels }}
     - --labels={{ range $k, $v := .root.Values.agent.labels }}{{ $k }}={{ $v }},{{ end }}
     {{- end }}
+    {{- if .root.Values.agent.controllerAttestation.configMap }}
+    - --controller-attestation=/etc/statemesh/controller-attestation/mesh.yaml
+    - --controller-attestation-interval={{ .root.Values.agent.controllerAttestation.interval }}
+    {{- end }}
   env:
     - name: STATEMESH_NODE_NAME
       valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
@@ -56,6 +60,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
     {{- if .root.Values.agent.tpm }}
     - {name: tpm, mountPath: {{ .root.Values.agent.tpm }}}
     {{- end }}
+    {{- if .root.Values.agent.controllerAttestation.configMap }}
+    - {name: controller-attestation, mountPath: /etc/statemesh/controller-attestation, readOnly: true}
+    {{- end }}
   resources: {{- toYaml .root.Values.agent.resources | nindent 4 }}
 {{- end -}}
 
@@ -69,5 +76,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.agent.tpm }}
 - name: tpm
   hostPath: {path: {{ .Values.agent.tpm }}, type: CharDevice}
+{{- end }}
+{{- if .Values.agent.controllerAttestation.configMap }}
+- name: controller-attestation
+  configMap: {name: {{ .Values.agent.controllerAttestation.configMap }}, items: [{key: mesh.yaml, path: mesh.yaml}]}
 {{- end }}
 {{- end -}}
