@@ -22,6 +22,9 @@ func (a *Agent) firewallState(m netmap.Map) firewall.State {
 			s.BackbonePorts = append(s.BackbonePorts, l.ListenPort)
 		}
 		s.BackbonePrefix = backbonePrefix
+		for _, x := range rt.External {
+			s.BGPPeers = append(s.BGPPeers, x.Address)
+		}
 	}
 	seen := map[netip.Addr]bool{}
 	for _, p := range m.Peers {

@@ -53,6 +53,10 @@ type State struct {
 	// over which BGP and BFD come from the other gateways.
 	BackbonePorts  []int
 	BackbonePrefix string
+	// BGPPeers are the operator's routers a BIRD-mode gateway peers with
+	// over the underlay: BGP (TCP 179) and BFD (UDP 3784, 4784) from them
+	// are let in.
+	BGPPeers []netip.Addr
 }
 
 // Firewall manages the table.
@@ -193,6 +197,18 @@ func Render(tx *knftables.Transaction, s State, existingSets []string) map[strin
 		}
 		rule("input", fmt.Sprintf("udp dport { %s } accept", strings.Join(ports, ", ")), "gateway: WireGuard backbone links to the other gateways")
 		rule("input", fmt.Sprintf("iifname %q accept", s.BackbonePrefix+"*"), "backbone: BGP and BFD from the other gateways, over WireGuard")
+	}
+	v4peers, v6peers := splitAddrs(s.BGPPeers)
+	for _, f := range []struct {
+		family string
+		addrs  []string
+	}{{"ip", v4peers}, {"ip6", v6peers}} {
+		if len(f.addrs) == 0 {
+			continue
+		}
+		from := f.family + " saddr { " + strings.Join(f.addrs, ", ") + " }"
+		rule("input", from+" tcp dport 179 accept", "underlay: BGP from the operator's routers")
+		rule("input", from+" udp dport { 3784, 4784 } accept", "underlay: BFD from the operator's routers")
 	}
 	for _, p := range s.UnderlayAllow {
 		if m := portMatch(p); m != "" {
@@ -362,4 +378,18 @@ func (f *Firewall) Delete(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// splitAddrs splits addresses by family, as nft literals, sorted.
+func splitAddrs(as []netip.Addr) (v4, v6 []string) {
+	for _, a := range as {
+		if a.Unmap().Is4() {
+			v4 = append(v4, a.Unmap().String())
+		} else {
+			v6 = append(v6, a.String())
+		}
+	}
+	slices.Sort(v4)
+	slices.Sort(v6)
+	return v4, v6
 }

@@ -53,6 +53,21 @@ func TestRenderGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden.Check(t, "gateway.nft", []byte(fake.Dump()))
+	fake = knftables.NewFake(knftables.InetFamily, Table)
+	if err := NewWith(fake, nil).Apply(context.Background(), bgpGateway()); err != nil {
+		t.Fatal(err)
+	}
+	golden.Check(t, "gateway-bgp.nft", []byte(fake.Dump()))
+}
+
+// bgpGateway is a BIRD-mode gateway with two backbone links and two of
+// the operator's routers.
+func bgpGateway() State {
+	s := state()
+	s.Policy, s.Gateway = nil, true
+	s.BackbonePorts, s.BackbonePrefix = []int{52001, 52033}, "smbb"
+	s.BGPPeers = []netip.Addr{netip.MustParseAddr("192.0.2.9"), netip.MustParseAddr("192.0.2.1")}
+	return s
 }
 
 func TestSetElements(t *testing.T) {
@@ -164,6 +179,17 @@ func TestRealNftables(t *testing.T) {
 		}
 		if out := nft(t, "list", "set", "inet", Table, "seg_web_v4"); !strings.Contains(out, "100.64.32.77") {
 			t.Errorf("element not added:\n%s", out)
+		}
+		// A BIRD-mode gateway: the operator's routers may open BGP and BFD.
+		if err := f.Apply(ctx, bgpGateway()); err != nil {
+			t.Fatal(err)
+		}
+		if out := nft(t, "list", "table", "inet", Table); !strings.Contains(out, "ip saddr { 192.0.2.1, 192.0.2.9 } tcp dport 179 accept") ||
+			!strings.Contains(out, "udp dport { 3784, 4784 } accept") || !strings.Contains(out, "udp dport { 52001, 52033 } accept") {
+			t.Errorf("BIRD-mode gateway ruleset:\n%s", out)
+		}
+		if err := f.Check(ctx); err != nil {
+			t.Fatalf("BIRD-mode table reported as drift: %v", err)
 		}
 		// A new policy without the set removes it.
 		np := state()
