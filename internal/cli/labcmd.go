@@ -279,9 +279,9 @@ checks the mesh with real packets.
 	wan.Flags().BoolVar(&wanDown, "down", false, "cut the link")
 
 	birdc := &cobra.Command{
-		Use:     "birdc GATEWAY [-- BIRDC ARGS...]",
-		Short:   "Run birdc against a BIRD-mode lab gateway's BIRD (default: show protocols)",
-		Example: "  sudo statemesh lab birdc eu-central-gw1 -- show bfd sessions",
+		Use:     "birdc GATEWAY|router [-- BIRDC ARGS...]",
+		Short:   "Run birdc against a BIRD-mode lab gateway's BIRD, or the lab's operator router (default: show protocols)",
+		Example: "  sudo statemesh lab birdc eu-central-gw1 -- show bfd sessions\n  sudo statemesh lab birdc router -- show route",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := lab.Open(dir)
@@ -292,7 +292,12 @@ checks the mesh with real packets.
 			if len(rest) == 0 {
 				rest = []string{"show", "protocols"}
 			}
-			out, err := l.Birdc(cmd.Context(), args[0], rest...)
+			var out string
+			if args[0] == lab.RouterName {
+				out, err = l.RouterBirdc(cmd.Context(), rest...)
+			} else {
+				out, err = l.Birdc(cmd.Context(), args[0], rest...)
+			}
 			fmt.Fprint(e.stdout, out)
 			return err
 		},

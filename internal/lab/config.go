@@ -246,7 +246,12 @@ underlay:
 regions:
 `, c.UnderlayMTU, c.WANMTU)
 	for ri := range c.Regions {
-		s += fmt.Sprintf("  - name: %s\n    gateways: %d\n    clusters:\n", regionNames[ri], c.Gateways)
+		s += fmt.Sprintf("  - name: %s\n    gateways: %d\n", regionNames[ri], c.Gateways)
+		if c.BGP && ri == 0 {
+			// The lab's operator router (router.go).
+			s += fmt.Sprintf("    bgp:\n      externalPeers:\n        - {name: core-1, address: %s, asn: %d, bfd: true}\n", RouterAddr, RouterASN)
+		}
+		s += "    clusters:\n"
 		for cl := 1; cl <= c.Clusters; cl++ {
 			weak := ""
 			if c.WeakNodes > 0 {

@@ -97,7 +97,10 @@ func Up(ctx context.Context, cfg Config, out io.Writer) (*Lab, error) {
 			for _, h := range st.Hosts {
 				os.MkdirAll(filepath.Join(cfg.Dir, "hosts", h.Name), 0o700)
 			}
-			return l.hosts(ctx)
+			if err := l.hosts(ctx); err != nil {
+				return err
+			}
+			return l.router(ctx)
 		}},
 		{"software TPMs", l.tpms},
 		{"controller", l.controller},

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -45,6 +46,30 @@ func upLabWith(t *testing.T, cfg lab.Config) *lab.Lab {
 
 var protoLine = regexp.MustCompile(`(?m)^(bb_\S+)\s+BGP\s+\S+\s+(\S+)\s+\S+\s*(\S*)`)
 
+// backboneEstablished counts a gateway's backbone BGP sessions (bb_*)
+// that are up and Established in `birdc show protocols` (eu-central's
+// gateways also have a session with the lab's operator router).
+func backboneEstablished(out string) int {
+	n := 0
+	for _, m := range protoLine.FindAllStringSubmatch(out, -1) {
+		if m[2] == "up" && m[3] == "Established" {
+			n++
+		}
+	}
+	return n
+}
+
+// backboneBFDUp counts BFD sessions Up on backbone links (smbb*).
+func backboneBFDUp(out string) int {
+	n := 0
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && strings.HasPrefix(f[1], "smbb") && f[2] == "Up" {
+			n++
+		}
+	}
+	return n
+}
+
 // TestLabBGP runs the lab in BIRD mode: backbone links between all four
 // gateways, BGP with BFD on each.
 func TestLabBGP(t *testing.T) {
@@ -67,13 +92,7 @@ func TestLabBGP(t *testing.T) {
 			for !ok && time.Now().Before(deadline) {
 				out, _ = l.Birdc(ctx, g, "show", "protocols")
 				bfd, _ = l.Birdc(ctx, g, "show", "bfd", "sessions")
-				est := 0
-				for _, m := range protoLine.FindAllStringSubmatch(out, -1) {
-					if m[2] == "up" && m[3] == "Established" {
-						est++
-					}
-				}
-				ok = est == len(gateways)-1 && strings.Count(bfd, " Up ") == len(gateways)-1
+				ok = backboneEstablished(out) == len(gateways)-1 && backboneBFDUp(bfd) == len(gateways)-1
 				if !ok {
 					time.Sleep(200 * time.Millisecond)
 				}
@@ -101,7 +120,15 @@ func TestLabBGP(t *testing.T) {
 		}
 		for _, r := range st.Regions {
 			for _, g := range r.Gateways {
-				if g.Routing == nil || g.Routing.BIRD != "running" || len(g.Routing.Sessions) != len(gateways)-1 {
+				backbone := 0
+				if g.Routing != nil {
+					for _, s := range g.Routing.Sessions {
+						if strings.HasPrefix(s.Name, "bb_") {
+							backbone++
+						}
+					}
+				}
+				if g.Routing == nil || g.Routing.BIRD != "running" || backbone != len(gateways)-1 {
 					t.Errorf("status of %s: %+v", g.Name, g.Routing)
 				}
 			}
@@ -116,6 +143,51 @@ func TestLabBGP(t *testing.T) {
 		if out, err := exec.Command(binary, "render", "bird", "--node", "eu-central-c1-n1", "--config", l.State.AdminConfig).CombinedOutput(); err == nil || !strings.Contains(string(out), "not a gateway of a BIRD-mode region") {
 			t.Errorf("render bird for a node: %v %s", err, out)
 		}
+	})
+
+	t.Run("OperatorRouterLearnsTheRegion", func(t *testing.T) {
+		// regions[0].bgp.externalPeers: the lab's operator router (its own
+		// BIRD on eu-central's underlay) peers with both eu-central
+		// gateways, BFD up, and learns exactly eu-central's planned
+		// prefixes: what the other region learns from it, nothing else.
+		var protos, bfd string
+		ok := false
+		deadline := time.Now().Add(20 * time.Second)
+		for !ok && time.Now().Before(deadline) {
+			protos, _ = l.RouterBirdc(ctx, "show", "protocols")
+			bfd, _ = l.RouterBirdc(ctx, "show", "bfd", "sessions")
+			ok = strings.Count(protos, "Established") == 2 && strings.Count(bfd, " Up ") == 2
+			if !ok {
+				time.Sleep(200 * time.Millisecond)
+			}
+		}
+		if !ok {
+			t.Fatalf("router sessions:\n%s\n%s", protos, bfd)
+		}
+		prefixes := func(lines string) []string {
+			var out []string
+			for _, line := range strings.Split(lines, "\n") {
+				f := strings.Fields(line)
+				if len(f) == 0 || line[0] == ' ' || line[0] == '\t' || !strings.ContainsAny(f[0][:1], "0123456789") {
+					continue
+				}
+				p := f[0]
+				if !strings.Contains(p, "/") {
+					p += "/32"
+				}
+				out = append(out, p)
+			}
+			slices.Sort(out)
+			return slices.Compact(out)
+		}
+		var routed []string
+		waitFor(t, "the router's routes equal what us-east learns from eu-central", 10*time.Second, func() bool {
+			out, _ := l.RouterBirdc(ctx, "show", "route")
+			routed = prefixes(out)
+			want := prefixes(hostOut(t, l, "us-east-gw1", "ip", "route", "show", "proto", "bird"))
+			return len(want) > 0 && slices.Equal(routed, want)
+		})
+		t.Logf("operator router: 2 sessions with BFD up, %d prefixes of eu-central learned: %v", len(routed), routed)
 	})
 
 	t.Run("WANCutFailsOverWithinASecond", func(t *testing.T) {
@@ -147,7 +219,7 @@ func TestLabBGP(t *testing.T) {
 		waitFor(t, victim+" back with its sessions", 30*time.Second, func() bool {
 			out, _ := l.Birdc(ctx, victim, "show", "protocols")
 			n, err := l.Admin.Node(ctx, victim)
-			return err == nil && n.Healthy != nil && *n.Healthy && strings.Count(out, "Established") == len(gateways)-1
+			return err == nil && n.Healthy != nil && *n.Healthy && backboneEstablished(out) == len(gateways)-1
 		})
 	})
 
@@ -181,7 +253,7 @@ func TestLabBGP(t *testing.T) {
 		}
 		waitFor(t, "sessions back after the flapping", 30*time.Second, func() bool {
 			for _, g := range gateways {
-				if out, _ := l.Birdc(ctx, g, "show", "protocols"); strings.Count(out, "Established") != len(gateways)-1 {
+				if out, _ := l.Birdc(ctx, g, "show", "protocols"); backboneEstablished(out) != len(gateways)-1 {
 					return false
 				}
 			}
@@ -291,7 +363,7 @@ func wanCutOutage(t *testing.T, l *lab.Lab) map[string]time.Duration {
 		}
 		waitFor(t, "BGP back on "+victim, 20*time.Second, func() bool {
 			out, _ := l.Birdc(ctx, victim, "show", "protocols")
-			return strings.Count(out, "Established") == 3
+			return backboneEstablished(out) == 3
 		})
 		time.Sleep(time.Second)
 	})
