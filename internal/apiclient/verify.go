@@ -17,6 +17,18 @@ import (
 	"github.com/statemesh/statemesh/internal/attest"
 )
 
+// ControllerHasTPM reports whether the controller answers mutual aTLS
+// (runs with --tpm); it does not attest it.
+func (c *Client) ControllerHasTPM(ctx context.Context) (bool, error) {
+	var ci api.ControllerIdentity
+	err := c.jsonCall(ctx, http.MethodGet, "/v1/attest/controller", nil, &ci)
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Code == api.CodeNotFound {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // ErrControllerUntrusted wraps every verdict of VerifyController against
 // the controller (as opposed to not reaching it).
 var ErrControllerUntrusted = errors.New("the controller failed attestation")

@@ -128,6 +128,9 @@ func gatherLive(cmd *cobra.Command, c *apiclient.Client) (doctor.Live, *plan.Pla
 	if l.Paths, err = c.Paths(ctx); err != nil {
 		return l, nil, err
 	}
+	if has, err := c.ControllerHasTPM(ctx); err == nil {
+		l.ControllerTPM = &has
+	}
 	text, err := c.Spec(ctx)
 	if err != nil || strings.TrimSpace(text) == "" {
 		return l, nil, nil // no spec applied yet: the live checks still run

@@ -161,6 +161,12 @@ func attestation(m *spec.Mesh) []Finding {
 		}
 		return out
 	}
+	if a.Controller == nil {
+		out = append(out, Finding{Severity: Info, Check: "mutual-atls", Subject: "attestation.controller",
+			Reason:   "agents do not attest the controller: nodes prove their TPM state to it, but a controller running on a tampered host would still be obeyed",
+			Evidence: "no attestation.controller in the spec",
+			Fix:      "run the controller with --tpm, add attestation.controller (ekRoots or ekAllowList, pcrs, reference) and give agents --controller-attestation mesh.yaml (docs/attestation.md)"})
+	}
 	if d, err := time.ParseDuration(a.ReattestInterval); err == nil && d > LongReattest {
 		out = append(out, Finding{Severity: Info, Check: "attestation", Subject: "attestation.reattestInterval",
 			Reason:   "a node whose measurements change stays in the mesh until its next re-attestation",

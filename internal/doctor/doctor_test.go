@@ -85,6 +85,21 @@ func TestSpecAttestationFindings(t *testing.T) {
 	if len(fs) == 0 || !strings.Contains(fs[0].Fix, "admitWithoutTPM: false") {
 		t.Errorf("admitWithoutTPM next to a sensitive segment: %+v", fs)
 	}
+	if fs := find(Spec(m, p), "mutual-atls"); len(fs) != 1 || fs[0].Severity != Info {
+		t.Errorf("attestation without attestation.controller: %+v", fs)
+	}
+	m.Attestation.Controller = &spec.ControllerAttestation{EKAllowList: []string{strings.Repeat("ab", 32)}}
+	if fs := find(Spec(m, p), "mutual-atls"); len(fs) != 0 {
+		t.Errorf("with attestation.controller: %+v", fs)
+	}
+	// Running: the spec wants mutual aTLS, the controller has no TPM.
+	no, yes := false, true
+	if fs := find(Running(Live{Mesh: m, ControllerTPM: &no}), "mutual-atls"); len(fs) != 1 || fs[0].Severity != Error || !strings.Contains(fs[0].Fix, "--tpm") {
+		t.Errorf("controller without a TPM: %+v", fs)
+	}
+	if fs := find(Running(Live{Mesh: m, ControllerTPM: &yes}), "mutual-atls"); len(fs) != 0 {
+		t.Errorf("controller with a TPM: %+v", fs)
+	}
 	m.Attestation = nil
 	if fs := find(Spec(m, p), "attestation"); len(fs) != 1 || fs[0].Severity != Error {
 		t.Errorf("sensitive segment without attestation: %+v", fs)

@@ -22,6 +22,9 @@ type Live struct {
 	Status api.Status
 	Nodes  []api.Node
 	Paths  []api.Path
+	// ControllerTPM says whether the controller answers mutual aTLS (nil:
+	// unknown).
+	ControllerTPM *bool
 }
 
 // Running checks a running mesh.
@@ -55,6 +58,12 @@ func Running(l Live) []Finding {
 			Fix:      "run NTP (chrony or systemd-timesyncd) on the node"})
 	}
 	out = append(out, weakNextToSensitive(l)...)
+	if m := l.Mesh; m != nil && m.Attestation != nil && m.Attestation.Controller != nil && l.ControllerTPM != nil && !*l.ControllerTPM {
+		out = append(out, Finding{Severity: Error, Check: "mutual-atls", Subject: "controller",
+			Reason:   "the spec asks agents to attest the controller (attestation.controller), but the controller runs without a TPM: agents given the spec refuse to enroll and take no map from it",
+			Evidence: "GET /v1/attest/controller answers not_found",
+			Fix:      "start the controller with --tpm (its EK digest is logged at start), or remove attestation.controller"})
+	}
 	if len(l.Status.Quarantined) > 0 {
 		out = append(out, Finding{Severity: Info, Check: "quarantined", Subject: strings.Join(l.Status.Quarantined, ", "),
 			Reason:   "quarantined nodes are cut off from every peer",
