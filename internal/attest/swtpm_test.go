@@ -59,3 +59,42 @@ func TestSWTPM(t *testing.T) {
 		t.Fatalf("swtpm with another root: %v", err)
 	}
 }
+
+// TestDeviceSurvivesKilledUsers: a process killed while it used the TPM
+// (an agent or controller killed mid-attestation) leaves its keys loaded
+// in a software TPM, which has no resource manager; after a few the TPM
+// has no room for another key. Opening the TPM flushes what dead users
+// left, so the next attestation works.
+func TestDeviceSurvivesKilledUsers(t *testing.T) {
+	testenv.RequireBinary(t, "swtpm")
+	testenv.RequireBinary(t, "swtpm_setup")
+	dir := t.TempDir()
+	ca, err := swtpm.NewCA(filepath.Join(dir, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "state")
+	if err := ca.Provision(state); err != nil {
+		t.Fatal(err)
+	}
+	tp, err := swtpm.Start(state, filepath.Join(dir, "tpm.sock"), filepath.Join(dir, "swtpm.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tp.Stop()
+	// Ten users that die holding their EK and AK (never flushed).
+	for range 10 {
+		rw, err := tpm.Open(tp.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := NewAttester(rw); err != nil {
+			t.Fatalf("a user after killed ones: %v", err)
+		}
+		rw.Close()
+	}
+	d := Device{URL: tp.URL}
+	if _, err := d.Identity(); err != nil {
+		t.Fatalf("the TPM after killed users: %v", err)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-tpm/legacy/tpm2"
 	"github.com/google/go-tpm/tpmutil"
 	"github.com/google/go-tpm/tpmutil/mssim"
 )
@@ -45,14 +46,14 @@ func Open(name string) (io.ReadWriteCloser, error) {
 		if err != nil {
 			return nil, fmt.Errorf("connecting to swtpm at %s: %w", addr, err)
 		}
-		return &framed{conn: c}, nil
+		return flushStale(&framed{conn: c}), nil
 	case strings.HasPrefix(name, "unix:"):
 		path := strings.TrimPrefix(strings.TrimPrefix(name, "unix:"), "//")
 		c, err := net.DialTimeout("unix", path, 5*time.Second)
 		if err != nil {
 			return nil, fmt.Errorf("connecting to TPM socket %s: %w", path, err)
 		}
-		return &framed{conn: c}, nil
+		return flushStale(&framed{conn: c}), nil
 	case strings.HasPrefix(name, "mssim://"):
 		addr := strings.TrimPrefix(name, "mssim://")
 		host, port, err := net.SplitHostPort(addr)
@@ -65,7 +66,7 @@ func Open(name string) (io.ReadWriteCloser, error) {
 		if err != nil {
 			return nil, fmt.Errorf("connecting to the TPM simulator at %s: %w", addr, err)
 		}
-		return conn, nil
+		return flushStale(conn), nil
 	case strings.HasPrefix(name, "/"):
 		rwc, err := tpmutil.OpenTPM(name)
 		if err != nil {
@@ -74,6 +75,28 @@ func Open(name string) (io.ReadWriteCloser, error) {
 		return rwc, nil
 	}
 	return nil, fmt.Errorf("TPM %q: use /dev/tpmrm0, swtpm://HOST:PORT, unix:PATH, mssim://HOST:PORT or none", name)
+}
+
+// flushStale flushes the keys and sessions a killed user left loaded in
+// a TPM reached over a socket (swtpm, the simulator): without a resource
+// manager they stay, and after a few the TPM has no room for another (an
+// agent or controller killed mid-attestation would make every later one
+// fail). Such a TPM serves one connection at a time, so nothing of a live
+// user is flushed. A kernel resource manager (/dev/tpmrm0) does this by
+// itself.
+func flushStale(rw io.ReadWriteCloser) io.ReadWriteCloser {
+	for _, ht := range []tpm2.HandleType{tpm2.HandleTypeTransient, tpm2.HandleTypeLoadedSession, tpm2.HandleTypeSavedSession} {
+		vals, _, err := tpm2.GetCapability(rw, tpm2.CapabilityHandles, 64, uint32(ht)<<24)
+		if err != nil {
+			continue
+		}
+		for _, v := range vals {
+			if h, ok := v.(tpmutil.Handle); ok {
+				tpm2.FlushContext(rw, h)
+			}
+		}
+	}
+	return rw
 }
 
 // MaxResponse bounds one TPM response.
