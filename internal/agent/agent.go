@@ -138,6 +138,7 @@ type Agent struct {
 	// attestation).
 	stopWatch           context.CancelFunc
 	controllerUntrusted bool
+	ctlVerifier         *apiclient.ControllerVerifier
 	birdSwept           bool
 	pathsRound          int // probe rounds finished; reports carry paths after each
 	fwErr               error

@@ -45,7 +45,13 @@ func (a *Agent) verifyController(ctx context.Context) error {
 func (a *Agent) checkController(ctx context.Context, c *apiclient.Client) error {
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	err := c.VerifyController(cctx, a.cfg.ControllerPolicy)
+	a.mu.Lock()
+	if a.ctlVerifier == nil {
+		a.ctlVerifier = &apiclient.ControllerVerifier{Policy: a.cfg.ControllerPolicy}
+	}
+	v := a.ctlVerifier
+	a.mu.Unlock()
+	err := v.Verify(cctx, c)
 	switch {
 	case err == nil:
 		a.metrics.controllerAttest.WithLabelValues("ok").Inc()

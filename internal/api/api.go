@@ -273,6 +273,10 @@ type ControllerAttestRequest struct {
 // ControllerBinding.
 type ControllerEvidence struct {
 	Evidence json.RawMessage `json:"evidence"`
+	// Batch, for a challenge without a credential, lists the bindings the
+	// quote covers (its extraData is their SHA-256, in order); the
+	// agent's own is one of them.
+	Batch [][]byte `json:"batch,omitempty"`
 }
 
 // ControllerBinding takes the place of the WireGuard key in the binding of

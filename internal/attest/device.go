@@ -57,3 +57,14 @@ func (d Device) Respond(challenge, exporter, bind []byte) ([]byte, error) {
 	})
 	return out, err
 }
+
+// Quote quotes pcrs with extraData (Quote as JSON), without activation.
+func (d Device) Quote(pcrs []int, extraData []byte) ([]byte, error) {
+	var out []byte
+	err := d.with(func(a *Attester) error {
+		q, err := a.Quote(pcrs, extraData, nil)
+		out = Encode(q)
+		return err
+	})
+	return out, err
+}

@@ -160,6 +160,8 @@ type Controller struct {
 	// from it, so a restarted controller does not declare every gateway
 	// dead because nobody heartbeated while it was down.
 	started time.Time
+	// self answers agents' attestation of this controller (its TPM).
+	self *selfAttest
 }
 
 // New returns a controller; Run starts it.
@@ -183,6 +185,9 @@ func New(cfg Config) (*Controller, error) {
 		netmakerKick: make(chan struct{}, 1),
 		hub:          newHub(cfg.HistoryLen, cfg.QueueLen),
 		ready:        make(chan struct{}),
+	}
+	if cfg.TPM != nil {
+		c.self = &selfAttest{tpm: cfg.TPM, window: BatchWindow}
 	}
 	c.metrics = newMetrics(c)
 	c.st = timedStore{Store: cfg.Store, h: c.metrics.storeOps}

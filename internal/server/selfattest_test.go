@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-tpm-tools/simulator"
@@ -43,12 +45,33 @@ regions:
 	return pol
 }
 
+// Quote makes the simulator a controller.TPM.
+func (s *simAttester) Quote(pcrs []int, extraData []byte) ([]byte, error) {
+	q, err := s.a.Quote(pcrs, extraData, nil)
+	return attest.Encode(q), err
+}
+
 // relayTPM answers with evidence bound to another connection's exporter,
-// as a relay in the middle would.
+// or another batch, as a relay in the middle would.
 type relayTPM struct{ *simAttester }
 
 func (r relayTPM) Respond(challenge, exporter, bind []byte) ([]byte, error) {
 	return r.simAttester.Respond(challenge, make([]byte, len(exporter)), bind)
+}
+
+func (r relayTPM) Quote(pcrs []int, extraData []byte) ([]byte, error) {
+	return r.simAttester.Quote(pcrs, make([]byte, len(extraData)))
+}
+
+// countingTPM counts quotes.
+type countingTPM struct {
+	*simAttester
+	quotes atomic.Int64
+}
+
+func (c *countingTPM) Quote(pcrs []int, extraData []byte) ([]byte, error) {
+	c.quotes.Add(1)
+	return c.simAttester.Quote(pcrs, extraData)
 }
 
 // TestAgentsAttestTheController: mutual aTLS. An agent holding the spec's
@@ -71,9 +94,37 @@ func TestAgentsAttestTheController(t *testing.T) {
 	ek, good := attest.EKDigest(id.EKPub), hex.EncodeToString(pcr16)
 	ctx := context.Background()
 
-	h := start(t, controller.Config{TPM: &simAttester{a: a}})
+	tpmc := &countingTPM{simAttester: &simAttester{a: a}}
+	h := start(t, controller.Config{TPM: tpmc})
 	if err := h.admin.VerifyController(ctx, controllerPolicy(t, ek, good)); err != nil {
 		t.Fatalf("a controller that meets the policy: %v", err)
+	}
+	// Agents pin the AK after their first check; later checks are nonces
+	// answered by batched quotes: 16 agents checking at once cost the
+	// controller's TPM a quote or two, not 16.
+	vs := make([]*apiclient.ControllerVerifier, 16)
+	for i := range vs {
+		vs[i] = &apiclient.ControllerVerifier{Policy: controllerPolicy(t, ek, good)}
+		if err := vs[i].Verify(ctx, h.admin); err != nil {
+			t.Fatalf("first check %d: %v", i, err)
+		}
+	}
+	before := tpmc.quotes.Load()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(vs))
+	for _, v := range vs {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs <- v.Verify(ctx, h.admin) }()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("a pinned check: %v", err)
+		}
+	}
+	if q := tpmc.quotes.Load() - before; q > 2 {
+		t.Errorf("16 pinned checks at once took %d quotes, want them batched (≤ 2)", q)
 	}
 	untrusted := func(what string, err error, want string) {
 		t.Helper()
@@ -87,12 +138,19 @@ func TestAgentsAttestTheController(t *testing.T) {
 
 	relay := start(t, controller.Config{TPM: relayTPM{&simAttester{a: a}}})
 	untrusted("evidence for another connection", relay.admin.VerifyController(ctx, controllerPolicy(t, ek, good)), "not bound to this TLS connection")
+	// A pinned agent facing a batched quote over another batch.
+	relayed := &apiclient.ControllerVerifier{Policy: controllerPolicy(t, ek, good)}
+	if err := relayed.Verify(ctx, h.admin); err != nil {
+		t.Fatal(err)
+	}
+	untrusted("a batched quote over other bindings", relayed.Verify(ctx, relay.admin), "not bound")
 
 	// A tampered boot of the controller: PCR 16 moves.
 	if err := attest.ExtendPCR(a.TPM(), 16, []byte("a tampered controller")); err != nil {
 		t.Fatal(err)
 	}
 	untrusted("after a tampered boot", h.admin.VerifyController(ctx, controllerPolicy(t, ek, good)), "PCR 16")
+	untrusted("after a tampered boot, pinned", vs[0].Verify(ctx, h.admin), "PCR 16")
 
 	plain := start(t, controller.Config{})
 	err = plain.admin.VerifyController(ctx, controllerPolicy(t, ek, good))

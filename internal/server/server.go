@@ -537,11 +537,11 @@ func (s *Server) selfEvidence(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return &api.Error{Code: api.CodeInvalidArgument, Message: "mutual aTLS needs TLS 1.3 without resumption: " + err.Error()}
 	}
-	ev, err := s.c.SelfEvidence(req.Challenge, exporter)
+	ev, err := s.c.SelfEvidence(r.Context(), req.Challenge, exporter)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, api.ControllerEvidence{Evidence: ev})
+	writeJSON(w, http.StatusOK, ev)
 	return nil
 }
 
