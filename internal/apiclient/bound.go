@@ -47,21 +47,9 @@ func (b *lazyBody) Close() error { return nil }
 // fresh connection so that no stale keep-alive connection forces a retry
 // with a body bound to another one.
 func (c *Client) PostBound(ctx context.Context, path string, build func(exporter []byte) (any, error), out any) error {
-	var mu sync.Mutex
-	var state *tls.ConnectionState
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		if tc, ok := info.Conn.(*tls.Conn); ok {
-			s := tc.ConnectionState()
-			mu.Lock()
-			state = &s
-			mu.Unlock()
-		}
-	}}
+	ctx, exporter := connExporter(ctx)
 	body := &lazyBody{build: func() ([]byte, error) {
-		mu.Lock()
-		s := state
-		mu.Unlock()
-		exp, err := atls.Exporter(s)
+		exp, err := exporter()
 		if err != nil {
 			return nil, err
 		}
@@ -71,7 +59,7 @@ func (c *Client) PostBound(ctx context.Context, path string, build func(exporter
 		}
 		return json.Marshal(v)
 	}}
-	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodPost, c.base+path, body)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+path, body)
 	if err != nil {
 		return err
 	}
@@ -126,4 +114,25 @@ func (c *Client) Reattest(ctx context.Context, build func(exporter []byte) ([]by
 		}
 		return api.AttestRequest{Evidence: ev}, nil
 	}, nil)
+}
+
+// connExporter notes the TLS connection a request made with the returned
+// context goes over (the last one, should the transport retry on another)
+// and gives its exporter value (attested TLS binds evidence to it).
+func connExporter(ctx context.Context) (context.Context, func() ([]byte, error)) {
+	var mu sync.Mutex
+	var state *tls.ConnectionState
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		if tc, ok := info.Conn.(*tls.Conn); ok {
+			s := tc.ConnectionState()
+			mu.Lock()
+			state = &s
+			mu.Unlock()
+		}
+	}}
+	return httptrace.WithClientTrace(ctx, trace), func() ([]byte, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return atls.Exporter(state)
+	}
 }

@@ -4,16 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptrace"
 	"sync"
 
 	"github.com/statemesh/statemesh/internal/api"
-	"github.com/statemesh/statemesh/internal/atls"
 	"github.com/statemesh/statemesh/internal/attest"
 	"github.com/statemesh/statemesh/internal/controller"
 )
@@ -86,29 +83,17 @@ func (v *ControllerVerifier) Verify(ctx context.Context, c *Client) error {
 	if err != nil {
 		return err
 	}
-	// The evidence is bound to the connection it comes back on: note it.
-	var mu sync.Mutex
-	var state *tls.ConnectionState
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		if tc, ok := info.Conn.(*tls.Conn); ok {
-			s := tc.ConnectionState()
-			mu.Lock()
-			state = &s
-			mu.Unlock()
-		}
-	}}
+	// The evidence is bound to the connection it comes back on.
+	cctx, connExp := connExporter(ctx)
 	var ce api.ControllerEvidence
-	if err := c.do(httptrace.WithClientTrace(ctx, trace), http.MethodPost, "/v1/attest/controller", bytes.NewReader(body), "application/json", &ce); err != nil {
+	if err := c.do(cctx, http.MethodPost, "/v1/attest/controller", bytes.NewReader(body), "application/json", &ce); err != nil {
 		var ae *api.Error
 		if errors.As(err, &ae) && ae.Code == api.CodeAttestationFailed {
 			return untrusted(err)
 		}
 		return fmt.Errorf("controller attestation: %w", err)
 	}
-	mu.Lock()
-	s := state
-	mu.Unlock()
-	exporter, err := atls.Exporter(s)
+	exporter, err := connExp()
 	if err != nil {
 		return err
 	}

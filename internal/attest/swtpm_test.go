@@ -13,22 +13,7 @@ import (
 // TestSWTPM attests Debian's swtpm, provisioned with an EK certificate from
 // a local CA: accepted with that CA as root, refused with another.
 func TestSWTPM(t *testing.T) {
-	testenv.RequireBinary(t, "swtpm")
-	testenv.RequireBinary(t, "swtpm_setup")
-	dir := t.TempDir()
-	ca, err := swtpm.NewCA(filepath.Join(dir, "ca"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	state := filepath.Join(dir, "state")
-	if err := ca.Provision(state); err != nil {
-		t.Fatal(err)
-	}
-	tp, err := swtpm.Start(state, filepath.Join(dir, "tpm.sock"), filepath.Join(dir, "swtpm.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tp.Stop()
+	tp, ca := provisionedSWTPM(t)
 	rw, err := tpm.Open(tp.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -66,22 +51,7 @@ func TestSWTPM(t *testing.T) {
 // has no room for another key. Opening the TPM flushes what dead users
 // left, so the next attestation works.
 func TestDeviceSurvivesKilledUsers(t *testing.T) {
-	testenv.RequireBinary(t, "swtpm")
-	testenv.RequireBinary(t, "swtpm_setup")
-	dir := t.TempDir()
-	ca, err := swtpm.NewCA(filepath.Join(dir, "ca"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	state := filepath.Join(dir, "state")
-	if err := ca.Provision(state); err != nil {
-		t.Fatal(err)
-	}
-	tp, err := swtpm.Start(state, filepath.Join(dir, "tpm.sock"), filepath.Join(dir, "swtpm.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tp.Stop()
+	tp, _ := provisionedSWTPM(t)
 	// Ten users that die holding their EK and AK (never flushed).
 	for range 10 {
 		rw, err := tpm.Open(tp.URL)
@@ -97,4 +67,27 @@ func TestDeviceSurvivesKilledUsers(t *testing.T) {
 	if _, err := d.Identity(); err != nil {
 		t.Fatalf("the TPM after killed users: %v", err)
 	}
+}
+
+// provisionedSWTPM runs Debian's swtpm with an EK certificate from a CA
+// of its own, until the test ends.
+func provisionedSWTPM(t *testing.T) (*swtpm.TPM, *swtpm.CA) {
+	t.Helper()
+	testenv.RequireBinary(t, "swtpm")
+	testenv.RequireBinary(t, "swtpm_setup")
+	dir := t.TempDir()
+	ca, err := swtpm.NewCA(filepath.Join(dir, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "state")
+	if err := ca.Provision(state); err != nil {
+		t.Fatal(err)
+	}
+	tp, err := swtpm.Start(state, filepath.Join(dir, "tpm.sock"), filepath.Join(dir, "swtpm.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tp.Stop)
+	return tp, ca
 }

@@ -229,6 +229,24 @@ const LabPolicy = `policy:
     - {name: ops-to-frontend, from: ops, to: frontend, ports: [any]}
 `
 
+// trustYAML renders an attestation trust policy at indent: the lab CA's
+// certificates as EK roots, PCRs 0-7 quoted, all zero (swtpm boots
+// nothing).
+func trustYAML(indent string, ekRoots []string) string {
+	s := indent + "ekRoots:\n"
+	for _, r := range ekRoots {
+		s += indent + "  - |\n"
+		for _, line := range strings.Split(strings.TrimSpace(r), "\n") {
+			s += indent + "    " + line + "\n"
+		}
+	}
+	s += indent + "pcrs: [0, 1, 2, 3, 4, 5, 6, 7]\n" + indent + "reference:\n"
+	for pcr := range 8 {
+		s += fmt.Sprintf("%s  %d: [%q]\n", indent, pcr, strings.Repeat("0", 64))
+	}
+	return s
+}
+
 // Spec renders the lab's mesh spec; ekRoots are the PEM certificates of the
 // lab's EK CA when attestation is on.
 func (c *Config) Spec(ekRoots ...string) string {
@@ -271,31 +289,10 @@ regions:
 		s += fmt.Sprintf("routing:\n  bgp: true\n  bfd: {interval: %s, multiplier: 3}\n", iv)
 	}
 	if c.Attestation {
-		zero := strings.Repeat("0", 64)
-		s += "attestation:\n  ekRoots:\n"
-		for _, r := range ekRoots {
-			s += "    - |\n"
-			for _, line := range strings.Split(strings.TrimSpace(r), "\n") {
-				s += "      " + line + "\n"
-			}
-		}
-		s += "  pcrs: [0, 1, 2, 3, 4, 5, 6, 7]\n  reference:\n"
-		for pcr := range 8 {
-			s += fmt.Sprintf("    %d: [%q]\n", pcr, zero)
-		}
+		s += "attestation:\n" + trustYAML("  ", ekRoots)
 		s += fmt.Sprintf("  reattestInterval: %s\n", c.ReattestInterval)
 		// The controller's swtpm has its EK certificate from the same CA.
-		s += "  controller:\n    ekRoots:\n"
-		for _, r := range ekRoots {
-			s += "      - |\n"
-			for _, line := range strings.Split(strings.TrimSpace(r), "\n") {
-				s += "        " + line + "\n"
-			}
-		}
-		s += "    pcrs: [0, 1, 2, 3, 4, 5, 6, 7]\n    reference:\n"
-		for pcr := range 8 {
-			s += fmt.Sprintf("      %d: [%q]\n", pcr, zero)
-		}
+		s += "  controller:\n" + trustYAML("    ", ekRoots)
 	}
 	return s
 }

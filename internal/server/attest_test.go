@@ -74,7 +74,10 @@ regions:
 `, ekDigest, pcr16)
 }
 
-func TestAttestedEnrollment(t *testing.T) {
+// simTPM opens go-tpm-tools' TPM simulator (one per process at a time)
+// until the test ends, with its identity and PCR 16.
+func simTPM(t testing.TB) (*attest.Attester, attest.Identity, []byte) {
+	t.Helper()
 	sim, err := simulator.Get()
 	if err != nil {
 		t.Fatal(err)
@@ -83,12 +86,20 @@ func TestAttestedEnrollment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.Close()
-	id, _ := a.Identity()
+	t.Cleanup(func() { a.Close() })
+	id, err := a.Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
 	pcr16, err := attest.ReadPCR(a.TPM(), 16)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return a, id, pcr16
+}
+
+func TestAttestedEnrollment(t *testing.T) {
+	a, id, pcr16 := simTPM(t)
 	h := start(t, controller.Config{})
 	ctx := context.Background()
 	if _, err := h.admin.ApplySpec(ctx, []byte(attestSpec(attest.EKDigest(id.EKPub), hex.EncodeToString(pcr16)))); err != nil {
@@ -263,17 +274,7 @@ func testCSR(t *testing.T) string {
 // (the in-process simulator), verification and registration. Each node is
 // removed afterwards so the same TPM can enroll again.
 func BenchmarkAttestedEnrollment(b *testing.B) {
-	sim, err := simulator.Get()
-	if err != nil {
-		b.Fatal(err)
-	}
-	a, err := attest.NewAttester(sim)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer a.Close()
-	id, _ := a.Identity()
-	pcr16, _ := attest.ReadPCR(a.TPM(), 16)
+	a, id, pcr16 := simTPM(b)
 	h := start(b, controller.Config{SlotGrace: time.Nanosecond})
 	ctx := context.Background()
 	if _, err := h.admin.ApplySpec(ctx, []byte(attestSpec(attest.EKDigest(id.EKPub), hex.EncodeToString(pcr16)))); err != nil {

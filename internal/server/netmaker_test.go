@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-tpm-tools/simulator"
-
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/apiclient"
 	"github.com/statemesh/statemesh/internal/attest"
@@ -30,17 +28,7 @@ func TestNetmakerFollowsAttestation(t *testing.T) {
 		t.Fatal(err)
 	}
 	cl.Retries, cl.Backoff = 1, 10*time.Millisecond
-	sim, err := simulator.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := attest.NewAttester(sim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	id, _ := a.Identity()
-	pcr16, _ := attest.ReadPCR(a.TPM(), 16)
+	a, id, pcr16 := simTPM(t)
 	h := start(t, controller.Config{Netmaker: &controller.NetmakerConfig{Client: cl, Every: 200 * time.Millisecond, Grace: time.Minute,
 		Networks: map[string]netmaker.NetworkSpec{"r": {Name: "nm-r", AddressRange: "10.201.0.0/16"}}}})
 	ctx := context.Background()

@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/google/go-tpm-tools/simulator"
-
 	"github.com/statemesh/statemesh/internal/apiclient"
 	"github.com/statemesh/statemesh/internal/attest"
 	"github.com/statemesh/statemesh/internal/controller"
@@ -80,17 +78,7 @@ func (c *countingTPM) Quote(pcrs []int, extraData []byte) ([]byte, error) {
 // evidence is bound to another connection; a controller without a TPM
 // cannot be attested at all.
 func TestAgentsAttestTheController(t *testing.T) {
-	sim, err := simulator.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := attest.NewAttester(sim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	id, _ := a.Identity()
-	pcr16, _ := attest.ReadPCR(a.TPM(), 16)
+	a, id, pcr16 := simTPM(t)
 	ek, good := attest.EKDigest(id.EKPub), hex.EncodeToString(pcr16)
 	ctx := context.Background()
 
@@ -153,7 +141,7 @@ func TestAgentsAttestTheController(t *testing.T) {
 	untrusted("after a tampered boot, pinned", vs[0].Verify(ctx, h.admin), "PCR 16")
 
 	plain := start(t, controller.Config{})
-	err = plain.admin.VerifyController(ctx, controllerPolicy(t, ek, good))
+	err := plain.admin.VerifyController(ctx, controllerPolicy(t, ek, good))
 	if err == nil || errors.Is(err, apiclient.ErrControllerUntrusted) || code(err) != "not_found" {
 		t.Errorf("a controller without a TPM: %v", err)
 	}
