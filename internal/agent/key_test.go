@@ -15,11 +15,7 @@ import (
 )
 
 func startTPM(t *testing.T, ca *swtpm.CA, dir string) *swtpm.TPM {
-	state := filepath.Join(dir, "state")
-	if err := ca.Provision(state); err != nil {
-		t.Fatal(err)
-	}
-	tp, err := swtpm.Start(state, filepath.Join(dir, "tpm.sock"), filepath.Join(dir, "swtpm.log"))
+	tp, err := ca.StartNew(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

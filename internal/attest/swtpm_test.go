@@ -80,11 +80,7 @@ func provisionedSWTPM(t *testing.T) (*swtpm.TPM, *swtpm.CA) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	state := filepath.Join(dir, "state")
-	if err := ca.Provision(state); err != nil {
-		t.Fatal(err)
-	}
-	tp, err := swtpm.Start(state, filepath.Join(dir, "tpm.sock"), filepath.Join(dir, "swtpm.log"))
+	tp, err := ca.StartNew(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

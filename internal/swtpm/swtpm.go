@@ -131,6 +131,16 @@ func Start(stateDir, sock, logPath string) (*TPM, error) {
 	}
 }
 
+// StartNew provisions a new TPM state in dir/state with an EK certificate
+// from c and runs swtpm on it, its socket and log in dir.
+func (c *CA) StartNew(dir string) (*TPM, error) {
+	state := filepath.Join(dir, "state")
+	if err := c.Provision(state); err != nil {
+		return nil, err
+	}
+	return Start(state, filepath.Join(dir, "tpm.sock"), filepath.Join(dir, "swtpm.log"))
+}
+
 // PID returns the swtpm process ID.
 func (t *TPM) PID() int { return t.cmd.Process.Pid }
 
