@@ -79,13 +79,6 @@ func (q *frameQueue) clear() (closed bool) {
 	return q.closed
 }
 
-// len is the number of queued frames.
-func (q *frameQueue) len() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.buf) - q.head
-}
-
 // close ends the queue and wakes the writer.
 func (q *frameQueue) close() {
 	q.mu.Lock()
