@@ -43,6 +43,9 @@ const (
 	KeyFile      = "wireguard.key"
 	IdentityFile = "identity.json"
 	MapFile      = "map.json"
+	// EnrollKeyFile holds the certificate key while an enrollment is in
+	// progress (until identity.json is written).
+	EnrollKeyFile = "enroll-key.pem"
 )
 
 // Config configures an agent.
@@ -189,7 +192,9 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("agent: no data dir")
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	if was, err := atomicfile.PrivateDir(cfg.DataDir); was != 0 && err == nil {
+		cfg.Logger.Warn("the data directory was readable by others; made it private (0700)", "dir", cfg.DataDir, "was", fmt.Sprintf("%04o", was))
+	} else if err != nil {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, saveKick: make(chan struct{}, 1), links: map[string]*wg.Device{}, linkMaps: map[string]netmap.Map{}, reportKick: make(chan struct{}, 1)}
@@ -353,6 +358,14 @@ func (a *Agent) identity(ctx context.Context) (*apiclient.Identity, error) {
 	if t := a.attester(); t != nil {
 		att = t
 	}
+	// The certificate key is kept until the identity is saved: a retry
+	// after a lost answer (or a crash) must sign with the key the
+	// controller enrolled, which is its proof that it is the same node.
+	keyPath := filepath.Join(a.cfg.DataDir, EnrollKeyFile)
+	keyPEM, err := pendingEnrollKey(keyPath)
+	if err != nil {
+		return nil, err
+	}
 	for attempt := 0; ; attempt++ {
 		if err = a.verifyBeforeEnroll(ctx); err != nil {
 			var ae *api.Error
@@ -371,12 +384,12 @@ func (a *Agent) identity(ctx context.Context) (*apiclient.Identity, error) {
 			Name: a.cfg.Name, Role: a.cfg.Role, PublicKey: a.pub,
 			Endpoint: endpoint, PublicEndpoint: a.cfg.PublicEndpoint, Labels: a.cfg.Labels,
 		}
-		id, err = apiclient.EnrollAttested(ctx, a.cfg.Controller, a.cfg.Token, req, att)
+		id, err = apiclient.EnrollWithKey(ctx, a.cfg.Controller, a.cfg.Token, req, att, keyPEM)
 		var ae *api.Error
 		if att != nil && errors.As(err, &ae) && ae.Code == api.CodeInvalidArgument && strings.Contains(ae.Message, "attestation is not configured") {
 			a.log.Warn("the mesh does not use attestation; enrolling without TPM evidence (as weak)")
 			att = nil
-			id, err = apiclient.EnrollAttested(ctx, a.cfg.Controller, a.cfg.Token, req, nil)
+			id, err = apiclient.EnrollWithKey(ctx, a.cfg.Controller, a.cfg.Token, req, nil, keyPEM)
 		}
 		if err == nil || (errors.As(err, &ae) && ae.Code != api.CodeUnavailable) || attempt >= 30 {
 			break
@@ -397,11 +410,27 @@ func (a *Agent) identity(ctx context.Context) (*apiclient.Identity, error) {
 	if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
 		return nil, err
 	}
+	os.Remove(keyPath) // the identity holds it now
 	a.log.Info("enrolled", "node", id.Node.Name, "region", id.Node.Region, "cluster", id.Node.Cluster, "overlay", id.Node.OverlayIPv4, "class", id.Node.Class)
 	if id.Node.Class != "strong" && att != nil {
 		a.log.Warn("enrolled as weak although a TPM is configured")
 	}
 	return id, nil
+}
+
+// pendingEnrollKey returns the certificate key of an enrollment in
+// progress, made and saved (0600) on the first attempt.
+func pendingEnrollKey(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		return string(b), nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	k, err := apiclient.NewNodeKey()
+	if err != nil {
+		return "", err
+	}
+	return k, atomicfile.WriteFile(path, []byte(k), 0o600)
 }
 
 // localAddrTowards returns the local address used to reach the URL's host.
@@ -619,6 +648,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		var ae *api.Error
 		if errors.As(err, &ae) && ae.Code == api.CodeUnauthenticated {
 			a.log.Error("the controller no longer accepts this node (removed?); keeping the data plane as it is", "err", err)
+		} else if errors.As(err, &ae) && ae.Code == api.CodeQuarantined {
+			a.quarantined(ctx, ae)
 		} else {
 			a.log.Warn("watch ended; the data plane keeps its last map", "err", err, "revision", from)
 		}
@@ -632,6 +663,25 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-time.After(retryWait(backoff, err)):
 		}
 		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+// quarantined acts on the controller's refusal of a quarantined node: its
+// peers have already dropped it, so the agent drops its peers too (as the
+// empty map quarantined nodes used to be sent did) and keeps asking, in
+// case an admin releases it.
+func (a *Agent) quarantined(ctx context.Context, ae *api.Error) {
+	a.mu.Lock()
+	had := len(a.cur.Peers) > 0
+	a.cur.Peers = nil
+	a.cur.Revision = 0 // after a release, a full snapshot, not deltas to this changed map
+	a.mu.Unlock()
+	if !had {
+		return
+	}
+	a.log.Error("this node is quarantined; its peers are removed until an admin releases it", "reason", ae.Message)
+	if err := a.apply(ctx); err != nil {
+		a.log.Error("removing the peers of a quarantined node", "err", err)
 	}
 }
 

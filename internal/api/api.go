@@ -212,6 +212,34 @@ type CreatedToken struct {
 	Secret string `json:"secret"`
 }
 
+// CreateAdminTokenRequest asks for an admin token.
+type CreateAdminTokenRequest struct {
+	// Name says whose or what the token is (a person, a pipeline).
+	Name string `json:"name"`
+	// TTL is a Go duration ("720h"); default 720h (30 days), at most
+	// 8760h. Admin tokens always expire, except the one the controller
+	// writes to admin.json at its first start.
+	TTL string `json:"ttl,omitempty"`
+}
+
+// AdminToken describes an admin token; its secret is never shown again.
+type AdminToken struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
+	// ExpiresAt is zero for the bootstrap token (revoke it once you have
+	// others).
+	ExpiresAt time.Time `json:"expiresAt,omitzero"`
+	Expired   bool      `json:"expired,omitempty"`
+}
+
+// CreatedAdminToken carries the admin token string, shown once.
+type CreatedAdminToken struct {
+	AdminToken
+	// Secret is the bearer token (sma1.ID.SECRET).
+	Secret string `json:"secret"`
+}
+
 // EnrollRequest is a node's enrollment.
 type EnrollRequest struct {
 	Token string `json:"token"`

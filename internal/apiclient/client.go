@@ -275,6 +275,24 @@ func (c *Client) RevokeToken(ctx context.Context, id string) error {
 	return c.jsonCall(ctx, http.MethodDelete, "/v1/tokens/"+url.PathEscape(id), nil, nil)
 }
 
+// CreateAdminToken creates an admin token (the secret is in the answer,
+// once).
+func (c *Client) CreateAdminToken(ctx context.Context, req api.CreateAdminTokenRequest) (api.CreatedAdminToken, error) {
+	var t api.CreatedAdminToken
+	return t, c.jsonCall(ctx, http.MethodPost, "/v1/admin-tokens", req, &t)
+}
+
+// AdminTokens lists admin tokens.
+func (c *Client) AdminTokens(ctx context.Context) ([]api.AdminToken, error) {
+	var t []api.AdminToken
+	return t, c.jsonCall(ctx, http.MethodGet, "/v1/admin-tokens", nil, &t)
+}
+
+// RevokeAdminToken revokes an admin token.
+func (c *Client) RevokeAdminToken(ctx context.Context, id string) error {
+	return c.jsonCall(ctx, http.MethodDelete, "/v1/admin-tokens/"+url.PathEscape(id), nil, nil)
+}
+
 // Enroll enrolls a node.
 func (c *Client) Enroll(ctx context.Context, req api.EnrollRequest) (api.EnrollResponse, error) {
 	var r api.EnrollResponse

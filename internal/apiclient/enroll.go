@@ -50,21 +50,50 @@ func Enroll(ctx context.Context, server, token string, req api.EnrollRequest) (*
 
 // EnrollAttested enrolls with TPM evidence when att is not nil: it opens
 // an attestation session, then sends the enrollment with evidence bound
-// to the TLS connection that carries it.
+// to the TLS connection that carries it. It makes a fresh certificate key.
 func EnrollAttested(ctx context.Context, server, token string, req api.EnrollRequest, att Attester) (*Identity, error) {
+	keyPEM, err := NewNodeKey()
+	if err != nil {
+		return nil, err
+	}
+	return EnrollWithKey(ctx, server, token, req, att, keyPEM)
+}
+
+// NewNodeKey makes a key for a node's client certificate (PKCS#8 PEM).
+func NewNodeKey() (string, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return "", err
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})), nil
+}
+
+// EnrollWithKey is EnrollAttested with the certificate key given (PKCS#8
+// PEM). An agent that retries an enrollment whose answer it lost must
+// retry with the same key: the controller takes the request signed with
+// it as the proof that the retry comes from the node it enrolled.
+func EnrollWithKey(ctx context.Context, server, token string, req api.EnrollRequest, att Attester, keyPEM string) (*Identity, error) {
 	tok, err := controller.ParseJoinToken(token)
 	if err != nil {
 		return nil, err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	blk, _ := pem.Decode([]byte(keyPEM))
+	if blk == nil {
+		return nil, errors.New("the enrollment key is not PEM")
+	}
+	parsed, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("the enrollment key: %w", err)
+	}
+	key, ok := parsed.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, errors.New("the enrollment key is not an ECDSA key")
 	}
 	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: req.Name}}, key)
-	if err != nil {
-		return nil, err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return nil, err
 	}
@@ -104,7 +133,7 @@ func EnrollAttested(ctx context.Context, server, token string, req api.EnrollReq
 	}
 	return &Identity{
 		Server: server, Node: resp.Node, CA: resp.CA, CertPEM: resp.Certificate,
-		KeyPEM:   string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})),
+		KeyPEM:   keyPEM,
 		Revision: resp.Revision, ReattestInterval: interval,
 	}, nil
 }

@@ -46,3 +46,24 @@ func WriteFile(path string, data []byte, mode os.FileMode) (err error) {
 	}
 	return nil
 }
+
+// PrivateDir makes sure dir exists and only its owner can enter it (mode
+// 0700): it holds keys. An existing directory with a looser mode is
+// tightened; it reports the mode it had then (0 when it was already
+// private or did not exist), so the caller can say so.
+func PrivateDir(dir string) (loosened os.FileMode, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return 0, err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return 0, err
+	}
+	if fi.Mode().Perm()&0o077 == 0 {
+		return 0, nil
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fi.Mode().Perm(), err
+	}
+	return fi.Mode().Perm(), nil
+}

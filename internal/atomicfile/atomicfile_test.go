@@ -48,3 +48,37 @@ func TestWriteFileFailureKeepsOld(t *testing.T) {
 		t.Errorf("old file changed: %q", b)
 	}
 }
+
+func TestPrivateDirTightensALooseDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil { // whatever the umask
+		t.Fatal(err)
+	}
+	was, err := PrivateDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if was != 0o755 {
+		t.Errorf("reported the old mode as %o, want 755", was)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o700 {
+		t.Errorf("mode %o after PrivateDir, want 700", fi.Mode().Perm())
+	}
+	if was, err := PrivateDir(dir); err != nil || was != 0 {
+		t.Errorf("second call: %o, %v; want 0, nil", was, err)
+	}
+	fresh := filepath.Join(t.TempDir(), "new", "dir")
+	if _, err := PrivateDir(fresh); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(fresh); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("a new directory: %v %v, want mode 700", fi.Mode().Perm(), err)
+	}
+}

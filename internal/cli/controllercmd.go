@@ -117,7 +117,7 @@ DATA-DIR/admin.json (mode 0600) for the CLI:
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.apply, "apply", "", "apply this spec at start (as statemesh apply -f would)")
 	fl.DurationVar(&f.heartbeatTimeout, "gateway-timeout", 3*time.Second, "mark a gateway unhealthy after this long without a heartbeat")
-	fl.StringVar(&f.metricsListen, "metrics-listen", ":9464", "serve Prometheus metrics on this address at /metrics (\"\" to turn off)")
+	fl.StringVar(&f.metricsListen, "metrics-listen", "127.0.0.1:9464", "serve Prometheus metrics on this address at /metrics (\"\" to turn off; :9464 for every interface, for a scraper on another host)")
 	fl.StringVar(&f.tpm, "tpm", "none", "the controller's own TPM (/dev/tpmrm0, swtpm://HOST:PORT, unix:PATH, mssim://HOST:PORT): agents with --controller-attestation attest it (mutual aTLS); none: no TPM")
 	fl.StringVar(&f.netmakerURL, "netmaker-url", "", "keep this Netmaker server in line with the mesh (docs/netmaker.md)")
 	fl.StringVar(&f.netmakerTokenFile, "netmaker-token-file", "", "file with Netmaker's master key or an access token (default $STATEMESH_NETMAKER_TOKEN); never logged")
@@ -151,8 +151,10 @@ func runController(parent context.Context, e *env, f controllerFlags) error {
 	}
 	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
-		return err
+	if was, err := atomicfile.PrivateDir(f.dataDir); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	} else if was != 0 {
+		log.Warn("the data directory was readable by others; made it private (0700)", "dir", f.dataDir, "was", fmt.Sprintf("%04o", was))
 	}
 	kr, err := loadKeyring(f.dataDir, f.kekFile, f.storeKind == "bolt", log)
 	if err != nil {

@@ -96,7 +96,7 @@ Thresholds and reasons: docs/best-practices.md.`,
 					return err
 				}
 			} else {
-				printFindings(e.stdout, findings)
+				printFindings(terminalSafe(e.stdout), findings)
 			}
 			for _, f := range findings {
 				if f.Severity == doctor.Error || (strictish && f.Severity == doctor.Warning) {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/statemesh/statemesh/internal/api"
+
 	"go.yaml.in/yaml/v3"
 )
 
@@ -85,9 +87,36 @@ func (t *table) row(cols ...any) {
 		if i > 0 {
 			fmt.Fprint(t.tw, "\t")
 		}
-		fmt.Fprint(t.tw, c)
+		// A cell never holds a control character: no escape sequence
+		// reaches the terminal, no tab or newline forges a column or row.
+		fmt.Fprint(t.tw, api.CleanText(fmt.Sprint(c), 0))
 	}
 	fmt.Fprintln(t.tw)
 }
 
 func (t *table) flush() error { return t.tw.Flush() }
+
+// terminalSafe wraps a writer of human-readable text built from what
+// nodes reported: control characters other than newline and tab (escape
+// sequences that clear the screen or move the cursor, carriage returns)
+// and bidirectional overrides are written as visible escapes. The
+// controller cleans reports when they arrive; this also guards against one
+// that does not.
+func terminalSafe(w io.Writer) io.Writer { return safeWriter{w} }
+
+type safeWriter struct{ w io.Writer }
+
+func (s safeWriter) Write(p []byte) (int, error) {
+	lines := strings.Split(string(p), "\n")
+	for i, l := range lines {
+		parts := strings.Split(l, "\t")
+		for j, part := range parts {
+			parts[j] = api.CleanText(part, 0)
+		}
+		lines[i] = strings.Join(parts, "\t")
+	}
+	if _, err := io.WriteString(s.w, strings.Join(lines, "\n")); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}

@@ -76,6 +76,7 @@ Start with:  statemesh validate -f mesh.yaml
 		newApplyCmd(e),
 		newGetCmd(e),
 		newTokenCmd(e),
+		newAdminTokenCmd(e),
 		newNodeCmd(e),
 		newAgentCmd(e),
 		newPolicyCmd(e),

@@ -35,7 +35,7 @@ func newStatusCmd(e *env) *cobra.Command {
 			if a.output == formatJSON {
 				return writeJSON(e.stdout, st)
 			}
-			return printStatus(e.stdout, st)
+			return printStatus(terminalSafe(e.stdout), st)
 		},
 	}
 	a.register(cmd, formatTable, formatJSON)

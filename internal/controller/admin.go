@@ -343,6 +343,9 @@ func (c *Controller) RemoveNode(ctx context.Context, name string) error {
 				return err
 			}
 		}
+		if err := releaseWGKey(tx, n.PublicKey, nodeOwner(name)); err != nil {
+			return err
+		}
 		return tx.Put(slotKey(n.Region, n.Cluster, n.Slot), encode(SlotRecord{Node: name, ReleasedAt: now}))
 	})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/go-tpm/legacy/tpm2"
@@ -95,7 +96,10 @@ func parsePEMCerts(s string) ([]*x509.Certificate, error) {
 }
 
 func sessionKey(id string) string { return prefixSession + id }
-func ekKey(hash string) string    { return prefixEK + hash }
+
+// openSessionKey holds the ID of a node's open re-attestation challenge.
+func openSessionKey(node string) string { return prefixOpenSession + node }
+func ekKey(hash string) string          { return prefixEK + hash }
 
 func attestErr(err error) *api.Error {
 	return apiErr(api.CodeAttestationFailed, "attestation refused: %v", err)
@@ -168,7 +172,23 @@ func (c *Controller) Challenge(ctx context.Context, node string, req api.AttestC
 		h := hashSecret(string(secret))
 		sess.SecretHash = h
 	}
-	if _, err := c.st.Update(ctx, func(tx store.Tx) error { return tx.Put(sessionKey(id), encode(sess)) }); err != nil {
+	if _, err := c.st.Update(ctx, func(tx store.Tx) error {
+		if node != "" {
+			// One open challenge per node: a new one replaces the last, so
+			// a node cannot pile sessions up in the store.
+			if kv, err := tx.Get(openSessionKey(node)); err == nil {
+				if err := tx.Delete(sessionKey(string(kv.Value))); err != nil && !errors.Is(err, store.ErrNotFound) {
+					return err
+				}
+			} else if !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			if err := tx.Put(openSessionKey(node), []byte(id)); err != nil {
+				return err
+			}
+		}
+		return tx.Put(sessionKey(id), encode(sess))
+	}); err != nil {
 		return api.AttestChallenge{}, err
 	}
 	return api.AttestChallenge{Challenge: attest.Encode(ch), ReattestInterval: int(interval / time.Second)}, nil
@@ -188,6 +208,13 @@ func (c *Controller) consume(ctx context.Context, id string, now time.Time) (Ses
 		}
 		if s, err = decode[SessionRecord](kv.Value); err != nil {
 			return err
+		}
+		if s.Node != "" {
+			if kv, err := tx.Get(openSessionKey(s.Node)); err == nil && string(kv.Value) == id {
+				if err := tx.Delete(openSessionKey(s.Node)); err != nil {
+					return err
+				}
+			}
 		}
 		return tx.Delete(sessionKey(id))
 	})
@@ -368,6 +395,69 @@ func (c *Controller) attestationFailed(ctx context.Context, node string, m *spec
 	// The caller's answer comes after the action is visible here: whoever
 	// asks this replica next sees the node quarantined (or weak).
 	return c.WaitRevision(ctx, rev)
+}
+
+// sweepSessions deletes the challenges nobody answered before they
+// expired (an agent that died mid-attestation, or a client that asks and
+// never answers). Every replica sweeps; deleting twice is harmless.
+func (c *Controller) sweepSessions(ctx context.Context, now time.Time) error {
+	kvs, _, err := c.st.List(ctx, prefixSession)
+	if err != nil {
+		return err
+	}
+	var expired []string
+	for _, kv := range kvs {
+		s, err := decode[SessionRecord](kv.Value)
+		if err != nil || now.After(s.ExpiresAt) {
+			expired = append(expired, kv.Key)
+		}
+	}
+	for len(expired) > 0 {
+		batch := expired[:min(len(expired), 50)]
+		expired = expired[len(batch):]
+		if _, err := c.st.Update(ctx, func(tx store.Tx) error {
+			for _, k := range batch {
+				kv, err := tx.Get(k)
+				if errors.Is(err, store.ErrNotFound) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				s, _ := decode[SessionRecord](kv.Value)
+				if s.Node != "" {
+					if p, err := tx.Get(openSessionKey(s.Node)); err == nil && string(p.Value) == strings.TrimPrefix(k, prefixSession) {
+						if err := tx.Delete(openSessionKey(s.Node)); err != nil {
+							return err
+						}
+					}
+				}
+				if err := tx.Delete(k); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sessionSweeper runs sweepSessions every sessionTTL.
+func (c *Controller) sessionSweeper(ctx context.Context) {
+	t := time.NewTicker(sessionTTL)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := c.sweepSessions(ctx, c.cfg.Now()); err != nil && ctx.Err() == nil {
+			c.log.Warn("sweeping expired attestation challenges", "err", err)
+		}
+	}
 }
 
 // attestationMonitor treats strong nodes that stopped re-attesting as

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -175,6 +176,25 @@ func (c *CA) SignNode(csrPEM string, name string, now time.Time, ttl time.Durati
 		return "", "", err
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), sn.Text(16), nil
+}
+
+// CSRKeyFingerprint checks a PEM certificate request's signature and
+// returns the SHA-256 (hex) of its public key: the signature proves the
+// sender holds that key.
+func CSRKeyFingerprint(csrPEM string) (string, error) {
+	b, _ := pem.Decode([]byte(csrPEM))
+	if b == nil || b.Type != "CERTIFICATE REQUEST" {
+		return "", errors.New("csr is not a PEM CERTIFICATE REQUEST")
+	}
+	csr, err := x509.ParseCertificateRequest(b.Bytes)
+	if err != nil {
+		return "", fmt.Errorf("parsing csr: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return "", fmt.Errorf("csr signature: %w", err)
+	}
+	sum := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(sum[:]), nil
 }
 
 // NodeIdentity returns the node name and serial of a verified client

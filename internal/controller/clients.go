@@ -69,6 +69,9 @@ func (c *Controller) AddClient(ctx context.Context, req api.AddClientRequest) (a
 	if req.PublicKey.IsZero() {
 		return api.ClientConfig{}, apiErr(api.CodeInvalidArgument, "publicKey is required")
 	}
+	if err := checkPublicKey(req.PublicKey); err != nil {
+		return api.ClientConfig{}, err
+	}
 	c.mu.RLock()
 	pl, pol, ix := c.plan, c.segPolicy, c.ix
 	var gw string
@@ -138,6 +141,9 @@ func (c *Controller) AddClient(ctx context.Context, req api.AddClientRequest) (a
 				break
 			}
 		}
+		if err := claimWGKey(tx, rec.PublicKey, clientOwner(rec.Name)); err != nil {
+			return err
+		}
 		return tx.Put(clientKey(req.Name), encode(rec))
 	})
 	if err != nil {
@@ -193,10 +199,16 @@ func (c *Controller) Clients() []api.Client {
 // RemoveClient revokes a client: its gateway drops the peer.
 func (c *Controller) RemoveClient(ctx context.Context, name string) error {
 	rev, err := c.st.Update(ctx, func(tx store.Tx) error {
-		if _, err := tx.Get(clientKey(name)); errors.Is(err, store.ErrNotFound) {
+		kv, err := tx.Get(clientKey(name))
+		if errors.Is(err, store.ErrNotFound) {
 			return apiErr(api.CodeNotFound, "no client %q", name)
 		} else if err != nil {
 			return err
+		}
+		if r, err := decode[ClientRecord](kv.Value); err == nil {
+			if err := releaseWGKey(tx, r.PublicKey, clientOwner(name)); err != nil {
+				return err
+			}
 		}
 		return tx.Delete(clientKey(name))
 	})

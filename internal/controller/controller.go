@@ -288,10 +288,15 @@ func (c *Controller) Run(ctx context.Context) error {
 	nodes := len(c.nodes)
 	c.mu.Unlock()
 	c.log.Info("registry loaded", "revision", rev, "nodes", nodes)
+	if err := c.indexWGKeys(ctx, kvs); err != nil {
+		return fmt.Errorf("indexing WireGuard keys: %w", err)
+	}
+	kvs = nil
 	close(c.ready)
 
 	go c.healthMonitor(ctx)
 	go c.storeMonitor(ctx)
+	go c.sessionSweeper(ctx)
 	if c.cfg.Netmaker != nil {
 		go c.netmakerLoop(ctx)
 	}

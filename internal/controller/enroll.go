@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -46,6 +47,14 @@ func parseEndpoint(field, s string) (netip.AddrPort, error) {
 func (c *Controller) Enroll(ctx context.Context, req api.EnrollRequest, exporter []byte) (api.EnrollResponse, error) {
 	resp, err := c.enroll(ctx, req, exporter)
 	c.metrics.enrollments.WithLabelValues(errCode(err)).Inc()
+	if err != nil {
+		var tokenID string
+		if t, perr := ParseJoinToken(req.Token); perr == nil {
+			tokenID = t.ID
+		}
+		certKey, _ := CSRKeyFingerprint(req.CSR)
+		c.auditRefused(ctx, "enrollment", req.Name, tokenID, req.PublicKey, certKey, err)
+	}
 	return resp, err
 }
 
@@ -61,6 +70,9 @@ func (c *Controller) enroll(ctx context.Context, req api.EnrollRequest, exporter
 	}
 	if req.PublicKey.IsZero() {
 		return api.EnrollResponse{}, apiErr(api.CodeInvalidArgument, "publicKey is missing")
+	}
+	if err := checkPublicKey(req.PublicKey); err != nil {
+		return api.EnrollResponse{}, err
 	}
 	ep, err := parseEndpoint("endpoint", req.Endpoint)
 	if err != nil {
@@ -98,33 +110,42 @@ func (c *Controller) enroll(ctx context.Context, req api.EnrollRequest, exporter
 		}
 		s, err := c.verifyEnrollment(ctx, req.Evidence, tok.ID, req.PublicKey, exporter)
 		if err != nil {
-			c.log.Warn("enrollment refused", "node", req.Name, "code", api.CodeAttestationFailed, "reason", err)
 			return api.EnrollResponse{}, err
 		}
 		attested = &s
 	}
 
+	certKey, err := CSRKeyFingerprint(req.CSR)
+	if err != nil {
+		return api.EnrollResponse{}, apiErr(api.CodeInvalidArgument, "%v", err)
+	}
 	var rec NodeRecord
 	var certPEM string
+	var retry bool
 	rev, err := c.st.Update(ctx, func(tx store.Tx) error {
-		t, err := checkToken(tx, tok, req.Role, now)
-		if err != nil {
+		retry = false
+		if kv, err := tx.Get(nodeKey(req.Name)); err == nil {
+			old, err := decode[NodeRecord](kv.Value)
+			if err != nil {
+				return err
+			}
+			if err := sameEnrollment(tx, &old, tok, req, certKey, attested); err != nil {
+				return err
+			}
+			// The same node enrolling again because it lost our answer:
+			// it proves so with the key of its first request (the CSR is
+			// signed with it). Same record, fresh certificate.
+			rec, retry = old, true
+			certPEM, rec.CertSerial, err = c.ca.SignNode(req.CSR, rec.Name, now, c.cfg.CertTTL)
+			if err != nil {
+				return apiErr(api.CodeInvalidArgument, "%v", err)
+			}
+			return tx.Put(nodeKey(rec.Name), encode(rec))
+		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		if kv, err := tx.Get(nodeKey(req.Name)); err == nil {
-			old, derr := decode[NodeRecord](kv.Value)
-			if derr == nil && old.PublicKey == req.PublicKey && old.TokenID == t.ID {
-				// The same node enrolling again (it lost our answer):
-				// same record, fresh certificate.
-				rec = old
-				certPEM, rec.CertSerial, err = c.ca.SignNode(req.CSR, rec.Name, now, c.cfg.CertTTL)
-				if err != nil {
-					return apiErr(api.CodeInvalidArgument, "%v", err)
-				}
-				return tx.Put(nodeKey(rec.Name), encode(rec))
-			}
-			return apiErr(api.CodeAlreadyExists, "node %q is already enrolled with another key; remove it first (statemesh node remove %s)", req.Name, req.Name)
-		} else if !errors.Is(err, store.ErrNotFound) {
+		t, err := checkToken(tx, tok, req.Role, now)
+		if err != nil {
 			return err
 		}
 		if pol != nil && attested == nil {
@@ -134,6 +155,9 @@ func (c *Controller) enroll(ctx context.Context, req api.EnrollRequest, exporter
 			if !mesh.AdmitsWithoutTPM(t.Region, t.Cluster) {
 				return apiErr(api.CodeAttestationFailed, "cluster %s/%s admits only nodes with TPM evidence (set admitWithoutTPM to admit them as weak)", t.Region, t.Cluster)
 			}
+		}
+		if err := claimWGKey(tx, req.PublicKey, nodeOwner(req.Name)); err != nil {
+			return err
 		}
 		slot, err := c.allocateSlot(tx, p, t.Region, t.Cluster, now)
 		if err != nil {
@@ -163,6 +187,7 @@ func (c *Controller) enroll(ctx context.Context, req api.EnrollRequest, exporter
 		if err != nil {
 			return apiErr(api.CodeInvalidArgument, "%v", err)
 		}
+		rec.CertKey = certKey
 		t.Used++
 		if err := tx.Put(tokenKey(t.ID), encode(t)); err != nil {
 			return err
@@ -173,12 +198,9 @@ func (c *Controller) enroll(ctx context.Context, req api.EnrollRequest, exporter
 		return tx.Put(nodeKey(rec.Name), encode(rec))
 	})
 	if err != nil {
-		var ae *api.Error
-		if errors.As(err, &ae) {
-			c.log.Warn("enrollment refused", "node", req.Name, "code", ae.Code, "reason", ae.Message)
-		}
 		return api.EnrollResponse{}, err
 	}
+	c.auditIssued(ctx, map[bool]string{false: "enrollment", true: "enrollment retry"}[retry], &rec, tok.ID)
 	c.log.Info("node enrolled", "node", rec.Name, "region", rec.Region, "cluster", rec.Cluster, "role", rec.Role, "overlay", rec.OverlayIPv4, "revision", rev)
 	// Read your writes: the node's next call (its map, its status) must
 	// find it in the registry. The enrollment is committed either way.
@@ -186,6 +208,36 @@ func (c *Controller) enroll(ctx context.Context, req api.EnrollRequest, exporter
 		c.log.Warn("enrolled node not yet in the registry when the caller left", "node", rec.Name, "err", err)
 	}
 	return api.EnrollResponse{Node: nodeView(&rec, HealthRecord{}), Certificate: certPEM, CA: c.ca.CertPEM(), Revision: rev}, nil
+}
+
+// sameEnrollment decides whether an enrollment for a name that is already
+// enrolled is that node's own retry (it lost the answer): the same join
+// token, the same WireGuard key, and a certificate request signed with the
+// key of the request that enrolled it (proof of possession: only that
+// node holds it). A strong node also brings fresh evidence from the same
+// TPM. Anything else is refused: an enrolled node renews its certificate
+// with its current one, and a node that lost its identity is admitted
+// again only after an admin removes it.
+func sameEnrollment(tx store.Tx, old *NodeRecord, tok JoinToken, req api.EnrollRequest, certKey string, attested *SessionRecord) error {
+	enrolled := func(why string) error {
+		return apiErr(api.CodeAlreadyExists, "node %q is already enrolled (%s). An enrolled node renews its certificate with its current one (POST /v1/node/renew) and never enrolls again; if it lost its identity, an admin removes it first (statemesh node remove %s)", req.Name, why, req.Name)
+	}
+	if _, err := loadToken(tx, tok); err != nil {
+		return err
+	}
+	switch {
+	case old.TokenID != tok.ID:
+		return enrolled("with another join token")
+	case old.PublicKey != req.PublicKey:
+		return enrolled("with another WireGuard key")
+	case old.CertKey == "" || subtle.ConstantTimeCompare([]byte(old.CertKey), []byte(certKey)) != 1:
+		return enrolled("the certificate request is not signed with the key it enrolled with")
+	case old.State != topology.StateActive:
+		return apiErr(api.CodeQuarantined, "node %q is %s: %s", req.Name, old.State, old.Reason)
+	case old.Class == netmap.ClassStrong && (attested == nil || attested.EKHash != old.EKHash):
+		return apiErr(api.CodeAttestationFailed, "node %q is strong: enrolling again needs fresh evidence from the same TPM", req.Name)
+	}
+	return nil
 }
 
 // assignAddresses fills a node's addresses from its slot.

@@ -30,6 +30,12 @@ func (c *Controller) AuthenticateNode(name, serial string) error {
 	if n.CertSerial != serial {
 		return apiErr(api.CodeUnauthenticated, "certificate of node %q was superseded", name)
 	}
+	if n.State != topology.StateActive {
+		// A quarantined node's certificate stops working at once: no map,
+		// no status, no renewal, no attestation. Only an admin's release
+		// (or removal) changes that.
+		return apiErr(api.CodeQuarantined, "node %q is %s: %s", name, n.State, n.Reason)
+	}
 	return nil
 }
 
@@ -37,6 +43,7 @@ func (c *Controller) AuthenticateNode(name, serial string) error {
 // heartbeat that keeps it designated.
 func (c *Controller) ReportStatus(ctx context.Context, name string, r api.StatusReport) error {
 	now := c.cfg.Now()
+	r = r.Clean() // printed on admins' terminals and the dashboard
 	c.mu.Lock()
 	n, ok := c.nodes[name]
 	if !ok {
@@ -173,28 +180,38 @@ func (c *Controller) Streams() int {
 // holds the serial of the current one.
 func (c *Controller) Renew(ctx context.Context, node, csrPEM string) (string, error) {
 	now := c.cfg.Now()
+	certKey, err := CSRKeyFingerprint(csrPEM)
+	if err != nil {
+		return "", apiErr(api.CodeInvalidArgument, "%v", err)
+	}
 	var certPEM string
+	var rec NodeRecord
 	rev, err := c.st.Update(ctx, func(tx store.Tx) error {
 		kv, err := tx.Get(nodeKey(node))
+		if errors.Is(err, store.ErrNotFound) {
+			return apiErr(api.CodeUnauthenticated, "node %q is not enrolled (removed?)", node)
+		}
 		if err != nil {
 			return err
 		}
-		rec, err := decode[NodeRecord](kv.Value)
-		if err != nil {
+		if rec, err = decode[NodeRecord](kv.Value); err != nil {
 			return err
 		}
-		var serial string
-		certPEM, serial, err = c.ca.SignNode(csrPEM, node, now, c.cfg.CertTTL)
+		if rec.State != topology.StateActive {
+			return apiErr(api.CodeQuarantined, "node %q is %s: %s", node, rec.State, rec.Reason)
+		}
+		certPEM, rec.CertSerial, err = c.ca.SignNode(csrPEM, node, now, c.cfg.CertTTL)
 		if err != nil {
 			return apiErr(api.CodeInvalidArgument, "%v", err)
 		}
-		rec.CertSerial = serial
+		rec.CertKey = certKey
 		return tx.Put(nodeKey(node), encode(rec))
 	})
 	if err != nil {
+		c.auditRefused(ctx, "renewal", node, "", netmap.Key{}, certKey, err)
 		return "", err
 	}
-	c.log.Info("node certificate renewed", "node", node)
+	c.auditIssued(ctx, "renewal", &rec, rec.TokenID)
 	return certPEM, c.WaitRevision(ctx, rev)
 }
 

@@ -23,8 +23,10 @@ import (
 //	health/<gateway>              HealthRecord
 //	pki/ca                        CARecord
 //	admin/<id>                    AdminRecord (hash of the admin credential)
-//	attest/sessions/<id>          SessionRecord: an open attestation challenge
+//	attest/sessions/<id>          SessionRecord: an open attestation challenge (swept once expired)
+//	attest/open/<node>            the ID of a node's one open re-attestation challenge
 //	ek/<sha256 of the EK>         the node a TPM is enrolled as
+//	wgkeys/<hex of the key>       the node (node/<name>) or client (client/<name>) a WireGuard key belongs to
 const (
 	keySpec       = "spec"
 	keyPlan       = "plan"
@@ -34,9 +36,12 @@ const (
 	prefixHealth  = "health/"
 	keyCA         = "pki/ca"
 	prefixSession = "attest/sessions/"
-	prefixEK      = "ek/"
-	prefixAdmin   = "admin/"
-	gatewaysSlots = "_gateways"
+	// prefixOpenSession: attest/open/<node> holds the ID of the node's one
+	// open re-attestation challenge.
+	prefixOpenSession = "attest/open/"
+	prefixEK          = "ek/"
+	prefixAdmin       = "admin/"
+	gatewaysSlots     = "_gateways"
 )
 
 func nodeKey(name string) string   { return prefixNodes + name }
@@ -94,6 +99,10 @@ type NodeRecord struct {
 	EnrolledAt     time.Time      `json:"enrolledAt"`
 	// CertSerial is the serial of the node's current client certificate.
 	CertSerial string `json:"certSerial"`
+	// CertKey is the SHA-256 of the current certificate's public key
+	// (SubjectPublicKeyInfo, hex): a node retrying its enrollment proves
+	// it is the same node by signing its request with that key.
+	CertKey string `json:"certKey,omitempty"`
 	// AKArea is the TPM attestation key proved at enrollment (strong
 	// nodes): re-attestation quotes must verify with it.
 	AKArea []byte `json:"akArea,omitempty"`
@@ -178,8 +187,11 @@ type CARecord struct {
 // AdminRecord is an admin credential (hash only).
 type AdminRecord struct {
 	ID        string    `json:"id"`
+	Name      string    `json:"name,omitempty"`
 	Hash      []byte    `json:"hash"`
 	CreatedAt time.Time `json:"createdAt"`
+	// ExpiresAt is zero only for the bootstrap credential.
+	ExpiresAt time.Time `json:"expiresAt,omitzero"`
 }
 
 func encode(v any) []byte {

@@ -70,13 +70,17 @@ func newAdminCredential(now time.Time) (AdminRecord, string, error) {
 
 // AuthenticateAdmin checks an admin token.
 func (c *Controller) AuthenticateAdmin(ctx context.Context, token string) error {
+	// One answer for every refusal (malformed, unknown, wrong secret,
+	// expired, revoked): a caller learns nothing about which IDs exist.
+	invalid := apiErr(api.CodeUnauthenticated, "invalid admin token (unknown, revoked, expired or mistyped)")
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 || parts[0] != adminPrefix {
-		return apiErr(api.CodeUnauthenticated, "not an admin token")
+		return invalid
 	}
 	kv, err := c.st.Get(ctx, prefixAdmin+parts[1])
 	if errors.Is(err, store.ErrNotFound) {
-		return apiErr(api.CodeUnauthenticated, "unknown admin token")
+		subtle.ConstantTimeCompare(hashSecret(parts[2]), hashSecret(parts[1])) // as long as a known ID
+		return invalid
 	}
 	if err != nil {
 		return fmt.Errorf("reading admin credential: %w", err)
@@ -86,9 +90,104 @@ func (c *Controller) AuthenticateAdmin(ctx context.Context, token string) error 
 		return fmt.Errorf("decoding admin credential: %w", err)
 	}
 	if subtle.ConstantTimeCompare(rec.Hash, hashSecret(parts[2])) != 1 {
-		return apiErr(api.CodeUnauthenticated, "wrong admin token")
+		return invalid
+	}
+	if !rec.ExpiresAt.IsZero() && !c.cfg.Now().Before(rec.ExpiresAt) {
+		return invalid
 	}
 	return nil
+}
+
+// DefaultAdminTTL and MaxAdminTTL bound admin token lifetimes.
+const (
+	DefaultAdminTTL = 30 * 24 * time.Hour
+	MaxAdminTTL     = 365 * 24 * time.Hour
+)
+
+func adminView(r AdminRecord, now time.Time) api.AdminToken {
+	return api.AdminToken{ID: r.ID, Name: r.Name, CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt,
+		Expired: !r.ExpiresAt.IsZero() && !now.Before(r.ExpiresAt)}
+}
+
+// CreateAdminToken creates an admin token that expires; its secret is
+// returned once and stored hashed.
+func (c *Controller) CreateAdminToken(ctx context.Context, req api.CreateAdminTokenRequest) (api.CreatedAdminToken, error) {
+	now := c.cfg.Now()
+	name := strings.TrimSpace(req.Name)
+	if name == "" || len(name) > 64 || api.CleanText(name, 0) != name {
+		return api.CreatedAdminToken{}, apiErr(api.CodeInvalidArgument, "name %q: say whose token it is, 1-64 printable characters", req.Name)
+	}
+	ttl := DefaultAdminTTL
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 || d > MaxAdminTTL {
+			return api.CreatedAdminToken{}, apiErr(api.CodeInvalidArgument, "ttl %q: use a positive Go duration up to %s (e.g. 720h)", req.TTL, MaxAdminTTL)
+		}
+		ttl = d
+	}
+	rec, secret, err := newAdminCredential(now)
+	if err != nil {
+		return api.CreatedAdminToken{}, err
+	}
+	rec.Name, rec.ExpiresAt = name, now.Add(ttl)
+	if _, err := c.st.Update(ctx, func(tx store.Tx) error { return tx.Put(prefixAdmin+rec.ID, encode(rec)) }); err != nil {
+		return api.CreatedAdminToken{}, err
+	}
+	c.log.Info("admin token created", "audit", true, "id", rec.ID, "name", rec.Name, "expires", rec.ExpiresAt, "client", peerOf(ctx))
+	return api.CreatedAdminToken{AdminToken: adminView(rec, now), Secret: secret}, nil
+}
+
+// ListAdminTokens lists the admin tokens, never their secrets.
+func (c *Controller) ListAdminTokens(ctx context.Context) ([]api.AdminToken, error) {
+	kvs, _, err := c.st.List(ctx, prefixAdmin)
+	if err != nil {
+		return nil, err
+	}
+	now := c.cfg.Now()
+	out := []api.AdminToken{}
+	for _, kv := range kvs {
+		if r, err := decode[AdminRecord](kv.Value); err == nil {
+			out = append(out, adminView(r, now))
+		}
+	}
+	slices.SortFunc(out, func(a, b api.AdminToken) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	return out, nil
+}
+
+// RevokeAdminToken deletes an admin token. The last token that has not
+// expired cannot be revoked: nobody could administer the mesh after it.
+func (c *Controller) RevokeAdminToken(ctx context.Context, id string) error {
+	now := c.cfg.Now()
+	_, err := c.st.Update(ctx, func(tx store.Tx) error {
+		kvs, err := tx.List(prefixAdmin)
+		if err != nil {
+			return err
+		}
+		found, others := false, 0
+		for _, kv := range kvs {
+			r, err := decode[AdminRecord](kv.Value)
+			if err != nil {
+				continue
+			}
+			switch {
+			case r.ID == id:
+				found = true
+			case r.ExpiresAt.IsZero() || now.Before(r.ExpiresAt):
+				others++
+			}
+		}
+		if !found {
+			return apiErr(api.CodeNotFound, "no admin token %q", id)
+		}
+		if others == 0 {
+			return apiErr(api.CodeConflict, "admin token %s is the last valid one: create another (statemesh admin-token create) before revoking it", id)
+		}
+		return tx.Delete(prefixAdmin + id)
+	})
+	if err == nil {
+		c.log.Info("admin token revoked", "audit", true, "id", id, "client", peerOf(ctx))
+	}
+	return err
 }
 
 func tokenView(t TokenRecord) api.Token {
@@ -198,6 +297,26 @@ func (c *Controller) RevokeToken(ctx context.Context, id string) error {
 // checkToken verifies a join token inside a transaction and returns its
 // record.
 func checkToken(tx store.Tx, tok JoinToken, role string, now time.Time) (TokenRecord, error) {
+	t, err := loadToken(tx, tok)
+	if err != nil {
+		return t, err
+	}
+	switch {
+	case t.Revoked:
+		return t, apiErr(api.CodeTokenRevoked, "join token %s was revoked", t.ID)
+	case !now.Before(t.ExpiresAt):
+		return t, apiErr(api.CodeTokenExpired, "join token %s expired at %s", t.ID, t.ExpiresAt.Format(time.RFC3339))
+	case t.Used >= t.Uses:
+		return t, apiErr(api.CodeTokenUsedUp, "join token %s is used up (%d of %d uses)", t.ID, t.Used, t.Uses)
+	case role != t.Role:
+		return t, apiErr(api.CodePermissionDenied, "join token %s is for role %s, not %s", t.ID, t.Role, role)
+	}
+	return t, nil
+}
+
+// loadToken finds a join token's record and checks its secret (nothing
+// else: a revoked, expired or used-up token is still the token).
+func loadToken(tx store.Tx, tok JoinToken) (TokenRecord, error) {
 	kv, err := tx.Get(tokenKey(tok.ID))
 	if errors.Is(err, store.ErrNotFound) {
 		return TokenRecord{}, apiErr(api.CodeTokenInvalid, "unknown join token")
@@ -211,16 +330,6 @@ func checkToken(tx store.Tx, tok JoinToken, role string, now time.Time) (TokenRe
 	}
 	if subtle.ConstantTimeCompare(t.SecretHash, hashSecret(tok.Secret)) != 1 {
 		return TokenRecord{}, apiErr(api.CodeTokenInvalid, "wrong join token secret")
-	}
-	switch {
-	case t.Revoked:
-		return t, apiErr(api.CodeTokenRevoked, "join token %s was revoked", t.ID)
-	case !now.Before(t.ExpiresAt):
-		return t, apiErr(api.CodeTokenExpired, "join token %s expired at %s", t.ID, t.ExpiresAt.Format(time.RFC3339))
-	case t.Used >= t.Uses:
-		return t, apiErr(api.CodeTokenUsedUp, "join token %s is used up (%d of %d uses)", t.ID, t.Used, t.Uses)
-	case role != t.Role:
-		return t, apiErr(api.CodePermissionDenied, "join token %s is for role %s, not %s", t.ID, t.Role, role)
 	}
 	return t, nil
 }

@@ -71,3 +71,40 @@ func (k *Key) UnmarshalText(b []byte) error {
 	*k = p
 	return nil
 }
+
+// fieldPrime is 2^255-19, little-endian: the Curve25519 field's modulus.
+var fieldPrime = Key{0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+	0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f}
+
+// lowOrderProbe is any clamped scalar: X25519 with it yields all zeroes
+// exactly for the points of small order (on the curve or its twist).
+var lowOrderProbe = Key{0x48, 9: 0x5a, 20: 0x13, 31: 0x40}
+
+// CheckPublicKey refuses a WireGuard public key that can only be a
+// mistake or an attack: zero, a point of small order (every peer would
+// derive the same all-zero shared secret), or a non-canonical encoding (the
+// top bit set, or a coordinate ≥ 2^255-19: X25519 reads such a key as
+// another one, so two spellings would name one peer). A key made by
+// Curve25519 from a private key always passes.
+func CheckPublicKey(k Key) error {
+	if k.IsZero() {
+		return fmt.Errorf("the WireGuard public key is all zeroes")
+	}
+	if k[KeyLen-1]&0x80 != 0 || !lessLE(k, fieldPrime) {
+		return fmt.Errorf("the WireGuard public key %s is not in canonical form (it names the same peer as another encoding)", k)
+	}
+	if _, err := curve25519.X25519(lowOrderProbe[:], k[:]); err != nil {
+		return fmt.Errorf("the WireGuard public key %s is a point of small order, not a key", k)
+	}
+	return nil
+}
+
+// lessLE reports a < b for little-endian 256-bit numbers.
+func lessLE(a, b Key) bool {
+	for i := KeyLen - 1; i >= 0; i-- {
+		if a[i] != b[i] {
+			return a[i] < b[i]
+		}
+	}
+	return false
+}

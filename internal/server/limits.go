@@ -21,15 +21,20 @@ import (
 // Unauthenticated endpoints (enrollment and the enrollment attestation
 // challenge) are rate-limited per source: a token bucket per IPv4 address
 // or IPv6 /64, so a flood from one place is refused with 429 while other
-// sources keep their service. Authenticated calls are not limited here:
-// their cost is bounded by the node's certificate (one watch stream per
-// node, removal revokes it).
+// sources keep their service. Node calls (client certificate) are limited
+// per node the same way, so one node cannot make the controller write
+// attestation challenges or status without bound; admin calls are not
+// limited.
 type Limits struct {
 	// UnauthRate is the sustained rate, per source, of unauthenticated
 	// requests (default 10/s); UnauthBurst how many may come at once
 	// (default 50). A negative rate turns the limit off.
 	UnauthRate  float64
 	UnauthBurst int
+	// NodeRate and NodeBurst are the same per node for node calls
+	// (default 10/s, burst 50: an agent makes a few a second at most).
+	NodeRate  float64
+	NodeBurst int
 	// LimitLoopback also limits loopback sources (by default they are
 	// exempt: the controller's own host, local tooling and tests).
 	LimitLoopback bool
@@ -57,6 +62,12 @@ func (l *Limits) setDefaults() {
 	}
 	if l.UnauthBurst <= 0 {
 		l.UnauthBurst = 50
+	}
+	if l.NodeRate == 0 {
+		l.NodeRate = 10
+	}
+	if l.NodeBurst <= 0 {
+		l.NodeBurst = 50
 	}
 	if l.MaxSources <= 0 {
 		l.MaxSources = 16384
@@ -90,18 +101,18 @@ type rateLimiter struct {
 	now      func() time.Time
 
 	mu       sync.Mutex
-	buckets  map[netip.Prefix]*bucket
+	buckets  map[string]*bucket
 	overflow bucket // shared by new sources while the table is full of busy ones
 	refused  uint64
 }
 
-func newRateLimiter(l Limits, now func() time.Time) *rateLimiter {
+func newRateLimiter(rate float64, burst int, l Limits, now func() time.Time) *rateLimiter {
 	if now == nil {
 		now = time.Now
 	}
 	return &rateLimiter{
-		rate: l.UnauthRate, burst: float64(l.UnauthBurst), max: l.MaxSources, loopback: l.LimitLoopback, now: now,
-		buckets: map[netip.Prefix]*bucket{},
+		rate: rate, burst: float64(burst), max: l.MaxSources, loopback: l.LimitLoopback, now: now,
+		buckets: map[string]*bucket{},
 	}
 }
 
@@ -149,10 +160,18 @@ func (r *rateLimiter) allow(remote string) (bool, time.Duration) {
 	if src.Addr().IsLoopback() && !r.loopback {
 		return true, 0
 	}
+	return r.allowKey(src.String())
+}
+
+// allowKey takes a token from key's bucket.
+func (r *rateLimiter) allowKey(key string) (bool, time.Duration) {
+	if r == nil || r.rate < 0 {
+		return true, 0
+	}
 	now := r.now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	b, ok := r.buckets[src]
+	b, ok := r.buckets[key]
 	if !ok {
 		if len(r.buckets) >= r.max {
 			r.evictIdle(now)
@@ -161,7 +180,7 @@ func (r *rateLimiter) allow(remote string) (bool, time.Duration) {
 			b = &r.overflow
 		} else {
 			b = &bucket{tokens: r.burst, last: now}
-			r.buckets[src] = b
+			r.buckets[key] = b
 		}
 	}
 	r.refill(b, now)
@@ -198,16 +217,21 @@ func (s *Server) limitUnauth(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ok, wait := s.limiter.allow(r.RemoteAddr)
 		if !ok {
-			secs := int(math.Ceil(wait.Seconds()))
-			w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
-			writeJSON(w, http.StatusTooManyRequests, api.ErrorResponse{Error: api.Error{
-				Code:    api.CodeUnavailable,
-				Message: fmt.Sprintf("too many unauthenticated requests from this address; retry in %s", wait.Round(time.Millisecond)),
-			}})
+			tooMany(w, wait, "too many unauthenticated requests from this address")
 			return
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// tooMany answers 429 with Retry-After.
+func tooMany(w http.ResponseWriter, wait time.Duration, what string) {
+	secs := int(math.Ceil(wait.Seconds()))
+	w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
+	writeJSON(w, http.StatusTooManyRequests, api.ErrorResponse{Error: api.Error{
+		Code:    api.CodeUnavailable,
+		Message: fmt.Sprintf("%s; retry in %s", what, wait.Round(time.Millisecond)),
+	}})
 }
 
 // withBodyDeadline bounds reading a request body to BodyTimeout (a client

@@ -10,7 +10,7 @@ import (
 
 func TestRateLimiterPerSource(t *testing.T) {
 	now := time.Unix(1000, 0)
-	r := newRateLimiter(Limits{UnauthRate: 2, UnauthBurst: 3, MaxSources: 2}, func() time.Time { return now })
+	r := newRateLimiter(2, 3, Limits{MaxSources: 2}, func() time.Time { return now })
 	for i := range 3 {
 		if ok, _ := r.allow("192.0.2.1:1000"); !ok {
 			t.Fatalf("request %d within the burst refused", i)
@@ -50,7 +50,7 @@ func TestRateLimiterPerSource(t *testing.T) {
 func TestEnrollFloodGets429(t *testing.T) {
 	s := &Server{cfg: Config{Limits: Limits{UnauthRate: 1, UnauthBurst: 2, LimitLoopback: true}}}
 	s.cfg.Limits.setDefaults()
-	s.limiter = newRateLimiter(s.cfg.Limits, nil)
+	s.limiter = newRateLimiter(s.cfg.Limits.UnauthRate, s.cfg.Limits.UnauthBurst, s.cfg.Limits, nil)
 	h := s.limitUnauth(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(200) }))
 	codes := []int{}
 	for range 4 {

@@ -45,7 +45,8 @@ type Server struct {
 	log     *slog.Logger
 	http    *http.Server
 	mux     *http.ServeMux
-	limiter *rateLimiter
+	limiter *rateLimiter // unauthenticated calls, per source
+	nodes   *rateLimiter // node calls, per node
 }
 
 // New builds a server.
@@ -57,7 +58,9 @@ func New(cfg Config) *Server {
 		cfg.PingEvery = 15 * time.Second
 	}
 	cfg.Limits.setDefaults()
-	s := &Server{cfg: cfg, c: cfg.Controller, log: cfg.Logger, mux: http.NewServeMux(), limiter: newRateLimiter(cfg.Limits, nil)}
+	s := &Server{cfg: cfg, c: cfg.Controller, log: cfg.Logger, mux: http.NewServeMux(),
+		limiter: newRateLimiter(cfg.Limits.UnauthRate, cfg.Limits.UnauthBurst, cfg.Limits, nil),
+		nodes:   newRateLimiter(cfg.Limits.NodeRate, cfg.Limits.NodeBurst, cfg.Limits, nil)}
 	s.routes()
 	return s
 }
@@ -133,6 +136,9 @@ func (s *Server) routes() {
 	admin("GET /v1/tokens", s.listTokens)
 	admin("POST /v1/tokens", s.createToken)
 	admin("DELETE /v1/tokens/{id}", s.revokeToken)
+	admin("GET /v1/admin-tokens", s.listAdminTokens)
+	admin("POST /v1/admin-tokens", s.createAdminToken)
+	admin("DELETE /v1/admin-tokens/{id}", s.revokeAdminToken)
 	admin("GET /v1/status", s.status)
 	admin("GET /v1/events", s.listEvents)
 	admin("GET /v1/paths", s.listPaths)
@@ -194,6 +200,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // wrap turns handler errors into API error responses.
 func (s *Server) wrap(h handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r = r.WithContext(controller.WithPeer(r.Context(), r.RemoteAddr))
 		err := h(w, r)
 		if err == nil {
 			return
@@ -245,6 +252,10 @@ func (s *Server) nodeAuth(h func(w http.ResponseWriter, r *http.Request, name st
 		}
 		if err := s.c.AuthenticateNode(name, serial); err != nil {
 			return err
+		}
+		if ok, wait := s.nodes.allowKey(name); !ok {
+			tooMany(w, wait, "too many requests from node "+name)
+			return nil
 		}
 		return h(w, r, name)
 	}
@@ -477,6 +488,36 @@ func (s *Server) removeClient(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) error {
 	if err := s.c.RevokeToken(r.Context(), r.PathValue("id")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) listAdminTokens(w http.ResponseWriter, r *http.Request) error {
+	ts, err := s.c.ListAdminTokens(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, ts)
+	return nil
+}
+
+func (s *Server) createAdminToken(w http.ResponseWriter, r *http.Request) error {
+	var req api.CreateAdminTokenRequest
+	if err := s.readJSON(w, r, &req); err != nil {
+		return err
+	}
+	t, err := s.c.CreateAdminToken(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, t)
+	return nil
+}
+
+func (s *Server) revokeAdminToken(w http.ResponseWriter, r *http.Request) error {
+	if err := s.c.RevokeAdminToken(r.Context(), r.PathValue("id")); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
