@@ -397,10 +397,10 @@ func (c *Controller) attestationFailed(ctx context.Context, node string, m *spec
 	return c.WaitRevision(ctx, rev)
 }
 
-// sweepSessions deletes the challenges nobody answered before they
+// SweepSessions deletes the challenges nobody answered before they
 // expired (an agent that died mid-attestation, or a client that asks and
 // never answers). Every replica sweeps; deleting twice is harmless.
-func (c *Controller) sweepSessions(ctx context.Context, now time.Time) error {
+func (c *Controller) SweepSessions(ctx context.Context, now time.Time) error {
 	kvs, _, err := c.st.List(ctx, prefixSession)
 	if err != nil {
 		return err
@@ -444,7 +444,7 @@ func (c *Controller) sweepSessions(ctx context.Context, now time.Time) error {
 	return nil
 }
 
-// sessionSweeper runs sweepSessions every sessionTTL.
+// sessionSweeper runs SweepSessions every sessionTTL.
 func (c *Controller) sessionSweeper(ctx context.Context) {
 	t := time.NewTicker(sessionTTL)
 	defer t.Stop()
@@ -454,7 +454,7 @@ func (c *Controller) sessionSweeper(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if err := c.sweepSessions(ctx, c.cfg.Now()); err != nil && ctx.Err() == nil {
+		if err := c.SweepSessions(ctx, c.cfg.Now()); err != nil && ctx.Err() == nil {
 			c.log.Warn("sweeping expired attestation challenges", "err", err)
 		}
 	}

@@ -23,6 +23,7 @@ import (
 type harness struct {
 	t     testing.TB
 	c     *controller.Controller
+	st    controller.Store
 	url   string
 	admin *apiclient.Client
 	cfg   api.AdminConfig
@@ -40,7 +41,10 @@ func start(t testing.TB, ccfg controller.Config) *harness {
 	}
 	t.Cleanup(func() { st.Close() })
 	log := slog.New(slog.NewTextHandler(tlog{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ccfg.Store, ccfg.Logger = st, log
+	ccfg.Store = st
+	if ccfg.Logger == nil {
+		ccfg.Logger = log
+	}
 	c, err := controller.New(ccfg)
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +72,7 @@ func start(t testing.TB, ccfg controller.Config) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &harness{t: t, c: c, url: ts.URL, admin: admin, cfg: cfg, ct: ct}
+	return &harness{t: t, c: c, st: st, url: ts.URL, admin: admin, cfg: cfg, ct: ct}
 }
 
 func code(err error) string {
