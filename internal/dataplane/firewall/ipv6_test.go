@@ -54,6 +54,11 @@ func newV6Pair(t *testing.T) v6pair {
 	for _, ns := range []string{p.node, p.nbr} {
 		ipCmd(t, "netns", "add", ns)
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		// No duplicate address detection, also for link-local addresses:
+		// the link works at once.
+		if out, err := exec.Command("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0").CombinedOutput(); err != nil {
+			t.Fatalf("sysctl: %v\n%s", err, out)
+		}
 	}
 	ipCmd(t, "link", "add", "ul", "netns", p.node, "type", "veth", "peer", "name", "ul", "netns", p.nbr)
 	ipCmd(t, "link", "add", "sm0", "netns", p.node, "type", "veth", "peer", "name", "ov", "netns", p.nbr)
