@@ -14,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 
 	"github.com/statemesh/statemesh/internal/netmap"
@@ -377,4 +378,85 @@ func TestIssue15IPv6UnderlayNeighbours(t *testing.T) {
 		out, _ := exec.Command("ip", "netns", "exec", p.node, "nft", "list", "table", "inet", Table).CombinedOutput()
 		t.Logf("ruleset:\n%s", out)
 	}
+}
+
+// TestIssue15IPv4FragmentationNeededPasses: the IPv4 twin of the
+// packet-too-big check. An unsolicited ICMP fragmentation-needed (MTU
+// 1400) about a packet the node "sent" to a far address reaches the stack
+// through the rendered ruleset and lowers the route's MTU.
+func TestIssue15IPv4FragmentationNeededPasses(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireBinary(t, "nft")
+	testenv.RequireBinary(t, "ip")
+	tag := fmt.Sprintf("%d", time.Now().UnixNano()%1000000)
+	node, nbr := "smv6-fw"+tag+"n4", "smv6-fw"+tag+"b4"
+	for _, ns := range []string{node, nbr} {
+		ipCmd(t, "netns", "add", ns)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	}
+	ipCmd(t, "link", "add", "ul", "netns", node, "type", "veth", "peer", "name", "ul", "netns", nbr)
+	for _, c := range [][]string{
+		{"-n", node, "addr", "add", "172.16.15.1/24", "dev", "ul"}, {"-n", nbr, "addr", "add", "172.16.15.2/24", "dev", "ul"},
+		{"-n", node, "link", "set", "ul", "up"}, {"-n", nbr, "link", "set", "ul", "up"},
+		{"-n", node, "route", "add", "198.51.100.0/24", "via", "172.16.15.2"},
+	} {
+		ipCmd(t, c...)
+	}
+	in(t, node, func() {
+		f, err := New(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := v6State()
+		s.Peers = []netip.Addr{netip.MustParseAddr("172.16.15.2")}
+		if err := f.Apply(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// Inner packet: an echo reply 172.16.15.1 → 198.51.100.1 (the kernel
+	// updates the path MTU for inner ICMP only when it was a reply it sent).
+	inner := make([]byte, 20+8)
+	inner[0], inner[3], inner[8], inner[9] = 0x45, 28, 64, 1
+	copy(inner[12:16], net.ParseIP("172.16.15.1").To4())
+	copy(inner[16:20], net.ParseIP("198.51.100.1").To4())
+	inner[20] = 0 // echo reply
+	in(t, nbr, func() {
+		c, err := icmp.ListenPacket("ip4:icmp", "172.16.15.2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// Destination unreachable, code 4 (fragmentation needed), next-hop MTU 1400.
+		m := icmp.Message{Type: ipv4.ICMPTypeDestinationUnreachable, Code: 4, Body: &icmp.DstUnreach{Data: inner}}
+		b, err := m.Marshal(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[6], b[7] = 1400>>8, 1400&0xff
+		// Marshal computed the checksum without the MTU: recompute.
+		b[2], b[3] = 0, 0
+		sum := icmpChecksum(b)
+		b[2], b[3] = byte(sum>>8), byte(sum)
+		if _, err := c.WriteTo(b, &net.IPAddr{IP: net.ParseIP("172.16.15.1")}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	time.Sleep(300 * time.Millisecond)
+	if r := ipCmd(t, "-n", node, "route", "get", "198.51.100.1"); !strings.Contains(r, "mtu 1400") {
+		t.Errorf("after the fragmentation-needed the route to 198.51.100.1 should carry mtu 1400: %s", r)
+	}
+}
+
+func icmpChecksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
 }
