@@ -111,6 +111,13 @@ func TestIssue15ProberFindsTheNarrowIPv6Link(t *testing.T) {
 		sh(t, append([]string{"ip"}, c...)...)
 	}
 	sh(t, "ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+	// Fresh veths hold the first packets about a second while neighbour
+	// discovery settles: wait until the path answers, so the probes
+	// measure the path, not the links coming up.
+	testenv.RequireBinary(t, "ping")
+	if out, err := exec.Command("ip", "netns", "exec", a, "ping", "-6", "-c", "1", "-w", "5", "fd00:92::1").CombinedOutput(); err != nil {
+		t.Fatalf("the path does not come up: %v\n%s", err, out)
+	}
 
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()

@@ -258,7 +258,7 @@ func TestIssue15IPv6UnderlayNeighbours(t *testing.T) {
 	// Neighbour discovery: the node pings its neighbour (the reply is
 	// established), which needs the node to resolve it and to answer its
 	// solicitations.
-	out, err := exec.Command("ip", "netns", "exec", p.node, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "1", v6Nbr).CombinedOutput()
+	out, err := exec.Command("ip", "netns", "exec", p.node, "ping", "-6", "-c", "3", "-i", "0.2", "-w", "5", v6Nbr).CombinedOutput()
 	if err != nil {
 		t.Errorf("node pings its IPv6 neighbour: %v\n%s\nneighbours: %s", err, out, ipCmd(t, "-n", p.node, "-6", "neigh", "show", "dev", "ul"))
 	}
