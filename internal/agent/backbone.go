@@ -130,21 +130,37 @@ func (a *Agent) syncRouting(ctx context.Context, m netmap.Map) {
 // other regions' backbone links to the detour table first.
 const detourRulePriority = 1000
 
-// syncDetourRules keeps one rule per link to another region: traffic
-// arriving on it looks up birdcfg.DetourTable (this region's prefixes
-// learned over iBGP) before the main table.
+// syncDetourRules keeps one rule per link to another region and family:
+// traffic arriving on it looks up birdcfg.DetourTable (this region's
+// prefixes learned over iBGP) before the main table. IPv6 rules exist
+// when the routing carries IPv6 (ip -6 rule; the table number is the
+// same, the kernel keeps one table per family).
 func syncDetourRules(rt *netmap.Routing) error {
-	want := map[string]bool{}
-	if rt != nil {
-		for _, l := range rt.Links {
-			if l.PeerASN != rt.ASN {
-				want[l.Interface] = true
+	var errs []error
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		want := map[string]bool{}
+		if rt != nil && (family == netlink.FAMILY_V4 || rt.HasIPv6()) {
+			for _, l := range rt.Links {
+				if l.PeerASN != rt.ASN {
+					want[l.Interface] = true
+				}
 			}
 		}
+		if err := syncDetourFamily(family, want); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	rules, err := netlink.RuleList(netlink.FAMILY_V4)
+	return errors.Join(errs...)
+}
+
+func syncDetourFamily(family int, want map[string]bool) error {
+	ip := map[int]string{netlink.FAMILY_V4: "ip", netlink.FAMILY_V6: "ip -6"}[family]
+	rules, err := netlink.RuleList(family)
 	if err != nil {
-		return fmt.Errorf("listing ip rules: %w", err)
+		if family == netlink.FAMILY_V6 && len(want) == 0 {
+			return nil // no IPv6 on this host, and none asked for
+		}
+		return fmt.Errorf("listing %s rules: %w", ip, err)
 	}
 	have := map[string]bool{}
 	var errs []error
@@ -157,7 +173,7 @@ func syncDetourRules(rt *netmap.Routing) error {
 			continue
 		}
 		if err := netlink.RuleDel(&r); err != nil {
-			errs = append(errs, fmt.Errorf("removing ip rule iif %s: %w", r.IifName, err))
+			errs = append(errs, fmt.Errorf("removing %s rule iif %s: %w", ip, r.IifName, err))
 		}
 	}
 	for iface := range want {
@@ -165,9 +181,9 @@ func syncDetourRules(rt *netmap.Routing) error {
 			continue
 		}
 		r := netlink.NewRule()
-		r.IifName, r.Table, r.Priority, r.Family = iface, birdcfg.DetourTable, detourRulePriority, netlink.FAMILY_V4
+		r.IifName, r.Table, r.Priority, r.Family = iface, birdcfg.DetourTable, detourRulePriority, family
 		if err := netlink.RuleAdd(r); err != nil {
-			errs = append(errs, fmt.Errorf("ip rule iif %s lookup %d: %w", iface, birdcfg.DetourTable, err))
+			errs = append(errs, fmt.Errorf("%s rule iif %s lookup %d: %w", ip, iface, birdcfg.DetourTable, err))
 		}
 	}
 	return errors.Join(errs...)

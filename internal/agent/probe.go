@@ -56,14 +56,22 @@ func probeTargets(m netmap.Map, round int) []netmap.Peer {
 	return out
 }
 
-// hostAddr is a peer's own overlay IPv4 address (its /32 allowed IP).
+// hostAddr is the peer's own overlay address the probes go to: its IPv4
+// address (the /32 allowed IP), else its IPv6 one (the /128). Both cross
+// the same WireGuard hop, so either finds the same path MTU; what the
+// underlay's family changes is WireGuard's overhead, which the plan
+// already subtracted from the planned MTU the result is compared with.
 func hostAddr(p netmap.Peer) (netip.Addr, bool) {
+	var v6 netip.Addr
 	for _, a := range p.AllowedIPs {
-		if a.Addr().Is4() && a.Bits() == 32 {
+		switch {
+		case a.Addr().Is4() && a.Bits() == 32:
 			return a.Addr(), true
+		case a.Addr().Is6() && a.Bits() == 128 && !v6.IsValid():
+			v6 = a.Addr()
 		}
 	}
-	return netip.Addr{}, false
+	return v6, v6.IsValid()
 }
 
 // probeLoop measures the paths to the gateways every ProbeEvery; the

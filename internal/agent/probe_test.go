@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"net/netip"
 	"testing"
 
 	"github.com/statemesh/statemesh/internal/netmap"
@@ -45,5 +46,21 @@ func TestProbeTargetsRotateWithinBounds(t *testing.T) {
 	m.Peers = m.Peers[:2]
 	if ts := probeTargets(m, 7); len(ts) != 2 {
 		t.Errorf("few gateways: %+v", ts)
+	}
+}
+
+func TestHostAddrPrefersIPv4ThenIPv6(t *testing.T) {
+	pf := netip.MustParsePrefix
+	for _, c := range []struct {
+		allowed []netip.Prefix
+		want    string
+	}{
+		{[]netip.Prefix{pf("fd7a::5/128"), pf("100.64.0.5/32"), pf("10.1.0.0/25")}, "100.64.0.5"},
+		{[]netip.Prefix{pf("fd00:10::/121"), pf("fd7a::5/128")}, "fd7a::5"},
+		{[]netip.Prefix{pf("10.1.0.0/25")}, "invalid IP"},
+	} {
+		if got, _ := hostAddr(netmap.Peer{AllowedIPs: c.allowed}); got.String() != c.want {
+			t.Errorf("%v: probe address %s, want %s", c.allowed, got, c.want)
+		}
 	}
 }

@@ -136,3 +136,90 @@ IP address                Interface  State      Since         Interval  Timeout
 		t.Errorf("bfd: %+v", bfd)
 	}
 }
+
+// sampleDual is sample in a mesh with an IPv6 overlay and IPv6 pods: every
+// set has its IPv6 prefixes, the gateway its overlay IPv6 address, and the
+// operator's second router peers over IPv6.
+func sampleDual() *netmap.Routing {
+	rt := sample()
+	rt.RouterIPv6 = netip.MustParseAddr("fd7a::1")
+	rt.Originate = append(rt.Originate, pfx("fd7a::1/128", "fd7a:0:0:1::/64", "fd00:10::/56")...)
+	rt.Local = append(rt.Local, pfx("fd7a::1/128", "fd7a::2/128", "fd7a:0:0:1::/64", "fd7a:0:0:2::/64", "fd00:10::/56", "fd00:10:0:100::/56")...)
+	rt.Accept[0].Prefixes = append(rt.Accept[0].Prefixes, pfx("fd7a:1::1/128", "fd7a:1::2/128", "fd7a:1:0:1::/64", "fd00:20::/56")...)
+	rt.External[1].Address = netip.MustParseAddr("2001:db8:1::7")
+	return rt
+}
+
+// sampleV6Underlay is sample with every backbone link's endpoint on an
+// IPv6 underlay: BIRD's configuration does not change (BGP and BFD run
+// inside the links, over their IPv4 link addresses).
+func sampleV6Underlay() *netmap.Routing {
+	rt := sample()
+	for i := range rt.Links {
+		rt.Links[i].Endpoint = netip.MustParseAddrPort("[2001:db8:ff::2]:52000")
+	}
+	return rt
+}
+
+// TestIssue15RenderIPv6 renders the three kinds of mesh: IPv4 only (the
+// golden file of before, unchanged), IPv6 underlay (the same config), and
+// dual stack (IPv4 and IPv6 channels on every session).
+func TestIssue15RenderIPv6(t *testing.T) {
+	v4, err := Render("eu-gw1", sample())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(v4), "ipv6") {
+		t.Errorf("an IPv4-only mesh got IPv6 channels")
+	}
+	under, err := Render("eu-gw1", sampleV6Underlay())
+	if err != nil || string(under) != string(v4) {
+		t.Errorf("the underlay's family changed BIRD's config (%v)", err)
+	}
+	dual, err := Render("eu-gw1", sampleDual())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const golden = "testdata/eu-gw1-dual.conf"
+	if *update {
+		os.WriteFile(golden, dual, 0o644)
+	}
+	if want, err := os.ReadFile(golden); err != nil || string(want) != string(dual) {
+		t.Errorf("rendered config differs from %s (go test -update to accept; %v):\n%s", golden, err, dual)
+	}
+	for _, must := range []string{
+		"define ORIGINATE6 = [ fd00:10::/56, fd7a::1/128, fd7a:0:0:1::/64 ];",
+		"define REGION6_us_east = [ fd00:20::/56, fd7a:1::1/128, fd7a:1::2/128, fd7a:1:0:1::/64 ];",
+		"route fd00:10::/56 unreachable;", "krt_prefsrc = fd7a::1;", "ipv6 table detour_v6;", "kernel table 5200;",
+		// every backbone session carries both families
+		"if net ~ REGION6_us_east then { ifname = \"smbb64\"; accept; }",
+		"if net ~ LOCAL_REGION6 || net ~ REMOTE6 then { ifname = \"smbb1\"; accept; }",
+		"extended next hop on;",
+		// the IPv6 router: both families over its IPv6 session
+		"neighbor 2001:db8:1::7 as 64513;",
+		"if net ~ LOCAL_REGION6 && (source = RTS_STATIC || source = RTS_BGP) then accept;",
+	} {
+		if !strings.Contains(string(dual), must) {
+			t.Errorf("dual-stack config lacks %q", must)
+		}
+	}
+	if n := strings.Count(string(dual), "  ipv6 {\n"); n != 6 {
+		t.Errorf("%d IPv6 channels, want 6 (kernel, detour, 3 links, the IPv6 router)", n)
+	}
+	testenv.RequireBinary(t, "bird")
+	for name, conf := range map[string][]byte{"ipv4": v4, "ipv6-underlay": under, "dual": dual} {
+		if err := Check(context.Background(), conf); err != nil {
+			t.Errorf("bird -p refuses the %s config: %v", name, err)
+		}
+	}
+	// Edge cases: IPv6 but nothing to originate or accept.
+	rt := sampleDual()
+	rt.Originate, rt.Accept, rt.External = pfx("fd7a::1/128"), nil, nil
+	conf, err := Render("eu-gw1", rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(context.Background(), conf); err != nil {
+		t.Errorf("minimal dual-stack config: %v", err)
+	}
+}

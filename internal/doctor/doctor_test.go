@@ -233,3 +233,51 @@ func TestCiliumValues(t *testing.T) {
 		}
 	}
 }
+
+// TestIssue15PathMTUOverIPv6 is a too-small path whose endpoints are IPv6
+// in a spec that plans IPv4 (the default): the link carries the probed
+// size plus 80 bytes of WireGuard over IPv6, not 60, and the fix must name
+// the family, or the planner keeps subtracting 60.
+func TestIssue15PathMTUOverIPv6(t *testing.T) {
+	m, _ := load(t, "small.yaml", nil)
+	l := Live{Mesh: m,
+		Paths: []api.Path{{From: "n1", FromRegion: "us-east", FromRole: "node",
+			PathProbe: api.PathProbe{Peer: "us-gw0", Region: "us-east", RTTMillis: 1, PathMTU: 1420, PlannedMTU: 1440}}},
+		Nodes: []api.Node{
+			{Name: "n1", Region: "us-east", Role: "node", Endpoint: "[2001:db8::11]:51820"},
+			{Name: "us-gw0", Region: "us-east", Role: "gateway", Endpoint: "[2001:db8::1]:51820"},
+		}}
+	fs := find(Running(l), "path-mtu")
+	if len(fs) != 1 {
+		t.Fatalf("want one path-mtu finding, got %+v", fs)
+	}
+	for _, want := range []string{"regions[1].underlayMTU: 1500", "regions[1].underlayFamily: ipv6", "1420 + 80 of WireGuard over ipv6"} {
+		if !strings.Contains(fs[0].Fix, want) {
+			t.Errorf("fix lacks %q: %s", want, fs[0].Fix)
+		}
+	}
+	// The mismatch itself: the interfaces are 20 bytes too large.
+	fs = find(Running(l), "underlay-family")
+	if len(fs) != 2 {
+		t.Fatalf("want a finding for the nodes and one for the gateways, got %+v", fs)
+	}
+	if fs[0].Severity != Error || !strings.Contains(fs[0].Reason, "20 bytes too large") || !strings.Contains(fs[0].Fix, "underlayFamily: ipv6") {
+		t.Errorf("underlay-family: %+v", fs[0])
+	}
+
+	// Planned as IPv6 (the region's family): 80 bytes, and no mismatch.
+	m, _ = load(t, "small.yaml", func(m *spec.Mesh) { m.Regions[1].UnderlayFamily = "ipv6" })
+	l.Mesh = m
+	fs = Running(l)
+	if len(find(fs, "underlay-family")) != 0 {
+		t.Errorf("family as planned: %+v", find(fs, "underlay-family"))
+	}
+	if f := find(fs, "path-mtu"); len(f) != 1 || !strings.Contains(f[0].Fix, "regions[1].underlayMTU: 1500") || strings.Contains(f[0].Fix, "underlayFamily") {
+		t.Errorf("path-mtu over a planned IPv6 underlay: %+v", f)
+	}
+	// IPv4 endpoints in a region planned as IPv6: 20 bytes wasted (info).
+	l.Nodes[0].Endpoint, l.Nodes[1].Endpoint = "192.0.2.11:51820", "192.0.2.1:51820"
+	if f := find(Running(l), "underlay-family"); len(f) != 2 || f[0].Severity != Info || !strings.Contains(f[0].Reason, "20 bytes of MTU for nothing") {
+		t.Errorf("IPv4 endpoints planned as IPv6: %+v", f)
+	}
+}

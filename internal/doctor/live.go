@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -35,6 +36,7 @@ func Running(l Live) []Finding {
 	}
 	var out []Finding
 	out = append(out, pathMTU(l, byName)...)
+	out = append(out, underlayFamily(l)...)
 	out = append(out, unreachable(l.Paths)...)
 	out = append(out, gateways(l)...)
 	if len(l.Status.StalePeers) > 0 {
@@ -126,7 +128,7 @@ func pathMTU(l Live, byName map[string]api.Node) []Finding {
 		f := Finding{Severity: Error, Check: "path-mtu", Subject: subject,
 			Reason:   "packets of the planned size are dropped on this path: large transfers stall (the DF probes found the largest size that crosses)",
 			Evidence: strings.Join(ev, "; ")}
-		f.Fix = mtuFix(l.Mesh, g.wan, g.regions[0], g.smallest, commonHost(g.paths), byName)
+		f.Fix = mtuFix(l.Mesh, g.wan, g.regions[0], g.smallest, commonHost(g.paths), byName, observedFamily(g.paths, g.wan, byName))
 		out = append(out, f)
 	}
 	return out
@@ -134,31 +136,43 @@ func pathMTU(l Live, byName map[string]api.Node) []Finding {
 
 // mtuFix names the spec field to lower (to the link's real MTU: the
 // probed inner MTU plus WireGuard's overhead) or the link to repair.
-func mtuFix(m *spec.Mesh, wan bool, region string, pathMTU int, host string, byName map[string]api.Node) string {
+// WireGuard's overhead is that of the family the paths' endpoints really
+// use (observed, "" when unknown), else the one the spec plans for the
+// probing role; where the two differ, the fix names the family too: the
+// planner subtracts the overhead of the family the spec says.
+func mtuFix(m *spec.Mesh, wan bool, region string, pathMTU int, host string, byName map[string]api.Node, observed string) string {
 	family := spec.DefaultFamily
-	field := "underlay.mtu"
+	field, familyField := "underlay.mtu", "underlay.family"
 	if m != nil {
 		family = m.Underlay.Family
 		if wan {
 			family = m.Underlay.WAN.Family
-			field = "underlay.wan.mtu"
+			field, familyField = "underlay.wan.mtu", "underlay.wan.family"
 		} else {
 			for i, r := range m.Regions {
 				if r.Name == region {
 					family = r.UnderlayFamily
-					field = fmt.Sprintf("regions[%d].underlayMTU", i)
+					field, familyField = fmt.Sprintf("regions[%d].underlayMTU", i), fmt.Sprintf("regions[%d].underlayFamily", i)
 				}
 			}
 		}
 	} else if wan {
-		field = "underlay.wan.mtu"
+		field, familyField = "underlay.wan.mtu", "underlay.wan.family"
+	}
+	planned := family
+	if observed != "" {
+		family = observed
 	}
 	// WireGuard pads each packet to 16 bytes (up to the interface MTU), so
 	// the probes bound the link's MTU to 16 bytes: at least link, below
 	// link+16. The lower bound is the safe setting.
 	link := pathMTU + mtu.WireGuardOverhead(family)
-	fix := fmt.Sprintf("fix the link to carry the planned MTU, or set %s: %d and re-apply the spec so the planner lowers the interfaces to %d (the link carries %d–%d bytes: %d + %d of WireGuard over %s, up to 15 of padding; use the exact figure if you know it)",
-		field, link, pathMTU, link, link+15, pathMTU, mtu.WireGuardOverhead(family), family)
+	set := fmt.Sprintf("%s: %d", field, link)
+	if family != planned {
+		set += fmt.Sprintf(" and %s: %s (the endpoints use %s, the spec plans %s)", familyField, family, family, planned)
+	}
+	fix := fmt.Sprintf("fix the link to carry the planned MTU, or set %s and re-apply the spec so the planner lowers the interfaces to %d (the link carries %d–%d bytes: %d + %d of WireGuard over %s, up to 15 of padding; use the exact figure if you know it)",
+		set, pathMTU, link, link+15, pathMTU, mtu.WireGuardOverhead(family), family)
 	if host != "" {
 		role := ""
 		if n, ok := byName[host]; ok {
@@ -167,6 +181,110 @@ func mtuFix(m *spec.Mesh, wan bool, region string, pathMTU int, host string, byN
 		fix = fmt.Sprintf("every low path goes through %s%s: check its %s link MTU first (ip link). Otherwise %s", role, host, map[bool]string{true: "WAN", false: "underlay"}[wan], fix)
 	}
 	return fix
+}
+
+// endpointFamily is the family of a node's WireGuard endpoint (its public
+// one on the WAN when it has one), "" when unknown.
+func endpointFamily(n api.Node, wan bool) string {
+	ep := n.Endpoint
+	if wan && n.PublicEndpoint != "" {
+		ep = n.PublicEndpoint
+	}
+	a, err := netip.ParseAddrPort(ep)
+	if err != nil {
+		return ""
+	}
+	if a.Addr().Unmap().Is4() {
+		return mtu.IPv4
+	}
+	return mtu.IPv6
+}
+
+// observedFamily is the family every known endpoint of the paths uses, ""
+// when none is known or they differ.
+func observedFamily(ps []api.Path, wan bool, byName map[string]api.Node) string {
+	fam := ""
+	for _, p := range ps {
+		for _, name := range []string{p.From, p.Peer} {
+			n, ok := byName[name]
+			if !ok {
+				continue
+			}
+			switch f := endpointFamily(n, wan); {
+			case f == "":
+			case fam == "":
+				fam = f
+			case fam != f:
+				return ""
+			}
+		}
+	}
+	return fam
+}
+
+// underlayFamily compares the family of each node's WireGuard endpoint
+// with the family the spec plans for its role and region: the planner
+// subtracts WireGuard's overhead on that family (60 bytes over IPv4, 80
+// over IPv6) from the underlay MTU. A node on an IPv6 underlay planned as
+// IPv4 gets an interface MTU 20 bytes too large: its full-size packets
+// are fragmented or dropped. One planned as IPv6 on IPv4 gives up 20
+// bytes per packet for nothing.
+func underlayFamily(l Live) []Finding {
+	const wanRole = "gateway WAN"
+	m := l.Mesh
+	if m == nil {
+		return nil
+	}
+	type key struct{ region, role, planned, observed string }
+	groups := map[key][]string{}
+	ri := map[string]int{}
+	for i, r := range m.Regions {
+		ri[r.Name] = i
+	}
+	for _, n := range l.Nodes {
+		i, ok := ri[n.Region]
+		if !ok {
+			continue
+		}
+		if obs := endpointFamily(n, false); obs != "" {
+			if _, planned := m.RoleUnderlay(i, n.Role); planned != obs {
+				k := key{n.Region, n.Role, planned, obs}
+				groups[k] = append(groups[k], n.Name)
+			}
+		}
+		if n.PublicEndpoint != "" && len(m.Regions) > 1 {
+			if obs := endpointFamily(n, true); obs != "" && obs != m.Underlay.WAN.Family {
+				k := key{n.Region, wanRole, m.Underlay.WAN.Family, obs}
+				groups[k] = append(groups[k], n.Name)
+			}
+		}
+	}
+	var out []Finding
+	for _, k := range slices.SortedFunc(maps.Keys(groups), func(a, b key) int {
+		return strings.Compare(a.region+"/"+a.role+"/"+a.observed, b.region+"/"+b.role+"/"+b.observed)
+	}) {
+		names := groups[k]
+		slices.Sort(names)
+		po, oo := mtu.WireGuardOverhead(k.planned), mtu.WireGuardOverhead(k.observed)
+		f := Finding{Check: "underlay-family", Subject: fmt.Sprintf("%s nodes of region %s", k.role, k.region),
+			Evidence: fmt.Sprintf("%d %s nodes have %s WireGuard endpoints, the spec plans %s: %s", len(names), k.role, k.observed, k.planned, strings.Join(firstN(names, 5), ", ")),
+			Fix: fmt.Sprintf("set regions[%d].roles.%s.underlayFamily: %s (or the region's underlayFamily when all its roles use %s) and re-apply the spec",
+				ri[k.region], k.role, k.observed, k.observed)}
+		if k.role == wanRole {
+			f.Subject = fmt.Sprintf("gateways of region %s on the WAN", k.region)
+			f.Evidence = fmt.Sprintf("%d gateways have %s public endpoints, the spec plans the WAN as %s: %s", len(names), k.observed, k.planned, strings.Join(firstN(names, 5), ", "))
+			f.Fix = fmt.Sprintf("set underlay.wan.family: %s and re-apply the spec", k.observed)
+		}
+		if oo > po {
+			f.Severity = Error
+			f.Reason = fmt.Sprintf("WireGuard over %s takes %d bytes per packet, the plan subtracted %d: the interface MTU is %d bytes too large for this underlay, and full-size packets are fragmented or dropped", k.observed, oo, po, oo-po)
+		} else {
+			f.Severity = Info
+			f.Reason = fmt.Sprintf("WireGuard over %s takes %d bytes per packet, the plan subtracted %d: every packet gives up %d bytes of MTU for nothing", k.observed, oo, po, po-oo)
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 // commonHost is the node every path starts or ends at, if there is one

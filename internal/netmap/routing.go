@@ -11,7 +11,10 @@ import (
 type Routing struct {
 	ASN uint32 `json:"asn"`
 	// RouterID is the gateway's overlay IPv4 address.
-	RouterID      netip.Addr `json:"routerID"`
+	RouterID netip.Addr `json:"routerID"`
+	// RouterIPv6 is the gateway's overlay IPv6 address, when the mesh
+	// has an IPv6 overlay: the source of IPv6 routes BIRD installs.
+	RouterIPv6    netip.Addr `json:"routerIPv6,omitzero"`
 	BFDIntervalMs int        `json:"bfdIntervalMs"`
 	BFDMultiplier int        `json:"bfdMultiplier"`
 	// Originate are the prefixes of the clusters this gateway is
@@ -72,9 +75,26 @@ func (r *Routing) Equal(o *Routing) bool {
 	if r == nil || o == nil {
 		return r == o
 	}
-	return r.ASN == o.ASN && r.RouterID == o.RouterID && r.BFDIntervalMs == o.BFDIntervalMs && r.BFDMultiplier == o.BFDMultiplier &&
+	return r.ASN == o.ASN && r.RouterID == o.RouterID && r.RouterIPv6 == o.RouterIPv6 && r.BFDIntervalMs == o.BFDIntervalMs && r.BFDMultiplier == o.BFDMultiplier &&
 		slices.Equal(r.Originate, o.Originate) && slices.Equal(r.Links, o.Links) && slices.Equal(r.Local, o.Local) &&
 		slices.EqualFunc(r.Accept, o.Accept, func(a, b RegionPrefixes) bool {
 			return a.Region == b.Region && a.ASN == b.ASN && slices.Equal(a.Prefixes, b.Prefixes)
 		}) && slices.Equal(r.External, o.External)
+}
+
+// HasIPv6 reports whether the routing carries IPv6 prefixes: then BGP
+// gets an IPv6 channel next to the IPv4 one.
+func (r *Routing) HasIPv6() bool {
+	has := func(ps []netip.Prefix) bool {
+		return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Addr().Is6() })
+	}
+	if has(r.Originate) || has(r.Local) {
+		return true
+	}
+	for _, a := range r.Accept {
+		if has(a.Prefixes) {
+			return true
+		}
+	}
+	return false
 }

@@ -3,7 +3,6 @@ package spec
 import (
 	"fmt"
 	"net/netip"
-	"strings"
 	"time"
 )
 
@@ -159,19 +158,6 @@ func (m *Mesh) checkRouting(e *errs) {
 			}
 		}
 	}
-	if m.hasIPv6() {
-		for i := range m.Regions {
-			if m.BGPEnabled(i) {
-				path := "routing.bgp"
-				if b := m.Regions[i].BGP; b != nil && b.Enabled != nil {
-					path = fmt.Sprintf("regions[%d].bgp.enabled", i)
-				}
-				e.add(path, "use baseline routing for a mesh with IPv6 (remove routing.bgp), or drop the IPv6 overlay and pod ranges",
-					"BIRD mode announces IPv4 only; region %s would lose IPv6 between regions", m.Regions[i].Name)
-				break
-			}
-		}
-	}
 	for i := range m.Regions {
 		if !m.BGPEnabled(i) {
 			continue
@@ -182,21 +168,4 @@ func (m *Mesh) checkRouting(e *errs) {
 		}
 		asns[a] = i
 	}
-}
-
-// hasIPv6 reports whether the mesh carries IPv6 (overlay or pods).
-func (m *Mesh) hasIPv6() bool {
-	if m.Addressing.OverlayIPv6 != "" || len(m.Addressing.PodIPv6) > 0 {
-		return true
-	}
-	for _, r := range m.Regions {
-		for _, c := range r.Clusters {
-			for _, p := range c.PodCIDRs {
-				if strings.Contains(p, ":") {
-					return true
-				}
-			}
-		}
-	}
-	return false
 }

@@ -78,13 +78,15 @@ func TestRoutingRefusesBadBGPSettings(t *testing.T) {
 	}
 }
 
-func TestBIRDModeRefusesIPv6(t *testing.T) {
-	in := strings.Replace(twoRegions, "  podIPv4: [10.0.0.0/8]\n", "  podIPv4: [10.0.0.0/8]\n  overlayIPv6: fd7a::/48\n", 1) + "routing:\n  bgp: true\n"
-	_, err := Parse([]byte(in))
-	if diff := cmp.Diff([]string{"routing.bgp"}, paths(err)); diff != "" {
-		t.Errorf("(-want +got):\n%s\n%v", diff, err)
+// TestIssue15BIRDModeWithIPv6: BIRD mode announces IPv6 too (an IPv6
+// channel on every session), so a mesh with an IPv6 overlay and IPv6 pods,
+// or an IPv6 underlay, is no longer refused.
+func TestIssue15BIRDModeWithIPv6(t *testing.T) {
+	in := strings.Replace(twoRegions, "  podIPv4: [10.0.0.0/8]\n", "  podIPv4: [10.0.0.0/8]\n  podIPv6: [fd00::/48]\n  overlayIPv6: fd7a::/48\n", 1) + "routing:\n  bgp: true\n"
+	if _, err := Parse([]byte(in)); err != nil {
+		t.Errorf("BIRD mode with an IPv6 overlay and IPv6 pods: %v", err)
 	}
-	if _, err := Parse([]byte(strings.Replace(in, "  bgp: true\n", "  bgp: false\n", 1))); err != nil {
-		t.Errorf("baseline with IPv6: %v", err)
+	if _, err := Parse([]byte(in + "underlay: {family: ipv6}\n")); err != nil {
+		t.Errorf("BIRD mode over an IPv6 underlay: %v", err)
 	}
 }

@@ -94,7 +94,7 @@ func (ix *Index) routing(g *Node) *netmap.Routing {
 		return nil
 	}
 	r := ix.regions[g.Region]
-	rt := &netmap.Routing{ASN: b.ASN, RouterID: g.OverlayIPv4, BFDIntervalMs: b.BFDIntervalMs, BFDMultiplier: b.BFDMultiplier,
+	rt := &netmap.Routing{ASN: b.ASN, RouterID: g.OverlayIPv4, RouterIPv6: g.OverlayIPv6, BFDIntervalMs: b.BFDIntervalMs, BFDMultiplier: b.BFDMultiplier,
 		Local: ix.regionPrefixes(r)}
 	for _, cn := range r.clusters {
 		if r.designated(cn) == g.Name {

@@ -61,9 +61,18 @@ func TestBackboneLinksAreSymmetric(t *testing.T) {
 		for _, c := range r.Clusters {
 			d := w.ix.regions[r.Name].designated(c.Name)
 			for name, m := range gws {
-				has := slices.Contains(m.Routing.Originate, c.OverlayIPv4)
-				if has != (name == d) {
-					t.Errorf("%s/%s: %s originates it: %v (designated %s)", r.Name, c.Name, name, has, d)
+				// Both families (issue 15: BIRD mode announces IPv6).
+				for _, p := range []netip.Prefix{c.OverlayIPv4, c.OverlayIPv6, c.PodIPv4, c.PodIPv6} {
+					if !p.IsValid() {
+						t.Fatalf("%s/%s: the dual-stack world lacks a prefix: %+v", r.Name, c.Name, c)
+					}
+					has := slices.Contains(m.Routing.Originate, p)
+					if has != (name == d) {
+						t.Errorf("%s/%s %s: %s originates it: %v (designated %s)", r.Name, c.Name, p, name, has, d)
+					}
+				}
+				if !m.Routing.HasIPv6() || !m.Routing.RouterIPv6.IsValid() {
+					t.Errorf("%s: routing without IPv6 (router IPv6 %v)", name, m.Routing.RouterIPv6)
 				}
 			}
 		}

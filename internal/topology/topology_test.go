@@ -63,12 +63,8 @@ func newWorldWith(t testing.TB, seed uint64, regions, clusters int, extra string
 	t.Helper()
 	var b strings.Builder
 	b.WriteString(extra)
-	if strings.Contains(extra, "bgp: true") {
-		// BIRD mode announces IPv4 only (spec validation refuses IPv6 with it).
-		b.WriteString("apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata: {name: w}\naddressing: {podIPv4: [10.0.0.0/8]}\n")
-	} else {
-		b.WriteString("apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata: {name: w}\naddressing: {overlayIPv6: 'fd7a::/48', podIPv4: [10.0.0.0/8], podIPv6: ['fd00::/48']}\n")
-	}
+	// Dual stack, in BIRD mode too (issue 15: BIRD announces IPv6).
+	b.WriteString("apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata: {name: w}\naddressing: {overlayIPv6: 'fd7a::/48', podIPv4: [10.0.0.0/8], podIPv6: ['fd00::/48']}\n")
 	b.WriteString(`policy:
   segments:
     - {name: front, match: {labels: {tier: front}}}

@@ -1,8 +1,9 @@
 // Package pathprobe measures the paths from a node to its gateways (and,
 // from a gateway, to the other regions' gateways) through the overlay:
-// round-trip time and loss with small ICMP echoes, and the path MTU with
-// echoes that may not be fragmented (DF), searched between the IPv4
-// minimum and the interface MTU. A WAN link whose MTU is smaller than the
+// round-trip time and loss with small ICMP (or ICMPv6) echoes, and the
+// path MTU with echoes that may not be fragmented (DF; IPv6 is never
+// fragmented on the way), searched between the family's minimum and the
+// interface MTU. A WAN link whose MTU is smaller than the
 // plan assumed shows up as a path MTU below the interface's: WireGuard's
 // encapsulated packets of full size are dropped on the way.
 //
@@ -21,8 +22,12 @@ type Result struct {
 	Planned int           // the interface MTU (what the plan expects)
 }
 
-// MinMTU is the smallest IPv4 MTU a path must carry.
-const MinMTU = 576
+// MinMTU and MinMTU6 are the smallest MTUs an IPv4 and an IPv6 path must
+// carry (RFC 791, RFC 8200).
+const (
+	MinMTU  = 576
+	MinMTU6 = 1280
+)
 
 // Search returns the largest packet size in [lo, hi] for which ok
 // returns true, assuming ok is monotone (true up to the path MTU, false

@@ -14,17 +14,31 @@ import (
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
-// ipICMPHeader is the IPv4 and ICMP echo header bytes of a probe.
-const ipICMPHeader = 20 + 8
+// The IP and ICMP echo header bytes of a probe, per family.
+const (
+	ipICMPHeader  = 20 + 8
+	ip6ICMPHeader = 40 + 8
+)
 
-// Prober sends ICMP echoes with DF set (IP_PMTUDISC_PROBE: the kernel
-// neither fragments nor uses its cached path MTU) over a raw socket and
-// matches the replies by identifier and sequence.
+// Socket options the syscall package lacks (linux/in6.h).
+const (
+	ipv6MTUDiscover = 23 // IPV6_MTU_DISCOVER
+	pmtuDiscProbe   = 3  // IP_PMTUDISC_PROBE, IPV6_PMTUDISC_PROBE
+	protoICMPv6     = 58
+	protoICMPv4     = 1
+)
+
+// Prober sends ICMP and ICMPv6 echoes that may not be fragmented
+// (IP_PMTUDISC_PROBE, IPV6_PMTUDISC_PROBE: the kernel neither fragments nor
+// uses its cached path MTU; IPv6 routers never fragment) over raw sockets
+// and matches the replies by identifier and sequence.
 type Prober struct {
-	conn *net.IPConn
-	id   int
+	conn  *net.IPConn // IPv4
+	conn6 *net.IPConn // IPv6; nil where the host has no IPv6
+	id    int
 
 	mu      sync.Mutex
 	seq     int
@@ -32,11 +46,34 @@ type Prober struct {
 	closed  chan struct{}
 }
 
-// NewProber opens the raw socket (needs CAP_NET_RAW).
+// NewProber opens the raw sockets (needs CAP_NET_RAW). A host without
+// IPv6 gets a prober for IPv4 only.
 func NewProber() (*Prober, error) {
-	c, err := net.ListenIP("ip4:icmp", &net.IPAddr{IP: net.IPv4zero})
+	c, err := rawSocket("ip4:icmp", net.IPv4zero, syscall.IPPROTO_IP, syscall.IP_MTU_DISCOVER)
 	if err != nil {
-		return nil, fmt.Errorf("opening an ICMP socket (needs CAP_NET_RAW): %w", err)
+		return nil, err
+	}
+	p := &Prober{conn: c, id: rand.IntN(0xffff), waiting: map[int]chan struct{}{}, closed: make(chan struct{})}
+	readers := 1
+	if c6, err := rawSocket("ip6:ipv6-icmp", net.IPv6unspecified, syscall.IPPROTO_IPV6, ipv6MTUDiscover); err == nil {
+		p.conn6 = c6
+		readers++
+	}
+	var wg sync.WaitGroup
+	wg.Add(readers)
+	go func() { defer wg.Done(); p.read(p.conn, protoICMPv4) }()
+	if p.conn6 != nil {
+		go func() { defer wg.Done(); p.read(p.conn6, protoICMPv6) }()
+	}
+	go func() { wg.Wait(); close(p.closed) }()
+	return p, nil
+}
+
+// rawSocket opens a raw ICMP socket whose packets may not be fragmented.
+func rawSocket(network string, any net.IP, level, opt int) (*net.IPConn, error) {
+	c, err := net.ListenIP(network, &net.IPAddr{IP: any})
+	if err != nil {
+		return nil, fmt.Errorf("opening an ICMP socket (%s; needs CAP_NET_RAW): %w", network, err)
 	}
 	rc, err := c.SyscallConn()
 	if err != nil {
@@ -45,33 +82,40 @@ func NewProber() (*Prober, error) {
 	}
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
-		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_MTU_DISCOVER, 3 /* IP_PMTUDISC_PROBE */)
+		serr = syscall.SetsockoptInt(int(fd), level, opt, pmtuDiscProbe)
 	}); err != nil || serr != nil {
 		c.Close()
-		return nil, fmt.Errorf("setting DF on the probe socket: %v %v", err, serr)
+		return nil, fmt.Errorf("setting DF on the %s probe socket: %v %v", network, err, serr)
 	}
-	p := &Prober{conn: c, id: rand.IntN(0xffff), waiting: map[int]chan struct{}{}, closed: make(chan struct{})}
-	go p.read()
-	return p, nil
+	return c, nil
 }
 
-// Close releases the socket.
+// IPv6 reports whether the prober can probe IPv6 paths.
+func (p *Prober) IPv6() bool { return p.conn6 != nil }
+
+// Close releases the sockets.
 func (p *Prober) Close() error {
 	err := p.conn.Close()
+	if p.conn6 != nil {
+		p.conn6.Close()
+	}
 	<-p.closed
 	return err
 }
 
-func (p *Prober) read() {
-	defer close(p.closed)
+func (p *Prober) read(conn *net.IPConn, proto int) {
+	reply := icmp.Type(ipv4.ICMPTypeEchoReply)
+	if proto == protoICMPv6 {
+		reply = ipv6.ICMPTypeEchoReply
+	}
 	buf := make([]byte, 65536)
 	for {
-		n, _, err := p.conn.ReadFrom(buf)
+		n, _, err := conn.ReadFrom(buf)
 		if err != nil {
 			return
 		}
-		m, err := icmp.ParseMessage(1, buf[:n])
-		if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
+		m, err := icmp.ParseMessage(proto, buf[:n])
+		if err != nil || m.Type != reply {
 			continue
 		}
 		e, ok := m.Body.(*icmp.Echo)
@@ -90,8 +134,16 @@ func (p *Prober) read() {
 // Echo sends one echo of size bytes (the whole IP packet) to dst and waits
 // up to timeout for the reply. It returns the round trip, or false.
 func (p *Prober) Echo(ctx context.Context, dst netip.Addr, size int, timeout time.Duration) (time.Duration, bool) {
-	if size < ipICMPHeader {
-		size = ipICMPHeader
+	dst = dst.Unmap()
+	conn, header, typ := p.conn, ipICMPHeader, icmp.Type(ipv4.ICMPTypeEcho)
+	if dst.Is6() {
+		if p.conn6 == nil {
+			return 0, false
+		}
+		conn, header, typ = p.conn6, ip6ICMPHeader, ipv6.ICMPTypeEchoRequest
+	}
+	if size < header {
+		size = header
 	}
 	p.mu.Lock()
 	p.seq = (p.seq + 1) & 0xffff
@@ -104,13 +156,13 @@ func (p *Prober) Echo(ctx context.Context, dst netip.Addr, size int, timeout tim
 		delete(p.waiting, seq)
 		p.mu.Unlock()
 	}()
-	msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: p.id, Seq: seq, Data: make([]byte, size-ipICMPHeader)}}
+	msg := icmp.Message{Type: typ, Body: &icmp.Echo{ID: p.id, Seq: seq, Data: make([]byte, size-header)}}
 	b, err := msg.Marshal(nil)
 	if err != nil {
 		return 0, false
 	}
 	start := time.Now()
-	if _, err := p.conn.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+	if _, err := conn.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
 		// EMSGSIZE: larger than the interface MTU.
 		return 0, false
 	}
@@ -132,8 +184,9 @@ type Options struct {
 }
 
 // Measure measures one path: RTT and loss with small echoes, then the path
-// MTU between MinMTU and mtu (the interface's) with DF echoes; a size
-// counts as crossing when one of two echoes comes back.
+// MTU between the family's minimum (MinMTU, MinMTU6) and mtu (the
+// interface's) with echoes that may not be fragmented; a size counts as
+// crossing when one of two echoes comes back.
 func (p *Prober) Measure(ctx context.Context, dst netip.Addr, mtu int, opts Options) Result {
 	if opts.Echoes == 0 {
 		opts.Echoes = 3
@@ -156,7 +209,11 @@ func (p *Prober) Measure(ctx context.Context, dst netip.Addr, mtu int, opts Opti
 	r.RTT = rtts[len(rtts)/2]
 	// A probe of full size should take about an RTT; wait generously.
 	timeout := min(opts.Timeout, 4*r.RTT+100*time.Millisecond)
-	r.PathMTU = Search(MinMTU, mtu, func(size int) bool {
+	lo := MinMTU
+	if dst.Unmap().Is6() {
+		lo = MinMTU6
+	}
+	r.PathMTU = Search(lo, mtu, func(size int) bool {
 		for range 2 {
 			if _, ok := p.Echo(ctx, dst, size, timeout); ok {
 				return true

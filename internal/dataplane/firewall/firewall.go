@@ -101,10 +101,22 @@ func split(ps []netip.Prefix) (v4, v6 []string) {
 	return v4, v6
 }
 
-func portMatch(p netmap.PortRange) string {
+// Address families of a match: nft's ip and ip6.
+const (
+	famIP  = "ip"
+	famIP6 = "ip6"
+)
+
+// portMatch is the match of a port or protocol for packets of family
+// (famIP or famIP6): "icmp" means echo requests (ping), the way the policy
+// and Cilium read it, not every ICMP type.
+func portMatch(p netmap.PortRange, family string) string {
 	switch p.Proto {
 	case "icmp":
-		return "meta l4proto { icmp, ipv6-icmp }"
+		if family == famIP6 {
+			return "icmpv6 type echo-request"
+		}
+		return "icmp type echo-request"
 	case "tcp", "udp":
 		if p.From == p.To {
 			return fmt.Sprintf("%s dport %d", p.Proto, p.From)
@@ -113,6 +125,34 @@ func portMatch(p netmap.PortRange) string {
 	}
 	return ""
 }
+
+// ICMP the node needs whatever the policy: a node that drops neighbour
+// discovery loses its IPv6 underlay, one that drops packet-too-big (IPv6)
+// or fragmentation-needed (IPv4) black-holes every path with a smaller MTU.
+// Connection tracking does not vouch for these: neighbour discovery and
+// MLD create no connections, and an ICMP error about a flow conntrack no
+// longer knows (a restart, a flush, another path) is "invalid". So they
+// are accepted before the ct state rules (RFC 4890, sections 4.3-4.4).
+var (
+	// neighbourDiscovery goes in the input chain. Neighbour solicitations
+	// and advertisements (RFC 4861) and router advertisements (the
+	// underlay's default route and prefixes) are link-local by
+	// construction: a hop limit of 255 proves they were not forwarded.
+	// MLD queries (from link-local addresses) keep the node's
+	// solicited-node groups known to snooping switches. Router
+	// solicitations and redirects are not accepted: a node is no router on
+	// its underlay, and a redirect could divert its WireGuard traffic.
+	neighbourDiscovery = []struct{ rule, comment string }{
+		{"icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept", "IPv6 neighbour discovery (hop limit 255: from this link)"},
+		{"icmpv6 type nd-router-advert ip6 saddr fe80::/10 ip6 hoplimit 255 accept", "IPv6 router advertisements from this link's routers"},
+		{"icmpv6 type mld-listener-query ip6 saddr fe80::/10 accept", "IPv6 multicast listener queries (snooping switches keep delivering neighbour discovery)"},
+	}
+	// pathMTU goes in the input and forward chains.
+	pathMTU = []struct{ rule, comment string }{
+		{"icmpv6 type packet-too-big accept", "path MTU discovery: IPv6 packet too big (routers never fragment IPv6)"},
+		{"icmp type destination-unreachable icmp code frag-needed accept", "path MTU discovery: IPv4 fragmentation needed"},
+	}
+)
 
 // Render builds the transaction that replaces the table with s, and the
 // number of rules each chain gets.
@@ -175,6 +215,12 @@ func Render(tx *knftables.Transaction, s State, existingSets []string) map[strin
 
 	// input
 	rule("input", `iifname "lo" accept`, "")
+	for _, r := range neighbourDiscovery {
+		rule("input", r.rule, r.comment)
+	}
+	for _, r := range pathMTU {
+		rule("input", r.rule, r.comment)
+	}
 	rule("input", "ct state established,related accept", "replies to this node's connections (the control channel)")
 	rule("input", "ct state invalid drop", "")
 	rule("input", fmt.Sprintf("iifname %q jump overlay", s.Interface), "")
@@ -211,14 +257,19 @@ func Render(tx *knftables.Transaction, s State, existingSets []string) map[strin
 		rule("input", from+" udp dport { 3784, 4784 } accept", "underlay: BFD from the operator's routers")
 	}
 	for _, p := range s.UnderlayAllow {
-		if m := portMatch(p); m != "" {
-			rule("input", m+" accept", "underlay: allowed by the operator")
+		for _, m := range slices.Compact([]string{portMatch(p, famIP), portMatch(p, famIP6)}) {
+			if m != "" {
+				rule("input", m+" accept", "underlay: allowed by the operator")
+			}
 		}
 	}
 	rule("input", "counter drop", "underlay: nothing else reaches this node from outside the mesh")
 
 	// forward
 	rule("forward", "ct state established,related accept", "")
+	for _, r := range pathMTU {
+		rule("forward", r.rule, r.comment)
+	}
 	if len(v4pods) > 0 {
 		rule("forward", fmt.Sprintf("iifname %q ip daddr { %s } jump overlay", s.Interface, strings.Join(v4pods, ", ")), "traffic to this node's pods")
 	}
@@ -229,6 +280,7 @@ func Render(tx *knftables.Transaction, s State, existingSets []string) map[strin
 	// overlay: the policy
 	if s.Gateway {
 		rule("overlay", "icmp type echo-request accept", "gateway: reachability and path-MTU probes from the mesh")
+		rule("overlay", "icmpv6 type echo-request accept", "gateway: reachability and path-MTU probes from the mesh")
 	}
 	if s.Policy == nil {
 		rule("overlay", "accept", "no policy in the mesh spec: the overlay allows all")
@@ -236,20 +288,14 @@ func Render(tx *knftables.Transaction, s State, existingSets []string) map[strin
 	}
 	for _, r := range s.Policy.Rules {
 		v4n, v6n := setNames(r.Set)
-		matches := []string{""}
-		if len(r.Ports) > 0 {
-			matches = nil
-			for _, p := range r.Ports {
-				matches = append(matches, portMatch(p))
+		for _, src := range []struct{ family, match string }{{famIP, "ip saddr @" + v4n}, {famIP6, "ip6 saddr @" + v6n}} {
+			if len(r.Ports) == 0 {
+				rule("overlay", src.match+" accept", r.Comment)
 			}
-		}
-		for _, m := range matches {
-			for _, src := range []string{"ip saddr @" + v4n, "ip6 saddr @" + v6n} {
-				text := src
-				if m != "" {
-					text += " " + m
+			for _, p := range r.Ports {
+				if m := portMatch(p, src.family); m != "" {
+					rule("overlay", src.match+" "+m+" accept", r.Comment)
 				}
-				rule("overlay", text+" accept", r.Comment)
 			}
 		}
 	}

@@ -60,13 +60,13 @@ func TestRenderGolden(t *testing.T) {
 	golden.Check(t, "gateway-bgp.nft", []byte(fake.Dump()))
 }
 
-// bgpGateway is a BIRD-mode gateway with two backbone links and two of
-// the operator's routers.
+// bgpGateway is a BIRD-mode gateway with two backbone links and three of
+// the operator's routers (one reached over IPv6).
 func bgpGateway() State {
 	s := state()
 	s.Policy, s.Gateway = nil, true
 	s.BackbonePorts, s.BackbonePrefix = []int{52001, 52033}, "smbb"
-	s.BGPPeers = []netip.Addr{netip.MustParseAddr("192.0.2.9"), netip.MustParseAddr("192.0.2.1")}
+	s.BGPPeers = []netip.Addr{netip.MustParseAddr("192.0.2.9"), netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8:1::7")}
 	return s
 }
 
@@ -185,7 +185,8 @@ func TestRealNftables(t *testing.T) {
 			t.Fatal(err)
 		}
 		if out := nft(t, "list", "table", "inet", Table); !strings.Contains(out, "ip saddr { 192.0.2.1, 192.0.2.9 } tcp dport 179 accept") ||
-			!strings.Contains(out, "udp dport { 3784, 4784 } accept") || !strings.Contains(out, "udp dport { 52001, 52033 } accept") {
+			!strings.Contains(out, "udp dport { 3784, 4784 } accept") || !strings.Contains(out, "udp dport { 52001, 52033 } accept") ||
+			!strings.Contains(out, "ip6 saddr 2001:db8:1::7 tcp dport 179 accept") {
 			t.Errorf("BIRD-mode gateway ruleset:\n%s", out)
 		}
 		if err := f.Check(ctx); err != nil {
