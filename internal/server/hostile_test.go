@@ -500,3 +500,34 @@ func (h *harness) httpClient(id *apiclient.Identity) *http.Client {
 	}
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
 }
+
+// A strong node's retry after a lost answer needs fresh evidence from the
+// same TPM, besides its enrollment key.
+func TestStrongReenrollmentNeedsFreshEvidence(t *testing.T) {
+	a, id, pcr16 := simTPM(t)
+	h := start(t, controller.Config{})
+	ctx := context.Background()
+	if _, err := h.admin.ApplySpec(ctx, []byte(attestSpec(attest.EKDigest(id.EKPub), hex.EncodeToString(pcr16)))); err != nil {
+		t.Fatal(err)
+	}
+	tok := h.token(api.CreateTokenRequest{Cluster: "r/lenient", Uses: 5})
+	wg := key(t)
+	req := api.EnrollRequest{Name: "strong-1", Role: "node", PublicKey: wg, Endpoint: "192.0.2.1:51820"}
+	keyPEM, err := apiclient.NewNodeKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := apiclient.EnrollWithKey(ctx, h.url, tok, req, &simAttester{a: a}, keyPEM)
+	if err != nil || first.Node.Class != netmap.ClassStrong {
+		t.Fatalf("attested enrollment: %+v %v", first, err)
+	}
+	// The same key without evidence (the cluster admits weak nodes, so a
+	// new node without evidence would be admitted as weak): refused.
+	if _, err := apiclient.EnrollWithKey(ctx, h.url, tok, req, nil, keyPEM); code(err) != api.CodeAttestationFailed {
+		t.Errorf("a strong node's retry without evidence: %v, want %s", err, api.CodeAttestationFailed)
+	}
+	again, err := apiclient.EnrollWithKey(ctx, h.url, tok, req, &simAttester{a: a}, keyPEM)
+	if err != nil || again.Node.Class != netmap.ClassStrong {
+		t.Errorf("a strong node's retry with fresh evidence: %+v %v", again, err)
+	}
+}
