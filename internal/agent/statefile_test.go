@@ -68,3 +68,22 @@ func FuzzLoadMap(f *testing.F) {
 		}
 	})
 }
+
+// An enrollment retried after a crash or a lost answer signs with the key
+// of the first attempt: the controller takes it as the proof that the
+// retry is the same node.
+func TestPendingEnrollKeySurvivesRetries(t *testing.T) {
+	path := filepath.Join(t.TempDir(), EnrollKeyFile)
+	first, err := pendingEnrollKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := pendingEnrollKey(path)
+	if err != nil || again != first {
+		t.Fatalf("second attempt got another key (%v)", err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("pending key file: %v %v, want mode 600", fi, err)
+	}
+}
