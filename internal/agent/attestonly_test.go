@@ -19,7 +19,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/controller"
-	"github.com/statemesh/statemesh/internal/controller/ctltest"
+	"github.com/statemesh/statemesh/internal/ctltest"
 	"github.com/statemesh/statemesh/internal/dataplane/wg"
 	"github.com/statemesh/statemesh/internal/netmaker"
 	"github.com/statemesh/statemesh/internal/netmaker/nmtest"

@@ -7,7 +7,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/apiclient"
-	"github.com/statemesh/statemesh/internal/controller"
+	"github.com/statemesh/statemesh/internal/jointoken"
 )
 
 // Mutual aTLS: with Config.ControllerPolicy the agent attests the
@@ -21,7 +21,7 @@ func (a *Agent) verifyBeforeEnroll(ctx context.Context) error {
 	if a.cfg.ControllerPolicy == nil {
 		return nil
 	}
-	tok, err := controller.ParseJoinToken(a.cfg.Token)
+	tok, err := jointoken.Parse(a.cfg.Token)
 	if err != nil {
 		return nil // enrollment reports the bad token
 	}

@@ -23,7 +23,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/atls"
-	"github.com/statemesh/statemesh/internal/controller"
+	"github.com/statemesh/statemesh/internal/jointoken"
 	"github.com/statemesh/statemesh/internal/netmap"
 )
 
@@ -92,7 +92,7 @@ func NewPinned(server, pin string) (*Client, error) {
 				return errors.New("controller sent no CA certificate to pin")
 			}
 			ca := cs.PeerCertificates[len(cs.PeerCertificates)-1]
-			if controller.CAPin(ca) != pin {
+			if jointoken.CAPin(ca) != pin {
 				return errors.New("controller CA does not match the join token's pin: wrong controller, or a machine in the middle")
 			}
 			roots := x509.NewCertPool()

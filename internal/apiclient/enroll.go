@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
-	"github.com/statemesh/statemesh/internal/controller"
+	"github.com/statemesh/statemesh/internal/jointoken"
 )
 
 // Identity is what a node holds after enrollment: its client certificate
@@ -77,7 +77,7 @@ func NewNodeKey() (string, error) {
 // retry with the same key: the controller takes the request signed with
 // it as the proof that the retry comes from the node it enrolled.
 func EnrollWithKey(ctx context.Context, server, token string, req api.EnrollRequest, att Attester, keyPEM string) (*Identity, error) {
-	tok, err := controller.ParseJoinToken(token)
+	tok, err := jointoken.Parse(token)
 	if err != nil {
 		return nil, err
 	}

@@ -12,7 +12,6 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/attest"
-	"github.com/statemesh/statemesh/internal/controller"
 )
 
 // ControllerHasTPM reports whether the controller answers mutual aTLS
@@ -103,10 +102,10 @@ func (v *ControllerVerifier) Verify(ctx context.Context, c *Client) error {
 	}
 	binding := attest.Binding(exporter, ch.Nonce, api.ControllerBinding)
 	if pinned {
-		if !controller.InBatch(ce.Batch, binding) {
+		if !attest.InBatch(ce.Batch, binding) {
 			return untrusted(errors.New("the batched quote does not cover this connection and nonce"))
 		}
-		if err := pol.VerifyQuote(checked.AKPub, ev.Quote, controller.BatchDigest(ce.Batch)); err != nil {
+		if err := pol.VerifyQuote(checked.AKPub, ev.Quote, attest.BatchDigest(ce.Batch)); err != nil {
 			return untrusted(err)
 		}
 		return nil

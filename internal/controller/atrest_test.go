@@ -18,6 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/jointoken"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/secrets"
 	"github.com/statemesh/statemesh/internal/store"
@@ -78,7 +79,7 @@ func populate(t *testing.T, st store.Store, kr *secrets.Keyring) [][]byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	jt, _ := ParseJoinToken(tok.Secret)
+	jt, _ := jointoken.Parse(tok.Secret)
 	adminSecret := admin[strings.LastIndex(admin, ".")+1:]
 	b64 := base64.StdEncoding.EncodeToString(keyDER)
 	return [][]byte{

@@ -14,6 +14,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/attest"
+	"github.com/statemesh/statemesh/internal/jointoken"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/spec"
 	"github.com/statemesh/statemesh/internal/store"
@@ -125,7 +126,7 @@ func (c *Controller) Challenge(ctx context.Context, node string, req api.AttestC
 	activate := false
 	var checked attest.Checked
 	if node == "" {
-		tok, err := ParseJoinToken(req.Token)
+		tok, err := jointoken.Parse(req.Token)
 		if err != nil {
 			return api.AttestChallenge{}, apiErr(api.CodeTokenInvalid, "%v", err)
 		}

@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -20,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/statemesh/statemesh/internal/jointoken"
 	"github.com/statemesh/statemesh/internal/secrets"
 )
 
@@ -107,13 +107,7 @@ func (c *CA) Pool() *x509.CertPool {
 
 // Pin is the pin of the CA that join tokens carry: base64url(SHA-256 of the
 // CA certificate's SubjectPublicKeyInfo).
-func (c *CA) Pin() string { return CAPin(c.cert) }
-
-// CAPin computes the pin of a CA certificate.
-func CAPin(cert *x509.Certificate) string {
-	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-	return base64.RawURLEncoding.EncodeToString(sum[:])
-}
+func (c *CA) Pin() string { return jointoken.CAPin(c.cert) }
 
 // ServerCertificate issues a serving certificate for the given hosts.
 func (c *CA) ServerCertificate(hosts []string, now time.Time, ttl time.Duration) (tls.Certificate, error) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/jointoken"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/plan"
 	"github.com/statemesh/statemesh/internal/spec"
@@ -49,7 +50,7 @@ func (c *Controller) Enroll(ctx context.Context, req api.EnrollRequest, exporter
 	c.metrics.enrollments.WithLabelValues(errCode(err)).Inc()
 	if err != nil {
 		var tokenID string
-		if t, perr := ParseJoinToken(req.Token); perr == nil {
+		if t, perr := jointoken.Parse(req.Token); perr == nil {
 			tokenID = t.ID
 		}
 		certKey, _ := CSRKeyFingerprint(req.CSR)
@@ -82,7 +83,7 @@ func (c *Controller) enroll(ctx context.Context, req api.EnrollRequest, exporter
 	if err != nil {
 		return api.EnrollResponse{}, err
 	}
-	tok, err := ParseJoinToken(req.Token)
+	tok, err := jointoken.Parse(req.Token)
 	if err != nil {
 		return api.EnrollResponse{}, apiErr(api.CodeTokenInvalid, "%v", err)
 	}
@@ -218,7 +219,7 @@ func (c *Controller) enroll(ctx context.Context, req api.EnrollRequest, exporter
 // TPM. Anything else is refused: an enrolled node renews its certificate
 // with its current one, and a node that lost its identity is admitted
 // again only after an admin removes it.
-func sameEnrollment(tx store.Tx, old *NodeRecord, tok JoinToken, req api.EnrollRequest, certKey string, attested *SessionRecord) error {
+func sameEnrollment(tx store.Tx, old *NodeRecord, tok jointoken.Token, req api.EnrollRequest, certKey string, attested *SessionRecord) error {
 	enrolled := func(why string) error {
 		return apiErr(api.CodeAlreadyExists, "node %q is already enrolled (%s). An enrolled node renews its certificate with its current one (POST /v1/node/renew) and never enrolls again; if it lost its identity, an admin removes it first (statemesh node remove %s)", req.Name, why, req.Name)
 	}

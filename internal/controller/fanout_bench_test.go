@@ -11,7 +11,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/apiclient"
-	"github.com/statemesh/statemesh/internal/controller/ctltest"
+	"github.com/statemesh/statemesh/internal/ctltest"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/store"
 	etcdstore "github.com/statemesh/statemesh/internal/store/etcd"

@@ -10,7 +10,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/apiclient"
-	"github.com/statemesh/statemesh/internal/controller/ctltest"
+	"github.com/statemesh/statemesh/internal/ctltest"
 	"github.com/statemesh/statemesh/internal/netmap"
 	etcdstore "github.com/statemesh/statemesh/internal/store/etcd"
 	"github.com/statemesh/statemesh/internal/store/etcd/etcdtest"

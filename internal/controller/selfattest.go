@@ -1,12 +1,9 @@
 package controller
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -114,7 +111,7 @@ func (s *selfAttest) flush() {
 		for _, w := range ws {
 			batch = append(batch, w.binding)
 		}
-		extra := BatchDigest(batch)
+		extra := attest.BatchDigest(batch)
 		s.use.Lock()
 		q, err := s.tpm.Quote(ws[0].pcrs, extra)
 		s.use.Unlock()
@@ -122,21 +119,6 @@ func (s *selfAttest) flush() {
 			w.done <- quoteResult{quote: q, batch: batch, err: err}
 		}
 	}
-}
-
-// BatchDigest is the extraData of a batched quote: SHA-256 over the
-// bindings it covers, in order.
-func BatchDigest(batch [][]byte) []byte {
-	h := sha256.New()
-	for _, b := range batch {
-		h.Write(b)
-	}
-	return h.Sum(nil)
-}
-
-// InBatch reports whether binding is one of batch's.
-func InBatch(batch [][]byte, binding []byte) bool {
-	return slices.ContainsFunc(batch, func(b []byte) bool { return bytes.Equal(b, binding) })
 }
 
 // SelfIdentity returns the controller's TPM identity for mutual aTLS.

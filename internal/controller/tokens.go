@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/jointoken"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/store"
 )
@@ -23,7 +24,6 @@ import (
 // controller's CA before it trusts the connection. An admin token is
 // "sma1.<id>.<secret>".
 const (
-	joinPrefix  = "smt1"
 	adminPrefix = "sma1"
 	// MaxTokenTTL bounds join token lifetimes.
 	MaxTokenTTL = 365 * 24 * time.Hour
@@ -42,24 +42,6 @@ func randomText(n int) string {
 func hashSecret(s string) []byte {
 	h := sha256.Sum256([]byte(s))
 	return h[:]
-}
-
-// JoinToken is a parsed join token.
-type JoinToken struct {
-	ID, Secret, CAPin string
-}
-
-// ParseJoinToken splits a join token string.
-func ParseJoinToken(s string) (JoinToken, error) {
-	parts := strings.Split(strings.TrimSpace(s), ".")
-	if len(parts) != 4 || parts[0] != joinPrefix || parts[1] == "" || parts[2] == "" || parts[3] == "" {
-		return JoinToken{}, errors.New("not a StateMesh join token (smt1.<id>.<secret>.<ca-pin>)")
-	}
-	return JoinToken{ID: parts[1], Secret: parts[2], CAPin: parts[3]}, nil
-}
-
-func (t JoinToken) String() string {
-	return strings.Join([]string{joinPrefix, t.ID, t.Secret, t.CAPin}, ".")
 }
 
 func newAdminCredential(now time.Time) (AdminRecord, string, error) {
@@ -250,7 +232,7 @@ func (c *Controller) CreateToken(ctx context.Context, req api.CreateTokenRequest
 		return api.CreatedToken{}, fmt.Errorf("storing token: %w", err)
 	}
 	c.log.Info("join token created", "id", rec.ID, "region", rec.Region, "cluster", rec.Cluster, "role", rec.Role, "uses", rec.Uses, "expires", rec.ExpiresAt)
-	return api.CreatedToken{Token: tokenView(rec), Secret: JoinToken{ID: rec.ID, Secret: secret, CAPin: c.ca.Pin()}.String()}, nil
+	return api.CreatedToken{Token: tokenView(rec), Secret: jointoken.Token{ID: rec.ID, Secret: secret, CAPin: c.ca.Pin()}.String()}, nil
 }
 
 // ListTokens lists join tokens (never their secrets).
@@ -296,7 +278,7 @@ func (c *Controller) RevokeToken(ctx context.Context, id string) error {
 
 // checkToken verifies a join token inside a transaction and returns its
 // record.
-func checkToken(tx store.Tx, tok JoinToken, role string, now time.Time) (TokenRecord, error) {
+func checkToken(tx store.Tx, tok jointoken.Token, role string, now time.Time) (TokenRecord, error) {
 	t, err := loadToken(tx, tok)
 	if err != nil {
 		return t, err
@@ -316,7 +298,7 @@ func checkToken(tx store.Tx, tok JoinToken, role string, now time.Time) (TokenRe
 
 // loadToken finds a join token's record and checks its secret (nothing
 // else: a revoked, expired or used-up token is still the token).
-func loadToken(tx store.Tx, tok JoinToken) (TokenRecord, error) {
+func loadToken(tx store.Tx, tok jointoken.Token) (TokenRecord, error) {
 	kv, err := tx.Get(tokenKey(tok.ID))
 	if errors.Is(err, store.ErrNotFound) {
 		return TokenRecord{}, apiErr(api.CodeTokenInvalid, "unknown join token")

@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
-	"github.com/statemesh/statemesh/internal/controller/ctltest"
+	"github.com/statemesh/statemesh/internal/ctltest"
 	"github.com/statemesh/statemesh/internal/dashboard"
 	"github.com/statemesh/statemesh/internal/dashboard/browser"
 	"github.com/statemesh/statemesh/internal/netmap"

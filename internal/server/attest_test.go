@@ -22,6 +22,7 @@ import (
 	"github.com/statemesh/statemesh/internal/apiclient"
 	"github.com/statemesh/statemesh/internal/attest"
 	"github.com/statemesh/statemesh/internal/controller"
+	"github.com/statemesh/statemesh/internal/jointoken"
 	"github.com/statemesh/statemesh/internal/netmap"
 )
 
@@ -157,7 +158,7 @@ func TestAttestedEnrollment(t *testing.T) {
 
 	// Replaying an answered session is refused.
 	t.Run("replayed session", func(t *testing.T) {
-		pin := controller.CAPin(mustCert(t, h.cfg.CA))
+		pin := jointoken.CAPin(mustCert(t, h.cfg.CA))
 		c, _ := apiclient.NewPinned(h.url, pin)
 		tok := h.token(api.CreateTokenRequest{Cluster: "r/lenient", Uses: 2})
 		idJSON, _ := good.Identity()

@@ -18,6 +18,7 @@ import (
 	"github.com/statemesh/statemesh/internal/apiclient"
 	"github.com/statemesh/statemesh/internal/attest"
 	"github.com/statemesh/statemesh/internal/controller"
+	"github.com/statemesh/statemesh/internal/jointoken"
 	"github.com/statemesh/statemesh/internal/netmap"
 )
 
@@ -267,7 +268,7 @@ func TestExpiredChallengesAreSwept(t *testing.T) {
 }
 
 func mustPin(t *testing.T, token string) string {
-	jt, err := controller.ParseJoinToken(token)
+	jt, err := jointoken.Parse(token)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/apiclient"
 	"github.com/statemesh/statemesh/internal/controller"
+	"github.com/statemesh/statemesh/internal/jointoken"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/store/bolt"
 )
@@ -239,7 +240,7 @@ func TestAPIEndToEnd(t *testing.T) {
 		t.Errorf("used-up token: %v", err)
 	}
 	revoked := h.token(api.CreateTokenRequest{Cluster: "eu-central/prod"})
-	tok, _ := controller.ParseJoinToken(revoked)
+	tok, _ := jointoken.Parse(revoked)
 	if err := h.admin.RevokeToken(ctx, tok.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -421,7 +422,7 @@ func TestContractCoversEveryOperation(t *testing.T) {
 	h.admin.Quarantine(ctx, "n0")
 	h.admin.Release(ctx, "n0")
 	h.admin.RemoveNode(ctx, "n0")
-	tk, _ := controller.ParseJoinToken(tok)
+	tk, _ := jointoken.Parse(tok)
 	h.admin.RevokeToken(ctx, tk.ID)
 	resp, err := http.Get(strings.Replace(h.url, "https", "http", 1) + "/v1/openapi.yaml")
 	if err == nil {

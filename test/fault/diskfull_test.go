@@ -14,7 +14,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/statemesh/statemesh/internal/api"
-	"github.com/statemesh/statemesh/internal/controller/ctltest"
+	"github.com/statemesh/statemesh/internal/ctltest"
 	"github.com/statemesh/statemesh/internal/store/bolt"
 	"github.com/statemesh/statemesh/internal/testenv"
 )

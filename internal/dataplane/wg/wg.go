@@ -1,7 +1,7 @@
 // Package wg owns the node's WireGuard interface: it creates it (the kernel
 // module through netlink when the kernel has it, otherwise embedded
 // wireguard-go in its own process), adopts an existing one, and applies a
-// network map with the minimum operations computed by agent/plan: one
+// network map with the minimum operations computed by dataplane/wgplan: one
 // wgctrl operation per peer that changed, never a rewrite of all peers,
 // never an overwrite of a roamed endpoint. Addresses, MTU, routes and
 // forwarding go through netlink (package link).
@@ -24,8 +24,8 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/statemesh/statemesh/internal/agent/plan"
 	"github.com/statemesh/statemesh/internal/dataplane/link"
+	"github.com/statemesh/statemesh/internal/dataplane/wgplan"
 	"github.com/statemesh/statemesh/internal/netmap"
 )
 
@@ -239,14 +239,14 @@ func toAddrPort(u *net.UDPAddr) netip.AddrPort {
 }
 
 // Actual reads the device's actual state.
-func (d *Device) Actual() (plan.Device, error) {
+func (d *Device) Actual() (wgplan.Device, error) {
 	dev, err := d.wg.Device(d.cfg.Interface)
 	if err != nil {
-		return plan.Device{}, nil
+		return wgplan.Device{}, nil
 	}
-	out := plan.Device{Exists: true, PublicKey: netmap.Key(dev.PublicKey), ListenPort: dev.ListenPort}
+	out := wgplan.Device{Exists: true, PublicKey: netmap.Key(dev.PublicKey), ListenPort: dev.ListenPort}
 	for _, p := range dev.Peers {
-		out.Peers = append(out.Peers, plan.Peer{
+		out.Peers = append(out.Peers, wgplan.Peer{
 			PublicKey: netmap.Key(p.PublicKey), Endpoint: toAddrPort(p.Endpoint),
 			AllowedIPs:          toPrefixes(p.AllowedIPs),
 			PersistentKeepalive: int(p.PersistentKeepaliveInterval / time.Second),
@@ -278,7 +278,7 @@ func (d *Device) Apply(ctx context.Context, desired, prev netmap.Map) (Result, e
 	if err != nil {
 		return res, err
 	}
-	ops := plan.Compute(desired, prev, actual, d.cfg.PrivateKey.PublicKey())
+	ops := wgplan.Compute(desired, prev, actual, d.cfg.PrivateKey.PublicKey())
 	return d.execute(ops, desired.Revision, start, res)
 }
 
@@ -296,12 +296,12 @@ func (d *Device) ApplyDelta(ctx context.Context, prev, next netmap.Map, delta ne
 		// A new device holds nothing: apply everything.
 		return d.Apply(ctx, next, netmap.Map{})
 	}
-	return d.execute(plan.FromDelta(prev, next, delta), next.Revision, start, Result{})
+	return d.execute(wgplan.FromDelta(prev, next, delta), next.Revision, start, Result{})
 }
 
 // execute carries out operations: one wgctrl call per batch of peer
 // operations (each touching only its own peer), then the link changes.
-func (d *Device) execute(ops plan.Ops, revision int64, start time.Time, res Result) (Result, error) {
+func (d *Device) execute(ops wgplan.Ops, revision int64, start time.Time, res Result) (Result, error) {
 	if ops.Empty() {
 		res.NoChanges = true
 		res.Duration = time.Since(start)
@@ -327,13 +327,13 @@ func (d *Device) execute(ops plan.Ops, revision int64, start time.Time, res Resu
 		for _, op := range batch {
 			pc := wgtypes.PeerConfig{PublicKey: wgtypes.Key(op.PublicKey)}
 			switch op.Kind {
-			case plan.OpRemove:
+			case wgplan.OpRemove:
 				pc.Remove = true
 				res.Removed++
-			case plan.OpUpdate:
+			case wgplan.OpUpdate:
 				pc.UpdateOnly = true
 				res.Updated++
-			case plan.OpAdd:
+			case wgplan.OpAdd:
 				res.Added++
 			}
 			if op.Endpoint != nil {

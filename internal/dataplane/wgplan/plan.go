@@ -1,4 +1,4 @@
-// Package plan computes what the agent must change on a node: the minimum
+// Package wgplan computes what the data plane must change on a node: the minimum
 // operations that turn the actual WireGuard device, addresses and routes
 // into the desired network map. It is pure (no kernel access) so the rules
 // that keep traffic flowing are unit-tested:
@@ -10,7 +10,7 @@
 //     when the controller's endpoint for it changed since the last applied
 //     map; an endpoint the data plane learned by roaming is never
 //     overwritten by an unchanged map.
-package plan
+package wgplan
 
 import (
 	"net/netip"
@@ -139,6 +139,21 @@ func addrDiff(want, have []netip.Prefix) (add, del []netip.Prefix) {
 	return add, del
 }
 
+// addPeer is the operation that adds peer p: its allowed IPs, and its
+// endpoint and keepalive when it has them.
+func addPeer(p netmap.Peer) PeerOp {
+	op := PeerOp{Kind: OpAdd, Name: p.Name, PublicKey: p.PublicKey, AllowedIPs: p.AllowedIPs, ReplaceIPs: true}
+	if p.Endpoint.IsValid() {
+		ep := p.Endpoint
+		op.Endpoint = &ep
+	}
+	if p.PersistentKeepalive != 0 {
+		k := p.PersistentKeepalive
+		op.Keepalive = &k
+	}
+	return op
+}
+
 // Compute returns the operations that turn actual into desired. prev is
 // the desired map applied last (its endpoints tell which endpoints the
 // controller changed); ourKey is the node's public key.
@@ -164,16 +179,7 @@ func Compute(desired netmap.Map, prev netmap.Map, actual Device, ourKey netmap.K
 		want[d.PublicKey] = true
 		a, ok := have[d.PublicKey]
 		if !ok {
-			op := PeerOp{Kind: OpAdd, Name: d.Name, PublicKey: d.PublicKey, AllowedIPs: d.AllowedIPs, ReplaceIPs: true}
-			if d.Endpoint.IsValid() {
-				ep := d.Endpoint
-				op.Endpoint = &ep
-			}
-			if d.PersistentKeepalive != 0 {
-				k := d.PersistentKeepalive
-				op.Keepalive = &k
-			}
-			ops.Peers = append(ops.Peers, op)
+			ops.Peers = append(ops.Peers, addPeer(d))
 			continue
 		}
 		op := PeerOp{Kind: OpUpdate, Name: d.Name, PublicKey: d.PublicKey}
@@ -246,16 +252,7 @@ func FromDelta(prev, next netmap.Map, d netmap.Delta) Ops {
 			existed = false
 		}
 		if !existed {
-			op := PeerOp{Kind: OpAdd, Name: u.Name, PublicKey: u.PublicKey, AllowedIPs: u.AllowedIPs, ReplaceIPs: true}
-			if u.Endpoint.IsValid() {
-				ep := u.Endpoint
-				op.Endpoint = &ep
-			}
-			if u.PersistentKeepalive != 0 {
-				k := u.PersistentKeepalive
-				op.Keepalive = &k
-			}
-			ops.Peers = append(ops.Peers, op)
+			ops.Peers = append(ops.Peers, addPeer(u))
 			continue
 		}
 		op := PeerOp{Kind: OpUpdate, Name: u.Name, PublicKey: u.PublicKey}
