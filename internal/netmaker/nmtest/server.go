@@ -27,8 +27,9 @@ import (
 	"github.com/statemesh/statemesh/internal/netmaker/contract"
 )
 
-// SwaggerPath finds shared/netmaker/swagger.yaml beside the repository
-// (../shared/netmaker/swagger.yaml from the directory holding go.mod).
+// SwaggerPath finds Netmaker's swagger.yaml, kept in the repository as
+// test data (internal/netmaker/contract/testdata/swagger.yaml; its source
+// commit and licence are in SOURCE.md beside it).
 func SwaggerPath(t testing.TB) string {
 	t.Helper()
 	p, err := FindSwagger()
@@ -43,9 +44,9 @@ func FindSwagger() (string, error) {
 	_, file, _, _ := runtime.Caller(0)
 	for dir := filepath.Dir(file); ; dir = filepath.Dir(dir) {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			p := filepath.Join(dir, "..", "shared", "netmaker", "swagger.yaml")
+			p := filepath.Join(dir, "internal", "netmaker", "contract", "testdata", "swagger.yaml")
 			if _, err := os.Stat(p); err != nil {
-				return "", fmt.Errorf("the Netmaker contract is missing beside the repository: %w", err)
+				return "", fmt.Errorf("the Netmaker contract is missing from the repository: %w", err)
 			}
 			return p, nil
 		}
