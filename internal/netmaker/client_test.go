@@ -277,7 +277,7 @@ func TestLoadToken(t *testing.T) {
 // The real server wraps some answers in {code, message, response}; the
 // client reads both shapes (the scenario tests run in both modes too).
 func TestWrappedAnswersAreRead(t *testing.T) {
-	e := newEnv(t, nmtest.Options{Quirks: true})
+	e := newEnv(t, nmtest.Options{})
 	rep := e.reconcile()
 	e.join("h1", "eu/prod", rep)
 	e.nm.Register("other-net", e.pubKey("x"), "nm-us", time.Now())

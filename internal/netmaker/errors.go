@@ -29,6 +29,12 @@ var (
 	// attestation there.
 	ErrUngated = errors.New("admission is not gated on attestation")
 
+	// ErrCredential: the server could not find the calling user. Netmaker
+	// looks up the caller to create ACL policies and tags, and the master
+	// key's user (masteradministrator) is not in its database: those
+	// calls need a super-admin user's access token.
+	ErrCredential = errors.New("the Netmaker credential cannot do this: give a super-admin user's access token, not the master key (docs/netmaker.md)")
+
 	// ErrNotMarked: an object StateMesh would create exists without its
 	// mark (created by someone else); StateMesh leaves it alone.
 	ErrNotMarked = errors.New("exists but was not created by StateMesh")

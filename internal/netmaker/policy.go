@@ -73,7 +73,7 @@ func (p *pass) createTags(ctx context.Context) {
 				continue
 			}
 			t, err := p.r.C.CreateTag(ctx, TagRequest{Name: name, Network: net, ColorCode: TagColor})
-			if p.write(fmt.Sprintf("create tag %s in %s", name, net), err) {
+			if p.write(fmt.Sprintf("create tag %s in %s", name, net), credential(err)) {
 				if t.Name == "" {
 					t = Tag{ID: TagID(net, name), Name: name, Network: net}
 				}
@@ -115,6 +115,9 @@ func (p *pass) acls(ctx context.Context) {
 			}
 		}
 		slices.SortFunc(want, func(a, b ACL) int { return strings.Compare(a.Name, b.Name) })
+		// inPlace: every wanted policy is there as wanted; only then may
+		// the allow-all default go (else the network denies everything).
+		inPlace := true
 		for _, w := range want {
 			if p.down {
 				return
@@ -125,10 +128,10 @@ func (p *pass) acls(ctx context.Context) {
 			switch {
 			case len(got) == 0:
 				_, err := p.r.C.CreateACL(ctx, w)
-				p.write(fmt.Sprintf("create ACL policy %s in %s", w.Name, net), err)
+				inPlace = p.write(fmt.Sprintf("create ACL policy %s in %s", w.Name, net), credential(err)) && inPlace
 			case !sameACL(got[0], w):
 				w.ID = got[0].ID
-				p.write(fmt.Sprintf("update ACL policy %s in %s", w.Name, net), p.r.C.UpdateACL(ctx, w))
+				inPlace = p.write(fmt.Sprintf("update ACL policy %s in %s", w.Name, net), credential(p.r.C.UpdateACL(ctx, w))) && inPlace
 			}
 			for _, dup := range got[min(1, len(got)):] {
 				p.write(fmt.Sprintf("delete duplicate ACL policy %s (%s) in %s", dup.Name, dup.ID, net), p.r.C.DeleteACL(ctx, dup.ID))
@@ -141,6 +144,12 @@ func (p *pass) acls(ctx context.Context) {
 				}
 				p.write(fmt.Sprintf("delete ACL policy %s in %s (no longer in the policy)", name, net), p.r.C.DeleteACL(ctx, a.ID))
 			}
+		}
+		if !inPlace {
+			if i := slices.IndexFunc(have, func(a ACL) bool { return a.Default && a.ID == defaultPolicyID(net) }); i >= 0 && have[i].Enabled {
+				p.note("network %s: Netmaker's default allow-all policy left on: StateMesh's policies are not all in place (see the errors)", net)
+			}
+			continue
 		}
 		p.defaultPolicy(ctx, net, have)
 	}

@@ -124,6 +124,8 @@ type Model struct {
 
 	opts Options
 	seq  int
+	// master: the request being served came with the master key.
+	master bool
 }
 
 func newModel(o Options) *Model {
@@ -156,16 +158,24 @@ type answer struct {
 	body   any
 }
 
-func ok(v any) answer                  { return answer{http.StatusOK, v} }
-func fail(code int, msg string) answer { return answer{code, errorBody(code, msg)} }
+func ok(v any) answer { return answer{http.StatusOK, v} }
+func fail(code int, msg string) answer {
+	return answer{code, map[string]any{"Code": code, "Message": msg, "Response": nil}}
+}
 
-// wrapped answers inside {code, message, response} in Quirks mode.
+// wrapped answers inside models.SuccessResponse, whose fields have no
+// json tags: {"Code":200,"Message":…,"Response":…} (bare in Swagger mode).
 func (m *Model) wrapped(v any, msg string) answer {
-	if m.opts.Quirks {
-		return ok(map[string]any{"code": 200, "message": msg, "response": v})
+	if !m.opts.Swagger {
+		return ok(map[string]any{"Code": 200, "Message": msg, "Response": v})
 	}
 	return ok(v)
 }
+
+// callerKnown is the server's lookup of the calling user (schema.User.Get
+// of the "user" header): the master key's masteradministrator is not in
+// the database.
+func (m *Model) callerKnown() bool { return !m.master || m.opts.Swagger }
 
 var (
 	netName = regexp.MustCompile(`^[a-z0-9_-]{1,32}$`)
@@ -175,6 +185,11 @@ var (
 // handle serves one checked request (the server's lock held).
 func (m *Model) handle(op string, r *http.Request, body []byte) (int, any) {
 	a := m.route(op, r, body)
+	if m.opts.Swagger && a.status >= 400 {
+		if b, ok := a.body.(map[string]any); ok && b["Code"] != nil {
+			a.body = map[string]any{"code": b["Code"], "message": b["Message"]}
+		}
+	}
 	return a.status, a.body
 }
 
@@ -227,7 +242,7 @@ func (m *Model) route(op string, r *http.Request, body []byte) answer {
 	case "GET /api/v1/pending_hosts":
 		out := []Pending{}
 		for _, p := range sortedValues(m.Pending) {
-			if p.Network == q.Get("network") || m.opts.Quirks { // the real server lists them all
+			if p.Network == q.Get("network") || !m.opts.Swagger { // the real server lists them all
 				out = append(out, *p)
 			}
 		}

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -56,26 +57,51 @@ func FindSwagger() (string, error) {
 	}
 }
 
-// Options shape the server.
+// Options shape the server. The zero value answers as the real server
+// (Netmaker v1.5.1, built from commit 006dfdced) did when it was recorded
+// (testdata/recorded, see README.md there): wrapped answers as
+// {"Code":…,"Message":…,"Response":…}, errors as {"Code":…,"Message":…,
+// "Response":null}, every pending host listed whatever network is asked
+// for, enrollment_key_id as the key's JSON object, and the calling user
+// looked up where the server does (the master key's user is not there).
 type Options struct {
-	// Quirks answers as the real server does where it departs from
-	// swagger.yaml: pending hosts, ACL, tag and feature-flag answers
-	// wrapped in {code, message, response}; every pending host listed
-	// whatever network is asked for; enrollment_key_id as the key's JSON
-	// object. Answers are then checked inside the wrapper.
-	Quirks bool
+	// Swagger answers as swagger.yaml describes instead (bare payloads,
+	// lowercase error bodies, pending hosts filtered by network, the key
+	// as an array of byte values).
+	Swagger bool
 	// NoDeviceApproval: the server's device approval is off (hosts join
-	// without approval).
+	// without approval; the server forces auto_join on).
 	NoDeviceApproval bool
 	// NoPro: a community server: the tags API answers 404.
 	NoPro bool
+	// CE is the community edition: NoDeviceApproval and NoPro, and its
+	// ACL rules (one-way policies refused, tag sources invalid).
+	CE bool
 }
+
+func (o Options) normal() Options {
+	if o.CE {
+		o.NoDeviceApproval, o.NoPro = true, true
+	}
+	return o
+}
+
+// The credentials the server accepts. AccessToken is a super-admin
+// user's access token (a JWT, as the real server issues them);
+// MasterKey is the server's MASTER_KEY, whose user is not in the
+// database: calls that look the caller up (creating ACL policies and
+// tags) fail with 400 "record not found", as on the real server.
+const (
+	AccessToken = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJzdXBlcmFkbWluIn0.c2lnbmF0dXJlLWZvci10ZXN0cw"
+	MasterKey   = "master-key-for-tests"
+)
 
 // Server is the fake Netmaker.
 type Server struct {
 	// URL is where it listens (it keeps its address across restarts).
 	URL string
-	// Token is the bearer token it accepts.
+	// Token is the bearer token tests give the client: AccessToken (a
+	// super-admin's). MasterKey is accepted too.
 	Token string
 	// Contract is the loaded swagger.yaml (strict).
 	Contract *contract.Contract
@@ -134,7 +160,8 @@ func StartWith(t testing.TB, o Options) *Server {
 		t.Fatal(err)
 	}
 	c.Strict = true
-	s := &Server{Token: "master-key-for-tests", Contract: c, t: t, opts: o, m: newModel(o)}
+	o = o.normal()
+	s := &Server{Token: AccessToken, Contract: c, t: t, opts: o, m: newModel(o)}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -286,15 +313,18 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		s.violation(err)
 		record(http.StatusBadRequest)
 		s.mu.Unlock()
-		writeJSON(w, http.StatusBadRequest, errorBody(http.StatusBadRequest, "off contract: "+err.Error()))
+		writeJSON(w, http.StatusBadRequest, s.m.errorBody(http.StatusBadRequest, "off contract: "+err.Error()))
 		return
 	}
-	if op.Secured && r.Header.Get("Authorization") != "Bearer "+s.Token {
+	auth := r.Header.Get("Authorization")
+	if op.Secured && auth != "Bearer "+AccessToken && auth != "Bearer "+MasterKey {
 		record(http.StatusUnauthorized)
 		s.mu.Unlock()
-		writeJSON(w, http.StatusUnauthorized, errorBody(http.StatusUnauthorized, "unauthorized"))
+		// The real server: 401 {"Code":401,"Message":"unauthorized","Response":null}.
+		writeJSON(w, http.StatusUnauthorized, s.m.errorBody(http.StatusUnauthorized, "unauthorized"))
 		return
 	}
+	s.m.master = auth == "Bearer "+MasterKey
 	delay := s.delay
 	fault, faulted := s.takeFault(op.Name())
 	delay += fault.Delay
@@ -304,7 +334,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		status, out = s.m.handle(op.Name(), r, body)
 	}
 	if faulted && fault.Status != 0 {
-		status, out = fault.Status, errorBody(fault.Status, "injected failure")
+		status, out = fault.Status, s.m.errorBody(fault.Status, "injected failure")
 	}
 	data, _ := json.Marshal(out)
 	if status < 400 {
@@ -325,17 +355,26 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 }
 
 // checkAnswer checks the model's own answer against the contract (inside
-// the wrapper in Quirks mode).
+// the wrapper, unless in Swagger mode).
 func (s *Server) checkAnswer(op *contract.Operation, status int, data []byte) {
-	var env struct {
-		Code     int             `json:"code"`
-		Message  *string         `json:"message"`
-		Response json.RawMessage `json:"response"`
-	}
-	if s.opts.Quirks && quirkWrapped[op.Name()] && json.Unmarshal(data, &env) == nil && env.Message != nil {
-		data = env.Response
-	}
-	if s.opts.Quirks {
+	if !s.opts.Swagger {
+		// models.SuccessResponse as the server sends it: capitalised
+		// keys. Inside it for the operations swagger.yaml describes as
+		// bare; with swagger's lowercase keys for the others.
+		var env map[string]json.RawMessage
+		if json.Unmarshal(data, &env) == nil && env["Message"] != nil && len(env) <= 3 {
+			if quirkWrapped[op.Name()] {
+				data = env["Response"]
+			} else {
+				low := map[string]json.RawMessage{}
+				for k, v := range env {
+					if k != "Response" || string(v) != "null" {
+						low[strings.ToLower(k)] = v
+					}
+				}
+				data, _ = json.Marshal(low)
+			}
+		}
 		data = keyAsBytes(data)
 	}
 	if err := s.Contract.CheckResponse(op, status, data); err != nil {
@@ -381,8 +420,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-func errorBody(code int, msg string) map[string]any {
-	return map[string]any{"code": code, "message": msg}
+// errorBody is models.ErrorResponse: its fields have no json tags, so the
+// real server sends {"Code":…,"Message":…,"Response":null}.
+func (m *Model) errorBody(code int, msg string) map[string]any {
+	if m.opts.Swagger {
+		return map[string]any{"code": code, "message": msg}
+	}
+	return map[string]any{"Code": code, "Message": msg, "Response": nil}
 }
 
 // quirkWrapped are the operations the real server answers inside
