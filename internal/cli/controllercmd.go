@@ -167,6 +167,19 @@ func runController(parent context.Context, e *env, f controllerFlags) error {
 	if err != nil {
 		return err
 	}
+	if nm != nil {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		cr, err := netmaker.CheckCredential(cctx, nm.Client)
+		cancel()
+		switch {
+		case errors.Is(err, netmaker.ErrUnavailable):
+			log.Warn("netmaker: the server cannot be reached to check the token; the passes retry", "err", err)
+		case err != nil:
+			return fmt.Errorf("--netmaker-url %s: %w", f.netmakerURL, err)
+		case cr.MasterKey:
+			log.Info("netmaker: using the master key on a community server: admission and removal only (no tags or tag-based ACL policies there)")
+		}
+	}
 	var selfTPM controller.TPM
 	if f.tpm != "" && f.tpm != tpm.None {
 		d := &attest.Device{URL: f.tpm}
@@ -185,13 +198,16 @@ func runController(parent context.Context, e *env, f controllerFlags) error {
 	if err != nil {
 		return err
 	}
-	adminToken, err := c.Bootstrap(ctx, "statemesh")
-	if err != nil {
-		return err
-	}
+	// Bind before the store gets its admin credential: a start that cannot
+	// listen must not leave a store whose admin token no admin.json holds.
 	l, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", f.listen, err)
+	}
+	defer l.Close()
+	adminToken, err := c.Bootstrap(ctx, "statemesh")
+	if err != nil {
+		return err
 	}
 	advertise := f.advertise
 	if advertise == "" {

@@ -312,6 +312,19 @@ func (c *Controller) recordNetmaker(st *netmakerState, rep netmaker.Report, err 
 	for host, took := range rep.Removed {
 		c.log.Info("netmaker host removed", "host", host, "after", took.Round(time.Millisecond))
 	}
+	for _, rm := range rep.Removals {
+		if rm.Unattested {
+			s.RemovedUnattested++
+			c.metrics.netmakerUnattested.WithLabelValues("removed").Inc()
+			c.log.Warn("netmaker host removed: no attested node owns it and it joined without approval", "host", rm.Host, "network", rm.Network)
+		}
+	}
+	if err == nil || rep.Calls > 0 {
+		s.Unattested, s.Ungated = slices.Clone(rep.Unattested), rep.Ungated
+	}
+	for _, u := range rep.Unattested {
+		c.log.Warn("netmaker host left in place though no attested node owns it (admitted in Netmaker by someone else)", "host", u)
+	}
 	c.mu.Lock()
 	c.backends = []api.BackendStatus{*s}
 	c.mu.Unlock()

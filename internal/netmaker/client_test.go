@@ -291,3 +291,31 @@ func TestWrappedAnswersAreRead(t *testing.T) {
 	}
 	e.noViolations()
 }
+
+// TestCheckCredential: the token is checked before the first pass: a
+// refused token and the master key on Netmaker Pro are clear errors; the
+// master key on the community edition and an access token pass.
+func TestCheckCredential(t *testing.T) {
+	ctx := context.Background()
+	pro := nmtest.StartWith(t, nmtest.Options{})
+	ce := nmtest.StartWith(t, nmtest.Options{CE: true})
+	client := func(url, tok string) *netmaker.Client {
+		c, err := netmaker.NewClient(url, tok, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	if _, err := netmaker.CheckCredential(ctx, client(pro.URL, nmtest.AccessToken)); err != nil {
+		t.Errorf("access token on Pro: %v", err)
+	}
+	if _, err := netmaker.CheckCredential(ctx, client(pro.URL, nmtest.MasterKey)); !errors.Is(err, netmaker.ErrCredential) || !strings.Contains(err.Error(), "super-admin") {
+		t.Errorf("master key on Pro: %v", err)
+	}
+	if cr, err := netmaker.CheckCredential(ctx, client(ce.URL, nmtest.MasterKey)); err != nil || !cr.MasterKey || cr.Pro {
+		t.Errorf("master key on CE: %+v %v", cr, err)
+	}
+	if _, err := netmaker.CheckCredential(ctx, client(pro.URL, "wrong")); err == nil || !strings.Contains(err.Error(), "refused the token (401") {
+		t.Errorf("wrong token: %v", err)
+	}
+}
