@@ -53,6 +53,7 @@ func (p *pass) createTags(ctx context.Context) {
 			var ae *APIError
 			if errors.As(err, &ae) && ae.Status == http.StatusNotFound {
 				err = fmt.Errorf("%w (tags and tag-based ACL policies are Netmaker Pro features)", err)
+				p.noTags = true
 			}
 			p.fail(err)
 			continue
@@ -126,6 +127,11 @@ func (p *pass) acls(ctx context.Context) {
 			delete(ours, w.Name)
 			slices.SortFunc(got, func(a, b ACL) int { return strings.Compare(a.ID, b.ID) })
 			switch {
+			case len(got) == 0 && p.noTags && usesTags(w):
+				// The community edition has no tags and refuses tag
+				// policies ("invalid policy"): not asked on every pass.
+				inPlace = false
+				p.note("ACL policy %s in %s not created: it names tags, which this Netmaker server does not have", w.Name, net)
 			case len(got) == 0:
 				_, err := p.r.C.CreateACL(ctx, w)
 				inPlace = p.write(fmt.Sprintf("create ACL policy %s in %s", w.Name, net), credential(err)) && inPlace
@@ -169,6 +175,11 @@ func (p *pass) defaultPolicy(ctx context.Context, net string, have []ACL) {
 	a := have[i]
 	a.Enabled = false
 	p.write(fmt.Sprintf("disable Netmaker's default allow-all policy %s (StateMesh's policy replaces it)", a.ID), p.r.C.UpdateACL(ctx, a))
+}
+
+// usesTags: the policy names a tag other than "*" (all nodes).
+func usesTags(a ACL) bool {
+	return slices.ContainsFunc(append(slices.Clone(a.Src), a.Dst...), func(t ACLTag) bool { return t.ID == "tag" && t.Value != "*" })
 }
 
 func sameACL(a, b ACL) bool {

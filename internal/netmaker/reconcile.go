@@ -62,6 +62,8 @@ type pass struct {
 	// autoJoin: networks hosts join without approval (after the networks
 	// step).
 	autoJoin map[string]bool
+	// noTags: the server has no tags API (the community edition).
+	noTags bool
 }
 
 // Reconcile makes one pass towards d and reports what it did. Steps that

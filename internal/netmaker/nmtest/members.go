@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
@@ -91,7 +92,9 @@ func (m *Model) addNode(h *Host, network string, k *Key) *Node {
 	}
 	if k != nil {
 		for _, g := range k.Groups {
-			n.Tags[g] = struct{}{}
+			if !m.opts.NoPro { // no tags on the community edition
+				n.Tags[g] = struct{}{}
+			}
 		}
 		if r := m.Nodes[k.Relay]; r != nil && r.IsGw && r.Network == network {
 			n.IsRelayed, n.RelayedBy = true, r.ID
@@ -167,6 +170,9 @@ func (m *Model) removeHost(hostID, network string, force bool) answer {
 			m.dropNode(n)
 		} else {
 			n.PendingDelete = true // until the host acknowledges (never, here)
+		}
+		if !m.opts.Swagger {
+			return answer{http.StatusOK, emptyBody{}} // the real server: 200, no body, no content type
 		}
 		return ok("")
 	}
@@ -266,7 +272,7 @@ func (m *Model) deleteTag(id string) answer {
 	for _, k := range m.Keys {
 		k.Groups = slices.DeleteFunc(k.Groups, func(g string) bool { return g == id })
 	}
-	return ok(map[string]any{"code": 200, "message": "deleted tag " + t.TagName})
+	return m.success("deleted tag " + t.TagName)
 }
 
 func usesTag(ts []ACLTag, id string) bool {
@@ -356,7 +362,7 @@ func (m *Model) updateACL(body []byte) answer {
 	if !m.opts.Swagger {
 		return m.wrapped(m.aclView(cur), "updated acl "+cur.Name)
 	}
-	return ok(map[string]any{"code": 200, "message": "updated acl " + cur.Name})
+	return m.success("updated acl " + cur.Name)
 }
 
 func (m *Model) createGateway(network, nodeID string, body []byte) answer {

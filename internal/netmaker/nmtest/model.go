@@ -158,6 +158,12 @@ type answer struct {
 	body   any
 }
 
+// textBody is an answer sent as text/plain (the router's 404).
+type textBody string
+
+// emptyBody is an answer with no body and no content type.
+type emptyBody struct{}
+
 func ok(v any) answer { return answer{http.StatusOK, v} }
 func fail(code int, msg string) answer {
 	return answer{code, map[string]any{"Code": code, "Message": msg, "Response": nil}}
@@ -170,6 +176,15 @@ func (m *Model) wrapped(v any, msg string) answer {
 		return ok(map[string]any{"Code": 200, "Message": msg, "Response": v})
 	}
 	return ok(v)
+}
+
+// success is logic.ReturnSuccessResponse: {"Code":200,"Message":msg,
+// "Response":null} (lowercase, as swagger.yaml has it, in Swagger mode).
+func (m *Model) success(msg string) answer {
+	if m.opts.Swagger {
+		return ok(map[string]any{"code": 200, "message": msg})
+	}
+	return ok(map[string]any{"Code": 200, "Message": msg, "Response": nil})
 }
 
 // callerKnown is the server's lookup of the calling user (schema.User.Get
@@ -199,7 +214,8 @@ func (m *Model) route(op string, r *http.Request, body []byte) answer {
 	arg := func(i int) string { return seg[i] }
 	dec := func(v any) error { return json.Unmarshal(body, v) }
 	if m.opts.NoPro && strings.HasSuffix(op, " /api/v1/tags") {
-		return fail(http.StatusNotFound, "404 page not found")
+		// No route on the community server: the router's own answer.
+		return answer{http.StatusNotFound, textBody("404 page not found\n")}
 	}
 	switch op {
 	case "GET /api/server/status":
@@ -319,7 +335,7 @@ func (m *Model) route(op string, r *http.Request, body []byte) answer {
 			return fail(400, "cannot delete default policy")
 		}
 		delete(m.ACLs, a.ID)
-		return ok(map[string]any{"code": 200, "message": "deleted acl " + a.Name})
+		return m.success("deleted acl " + a.Name)
 	case "POST /api/nodes/{network}/{nodeid}/gateway":
 		return m.createGateway(arg(2), arg(3), body)
 	case "DELETE /api/nodes/{network}/{nodeid}/gateway":
@@ -444,7 +460,7 @@ func (m *Model) deleteNetwork(name string, force bool) answer {
 			delete(m.Keys, v)
 		}
 	}
-	return ok(map[string]any{"code": 200, "message": "deleted network " + name})
+	return m.success("deleted network " + name)
 }
 
 func (m *Model) newKey(k Key) *Key {

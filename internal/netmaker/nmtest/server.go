@@ -336,8 +336,20 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	if faulted && fault.Status != 0 {
 		status, out = fault.Status, s.m.errorBody(fault.Status, "injected failure")
 	}
-	data, _ := json.Marshal(out)
-	if status < 400 {
+	ctype := "application/json"
+	if !s.opts.Swagger && sniffed[op.Name()] {
+		ctype = "text/plain; charset=utf-8"
+	}
+	var data []byte
+	switch b := out.(type) {
+	case textBody:
+		ctype, data = "text/plain; charset=utf-8", []byte(b)
+	case emptyBody:
+		ctype = ""
+	default:
+		data, _ = json.Marshal(out)
+	}
+	if status < 400 && len(data) > 0 {
 		s.checkAnswer(op, status, data)
 	}
 	record(status)
@@ -349,9 +361,17 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	w.Header().Set("Content-Type", "application/json")
+	if ctype != "" {
+		w.Header().Set("Content-Type", ctype)
+	}
 	w.WriteHeader(status)
 	w.Write(data)
+}
+
+// sniffed are the operations whose JSON answers the real server sends
+// without a Content-Type: net/http sniffs them as text/plain.
+var sniffed = map[string]bool{
+	"GET /api/networks": true, "GET /api/v1/enrollment-keys": true, "POST /api/v1/enrollment-keys": true, "PUT /api/v1/enrollment-keys/{keyID}": true,
 }
 
 // checkAnswer checks the model's own answer against the contract (inside
