@@ -1,11 +1,15 @@
 package cli
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/statemesh/statemesh/internal/netmaker"
+	"github.com/statemesh/statemesh/internal/netmaker/nmtest"
 )
 
 // TestNetmakerFlags: the controller's Netmaker flags are checked before
@@ -53,4 +57,33 @@ func TestNetmakerFlags(t *testing.T) {
 			t.Errorf("%s: the error shows the token: %v", name, err)
 		}
 	}
+}
+
+// TestNetmakerDetachCommand: Reconciler.Detach from the command line
+// (issue 17, item 6: it had no CLI).
+func TestNetmakerDetachCommand(t *testing.T) {
+	nm := nmtest.Start(t)
+	c, err := netmaker.NewClient(nm.URL, nm.Token, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := netmaker.Desired{Networks: []netmaker.NetworkSpec{{Name: "nm-eu", AddressRange: "10.201.0.0/16"}},
+		Keys: []netmaker.KeySpec{{Region: "eu", Cluster: "prod", Network: "nm-eu"}}}
+	if _, err := (&netmaker.Reconciler{C: c}).Reconcile(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	nm.Do(func(m *nmtest.Model) { m.AddNetwork("theirs", "10.9.0.0/16", false) })
+	t.Setenv("STATEMESH_NETMAKER_TOKEN", nm.Token)
+	if r := run(t, "", "netmaker", "detach", "--netmaker-url", nm.URL); r.code == 0 || !strings.Contains(r.stderr, "--yes") {
+		t.Errorf("without --yes: %+v", r)
+	}
+	r := run(t, "", "netmaker", "detach", "--netmaker-url", nm.URL, "--yes")
+	if r.code != 0 || !strings.Contains(r.stdout, "delete network nm-eu") {
+		t.Fatalf("detach: %+v", r)
+	}
+	nm.Do(func(m *nmtest.Model) {
+		if m.Networks["nm-eu"] != nil || m.Networks["theirs"] == nil {
+			t.Errorf("after detach: nm-eu %v, theirs %v", m.Networks["nm-eu"] != nil, m.Networks["theirs"] != nil)
+		}
+	})
 }
