@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -86,4 +88,47 @@ func TestNetmakerDetachCommand(t *testing.T) {
 			t.Errorf("after detach: nm-eu %v, theirs %v", m.Networks["nm-eu"] != nil, m.Networks["theirs"] != nil)
 		}
 	})
+}
+
+// TestControllerThatCannotListenLeavesNoAdmin: a start that fails to bind
+// must not leave a store with an admin credential but no admin.json; the
+// next start writes admin.json (issue 17, item 6).
+func TestControllerThatCannotListenLeavesNoAdmin(t *testing.T) {
+	dir := t.TempDir()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	var out, errb bytes.Buffer
+	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errb}
+	cmd := newControllerCmd(e)
+	cmd.SetArgs([]string{"--data-dir", dir, "--listen", busy.Addr().String(), "--log-level", "error"})
+	if err := cmd.ExecuteContext(context.Background()); err == nil || !strings.Contains(err.Error(), "listening on") {
+		t.Fatalf("a busy port: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	cmd = newControllerCmd(e)
+	cmd.SetArgs([]string{"--data-dir", dir, "--listen", "127.0.0.1:0", "--log-level", "error"})
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, AdminConfigFile)); err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			cancel()
+			t.Fatalf("the second start ended without admin.json: %v\n%s", err, errb.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("no admin.json after the second start:\n%s", errb.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	<-done
 }
