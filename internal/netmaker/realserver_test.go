@@ -149,10 +149,26 @@ func scenario(t *testing.T, s scenarioServer) *nmtest.Recorder {
 		t.Errorf("the unattested host's removal is not reported: %+v", rep.Removals)
 	}
 
+	// A gateway: made once, then nothing to write (idempotent against
+	// what the server sends back).
+	gw := key()
+	d.Hosts[gw] = netmaker.Attested{Node: "gw-1", Region: "eu", Cluster: "prod", Class: netmap.ClassStrong}
+	s.Register(t, "gw-1", gw, tok.Reveal())
+	waitMembers(t, look, "nm-eu", 2)
+	d.Gateways = []netmaker.GatewaySpec{{Network: "nm-eu", Candidates: []string{gw}, Relayed: []string{web}}}
+	rep = pass("gateway wanted")
+	if rep.Gateways["nm-eu"] != "gw-1" {
+		t.Errorf("gateway: %v", rep.Gateways)
+	}
+	if rep = pass("gateway in place"); len(rep.Writes) != 0 {
+		t.Errorf("a pass after the gateway was made wrote %q", rep.Writes)
+	}
+	d.Gateways[0].Relayed = nil
+
 	// Quarantine → removal.
 	d.Removed[web] = time.Now()
 	rep = pass("web-1 quarantined")
-	if got := membersOf(t, look, "nm-eu"); len(got) != 0 || rep.Removed["web-1"] == 0 {
+	if got := membersOf(t, look, "nm-eu"); !slices.Equal(got, []string{gw}) || rep.Removed["web-1"] == 0 {
 		t.Errorf("after the quarantine: members %v, removed %v", got, rep.Removed)
 	}
 
@@ -161,11 +177,13 @@ func scenario(t *testing.T, s scenarioServer) *nmtest.Recorder {
 	s.Restart(t)
 	r = &netmaker.Reconciler{C: mk}
 	s.Register(t, "web-1", web, tok.Reveal())
-	waitMembers(t, look, "nm-eu", 1)
+	waitMembers(t, look, "nm-eu", 2)
 	pass("after the restart")
-	if got := membersOf(t, look, "nm-eu"); len(got) != 0 {
+	if got := membersOf(t, look, "nm-eu"); !slices.Equal(got, []string{gw}) {
 		t.Errorf("after the restart the quarantined host stays: %v", got)
 	}
+	d.Gateways = nil
+	pass("no gateway wanted")
 
 	// The policy with a super-admin's access token: the community
 	// edition refuses tag policies, and the allow-all default stays.

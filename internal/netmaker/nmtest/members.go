@@ -92,9 +92,9 @@ func (m *Model) addNode(h *Host, network string, k *Key) *Node {
 	}
 	if k != nil {
 		for _, g := range k.Groups {
-			if !m.opts.NoPro { // no tags on the community edition
-				n.Tags[g] = struct{}{}
-			}
+			// The community edition too: it has no tags API, but its
+			// nodes carry the key's groups as tags.
+			n.Tags[g] = struct{}{}
 		}
 		if r := m.Nodes[k.Relay]; r != nil && r.IsGw && r.Network == network {
 			n.IsRelayed, n.RelayedBy = true, r.ID

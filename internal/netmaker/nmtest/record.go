@@ -241,6 +241,26 @@ func Compare(real, fake []Exchange) []string {
 	return diffs
 }
 
+// merge unites two JSON values' shapes: objects key by key, deeply.
+func merge(a, b any) any {
+	am, aok := a.(map[string]any)
+	bm, bok := b.(map[string]any)
+	if !aok || !bok {
+		if a == nil {
+			return b
+		}
+		return a
+	}
+	out := make(map[string]any, len(am)+len(bm))
+	for k, v := range am {
+		out[k] = v
+	}
+	for k, v := range bm {
+		out[k] = merge(out[k], v)
+	}
+	return out
+}
+
 func short(b []byte) string {
 	if len(b) > 120 {
 		return string(b[:120]) + "…"
@@ -313,15 +333,11 @@ func shapeDiffs(at, path string, real, fake any) []string {
 		if len(r) == 0 {
 			return nil
 		}
-		union := map[string]any{}
+		var union any
 		var scalar any
 		for _, e := range r {
-			if m, ok := e.(map[string]any); ok {
-				for k, v := range m {
-					if _, seen := union[k]; !seen || union[k] == nil {
-						union[k] = v
-					}
-				}
+			if _, ok := e.(map[string]any); ok {
+				union = merge(union, e)
 			} else {
 				scalar = e
 			}

@@ -213,6 +213,20 @@ func (s *Server) Restart(keepState bool) {
 	if !keepState {
 		s.Reset()
 	}
+	if keepState && s.opts.NoPro && !s.opts.Swagger {
+		// The community server keeps the tags a key's groups gave its
+		// nodes in memory only: after a restart only the gateways tag
+		// is left (as recorded).
+		s.Do(func(m *Model) {
+			for _, n := range m.Nodes {
+				for id := range n.Tags {
+					if id != n.Network+".gateways" {
+						delete(n.Tags, id)
+					}
+				}
+			}
+		})
+	}
 	s.Up()
 }
 
