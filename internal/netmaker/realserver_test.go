@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -238,6 +239,67 @@ func scenario(t *testing.T, s scenarioServer) *nmtest.Recorder {
 			t.Errorf("delete ACL policy: %v", err)
 		}
 	}
+
+	// Pending hosts: a community server has none, and approving or
+	// rejecting one that is not there is an error.
+	if ps, err := mk.PendingHosts(ctx, "nm-eu"); err != nil || len(ps) != 0 {
+		t.Errorf("pending hosts: %v, %v", ps, err)
+	}
+	const noSuch = "00000000-0000-0000-0000-000000000001"
+	_, err = mk.ApprovePendingHost(ctx, noSuch)
+	t.Logf("approving a pending host that is not there: %v", err)
+	if err == nil {
+		t.Error("approving a pending host that is not there succeeded")
+	}
+	err = mk.RejectPendingHost(ctx, noSuch)
+	t.Logf("rejecting a pending host that is not there: %v", err)
+	if err == nil {
+		t.Error("rejecting a pending host that is not there succeeded")
+	}
+
+	// Key rotation: a new key, the old one revoked.
+	r.C = mk
+	d.Keys[0].Generation = 1
+	rep = pass("key rotated")
+	if rep.Keys["eu/prod"] == tok || !slices.ContainsFunc(rep.Writes, func(w string) bool { return strings.HasPrefix(w, "revoke") || strings.HasPrefix(w, "delete enrollment key") }) {
+		t.Errorf("rotation: writes %q", rep.Writes)
+	}
+
+	// Detach: StateMesh's objects go; the network, which still has a
+	// host, is kept with its allow-all default on.
+	drep, err := r.Detach(ctx)
+	t.Logf("detach: writes %q, %v", drep.Writes, err)
+	if err == nil || !strings.Contains(err.Error(), "still has 1 hosts") {
+		t.Errorf("detach with a host in the network: %v", err)
+	}
+	if _, err := look.Network(ctx, "nm-eu"); err != nil {
+		t.Errorf("nm-eu, which has a host, was deleted: %v", err)
+	}
+	hosts, err := look.Hosts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hosts {
+		if h.PublicKey == gw {
+			if err := mk.RemoveHostFromNetwork(ctx, h.ID, "nm-eu", true); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	drep, err = r.Detach(ctx)
+	t.Logf("detach once empty: writes %q, %v", drep.Writes, err)
+	if err != nil || !slices.Contains(drep.Writes, "delete network nm-eu") {
+		t.Errorf("detach of an empty network: %q, %v", drep.Writes, err)
+	}
+	keys, err := look.EnrollmentKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if strings.HasPrefix(strings.Join(k.Tags, ","), "sm:") {
+			t.Errorf("StateMesh's key %v is left after detach", k.Tags)
+		}
+	}
 	return rec
 }
 
@@ -437,7 +499,7 @@ func realInside(t *testing.T, bin string) {
 	}
 	if real, err := nmtest.LoadExchanges(recordingFile); err == nil {
 		for _, d := range nmtest.Compare(real, rec.Exchanges()) {
-			t.Logf("differs from the recording: %s", d)
+			t.Logf("this run differs from the recording (\"real server\": the recording, \"fake\": this run): %s", d)
 		}
 	}
 }

@@ -174,8 +174,7 @@ func (p *pass) server(ctx context.Context) {
 }
 
 // networks creates the wanted networks, checks the ones there, and deletes
-// StateMesh's networks no longer wanted (Netmaker refuses while they have
-// hosts).
+// StateMesh's networks no longer wanted once they are empty.
 func (p *pass) networks(ctx context.Context) {
 	have, err := p.r.C.Networks(ctx)
 	if err != nil {
@@ -258,7 +257,17 @@ func (p *pass) networks(ctx context.Context) {
 			return
 		}
 		if ourNetwork(n) && !wanted[n.NetID] {
-			p.write("delete network "+n.NetID+" (no longer mapped)", p.r.C.DeleteNetwork(ctx, n.NetID))
+			// Netmaker v1.5.1 deletes a network with hosts by taking
+			// them all out: only an empty one is deleted.
+			hosts, err := liveNodes(ctx, p.r.C, n.NetID)
+			switch {
+			case err != nil:
+				p.fail(err)
+			case hosts > 0:
+				p.fail(fmt.Errorf("network %s is no longer mapped but still has %d hosts: kept (deleting it would take them all out); take them out and StateMesh deletes it", n.NetID, hosts))
+			default:
+				p.write("delete network "+n.NetID+" (no longer mapped)", p.r.C.DeleteNetwork(ctx, n.NetID))
+			}
 		}
 	}
 }
