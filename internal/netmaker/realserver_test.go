@@ -261,7 +261,9 @@ func scenario(t *testing.T, s scenarioServer) *nmtest.Recorder {
 	r.C = mk
 	d.Keys[0].Generation = 1
 	rep = pass("key rotated")
-	if rep.Keys["eu/prod"] == tok || !slices.ContainsFunc(rep.Writes, func(w string) bool { return strings.HasPrefix(w, "revoke") || strings.HasPrefix(w, "delete enrollment key") }) {
+	if rep.Keys["eu/prod"] == tok || !slices.ContainsFunc(rep.Writes, func(w string) bool {
+		return strings.HasPrefix(w, "revoke") || strings.HasPrefix(w, "delete enrollment key")
+	}) {
 		t.Errorf("rotation: writes %q", rep.Writes)
 	}
 
