@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
@@ -167,5 +168,34 @@ func TestNetmakerRemovalSurvivesRestart(t *testing.T) {
 		if !d3.Removed[k].Equal(at) {
 			t.Errorf("drop time of %s: %v, then %v after another restart", k, at, d3.Removed[k])
 		}
+	}
+}
+
+// TestNetmakerUnattestedHostsAreReported: hosts removed because no
+// attested node owns them, and unattested members left in place, reach
+// the status (statemesh status, doctor) and the metric (issue 17, item 6:
+// they were reported nowhere).
+func TestNetmakerUnattestedHostsAreReported(t *testing.T) {
+	cl, err := netmaker.NewClient("http://127.0.0.1:1", "t", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := runSmall(t, Config{Netmaker: &NetmakerConfig{Client: cl, Every: time.Hour,
+		Networks: map[string]netmaker.NetworkSpec{"eu-central": {Name: "nm-eu", AddressRange: "10.201.0.0/16"}}}})
+	st := &netmakerState{seen: map[string]string{}, gone: map[string]time.Time{}}
+	rep := netmaker.Report{Ungated: true, Calls: 9, Unattested: []string{"laptop in nm-eu"},
+		Removals: []netmaker.Removal{{Host: "intruder", Network: "nm-eu", Unattested: true}}}
+	c.recordNetmaker(st, rep, nil)
+	c.recordNetmaker(st, rep, nil)
+	c.mu.RLock()
+	b := c.backendsLocked()
+	c.mu.RUnlock()
+	if len(b) != 1 || b[0].RemovedUnattested != 2 || !b[0].Ungated || !slices.Equal(b[0].Unattested, []string{"laptop in nm-eu"}) {
+		t.Errorf("backend status: %+v", b)
+	}
+	rec := httptest.NewRecorder()
+	c.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if want := `statemesh_netmaker_unattested_hosts_total{outcome="removed"} 2`; !strings.Contains(rec.Body.String(), want) {
+		t.Errorf("metrics lack %s", want)
 	}
 }
