@@ -52,8 +52,14 @@ func (p *pass) createTags(ctx context.Context) {
 		if err != nil {
 			var ae *APIError
 			if errors.As(err, &ae) && ae.Status == http.StatusNotFound {
-				err = fmt.Errorf("%w (tags and tag-based ACL policies are Netmaker Pro features)", err)
 				p.noTags = true
+				if !p.d.SkipPolicy && !slices.ContainsFunc(p.d.ACLs, func(a ACL) bool { return a.NetworkID == net && usesTags(a) }) {
+					// Nothing of the policy needs tags here: the
+					// cluster tags only group hosts.
+					p.note("network %s: no tags API on the Netmaker server (community edition): hosts are not tagged", net)
+					continue
+				}
+				err = fmt.Errorf("%w (tags and tag-based ACL policies are Netmaker Pro features: the policy's segments cannot be enforced in %s)", err, net)
 			}
 			p.fail(err)
 			continue

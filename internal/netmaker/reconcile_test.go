@@ -631,6 +631,16 @@ func TestServerWithoutGatingOrTags(t *testing.T) {
 			t.Errorf("want a pass without errors that reports the server ungated, got %v (ungated %v)", err, rep.Ungated)
 		}
 	})
+	t.Run("community edition without a policy", func(t *testing.T) {
+		// Nothing needs tags: the passes are clean, the server ungated.
+		e := newEnv(t, nmtest.Options{CE: true})
+		e.setPolicy("")
+		rep := e.reconcile()
+		if !rep.Ungated {
+			t.Error("not reported ungated")
+		}
+		e.converged()
+	})
 	t.Run("community server", func(t *testing.T) {
 		e := newEnv(t, nmtest.Options{NoPro: true})
 		rep, err := e.r.Reconcile(context.Background(), e.d)
