@@ -23,10 +23,11 @@ var (
 	// MTU). StateMesh reports it and leaves the object alone.
 	ErrDrift = errors.New("cannot be changed through the Netmaker API")
 
-	// ErrUngated: hosts can join a network without waiting as pending
-	// hosts (device approval is off on the server, or a network StateMesh
-	// did not create has auto_join on), so admission is not gated on
-	// attestation there.
+	// ErrUngated: hosts can join a network StateMesh did not create
+	// without waiting as pending hosts (it has auto_join on), so admission
+	// is not gated on attestation there. (Device approval off on the
+	// server is not an error: in StateMesh's own networks unattested
+	// members are then removed each pass.)
 	ErrUngated = errors.New("admission is not gated on attestation")
 
 	// ErrCredential: the server could not find the calling user. Netmaker

@@ -14,8 +14,9 @@ type Health struct {
 	// Status is the server's own report (db_connected, broker_connected,
 	// version, is_pro, ...).
 	Status map[string]any
-	// DeviceApproval: hosts wait as pending hosts (StateMesh can gate
-	// admission on attestation).
+	// DeviceApproval: hosts wait as pending hosts (StateMesh approves
+	// them on attestation); without it they join at once and StateMesh
+	// removes the unattested ones.
 	DeviceApproval bool
 }
 
@@ -31,10 +32,9 @@ func (r *Reconciler) Health(ctx context.Context) (Health, error) {
 	if err != nil {
 		return h, err
 	}
+	// Device approval off (the community edition) is not an error: the
+	// passes then gate admission by removal (docs/netmaker.md).
 	h.DeviceApproval = ff.DeviceApproval
-	if !ff.DeviceApproval {
-		return h, fmt.Errorf("%w: device approval is off on the Netmaker server", ErrUngated)
-	}
 	return h, nil
 }
 
