@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/netmaker"
 	"github.com/statemesh/statemesh/internal/netmaker/nmtest"
 )
@@ -131,4 +132,19 @@ func TestControllerThatCannotListenLeavesNoAdmin(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// TestStatusShowsUnattestedNetmakerHosts: statemesh status names the
+// Netmaker hosts no attested node owns (issue 17, item 6).
+func TestStatusShowsUnattestedNetmakerHosts(t *testing.T) {
+	var b bytes.Buffer
+	st := api.Status{Backends: []api.BackendStatus{{Name: "netmaker", Healthy: true, Ungated: true, RemovedUnattested: 3, Unattested: []string{"laptop in nm-eu"}}}}
+	if err := printStatus(&b, st); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"unattested hosts removed 3", "UNATTESTED (left in place) laptop in nm-eu"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, b.String())
+		}
+	}
 }
