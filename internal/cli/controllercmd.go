@@ -120,7 +120,7 @@ DATA-DIR/admin.json (mode 0600) for the CLI:
 	fl.StringVar(&f.metricsListen, "metrics-listen", ":9464", "serve Prometheus metrics on this address at /metrics (\"\" to turn off)")
 	fl.StringVar(&f.tpm, "tpm", "none", "the controller's own TPM (/dev/tpmrm0, swtpm://HOST:PORT, unix:PATH, mssim://HOST:PORT): agents with --controller-attestation attest it (mutual aTLS); none: no TPM")
 	fl.StringVar(&f.netmakerURL, "netmaker-url", "", "keep this Netmaker server in line with the mesh (docs/netmaker.md)")
-	fl.StringVar(&f.netmakerTokenFile, "netmaker-token-file", "", "file with Netmaker's master key or an access token (default $STATEMESH_NETMAKER_TOKEN); never logged")
+	fl.StringVar(&f.netmakerTokenFile, "netmaker-token-file", "", "file with a super-admin user's Netmaker access token (needed on Netmaker Pro: the master key cannot create tags or ACL policies) or, on the community edition, the master key (default $STATEMESH_NETMAKER_TOKEN); never logged")
 	fl.StringArrayVar(&f.netmakerNetworks, "netmaker-network", nil, "REGION=NETWORK:CIDR: the Netmaker network of a region and its address range (repeat per region)")
 	fl.DurationVar(&f.netmakerEvery, "netmaker-interval", 10*time.Second, "how often to reconcile Netmaker (and at once after a node is quarantined or removed)")
 	fl.DurationVar(&f.netmakerKeyTTL, "netmaker-key-ttl", 0, "make the clusters' Netmaker enrollment keys expire after this long, replaced by new ones once less than a fifth is left (0: they do not expire)")
