@@ -6,8 +6,12 @@
 // field. Answers come from an in-memory model (networks, enrollment keys,
 // pending hosts, hosts, nodes, tags, ACL policies, gateways) that follows
 // the real server's rules, and each answer is itself checked against the
-// response schema. Errors, latency, timeouts and restarts (state kept or
-// lost) can be injected.
+// response schema. By default it answers as the real server (v1.5.1) was
+// recorded answering (internal/netmaker/testdata; Compare checks it):
+// Options.Swagger answers as swagger.yaml describes, Options.CE as the
+// community edition. Errors, latency, timeouts and restarts (state kept
+// or lost) can be injected. Recorder records the exchanges in front of
+// any Netmaker server.
 package nmtest
 
 import (
