@@ -405,8 +405,20 @@ func TestRealNetmaker(t *testing.T) {
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
 	}
-	defer exec.Command("ip", "netns", "del", ns).Run()
-	args := []string{"netns", "exec", ns, os.Args[0], "-test.run=^TestRealNetmaker$", "-test.count=1"}
+	defer func() {
+		// Whatever the run left in the namespace (only what it started
+		// can be there), then the namespace.
+		if out, err := exec.Command("ip", "netns", "pids", ns).Output(); err == nil {
+			for _, f := range strings.Fields(string(out)) {
+				var pid int
+				if _, err := fmt.Sscan(f, &pid); err == nil && pid > 1 {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+		exec.Command("ip", "netns", "del", ns).Run()
+	}()
+	args := []string{"netns", "exec", ns, os.Args[0], "-test.run=^TestRealNetmaker$", "-test.count=1", "-test.timeout=5m"}
 	if testing.Verbose() {
 		args = append(args, "-test.v")
 	}
