@@ -319,11 +319,13 @@ func (c *Controller) recordNetmaker(st *netmakerState, rep netmaker.Report, err 
 			c.log.Warn("netmaker host removed: no attested node owns it and it joined without approval", "host", rm.Host, "network", rm.Network)
 		}
 	}
+	for _, u := range rep.Unattested {
+		if !slices.Contains(s.Unattested, u) { // once, not every pass
+			c.log.Warn("netmaker host left in place though no attested node owns it (admitted in Netmaker by someone else)", "host", u)
+		}
+	}
 	if err == nil || rep.Calls > 0 {
 		s.Unattested, s.Ungated = slices.Clone(rep.Unattested), rep.Ungated
-	}
-	for _, u := range rep.Unattested {
-		c.log.Warn("netmaker host left in place though no attested node owns it (admitted in Netmaker by someone else)", "host", u)
 	}
 	c.mu.Lock()
 	c.backends = []api.BackendStatus{*s}
