@@ -515,6 +515,16 @@ type BackendStatus struct {
 	Approved int `json:"approved"`
 	Rejected int `json:"rejected"`
 	Removed  int `json:"removed"`
+	// RemovedUnattested counts, since the controller started, hosts
+	// removed because no attested node owns them and they joined without
+	// approval (a Netmaker server without device approval).
+	RemovedUnattested int `json:"removedUnattested,omitempty"`
+	// Unattested lists, as of the last pass, "HOST in NETWORK" for
+	// members no attested node owns that were left in place.
+	Unattested []string `json:"unattested,omitempty"`
+	// Ungated: the backend admits hosts without approval (Netmaker's
+	// device approval is off): removal is the gate.
+	Ungated bool `json:"ungated,omitempty"`
 }
 
 // RegionLatency is one cell of the latency matrix: probes from nodes and

@@ -44,9 +44,9 @@ agent restarts; either way 'wg show' works.`,
 				return err
 			}
 			switch cfg.Role {
-			case "node", "operator", "gateway":
+			case "node", "operator", "gateway", netmap.RoleHost:
 			default:
-				return usagef("--role %q: use node, operator or gateway", cfg.Role)
+				return usagef("--role %q: use node, operator, gateway, or host (with --attest-only)", cfg.Role)
 			}
 			switch cfg.WireGuard {
 			case wg.ModeAuto, wg.ModeKernel, wg.ModeUserspace:

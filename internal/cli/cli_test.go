@@ -301,3 +301,16 @@ func TestRenderAllIsStable(t *testing.T) {
 		t.Errorf("the removed cluster's directory is still there: %v", err)
 	}
 }
+
+// TestAgentRoleHostWithAttestOnly: --help offers --role host with
+// --attest-only; it was refused (issue 17, item 6).
+func TestAgentRoleHostWithAttestOnly(t *testing.T) {
+	dir := t.TempDir()
+	r := run(t, "", "agent", "--attest-only", "--role", "host", "--data-dir", dir, "--wireguard-key-from", "sm-no-such-if0", "--controller", "https://127.0.0.1:1")
+	if strings.Contains(r.stderr, "--role") {
+		t.Errorf("--attest-only --role host refused: %s", r.stderr)
+	}
+	if r := run(t, "", "agent", "--role", "host", "--data-dir", dir); r.code == 0 || !strings.Contains(r.stderr, "go together") {
+		t.Errorf("--role host without --attest-only: %+v", r)
+	}
+}

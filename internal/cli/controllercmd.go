@@ -120,7 +120,7 @@ DATA-DIR/admin.json (mode 0600) for the CLI:
 	fl.StringVar(&f.metricsListen, "metrics-listen", "127.0.0.1:9464", "serve Prometheus metrics on this address at /metrics (\"\" to turn off; :9464 for every interface, for a scraper on another host)")
 	fl.StringVar(&f.tpm, "tpm", "none", "the controller's own TPM (/dev/tpmrm0, swtpm://HOST:PORT, unix:PATH, mssim://HOST:PORT): agents with --controller-attestation attest it (mutual aTLS); none: no TPM")
 	fl.StringVar(&f.netmakerURL, "netmaker-url", "", "keep this Netmaker server in line with the mesh (docs/netmaker.md)")
-	fl.StringVar(&f.netmakerTokenFile, "netmaker-token-file", "", "file with Netmaker's master key or an access token (default $STATEMESH_NETMAKER_TOKEN); never logged")
+	fl.StringVar(&f.netmakerTokenFile, "netmaker-token-file", "", "file with a super-admin user's Netmaker access token (needed on Netmaker Pro: the master key cannot create tags or ACL policies) or, on the community edition, the master key (default $STATEMESH_NETMAKER_TOKEN); never logged")
 	fl.StringArrayVar(&f.netmakerNetworks, "netmaker-network", nil, "REGION=NETWORK:CIDR: the Netmaker network of a region and its address range (repeat per region)")
 	fl.DurationVar(&f.netmakerEvery, "netmaker-interval", 10*time.Second, "how often to reconcile Netmaker (and at once after a node is quarantined or removed)")
 	fl.DurationVar(&f.netmakerKeyTTL, "netmaker-key-ttl", 0, "make the clusters' Netmaker enrollment keys expire after this long, replaced by new ones once less than a fifth is left (0: they do not expire)")
@@ -169,6 +169,19 @@ func runController(parent context.Context, e *env, f controllerFlags) error {
 	if err != nil {
 		return err
 	}
+	if nm != nil {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		cr, err := netmaker.CheckCredential(cctx, nm.Client)
+		cancel()
+		switch {
+		case errors.Is(err, netmaker.ErrUnavailable):
+			log.Warn("netmaker: the server cannot be reached to check the token; the passes retry", "err", err)
+		case err != nil:
+			return fmt.Errorf("--netmaker-url %s: %w", f.netmakerURL, err)
+		case cr.MasterKey:
+			log.Info("netmaker: using the master key on a community server: admission and removal only (no tags or tag-based ACL policies there)")
+		}
+	}
 	var selfTPM controller.TPM
 	if f.tpm != "" && f.tpm != tpm.None {
 		d := &attest.Device{URL: f.tpm}
@@ -187,13 +200,16 @@ func runController(parent context.Context, e *env, f controllerFlags) error {
 	if err != nil {
 		return err
 	}
-	adminToken, err := c.Bootstrap(ctx, "statemesh")
-	if err != nil {
-		return err
-	}
+	// Bind before the store gets its admin credential: a start that cannot
+	// listen must not leave a store whose admin token no admin.json holds.
 	l, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", f.listen, err)
+	}
+	defer l.Close()
+	adminToken, err := c.Bootstrap(ctx, "statemesh")
+	if err != nil {
+		return err
 	}
 	advertise := f.advertise
 	if advertise == "" {

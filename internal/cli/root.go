@@ -88,6 +88,7 @@ Start with:  statemesh validate -f mesh.yaml
 		newWireGuardGoCmd(e),
 		newLabCmd(e),
 		newSecretsCmd(e),
+		newNetmakerCmd(e),
 	)
 	var setArgs func(c *cobra.Command)
 	setArgs = func(c *cobra.Command) {

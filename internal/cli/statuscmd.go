@@ -99,6 +99,12 @@ func printStatus(w io.Writer, st api.Status) error {
 			state = "FAILING: " + b.Error
 		}
 		fmt.Fprintf(w, "BACKEND %-9s %s; last pass %s; hosts approved %d, rejected %d, removed %d\n", b.Name, state, b.LastSync.Format("15:04:05"), b.Approved, b.Rejected, b.Removed)
+		if b.Ungated || b.RemovedUnattested > 0 {
+			fmt.Fprintf(w, "  no device approval: hosts join at once; unattested hosts removed %d\n", b.RemovedUnattested)
+		}
+		if len(b.Unattested) > 0 {
+			fmt.Fprintf(w, "  UNATTESTED (left in place) %s\n", strings.Join(b.Unattested, ", "))
+		}
 	}
 	fmt.Fprintln(w)
 	if len(st.Latency) > 0 {

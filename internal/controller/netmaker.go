@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/netmaker"
 	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/store"
 	"github.com/statemesh/statemesh/internal/topology"
 )
 
@@ -35,11 +37,101 @@ type NetmakerConfig struct {
 // over when it is quarantined or removed.
 const NetmakerGatewayLabel = "netmaker-gateway"
 
-// netmakerState is what the loop remembers and reports.
+// netmakerState is what the loop remembers and reports. seen and gone
+// are kept in the store (prefixNetmaker) so that a restarted controller
+// still removes the hosts of nodes dropped before it restarted.
 type netmakerState struct {
 	seen   map[string]string    // public key → node, of attested nodes seen
 	gone   map[string]time.Time // public key → when StateMesh dropped it
 	status api.BackendStatus
+
+	// saved is what the store holds (key → record), to write changes only.
+	saved map[string]netmakerDecision
+}
+
+// netmakerDecision is one host's record in the store: the node that owns
+// the key and, once StateMesh dropped it, when.
+type netmakerDecision struct {
+	Node string    `json:"node"`
+	Gone time.Time `json:"gone,omitzero"`
+}
+
+// prefixNetmaker holds netmakerDecisions by public key (base64url, so the
+// key has no slash).
+const prefixNetmaker = "netmaker/hosts/"
+
+func netmakerStoreKey(pub string) string {
+	b, err := base64.StdEncoding.DecodeString(pub)
+	if err != nil {
+		return prefixNetmaker + base64.RawURLEncoding.EncodeToString([]byte(pub))
+	}
+	return prefixNetmaker + base64.RawURLEncoding.EncodeToString(b)
+}
+
+// loadNetmakerState reads the decisions a previous controller kept.
+func (c *Controller) loadNetmakerState(ctx context.Context) (*netmakerState, error) {
+	st := &netmakerState{seen: map[string]string{}, gone: map[string]time.Time{}, saved: map[string]netmakerDecision{}}
+	kvs, _, err := c.cfg.Store.List(ctx, prefixNetmaker)
+	if err != nil {
+		return st, err
+	}
+	for _, kv := range kvs {
+		raw, err := base64.RawURLEncoding.DecodeString(strings.TrimPrefix(kv.Key, prefixNetmaker))
+		if err != nil {
+			continue
+		}
+		d, err := decode[netmakerDecision](kv.Value)
+		if err != nil || d.Node == "" {
+			continue
+		}
+		pub := base64.StdEncoding.EncodeToString(raw)
+		st.seen[pub] = d.Node
+		if !d.Gone.IsZero() {
+			st.gone[pub] = d.Gone
+		}
+		st.saved[pub] = d
+	}
+	return st, nil
+}
+
+// saveNetmakerState writes the decisions that changed since the last save.
+func (c *Controller) saveNetmakerState(ctx context.Context, st *netmakerState) error {
+	want := map[string]netmakerDecision{}
+	for k, node := range st.seen {
+		want[k] = netmakerDecision{Node: node, Gone: st.gone[k]}
+	}
+	var put, del []string
+	for k, d := range want {
+		if old, ok := st.saved[k]; !ok || old.Node != d.Node || !old.Gone.Equal(d.Gone) {
+			put = append(put, k)
+		}
+	}
+	for k := range st.saved {
+		if _, ok := want[k]; !ok {
+			del = append(del, k)
+		}
+	}
+	if len(put)+len(del) == 0 {
+		return nil
+	}
+	_, err := c.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		for _, k := range put {
+			if err := tx.Put(netmakerStoreKey(k), encode(want[k])); err != nil {
+				return err
+			}
+		}
+		for _, k := range del {
+			if err := tx.Delete(netmakerStoreKey(k)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("keeping the Netmaker removal decisions in the store: %w", err)
+	}
+	st.saved = want
+	return nil
 }
 
 // netmakerLoop reconciles the Netmaker server every interval and right
@@ -51,18 +143,39 @@ func (c *Controller) netmakerLoop(ctx context.Context) {
 		every = 10 * time.Second
 	}
 	r := &netmaker.Reconciler{C: cfg.Client, Now: c.cfg.Now, Log: c.log.With("backend", "netmaker")}
-	st := &netmakerState{seen: map[string]string{}, gone: map[string]time.Time{}}
+	st, err := c.loadNetmakerState(ctx)
+	for err != nil {
+		// Without the decisions kept, hosts dropped before a restart
+		// would stay: no pass runs until they are read.
+		c.log.Warn("netmaker: reading the removal decisions from the store", "err", err)
+		c.recordNetmaker(st, netmaker.Report{}, fmt.Errorf("reading the removal decisions from the store: %w", err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+		st, err = c.loadNetmakerState(ctx)
+	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		d, policyErr, err := c.netmakerDesired(st)
+		var saveErr error
+		if err == nil {
+			// Kept before Netmaker is touched, so a restart does not
+			// forget a decision; a store that fails is reported, and
+			// the removal goes on from memory.
+			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			saveErr = c.saveNetmakerState(sctx, st)
+			cancel()
+		}
 		var rep netmaker.Report
 		if err == nil {
 			pctx, cancel := context.WithTimeout(ctx, every+30*time.Second)
 			rep, err = r.Reconcile(pctx, d)
 			cancel()
 		}
-		c.recordNetmaker(st, rep, errors.Join(policyErr, err))
+		c.recordNetmaker(st, rep, errors.Join(policyErr, saveErr, err))
 		select {
 		case <-ctx.Done():
 			return
@@ -198,6 +311,21 @@ func (c *Controller) recordNetmaker(st *netmakerState, rep netmaker.Report, err 
 	s.Removed += len(rep.Removed)
 	for host, took := range rep.Removed {
 		c.log.Info("netmaker host removed", "host", host, "after", took.Round(time.Millisecond))
+	}
+	for _, rm := range rep.Removals {
+		if rm.Unattested {
+			s.RemovedUnattested++
+			c.metrics.netmakerUnattested.WithLabelValues("removed").Inc()
+			c.log.Warn("netmaker host removed: no attested node owns it and it joined without approval", "host", rm.Host, "network", rm.Network)
+		}
+	}
+	for _, u := range rep.Unattested {
+		if !slices.Contains(s.Unattested, u) { // once, not every pass
+			c.log.Warn("netmaker host left in place though no attested node owns it (admitted in Netmaker by someone else)", "host", u)
+		}
+	}
+	if err == nil || rep.Calls > 0 {
+		s.Unattested, s.Ungated = slices.Clone(rep.Unattested), rep.Ungated
 	}
 	c.mu.Lock()
 	c.backends = []api.BackendStatus{*s}

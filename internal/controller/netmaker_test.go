@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
@@ -103,5 +104,98 @@ func TestNetmakerDesiredFollowsTheRegistry(t *testing.T) {
 	d, policyErr, err = c.netmakerDesired(nst)
 	if err != nil || policyErr == nil || !strings.Contains(policyErr.Error(), "vault") || !d.SkipPolicy || len(d.Removed) != 3 {
 		t.Errorf("refused policy: err %v, policy %v, skip %v, removed %d", err, policyErr, d.SkipPolicy, len(d.Removed))
+	}
+}
+
+// TestNetmakerRemovalSurvivesRestart: which hosts StateMesh admitted and
+// dropped is kept in the store, so a controller restarted after a node's
+// quarantine (or before its removal from the registry) still has its
+// Netmaker host removed. Issue 17, item 5: it was kept in memory only.
+func TestNetmakerRemovalSurvivesRestart(t *testing.T) {
+	cl, err := netmaker.NewClient("http://127.0.0.1:1", "t", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, ctx := runSmall(t, Config{Netmaker: &NetmakerConfig{Client: cl, Every: time.Hour,
+		Networks: map[string]netmaker.NetworkSpec{"eu-central": {Name: "nm-eu", AddressRange: "10.201.0.0/16"}}}})
+	key := func() netmap.Key { k, _ := netmap.GeneratePrivateKey(); return k.PublicKey() }
+	a := &NodeRecord{Name: "host-a", Region: "eu-central", Cluster: "prod", Role: netmap.RoleHost, Class: netmap.ClassStrong, State: topology.StateActive, PublicKey: key()}
+	b := &NodeRecord{Name: "host-b", Region: "eu-central", Cluster: "prod", Role: netmap.RoleHost, Class: netmap.ClassStrong, State: topology.StateActive, PublicKey: key()}
+	set := func(rs ...*NodeRecord) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.nodes = map[string]*NodeRecord{}
+		for _, r := range rs {
+			c.nodes[r.Name] = r
+		}
+	}
+	set(a, b)
+	st, err := c.loadNetmakerState(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.netmakerDesired(st); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.saveNetmakerState(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	// The controller restarts; meanwhile host-a was quarantined and
+	// host-b removed from the registry.
+	qa := *a
+	qa.State = topology.StateQuarantined
+	set(&qa)
+	st2, err := c.loadNetmakerState(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _, err := c.netmakerDesired(st2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*NodeRecord{a, b} {
+		if _, ok := d.Removed[n.PublicKey.String()]; !ok {
+			t.Errorf("after a restart, %s's host is not removed from Netmaker (removed: %v)", n.Name, d.Removed)
+		}
+	}
+	if err := c.saveNetmakerState(ctx, st2); err != nil {
+		t.Fatal(err)
+	}
+	// And the drop time is kept: a second restart reports the same.
+	st3, _ := c.loadNetmakerState(ctx)
+	d3, _, _ := c.netmakerDesired(st3)
+	for k, at := range d.Removed {
+		if !d3.Removed[k].Equal(at) {
+			t.Errorf("drop time of %s: %v, then %v after another restart", k, at, d3.Removed[k])
+		}
+	}
+}
+
+// TestNetmakerUnattestedHostsAreReported: hosts removed because no
+// attested node owns them, and unattested members left in place, reach
+// the status (statemesh status, doctor) and the metric (issue 17, item 6:
+// they were reported nowhere).
+func TestNetmakerUnattestedHostsAreReported(t *testing.T) {
+	cl, err := netmaker.NewClient("http://127.0.0.1:1", "t", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := runSmall(t, Config{Netmaker: &NetmakerConfig{Client: cl, Every: time.Hour,
+		Networks: map[string]netmaker.NetworkSpec{"eu-central": {Name: "nm-eu", AddressRange: "10.201.0.0/16"}}}})
+	st := &netmakerState{seen: map[string]string{}, gone: map[string]time.Time{}}
+	rep := netmaker.Report{Ungated: true, Calls: 9, Unattested: []string{"laptop in nm-eu"},
+		Removals: []netmaker.Removal{{Host: "intruder", Network: "nm-eu", Unattested: true}}}
+	c.recordNetmaker(st, rep, nil)
+	c.recordNetmaker(st, rep, nil)
+	c.mu.RLock()
+	b := c.backendsLocked()
+	c.mu.RUnlock()
+	if len(b) != 1 || b[0].RemovedUnattested != 2 || !b[0].Ungated || !slices.Equal(b[0].Unattested, []string{"laptop in nm-eu"}) {
+		t.Errorf("backend status: %+v", b)
+	}
+	rec := httptest.NewRecorder()
+	c.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if want := `statemesh_netmaker_unattested_hosts_total{outcome="removed"} 2`; !strings.Contains(rec.Body.String(), want) {
+		t.Errorf("metrics lack %s", want)
 	}
 }

@@ -281,3 +281,15 @@ func TestIssue15PathMTUOverIPv6(t *testing.T) {
 		t.Errorf("IPv4 endpoints planned as IPv6: %+v", f)
 	}
 }
+
+// TestRunningUnattestedBackendHosts: Netmaker hosts no attested node owns
+// are reported (issue 17, item 6: they were reported nowhere).
+func TestRunningUnattestedBackendHosts(t *testing.T) {
+	l := Live{Status: api.Status{Backends: []api.BackendStatus{{Name: "netmaker", Healthy: true, Unattested: []string{"laptop-7 in nm-eu"}, RemovedUnattested: 2, Ungated: true}}}}
+	if fs := find(Running(l), "backend-unattested"); len(fs) != 1 || !strings.Contains(fs[0].Subject, "laptop-7 in nm-eu") {
+		t.Errorf("unattested member: %+v", fs)
+	}
+	if fs := find(Running(l), "backend-unattested-removed"); len(fs) != 1 || !strings.Contains(fs[0].Evidence, "2 hosts") {
+		t.Errorf("unattested removals: %+v", fs)
+	}
+}

@@ -39,6 +39,20 @@ func Running(l Live) []Finding {
 	out = append(out, underlayFamily(l)...)
 	out = append(out, unreachable(l.Paths)...)
 	out = append(out, gateways(l)...)
+	for _, b := range l.Status.Backends {
+		if len(b.Unattested) > 0 {
+			out = append(out, Finding{Severity: Warning, Check: "backend-unattested", Subject: b.Name + ": " + strings.Join(b.Unattested, ", "),
+				Reason:   "these hosts are members of StateMesh's networks in " + b.Name + " but no attested StateMesh node owns their WireGuard key: they were admitted outside StateMesh",
+				Evidence: fmt.Sprintf("%d unattested members in the last pass", len(b.Unattested)),
+				Fix:      "run statemesh agent --attest-only --role host on them, or remove them in " + b.Name})
+		}
+		if b.RemovedUnattested > 0 {
+			out = append(out, Finding{Severity: Warning, Check: "backend-unattested-removed", Subject: b.Name,
+				Reason:   "hosts joined with a StateMesh key without being attested and were removed (device approval is off, so they got in until the next pass)",
+				Evidence: fmt.Sprintf("%d hosts removed since the controller started (statemesh_netmaker_unattested_hosts_total)", b.RemovedUnattested),
+				Fix:      "attest hosts before netclient joins; if these were not yours, rotate the cluster's enrollment key"})
+		}
+	}
 	if len(l.Status.StalePeers) > 0 {
 		out = append(out, Finding{Severity: Warning, Check: "stale-handshakes", Subject: strings.Join(l.Status.StalePeers, ", "),
 			Reason:   "these nodes have keepalive peers whose last WireGuard handshake is over 3 minutes old: traffic to those peers is not flowing",

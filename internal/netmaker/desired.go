@@ -122,9 +122,15 @@ type Report struct {
 	// Gateways maps a network to its gateway host's name.
 	Gateways map[string]string
 	// Unattested lists "HOST in NETWORK" for members of StateMesh's
-	// networks that no attested node owns (left alone: not StateMesh's
-	// to remove unless quarantined, removed or refused).
+	// networks that no attested node owns and that stay: on a server
+	// with device approval an operator admitted them (not StateMesh's to
+	// remove unless quarantined, removed or refused). Without device
+	// approval such hosts of networks StateMesh created are removed
+	// instead (Removals with Unattested set).
 	Unattested []string
+	// Ungated: the server's device approval is off (the community
+	// edition): hosts join without approval and removal is the gate.
+	Ungated bool
 	// Notes are things left alone or only approximated.
 	Notes []string
 	// Calls is the number of HTTP attempts; Took the pass's duration.
@@ -149,6 +155,9 @@ type Removal struct {
 	// Since is the time from Desired.Removed[PublicKey] to the removal
 	// (zero for refused keys, which carry no time).
 	Since time.Duration
+	// Unattested: removed because no attested node owns the key and the
+	// host joined without approval (device approval off).
+	Unattested bool
 }
 
 // validate checks what Netmaker would refuse or StateMesh could not

@@ -12,8 +12,9 @@ import (
 
 // Detach removes what StateMesh created in Netmaker and nothing else:
 // in every network its gateway roles, ACL policies and tags; its
-// enrollment keys; then its networks. Netmaker refuses to delete a
-// network that still has hosts; such a network is kept, Netmaker's
+// enrollment keys; then its networks, only when empty (Netmaker would
+// delete one with hosts by taking them all out); a network that still
+// has hosts is kept, Netmaker's
 // default allow-all policy is turned back on in it, and the error says
 // so. Hosts, and everything unmarked, are left as they are.
 func (r *Reconciler) Detach(ctx context.Context) (Report, error) {
@@ -53,12 +54,21 @@ func (r *Reconciler) Detach(ctx context.Context) (Report, error) {
 		if p.down || !ourNetwork(n) {
 			continue
 		}
-		err := r.C.DeleteNetwork(ctx, n.NetID)
+		// Netmaker v1.5.1 does not refuse to delete a network with
+		// hosts: it takes every host out of it. StateMesh asks only for
+		// an empty one.
+		hosts, err := liveNodes(ctx, r.C, n.NetID)
+		if err == nil && hosts > 0 {
+			err = fmt.Errorf("it still has %d hosts, and deleting it would take them all out", hosts)
+		}
+		if err == nil {
+			err = r.C.DeleteNetwork(ctx, n.NetID)
+		}
 		if err == nil {
 			p.write("delete network "+n.NetID, nil)
 			continue
 		}
-		p.fail(fmt.Errorf("network %s kept (Netmaker refuses to delete it while it has hosts: take them out, then delete it): %w", n.NetID, err))
+		p.fail(fmt.Errorf("network %s kept (take its hosts out, then detach again or delete it in Netmaker): %w", n.NetID, err))
 		if acls, err := r.C.ACLs(ctx, n.NetID); err == nil {
 			if i := slices.IndexFunc(acls, func(a ACL) bool { return a.Default && a.ID == defaultPolicyID(n.NetID) }); i >= 0 && !acls[i].Enabled {
 				a := acls[i]
@@ -68,6 +78,21 @@ func (r *Reconciler) Detach(ctx context.Context) (Report, error) {
 		}
 	}
 	return report(), errors.Join(p.errs...)
+}
+
+// liveNodes counts a network's nodes not already being deleted.
+func liveNodes(ctx context.Context, c *Client, network string) (int, error) {
+	nodes, err := c.Nodes(ctx, network)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, node := range nodes {
+		if !node.PendingDelete {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // detachNetwork removes StateMesh's gateway roles, ACL policies and tags

@@ -24,7 +24,8 @@
 // marks (marks.go). Everything else in the Netmaker server is read, used
 // where the caller maps to it, and reported, never modified.
 //
-// The contract is ../shared/netmaker/swagger.yaml; package contract
+// The contract is Netmaker's swagger.yaml, kept as test data in
+// contract/testdata (source commit and licence in SOURCE.md); package contract
 // checks requests against it and package nmtest is a contract-checking
 // Netmaker for tests. docs/netmaker.md is the operator's guide.
 package netmaker

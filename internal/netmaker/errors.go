@@ -23,11 +23,18 @@ var (
 	// MTU). StateMesh reports it and leaves the object alone.
 	ErrDrift = errors.New("cannot be changed through the Netmaker API")
 
-	// ErrUngated: hosts can join a network without waiting as pending
-	// hosts (device approval is off on the server, or a network StateMesh
-	// did not create has auto_join on), so admission is not gated on
-	// attestation there.
+	// ErrUngated: hosts can join a network StateMesh did not create
+	// without waiting as pending hosts (it has auto_join on), so admission
+	// is not gated on attestation there. (Device approval off on the
+	// server is not an error: in StateMesh's own networks unattested
+	// members are then removed each pass.)
 	ErrUngated = errors.New("admission is not gated on attestation")
+
+	// ErrCredential: the server could not find the calling user. Netmaker
+	// looks up the caller to create ACL policies and tags, and the master
+	// key's user (masteradministrator) is not in its database: those
+	// calls need a super-admin user's access token.
+	ErrCredential = errors.New("the Netmaker credential cannot do this: give a super-admin user's access token, not the master key (docs/netmaker.md)")
 
 	// ErrNotMarked: an object StateMesh would create exists without its
 	// mark (created by someone else); StateMesh leaves it alone.

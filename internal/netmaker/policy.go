@@ -52,7 +52,14 @@ func (p *pass) createTags(ctx context.Context) {
 		if err != nil {
 			var ae *APIError
 			if errors.As(err, &ae) && ae.Status == http.StatusNotFound {
-				err = fmt.Errorf("%w (tags and tag-based ACL policies are Netmaker Pro features)", err)
+				p.noTags = true
+				if !p.d.SkipPolicy && !slices.ContainsFunc(p.d.ACLs, func(a ACL) bool { return a.NetworkID == net && usesTags(a) }) {
+					// Nothing of the policy needs tags here: the
+					// cluster tags only group hosts.
+					p.note("network %s: no tags API on the Netmaker server (community edition): hosts are not tagged", net)
+					continue
+				}
+				err = fmt.Errorf("%w (tags and tag-based ACL policies are Netmaker Pro features: the policy's segments cannot be enforced in %s)", err, net)
 			}
 			p.fail(err)
 			continue
@@ -73,7 +80,7 @@ func (p *pass) createTags(ctx context.Context) {
 				continue
 			}
 			t, err := p.r.C.CreateTag(ctx, TagRequest{Name: name, Network: net, ColorCode: TagColor})
-			if p.write(fmt.Sprintf("create tag %s in %s", name, net), err) {
+			if p.write(fmt.Sprintf("create tag %s in %s", name, net), credential(err)) {
 				if t.Name == "" {
 					t = Tag{ID: TagID(net, name), Name: name, Network: net}
 				}
@@ -115,6 +122,9 @@ func (p *pass) acls(ctx context.Context) {
 			}
 		}
 		slices.SortFunc(want, func(a, b ACL) int { return strings.Compare(a.Name, b.Name) })
+		// inPlace: every wanted policy is there as wanted; only then may
+		// the allow-all default go (else the network denies everything).
+		inPlace := true
 		for _, w := range want {
 			if p.down {
 				return
@@ -123,12 +133,17 @@ func (p *pass) acls(ctx context.Context) {
 			delete(ours, w.Name)
 			slices.SortFunc(got, func(a, b ACL) int { return strings.Compare(a.ID, b.ID) })
 			switch {
+			case len(got) == 0 && p.noTags && usesTags(w):
+				// The community edition has no tags and refuses tag
+				// policies ("invalid policy"): not asked on every pass.
+				inPlace = false
+				p.note("ACL policy %s in %s not created: it names tags, which this Netmaker server does not have", w.Name, net)
 			case len(got) == 0:
 				_, err := p.r.C.CreateACL(ctx, w)
-				p.write(fmt.Sprintf("create ACL policy %s in %s", w.Name, net), err)
+				inPlace = p.write(fmt.Sprintf("create ACL policy %s in %s", w.Name, net), credential(err)) && inPlace
 			case !sameACL(got[0], w):
 				w.ID = got[0].ID
-				p.write(fmt.Sprintf("update ACL policy %s in %s", w.Name, net), p.r.C.UpdateACL(ctx, w))
+				inPlace = p.write(fmt.Sprintf("update ACL policy %s in %s", w.Name, net), credential(p.r.C.UpdateACL(ctx, w))) && inPlace
 			}
 			for _, dup := range got[min(1, len(got)):] {
 				p.write(fmt.Sprintf("delete duplicate ACL policy %s (%s) in %s", dup.Name, dup.ID, net), p.r.C.DeleteACL(ctx, dup.ID))
@@ -141,6 +156,12 @@ func (p *pass) acls(ctx context.Context) {
 				}
 				p.write(fmt.Sprintf("delete ACL policy %s in %s (no longer in the policy)", name, net), p.r.C.DeleteACL(ctx, a.ID))
 			}
+		}
+		if !inPlace {
+			if i := slices.IndexFunc(have, func(a ACL) bool { return a.Default && a.ID == defaultPolicyID(net) }); i >= 0 && have[i].Enabled {
+				p.note("network %s: Netmaker's default allow-all policy left on: StateMesh's policies are not all in place (see the errors)", net)
+			}
+			continue
 		}
 		p.defaultPolicy(ctx, net, have)
 	}
@@ -160,6 +181,11 @@ func (p *pass) defaultPolicy(ctx context.Context, net string, have []ACL) {
 	a := have[i]
 	a.Enabled = false
 	p.write(fmt.Sprintf("disable Netmaker's default allow-all policy %s (StateMesh's policy replaces it)", a.ID), p.r.C.UpdateACL(ctx, a))
+}
+
+// usesTags: the policy names a tag other than "*" (all nodes).
+func usesTags(a ACL) bool {
+	return slices.ContainsFunc(append(slices.Clone(a.Src), a.Dst...), func(t ACLTag) bool { return t.ID == "tag" && t.Value != "*" })
 }
 
 func sameACL(a, b ACL) bool {

@@ -29,6 +29,10 @@ type Reconciler struct {
 	// firstSeen: pending host ID → when a pass first saw it, for hosts
 	// whose requested_at cannot be read.
 	firstSeen map[string]time.Time
+	// forced: networks whose auto_join the server kept on after StateMesh
+	// asked for it off (a server without device approval forces it on);
+	// asked once, not on every pass.
+	forced map[string]bool
 }
 
 // pass is one reconciliation: the desired state, what was read from
@@ -51,6 +55,15 @@ type pass struct {
 
 	errs []error
 	down bool // Netmaker unavailable: stop the pass
+
+	// ungated: the server's device approval is off (as on the community
+	// edition): hosts join StateMesh's networks at once, never pending.
+	ungated bool
+	// autoJoin: networks hosts join without approval (after the networks
+	// step).
+	autoJoin map[string]bool
+	// noTags: the server has no tags API (the community edition).
+	noTags bool
 }
 
 // Reconcile makes one pass towards d and reports what it did. Steps that
@@ -107,7 +120,8 @@ func (r *Reconciler) newPass(d Desired) *pass {
 	return &pass{r: r, d: d, now: now,
 		rep:  &Report{Removed: map[string]time.Duration{}, Keys: map[string]Token{}, Gateways: map[string]string{}},
 		nets: map[string]Network{}, hosts: map[string]Host{}, byKey: map[string]Host{},
-		nodes: map[string][]Node{}, tags: map[string]map[string]Tag{}, want: map[string]map[string]bool{}}
+		nodes: map[string][]Node{}, tags: map[string]map[string]Tag{}, want: map[string]map[string]bool{},
+		autoJoin: map[string]bool{}}
 }
 
 func (r *Reconciler) passContext(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -143,7 +157,9 @@ func (p *pass) note(format string, args ...any) {
 	p.rep.Notes = append(p.rep.Notes, fmt.Sprintf(format, args...))
 }
 
-// server checks that the server holds new hosts for approval at all.
+// server reads whether the server holds new hosts for approval at all.
+// Without device approval (the community edition) hosts join at once:
+// admission is then enforced by removal (members), not by approval.
 func (p *pass) server(ctx context.Context) {
 	ff, err := p.r.C.FeatureFlags(ctx)
 	if err != nil {
@@ -151,13 +167,14 @@ func (p *pass) server(ctx context.Context) {
 		return
 	}
 	if !ff.DeviceApproval {
-		p.fail(fmt.Errorf("%w: device approval is off on the Netmaker server (enable_device_approval): hosts join networks without waiting as pending hosts", ErrUngated))
+		p.ungated = true
+		p.rep.Ungated = true
+		p.note("device approval is off on the Netmaker server (enable_device_approval; always off on the community edition): hosts join StateMesh's networks at once, and StateMesh removes those no attested node owns within a pass")
 	}
 }
 
 // networks creates the wanted networks, checks the ones there, and deletes
-// StateMesh's networks no longer wanted (Netmaker refuses while they have
-// hosts).
+// StateMesh's networks no longer wanted once they are empty.
 func (p *pass) networks(ctx context.Context) {
 	have, err := p.r.C.Networks(ctx)
 	if err != nil {
@@ -199,19 +216,39 @@ func (p *pass) networks(ctx context.Context) {
 				p.fail(fmt.Errorf("%w: network %s has %s, MTU %d; want %s, MTU %d: Netmaker's update does not change either: map the region back, or empty the network and delete it in Netmaker (StateMesh then recreates it)",
 					ErrDrift, s.Name, got, n.DefaultMTU, s.AddressRange, s.MTU))
 			}
-			if n.AutoJoin {
+			switch {
+			case !n.AutoJoin:
+			case p.ungated || p.r.forced[s.Name]:
+				// The server forces auto_join on without device
+				// approval: asking again would only make it push a peer
+				// update to every host.
+				p.autoJoin[s.Name] = true
+			default:
 				n.AutoJoin = false
 				updated, err := p.r.C.UpdateNetwork(ctx, n)
-				if p.write("hold new hosts for approval in network "+s.Name+" (auto_join off)", err) && updated.NetID != "" {
+				if !p.write("hold new hosts for approval in network "+s.Name+" (auto_join off)", err) {
+					p.autoJoin[s.Name] = true
+					break
+				}
+				if updated.NetID != "" {
 					p.nets[s.Name] = updated
+					if updated.AutoJoin {
+						p.autoJoin[s.Name] = true
+						p.r.setForced(s.Name)
+						p.note("network %s: the server kept auto_join on (device approval off): not asked again", s.Name)
+					}
 				}
 			}
 		default:
 			p.nets[s.Name] = n
 			p.note("network %s was not created by StateMesh: used as it is (%s)", s.Name, networkRange(n))
 			if n.AutoJoin {
+				p.autoJoin[s.Name] = true
 				p.fail(fmt.Errorf("%w: network %s (not created by StateMesh) has auto_join on: hosts join it without approval; turn it off in Netmaker", ErrUngated, s.Name))
 			}
+		}
+		if !ok && p.ungated {
+			p.autoJoin[s.Name] = true
 		}
 	}
 	p.names = sortedKeys(p.nets)
@@ -220,9 +257,26 @@ func (p *pass) networks(ctx context.Context) {
 			return
 		}
 		if ourNetwork(n) && !wanted[n.NetID] {
-			p.write("delete network "+n.NetID+" (no longer mapped)", p.r.C.DeleteNetwork(ctx, n.NetID))
+			// Netmaker v1.5.1 deletes a network with hosts by taking
+			// them all out: only an empty one is deleted.
+			hosts, err := liveNodes(ctx, p.r.C, n.NetID)
+			switch {
+			case err != nil:
+				p.fail(err)
+			case hosts > 0:
+				p.fail(fmt.Errorf("network %s is no longer mapped but still has %d hosts: kept (deleting it would take them all out); take them out and StateMesh deletes it", n.NetID, hosts))
+			default:
+				p.write("delete network "+n.NetID+" (no longer mapped)", p.r.C.DeleteNetwork(ctx, n.NetID))
+			}
 		}
 	}
+}
+
+func (r *Reconciler) setForced(net string) {
+	if r.forced == nil {
+		r.forced = map[string]bool{}
+	}
+	r.forced[net] = true
 }
 
 func networkRange(n Network) string {

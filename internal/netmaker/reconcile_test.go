@@ -21,7 +21,7 @@ import (
 var modes = []struct {
 	name string
 	opts nmtest.Options
-}{{"swagger", nmtest.Options{}}, {"real-server-quirks", nmtest.Options{Quirks: true}}}
+}{{"swagger", nmtest.Options{Swagger: true}}, {"real-server", nmtest.Options{}}}
 
 func TestReconcileCreatesTheDesiredState(t *testing.T) {
 	for _, mode := range modes {
@@ -626,10 +626,20 @@ func TestDriftNetmakerCannotFixIsReported(t *testing.T) {
 func TestServerWithoutGatingOrTags(t *testing.T) {
 	t.Run("device approval off", func(t *testing.T) {
 		e := newEnv(t, nmtest.Options{NoDeviceApproval: true})
-		_, err := e.r.Reconcile(context.Background(), e.d)
-		if !errors.Is(err, netmaker.ErrUngated) {
-			t.Errorf("want ErrUngated, got %v", err)
+		rep, err := e.r.Reconcile(context.Background(), e.d)
+		if err != nil || !rep.Ungated {
+			t.Errorf("want a pass without errors that reports the server ungated, got %v (ungated %v)", err, rep.Ungated)
 		}
+	})
+	t.Run("community edition without a policy", func(t *testing.T) {
+		// Nothing needs tags: the passes are clean, the server ungated.
+		e := newEnv(t, nmtest.Options{CE: true})
+		e.setPolicy("")
+		rep := e.reconcile()
+		if !rep.Ungated {
+			t.Error("not reported ungated")
+		}
+		e.converged()
 	})
 	t.Run("community server", func(t *testing.T) {
 		e := newEnv(t, nmtest.Options{NoPro: true})
@@ -645,6 +655,159 @@ func TestServerWithoutGatingOrTags(t *testing.T) {
 			t.Errorf("web-1 not admitted without tags: %v", got)
 		}
 	})
+}
+
+// TestCapitalisedEnvelopeIsRead: the real server wraps pending hosts, ACLs,
+// tags and feature flags in models.SuccessResponse, whose fields have no
+// json tags ({"Code":…,"Message":…,"Response":…}). Issue 17, item 1: the
+// client read only a lowercase "response", every pass failed to decode
+// the pending hosts and ACLs, and device approval read as off.
+func TestCapitalisedEnvelopeIsRead(t *testing.T) {
+	e := newEnv(t, nmtest.Options{})
+	ff, err := e.c.FeatureFlags(context.Background())
+	if err != nil || !ff.DeviceApproval {
+		t.Errorf("feature flags: %+v, %v (device approval is on)", ff, err)
+	}
+	rep := e.reconcile() // fails on any decoding error
+	if rep.Ungated {
+		t.Error("a server with device approval on reported as ungated")
+	}
+	ids := e.join("web-1", "eu/prod", rep)
+	e.join("stranger", "eu/prod", rep)
+	e.attest("web-1", "eu/prod")
+	rep = e.reconcile()
+	if !cmp.Equal(rep.Approved, ids) {
+		t.Errorf("approved %v, want %v", rep.Approved, ids)
+	}
+	acls, err := e.c.ACLs(context.Background(), "nm-eu")
+	if err != nil || len(acls) == 0 {
+		t.Errorf("ACLs: %d, %v", len(acls), err)
+	}
+	e.noViolations()
+}
+
+// TestCommunityEdition: without device approval the server forces
+// auto_join on and hosts join at once. Issue 17, item 2: StateMesh asked
+// for auto_join off on every pass (each write makes Netmaker push a peer
+// update to every host); zero trust must hold by removal instead: an
+// unattested host that joined with a StateMesh key is removed within one
+// pass and reported, an attested one stays. Item 4: the policies cannot be
+// created there (no tags), so the allow-all default stays on.
+func TestCommunityEdition(t *testing.T) {
+	e := newEnv(t, nmtest.Options{CE: true})
+	ctx := context.Background()
+	rep, _ := e.r.Reconcile(ctx, e.d)
+	if len(rep.Keys) != 3 {
+		t.Fatalf("keys: %v", rep.Keys)
+	}
+	putsBefore := 0
+	for _, c := range e.nm.Calls() {
+		if c.Method == "PUT" && strings.HasPrefix(c.Path, "/api/networks/") {
+			putsBefore++
+		}
+	}
+	for range 5 {
+		e.r.Reconcile(ctx, e.d)
+	}
+	puts := 0
+	for _, c := range e.nm.Calls() {
+		if c.Method == "PUT" && strings.HasPrefix(c.Path, "/api/networks/") {
+			puts++
+		}
+	}
+	if puts != 0 {
+		t.Errorf("%d network updates (auto_join) on a server that forces it on; want none", puts)
+	}
+	e.attest("web-1", "eu/prod")
+	e.join("web-1", "eu/prod", rep)
+	e.join("intruder", "eu/prod", rep)
+	if got := e.nm.HostNetworks("intruder"); len(got) != 1 {
+		t.Fatalf("the CE fake did not let the host join at once: %v", got)
+	}
+	rep, _ = e.r.Reconcile(ctx, e.d)
+	if got := e.nm.HostNetworks("intruder"); len(got) != 0 {
+		t.Errorf("an unattested host that joined with StateMesh's key is still in %v after a pass", got)
+	}
+	if got := e.nm.HostNetworks("web-1"); len(got) != 1 {
+		t.Errorf("the attested host was removed: in %v", got)
+	}
+	var removed []string
+	for _, r := range rep.Removals {
+		if r.Unattested {
+			removed = append(removed, r.Host+" "+r.Network)
+		}
+	}
+	if !cmp.Equal(removed, []string{"intruder nm-eu"}) || !rep.Ungated {
+		t.Errorf("removals reported: %v (ungated %v)", removed, rep.Ungated)
+	}
+	e.nm.Do(func(m *nmtest.Model) {
+		for _, a := range m.NetworkACLs("nm-eu") {
+			if a.Default && a.Name == "All Nodes" && !a.Enabled {
+				t.Error("the allow-all default was disabled though StateMesh's policies could not be created: the network denies everything")
+			}
+		}
+	})
+	e.noViolations()
+}
+
+// TestDefaultPolicyStaysUntilTheReplacementIsInPlace: issue 17, item 4.
+func TestDefaultPolicyStaysUntilTheReplacementIsInPlace(t *testing.T) {
+	e := newEnv(t, nmtest.Options{})
+	e.nm.Inject(nmtest.Fault{Op: "POST /api/v1/acls", Status: 400, Times: 1})
+	_, err := e.r.Reconcile(context.Background(), e.d)
+	if err == nil {
+		t.Fatal("a failed ACL creation was not reported")
+	}
+	allowAll := func() bool {
+		on := false
+		e.nm.Do(func(m *nmtest.Model) {
+			for _, a := range m.NetworkACLs("nm-eu") {
+				if a.Default && a.Name == "All Nodes" {
+					on = a.Enabled
+				}
+			}
+		})
+		return on
+	}
+	if !allowAll() {
+		t.Error("the allow-all default of nm-eu was disabled though one of StateMesh's policies failed to be created")
+	}
+	e.converged()
+	if allowAll() {
+		t.Error("the allow-all default stays on once StateMesh's policies are all there")
+	}
+	e.noViolations()
+}
+
+// TestMasterKeyCannotWritePolicy: the server looks up the calling user to
+// create ACL policies and tags, and the master key's user is not in its
+// database (issue 17, item 3). The error says which credential to give,
+// admission goes on, and the allow-all default stays on.
+func TestMasterKeyCannotWritePolicy(t *testing.T) {
+	e := newEnv(t, nmtest.Options{})
+	c, err := netmaker.NewClient(e.nm.URL, nmtest.MasterKey, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !netmaker.IsMasterKey(nmtest.MasterKey) || netmaker.IsMasterKey(nmtest.AccessToken) {
+		t.Error("IsMasterKey cannot tell the master key from an access token")
+	}
+	e.r.C = c
+	rep, err := e.r.Reconcile(context.Background(), e.d)
+	if !errors.Is(err, netmaker.ErrCredential) || !strings.Contains(err.Error(), "super-admin") {
+		t.Errorf("want ErrCredential naming the token to give, got %v", err)
+	}
+	if len(rep.Keys) != 3 {
+		t.Errorf("keys: %v (admission goes on)", rep.Keys)
+	}
+	e.nm.Do(func(m *nmtest.Model) {
+		for _, a := range m.NetworkACLs("nm-eu") {
+			if a.Default && a.Name == "All Nodes" && !a.Enabled {
+				t.Error("the allow-all default was disabled without StateMesh's policies")
+			}
+		}
+	})
+	e.noViolations()
 }
 
 func TestInvalidDesiredStateIsRefusedBeforeAnyCall(t *testing.T) {

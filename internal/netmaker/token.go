@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 )
@@ -59,4 +60,24 @@ func LoadToken(file string) (Token, error) {
 		return "", errors.New("no Netmaker token: give a token file or set $" + TokenEnv)
 	}
 	return Token(s), nil
+}
+
+// credential names the master key's failure: Netmaker answers 400 "record
+// not found" when the calling user is not in its database, which for the
+// calls that look the caller up (creating ACL policies and tags) means
+// the master key was used.
+func credential(err error) error {
+	var ae *APIError
+	if errors.As(err, &ae) && ae.Status == http.StatusBadRequest && strings.Contains(ae.Message, "record not found") {
+		return fmt.Errorf("%w: %w", ErrCredential, err)
+	}
+	return err
+}
+
+// IsMasterKey tells a Netmaker master key from a user's access token:
+// access tokens are JWTs (three dot-separated base64url parts starting
+// with a JSON header); the master key is an opaque string.
+func IsMasterKey(token string) bool {
+	parts := strings.Split(token, ".")
+	return len(parts) != 3 || !strings.HasPrefix(parts[0], "eyJ")
 }

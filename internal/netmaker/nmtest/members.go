@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
@@ -28,7 +29,7 @@ func (m *Model) addPending(h *Host, network string, key *Key, at time.Time) stri
 		RequestedAt: at.UTC().Format(time.RFC3339Nano)}
 	if key != nil {
 		raw, _ := json.Marshal(key)
-		if m.opts.Quirks {
+		if !m.opts.Swagger {
 			p.EnrollmentKey = raw // the server sends the key's JSON object
 		} else {
 			// swagger.yaml: an array of integers (the bytes of the JSON)
@@ -91,6 +92,8 @@ func (m *Model) addNode(h *Host, network string, k *Key) *Node {
 	}
 	if k != nil {
 		for _, g := range k.Groups {
+			// The community edition too: it has no tags API, but its
+			// nodes carry the key's groups as tags.
 			n.Tags[g] = struct{}{}
 		}
 		if r := m.Nodes[k.Relay]; r != nil && r.IsGw && r.Network == network {
@@ -168,6 +171,9 @@ func (m *Model) removeHost(hostID, network string, force bool) answer {
 		} else {
 			n.PendingDelete = true // until the host acknowledges (never, here)
 		}
+		if !m.opts.Swagger {
+			return answer{http.StatusOK, emptyBody{}} // the real server: 200, no body, no content type
+		}
 		return ok("")
 	}
 	return fail(500, "host not part of the network "+network)
@@ -200,6 +206,9 @@ func (m *Model) createTag(body []byte) answer {
 	if err := json.Unmarshal(body, &req); err != nil {
 		return fail(400, err.Error())
 	}
+	if !m.callerKnown() {
+		return fail(400, "record not found")
+	}
 	if m.Networks[req.Network] == nil {
 		return fail(400, "failed to get network details for "+req.Network)
 	}
@@ -210,7 +219,7 @@ func (m *Model) createTag(body []byte) answer {
 	if !tagSyn.MatchString(req.TagName) {
 		return fail(400, "invalid name. allowed characters are [a-zA-Z-]")
 	}
-	t := &Tag{ID: id, TagName: req.TagName, Network: req.Network, ColorCode: req.ColorCode, CreatedBy: "master"}
+	t := &Tag{ID: id, TagName: req.TagName, Network: req.Network, ColorCode: req.ColorCode, CreatedBy: "superadmin"}
 	m.Tags[id] = t
 	for _, r := range req.TaggedNodes {
 		if n := m.Nodes[r.ID]; n != nil {
@@ -263,7 +272,7 @@ func (m *Model) deleteTag(id string) answer {
 	for _, k := range m.Keys {
 		k.Groups = slices.DeleteFunc(k.Groups, func(g string) bool { return g == id })
 	}
-	return ok(map[string]any{"code": 200, "message": "deleted tag " + t.TagName})
+	return m.success("deleted tag " + t.TagName)
 }
 
 func usesTag(ts []ACLTag, id string) bool {
@@ -292,6 +301,19 @@ func (m *Model) checkACL(a *ACL) error {
 	if m.Networks[a.NetworkID] == nil {
 		return errors.New("failed to get network details for " + a.NetworkID)
 	}
+	if m.opts.NoPro {
+		// The community edition's IsAclPolicyValid: no one-way flows;
+		// only "*", the gateways tag and nodes are valid sources and
+		// destinations.
+		if a.Direction == 0 {
+			return errors.New("uni traffic flow not allowed on CE")
+		}
+		for _, t := range append(slices.Clone(a.Src), a.Dst...) {
+			if t.Value != "*" && t.Value != a.NetworkID+".gateway" && t.ID != "device" {
+				return errors.New("invalid policy")
+			}
+		}
+	}
 	for _, t := range append(slices.Clone(a.Src), a.Dst...) {
 		if t.ID == "tag" && t.Value != "*" && m.Tags[t.Value] == nil {
 			return fmt.Errorf("invalid tag %s", t.Value)
@@ -309,10 +331,13 @@ func (m *Model) createACL(body []byte) answer {
 	if err := json.Unmarshal(body, &a); err != nil {
 		return fail(400, err.Error())
 	}
+	if !m.callerKnown() {
+		return fail(400, "record not found")
+	}
 	if err := m.checkACL(&a); err != nil {
 		return fail(400, err.Error())
 	}
-	a.ID, a.CreatedBy, a.Default = m.id("acl"), "master", false
+	a.ID, a.CreatedBy, a.Default = m.id("acl"), "superadmin", false
 	m.ACLs[a.ID] = &a
 	return m.wrapped(m.aclView(&a), "created acl successfully")
 }
@@ -334,10 +359,10 @@ func (m *Model) updateACL(body []byte) answer {
 	}
 	a.Default, a.CreatedBy = cur.Default, cur.CreatedBy
 	*cur = a
-	if m.opts.Quirks {
+	if !m.opts.Swagger {
 		return m.wrapped(m.aclView(cur), "updated acl "+cur.Name)
 	}
-	return ok(map[string]any{"code": 200, "message": "updated acl " + cur.Name})
+	return m.success("updated acl " + cur.Name)
 }
 
 func (m *Model) createGateway(network, nodeID string, body []byte) answer {

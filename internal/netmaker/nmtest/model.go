@@ -124,6 +124,8 @@ type Model struct {
 
 	opts Options
 	seq  int
+	// master: the request being served came with the master key.
+	master bool
 }
 
 func newModel(o Options) *Model {
@@ -156,16 +158,39 @@ type answer struct {
 	body   any
 }
 
-func ok(v any) answer                  { return answer{http.StatusOK, v} }
-func fail(code int, msg string) answer { return answer{code, errorBody(code, msg)} }
+// textBody is an answer sent as text/plain (the router's 404).
+type textBody string
 
-// wrapped answers inside {code, message, response} in Quirks mode.
+// emptyBody is an answer with no body and no content type.
+type emptyBody struct{}
+
+func ok(v any) answer { return answer{http.StatusOK, v} }
+func fail(code int, msg string) answer {
+	return answer{code, map[string]any{"Code": code, "Message": msg, "Response": nil}}
+}
+
+// wrapped answers inside models.SuccessResponse, whose fields have no
+// json tags: {"Code":200,"Message":…,"Response":…} (bare in Swagger mode).
 func (m *Model) wrapped(v any, msg string) answer {
-	if m.opts.Quirks {
-		return ok(map[string]any{"code": 200, "message": msg, "response": v})
+	if !m.opts.Swagger {
+		return ok(map[string]any{"Code": 200, "Message": msg, "Response": v})
 	}
 	return ok(v)
 }
+
+// success is logic.ReturnSuccessResponse: {"Code":200,"Message":msg,
+// "Response":null} (lowercase, as swagger.yaml has it, in Swagger mode).
+func (m *Model) success(msg string) answer {
+	if m.opts.Swagger {
+		return ok(map[string]any{"code": 200, "message": msg})
+	}
+	return ok(map[string]any{"Code": 200, "Message": msg, "Response": nil})
+}
+
+// callerKnown is the server's lookup of the calling user (schema.User.Get
+// of the "user" header): the master key's masteradministrator is not in
+// the database.
+func (m *Model) callerKnown() bool { return !m.master || m.opts.Swagger }
 
 var (
 	netName = regexp.MustCompile(`^[a-z0-9_-]{1,32}$`)
@@ -175,6 +200,11 @@ var (
 // handle serves one checked request (the server's lock held).
 func (m *Model) handle(op string, r *http.Request, body []byte) (int, any) {
 	a := m.route(op, r, body)
+	if m.opts.Swagger && a.status >= 400 {
+		if b, ok := a.body.(map[string]any); ok && b["Code"] != nil {
+			a.body = map[string]any{"code": b["Code"], "message": b["Message"]}
+		}
+	}
 	return a.status, a.body
 }
 
@@ -184,7 +214,8 @@ func (m *Model) route(op string, r *http.Request, body []byte) answer {
 	arg := func(i int) string { return seg[i] }
 	dec := func(v any) error { return json.Unmarshal(body, v) }
 	if m.opts.NoPro && strings.HasSuffix(op, " /api/v1/tags") {
-		return fail(http.StatusNotFound, "404 page not found")
+		// No route on the community server: the router's own answer.
+		return answer{http.StatusNotFound, textBody("404 page not found\n")}
 	}
 	switch op {
 	case "GET /api/server/status":
@@ -223,11 +254,14 @@ func (m *Model) route(op string, r *http.Request, body []byte) answer {
 			return fail(400, "no result found")
 		}
 		delete(m.Keys, arg(3))
+		if !m.opts.Swagger {
+			return answer{http.StatusOK, emptyBody{}} // the real server: 200, no body
+		}
 		return ok("")
 	case "GET /api/v1/pending_hosts":
 		out := []Pending{}
 		for _, p := range sortedValues(m.Pending) {
-			if p.Network == q.Get("network") || m.opts.Quirks { // the real server lists them all
+			if p.Network == q.Get("network") || !m.opts.Swagger { // the real server lists them all
 				out = append(out, *p)
 			}
 		}
@@ -304,7 +338,7 @@ func (m *Model) route(op string, r *http.Request, body []byte) answer {
 			return fail(400, "cannot delete default policy")
 		}
 		delete(m.ACLs, a.ID)
-		return ok(map[string]any{"code": 200, "message": "deleted acl " + a.Name})
+		return m.success("deleted acl " + a.Name)
 	case "POST /api/nodes/{network}/{nodeid}/gateway":
 		return m.createGateway(arg(2), arg(3), body)
 	case "DELETE /api/nodes/{network}/{nodeid}/gateway":
@@ -403,7 +437,9 @@ func (m *Model) deleteNetwork(name string, force bool) answer {
 		return fail(400, "no result found")
 	}
 	for _, n := range m.Nodes {
-		if n.Network == name && !force {
+		// swagger.yaml's server refuses; the real one (v1.5.1) takes
+		// every host out of the network and deletes it.
+		if n.Network == name && !force && m.opts.Swagger {
 			return fail(403, "Node check failed: the network has nodes")
 		}
 	}
@@ -429,7 +465,10 @@ func (m *Model) deleteNetwork(name string, force bool) answer {
 			delete(m.Keys, v)
 		}
 	}
-	return ok(map[string]any{"code": 200, "message": "deleted network " + name})
+	if !m.opts.Swagger {
+		return m.success("success") // as the real server words it
+	}
+	return m.success("deleted network " + name)
 }
 
 func (m *Model) newKey(k Key) *Key {

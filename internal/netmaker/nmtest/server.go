@@ -6,8 +6,12 @@
 // field. Answers come from an in-memory model (networks, enrollment keys,
 // pending hosts, hosts, nodes, tags, ACL policies, gateways) that follows
 // the real server's rules, and each answer is itself checked against the
-// response schema. Errors, latency, timeouts and restarts (state kept or
-// lost) can be injected.
+// response schema. By default it answers as the real server (v1.5.1) was
+// recorded answering (internal/netmaker/testdata; Compare checks it):
+// Options.Swagger answers as swagger.yaml describes, Options.CE as the
+// community edition. Errors, latency, timeouts and restarts (state kept
+// or lost) can be injected. Recorder records the exchanges in front of
+// any Netmaker server.
 package nmtest
 
 import (
@@ -20,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -27,8 +32,9 @@ import (
 	"github.com/statemesh/statemesh/internal/netmaker/contract"
 )
 
-// SwaggerPath finds shared/netmaker/swagger.yaml beside the repository
-// (../shared/netmaker/swagger.yaml from the directory holding go.mod).
+// SwaggerPath finds Netmaker's swagger.yaml, kept in the repository as
+// test data (internal/netmaker/contract/testdata/swagger.yaml; its source
+// commit and licence are in SOURCE.md beside it).
 func SwaggerPath(t testing.TB) string {
 	t.Helper()
 	p, err := FindSwagger()
@@ -43,9 +49,9 @@ func FindSwagger() (string, error) {
 	_, file, _, _ := runtime.Caller(0)
 	for dir := filepath.Dir(file); ; dir = filepath.Dir(dir) {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			p := filepath.Join(dir, "..", "shared", "netmaker", "swagger.yaml")
+			p := filepath.Join(dir, "internal", "netmaker", "contract", "testdata", "swagger.yaml")
 			if _, err := os.Stat(p); err != nil {
-				return "", fmt.Errorf("the Netmaker contract is missing beside the repository: %w", err)
+				return "", fmt.Errorf("the Netmaker contract is missing from the repository: %w", err)
 			}
 			return p, nil
 		}
@@ -55,26 +61,51 @@ func FindSwagger() (string, error) {
 	}
 }
 
-// Options shape the server.
+// Options shape the server. The zero value answers as the real server
+// (Netmaker v1.5.1, built from commit 006dfdced) did when it was recorded
+// (testdata/recorded, see README.md there): wrapped answers as
+// {"Code":…,"Message":…,"Response":…}, errors as {"Code":…,"Message":…,
+// "Response":null}, every pending host listed whatever network is asked
+// for, enrollment_key_id as the key's JSON object, and the calling user
+// looked up where the server does (the master key's user is not there).
 type Options struct {
-	// Quirks answers as the real server does where it departs from
-	// swagger.yaml: pending hosts, ACL, tag and feature-flag answers
-	// wrapped in {code, message, response}; every pending host listed
-	// whatever network is asked for; enrollment_key_id as the key's JSON
-	// object. Answers are then checked inside the wrapper.
-	Quirks bool
+	// Swagger answers as swagger.yaml describes instead (bare payloads,
+	// lowercase error bodies, pending hosts filtered by network, the key
+	// as an array of byte values).
+	Swagger bool
 	// NoDeviceApproval: the server's device approval is off (hosts join
-	// without approval).
+	// without approval; the server forces auto_join on).
 	NoDeviceApproval bool
 	// NoPro: a community server: the tags API answers 404.
 	NoPro bool
+	// CE is the community edition: NoDeviceApproval and NoPro, and its
+	// ACL rules (one-way policies refused, tag sources invalid).
+	CE bool
 }
+
+func (o Options) normal() Options {
+	if o.CE {
+		o.NoDeviceApproval, o.NoPro = true, true
+	}
+	return o
+}
+
+// The credentials the server accepts. AccessToken is a super-admin
+// user's access token (a JWT, as the real server issues them);
+// MasterKey is the server's MASTER_KEY, whose user is not in the
+// database: calls that look the caller up (creating ACL policies and
+// tags) fail with 400 "record not found", as on the real server.
+const (
+	AccessToken = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJzdXBlcmFkbWluIn0.c2lnbmF0dXJlLWZvci10ZXN0cw"
+	MasterKey   = "master-key-for-tests"
+)
 
 // Server is the fake Netmaker.
 type Server struct {
 	// URL is where it listens (it keeps its address across restarts).
 	URL string
-	// Token is the bearer token it accepts.
+	// Token is the bearer token tests give the client: AccessToken (a
+	// super-admin's). MasterKey is accepted too.
 	Token string
 	// Contract is the loaded swagger.yaml (strict).
 	Contract *contract.Contract
@@ -133,7 +164,8 @@ func StartWith(t testing.TB, o Options) *Server {
 		t.Fatal(err)
 	}
 	c.Strict = true
-	s := &Server{Token: "master-key-for-tests", Contract: c, t: t, opts: o, m: newModel(o)}
+	o = o.normal()
+	s := &Server{Token: AccessToken, Contract: c, t: t, opts: o, m: newModel(o)}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -184,6 +216,20 @@ func (s *Server) Restart(keepState bool) {
 	s.Down()
 	if !keepState {
 		s.Reset()
+	}
+	if keepState && s.opts.NoPro && !s.opts.Swagger {
+		// The community server keeps the tags a key's groups gave its
+		// nodes in memory only: after a restart only the gateways tag
+		// is left (as recorded).
+		s.Do(func(m *Model) {
+			for _, n := range m.Nodes {
+				for id := range n.Tags {
+					if id != n.Network+".gateways" {
+						delete(n.Tags, id)
+					}
+				}
+			}
+		})
 	}
 	s.Up()
 }
@@ -285,15 +331,18 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		s.violation(err)
 		record(http.StatusBadRequest)
 		s.mu.Unlock()
-		writeJSON(w, http.StatusBadRequest, errorBody(http.StatusBadRequest, "off contract: "+err.Error()))
+		writeJSON(w, http.StatusBadRequest, s.m.errorBody(http.StatusBadRequest, "off contract: "+err.Error()))
 		return
 	}
-	if op.Secured && r.Header.Get("Authorization") != "Bearer "+s.Token {
+	auth := r.Header.Get("Authorization")
+	if op.Secured && auth != "Bearer "+AccessToken && auth != "Bearer "+MasterKey {
 		record(http.StatusUnauthorized)
 		s.mu.Unlock()
-		writeJSON(w, http.StatusUnauthorized, errorBody(http.StatusUnauthorized, "unauthorized"))
+		// The real server: 401 {"Code":401,"Message":"unauthorized","Response":null}.
+		writeJSON(w, http.StatusUnauthorized, s.m.errorBody(http.StatusUnauthorized, "unauthorized"))
 		return
 	}
+	s.m.master = auth == "Bearer "+MasterKey
 	delay := s.delay
 	fault, faulted := s.takeFault(op.Name())
 	delay += fault.Delay
@@ -303,10 +352,22 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		status, out = s.m.handle(op.Name(), r, body)
 	}
 	if faulted && fault.Status != 0 {
-		status, out = fault.Status, errorBody(fault.Status, "injected failure")
+		status, out = fault.Status, s.m.errorBody(fault.Status, "injected failure")
 	}
-	data, _ := json.Marshal(out)
-	if status < 400 {
+	ctype := "application/json"
+	if !s.opts.Swagger && sniffed[op.Name()] {
+		ctype = "text/plain; charset=utf-8"
+	}
+	var data []byte
+	switch b := out.(type) {
+	case textBody:
+		ctype, data = "text/plain; charset=utf-8", []byte(b)
+	case emptyBody:
+		ctype = ""
+	default:
+		data, _ = json.Marshal(out)
+	}
+	if status < 400 && len(data) > 0 {
 		s.checkAnswer(op, status, data)
 	}
 	record(status)
@@ -318,23 +379,40 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	w.Header().Set("Content-Type", "application/json")
+	if ctype != "" {
+		w.Header().Set("Content-Type", ctype)
+	}
 	w.WriteHeader(status)
 	w.Write(data)
 }
 
+// sniffed are the operations whose JSON answers the real server sends
+// without a Content-Type: net/http sniffs them as text/plain.
+var sniffed = map[string]bool{
+	"GET /api/networks": true, "GET /api/v1/enrollment-keys": true, "POST /api/v1/enrollment-keys": true, "PUT /api/v1/enrollment-keys/{keyID}": true,
+}
+
 // checkAnswer checks the model's own answer against the contract (inside
-// the wrapper in Quirks mode).
+// the wrapper, unless in Swagger mode).
 func (s *Server) checkAnswer(op *contract.Operation, status int, data []byte) {
-	var env struct {
-		Code     int             `json:"code"`
-		Message  *string         `json:"message"`
-		Response json.RawMessage `json:"response"`
-	}
-	if s.opts.Quirks && quirkWrapped[op.Name()] && json.Unmarshal(data, &env) == nil && env.Message != nil {
-		data = env.Response
-	}
-	if s.opts.Quirks {
+	if !s.opts.Swagger {
+		// models.SuccessResponse as the server sends it: capitalised
+		// keys. Inside it for the operations swagger.yaml describes as
+		// bare; with swagger's lowercase keys for the others.
+		var env map[string]json.RawMessage
+		if json.Unmarshal(data, &env) == nil && env["Message"] != nil && len(env) <= 3 {
+			if quirkWrapped[op.Name()] {
+				data = env["Response"]
+			} else {
+				low := map[string]json.RawMessage{}
+				for k, v := range env {
+					if k != "Response" || string(v) != "null" {
+						low[strings.ToLower(k)] = v
+					}
+				}
+				data, _ = json.Marshal(low)
+			}
+		}
 		data = keyAsBytes(data)
 	}
 	if err := s.Contract.CheckResponse(op, status, data); err != nil {
@@ -380,8 +458,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-func errorBody(code int, msg string) map[string]any {
-	return map[string]any{"code": code, "message": msg}
+// errorBody is models.ErrorResponse: its fields have no json tags, so the
+// real server sends {"Code":…,"Message":…,"Response":null}.
+func (m *Model) errorBody(code int, msg string) map[string]any {
+	if m.opts.Swagger {
+		return map[string]any{"code": code, "message": msg}
+	}
+	return map[string]any{"Code": code, "Message": msg, "Response": nil}
 }
 
 // quirkWrapped are the operations the real server answers inside
