@@ -27,7 +27,7 @@ import (
 
 // Config configures the server.
 type Config struct {
-	Controller *controller.Controller
+	Controller Registry
 	Logger     *slog.Logger
 	// Hosts are the names and addresses the serving certificate is valid
 	// for (the listen address is added).
@@ -41,7 +41,7 @@ type Config struct {
 // Server is the HTTPS API server.
 type Server struct {
 	cfg     Config
-	c       *controller.Controller
+	c       Registry
 	log     *slog.Logger
 	http    *http.Server
 	mux     *http.ServeMux
