@@ -115,8 +115,12 @@ type Agent struct {
 	pub  netmap.Key // the public key enrolled and bound into TPM evidence
 	id   *apiclient.Identity
 	cli  *apiclient.Client
-	dev  *wg.Device
-	mu   sync.Mutex
+	dev  meshDevice
+	// open opens dev (wg.Open); route syncs BIRD-mode routing (backbone
+	// links, rules, BIRD: syncRouting). Tests replace both.
+	open  openDevice
+	route func(ctx context.Context, m netmap.Map)
+	mu    sync.Mutex
 	cur  netmap.Map // desired map (from the controller)
 	prev netmap.Map // last successfully applied map
 	ok   bool       // last apply succeeded
@@ -126,7 +130,7 @@ type Agent struct {
 	saveKick chan struct{}
 	// fw is the node's nftables table (nil: not enforcing); fwErr the last
 	// failure; fwState says why it is nil.
-	fw      *firewall.Firewall
+	fw      nodeFirewall
 	metrics *agentMetrics
 	paths   []api.PathProbe
 	// BIRD mode: backbone link devices and their applied maps (used by
@@ -197,8 +201,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	} else if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, saveKick: make(chan struct{}, 1), links: map[string]*wg.Device{}, linkMaps: map[string]netmap.Map{}, reportKick: make(chan struct{}, 1)}
-	a.metrics = newAgentMetrics(a)
+	a := newAgent(cfg)
 	var err error
 	if cfg.AttestOnly {
 		if a.pub, err = interfaceKey(cfg.KeyFromInterface); err != nil {
@@ -244,6 +247,16 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		a.log.Warn("ignoring unreadable saved map; resyncing from the controller", "err", err)
 	}
 	return a, nil
+}
+
+// newAgent is an agent with nothing opened yet: New loads its key and
+// identity and opens the firewall; the device opens at the first apply.
+func newAgent(cfg Config) *Agent {
+	a := &Agent{cfg: cfg, log: cfg.Logger, saveKick: make(chan struct{}, 1), links: map[string]*wg.Device{}, linkMaps: map[string]netmap.Map{},
+		reportKick: make(chan struct{}, 1), open: openWG}
+	a.route = a.syncRouting
+	a.metrics = newAgentMetrics(a)
+	return a
 }
 
 // Name returns the node's name.
@@ -471,14 +484,14 @@ func (a *Agent) saveMap(m netmap.Map) error {
 	return atomicfile.WriteFile(filepath.Join(a.cfg.DataDir, MapFile), b, 0o600)
 }
 
-func (a *Agent) device(ifname string) (*wg.Device, error) {
+func (a *Agent) device(ifname string) (meshDevice, error) {
 	if a.cfg.Interface != "" {
 		ifname = a.cfg.Interface
 	}
 	if a.dev != nil {
 		return a.dev, nil
 	}
-	d, err := wg.Open(wg.Config{Interface: ifname, Mode: a.cfg.WireGuard, PrivateKey: a.key,
+	d, err := a.open(wg.Config{Interface: ifname, Mode: a.cfg.WireGuard, PrivateKey: a.key,
 		UserspaceCommand: a.cfg.UserspaceCommand, LogDir: a.cfg.DataDir, Logger: a.log})
 	if err != nil {
 		return nil, err
@@ -542,7 +555,7 @@ func (a *Agent) applyDelta(ctx context.Context, delta *netmap.Delta) error {
 	}
 	if desired.Routing != nil || len(a.links) > 0 || !a.linksSwept {
 		if delta == nil || !ok || !desired.Routing.Equal(prev.Routing) {
-			a.syncRouting(ctx, desired)
+			a.route(ctx, desired)
 		}
 	}
 	if !res.NoChanges {
