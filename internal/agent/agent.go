@@ -109,21 +109,21 @@ type Config struct {
 
 // Agent is a running node agent.
 type Agent struct {
-	cfg  Config
-	log  *slog.Logger
-	key  netmap.Key
-	pub  netmap.Key // the public key enrolled and bound into TPM evidence
-	id   *apiclient.Identity
-	cli  *apiclient.Client
-	dev  meshDevice
+	cfg Config
+	log *slog.Logger
+	key netmap.Key
+	pub netmap.Key // the public key enrolled and bound into TPM evidence
+	id  *apiclient.Identity
+	cli *apiclient.Client
+	dev meshDevice
 	// open opens dev (wg.Open); route syncs BIRD-mode routing (backbone
 	// links, rules, BIRD: syncRouting). Tests replace both.
 	open  openDevice
 	route func(ctx context.Context, m netmap.Map)
 	mu    sync.Mutex
-	cur  netmap.Map // desired map (from the controller)
-	prev netmap.Map // last successfully applied map
-	ok   bool       // last apply succeeded
+	cur   netmap.Map // desired map (from the controller)
+	prev  netmap.Map // last successfully applied map
+	ok    bool       // last apply succeeded
 	// applies counts map applications (tests and metrics).
 	applies  int
 	dirty    bool

@@ -63,6 +63,17 @@ func (a *adminFlags) client() (*apiclient.Client, error) {
 	return apiclient.NewAdmin(cfg)
 }
 
+// connect returns the admin client and the context of one command's
+// calls (a minute at most).
+func (a *adminFlags) connect(cmd *cobra.Command) (*apiclient.Client, context.Context, context.CancelFunc, error) {
+	c, err := a.client()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := callCtx(cmd)
+	return c, ctx, cancel, nil
+}
+
 func callCtx(cmd *cobra.Command) (context.Context, context.CancelFunc) {
 	ctx := cmd.Context()
 	if ctx == nil {
@@ -82,11 +93,10 @@ func newApplyCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := a.client()
+			c, ctx, cancel, err := a.connect(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := callCtx(cmd)
 			defer cancel()
 			res, err := c.ApplySpec(ctx, data)
 			if err != nil {
@@ -171,11 +181,10 @@ func newGetCmd(e *env) *cobra.Command {
 			if err := checkFormat(ma.output, formatTable, formatJSON); err != nil {
 				return err
 			}
-			cl, err := ma.client()
+			cl, ctx, cancel, err := ma.connect(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := callCtx(cmd)
 			defer cancel()
 			m, err := cl.NodeMap(ctx, args[0])
 			if err != nil {
@@ -385,11 +394,10 @@ func newTokenCmd(e *env) *cobra.Command {
 			if cmd.Flags().Changed("ttl") {
 				req.TTL = ttl.String()
 			}
-			c, err := a.client()
+			c, ctx, cancel, err := a.connect(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := callCtx(cmd)
 			defer cancel()
 			t, err := c.CreateToken(ctx, req)
 			if err != nil {
@@ -421,11 +429,10 @@ func newTokenCmd(e *env) *cobra.Command {
 		Use:   "list",
 		Short: "List join tokens (never their secrets)",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := la.client()
+			c, ctx, cancel, err := la.connect(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := callCtx(cmd)
 			defer cancel()
 			ts, err := c.Tokens(ctx)
 			if err != nil {
@@ -459,11 +466,10 @@ func newTokenCmd(e *env) *cobra.Command {
 		Short: "Revoke a join token",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := ra.client()
+			c, ctx, cancel, err := ra.connect(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := callCtx(cmd)
 			defer cancel()
 			if err := c.RevokeToken(ctx, args[0]); err != nil {
 				return err
@@ -496,11 +502,10 @@ func newNodeCmd(e *env) *cobra.Command {
 		c := &cobra.Command{
 			Use: use + " NAME", Short: short, Args: exactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				cl, err := a.client()
+				cl, ctx, cancel, err := a.connect(cmd)
 				if err != nil {
 					return err
 				}
-				ctx, cancel := callCtx(cmd)
 				defer cancel()
 				msg, err := fn(ctx, cl, args[0])
 				if err != nil {

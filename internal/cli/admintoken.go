@@ -26,11 +26,10 @@ func newAdminTokenCmd(e *env) *cobra.Command {
 			if name == "" {
 				return usagef("give --name: whose token it is (a person, a pipeline)")
 			}
-			c, err := a.client()
+			c, ctx, cancel, err := a.connect(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := callCtx(cmd)
 			defer cancel()
 			t, err := c.CreateAdminToken(ctx, api.CreateAdminTokenRequest{Name: name, TTL: ttl.String()})
 			if err != nil {
@@ -53,11 +52,10 @@ func newAdminTokenCmd(e *env) *cobra.Command {
 		Use:   "list",
 		Short: "List admin tokens (never their secrets)",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := la.client()
+			c, ctx, cancel, err := la.connect(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := callCtx(cmd)
 			defer cancel()
 			ts, err := c.AdminTokens(ctx)
 			if err != nil {
@@ -88,11 +86,10 @@ func newAdminTokenCmd(e *env) *cobra.Command {
 		Short: "Revoke an admin token at once (not the last valid one)",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := ra.client()
+			c, ctx, cancel, err := ra.connect(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := callCtx(cmd)
 			defer cancel()
 			if err := c.RevokeAdminToken(ctx, args[0]); err != nil {
 				return err

@@ -96,11 +96,10 @@ func newClientListCmd(e *env) *cobra.Command {
 			if err := checkFormat(a.output, "table", "json"); err != nil {
 				return err
 			}
-			c, err := a.client()
+			c, ctx, cancel, err := a.connect(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := callCtx(cmd)
 			defer cancel()
 			list, err := c.Clients(ctx)
 			if err != nil {
@@ -130,11 +129,10 @@ known to StateMesh: the output has a placeholder. Use it when the region's clien
 gateway changed (a gateway failed): replace the [Peer] section of the client's file.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
+			c, ctx, cancel, err := a.connect(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := callCtx(cmd)
 			defer cancel()
 			cfg, err := c.ClientConfig(ctx, args[0])
 			if err != nil {
@@ -155,11 +153,10 @@ func newClientRemoveCmd(e *env) *cobra.Command {
 		Short: "Revoke a client mesh-wide",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
+			c, ctx, cancel, err := a.connect(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := callCtx(cmd)
 			defer cancel()
 			if err := c.RemoveClient(ctx, args[0]); err != nil {
 				return err

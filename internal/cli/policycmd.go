@@ -76,11 +76,10 @@ policy in force and the nodes' regions, clusters, classes and labels.`,
 				}
 				return printSegmentMatrix(e.stdout, pol)
 			}
-			c, err := a.client()
+			c, ctx, cancel, err := a.connect(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := callCtx(cmd)
 			defer cancel()
 			text, err := c.Spec(ctx)
 			if err != nil {
@@ -156,7 +155,7 @@ func nodeMatrix(pol *policy.Policy, list []api.Node, probes []spec.Port) nodeVer
 		if n.Role == "gateway" {
 			continue
 		}
-		eps = append(eps, policy.Endpoint{Name: n.Name, Region: n.Region, Cluster: n.Cluster, Role: n.Role, Class: n.Class, Labels: n.Labels})
+		eps = append(eps, n.PolicyEndpoint())
 	}
 	slices.SortFunc(eps, func(a, b policy.Endpoint) int { return strings.Compare(a.Name, b.Name) })
 	out := nodeVerdicts{}

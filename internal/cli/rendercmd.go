@@ -46,11 +46,10 @@ runs bird -p on it. docs/routing.md explains every part.`,
 			if node == "" {
 				return usagef("give the gateway with --node")
 			}
-			c, err := a.client()
+			c, ctx, cancel, err := a.connect(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := callCtx(cmd)
 			defer cancel()
 			m, err := c.NodeMap(ctx, node)
 			if err != nil {

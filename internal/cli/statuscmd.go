@@ -22,11 +22,10 @@ func newStatusCmd(e *env) *cobra.Command {
 			if err := checkFormat(a.output, formatTable, formatJSON); err != nil {
 				return err
 			}
-			c, err := a.client()
+			c, ctx, cancel, err := a.connect(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := callCtx(cmd)
 			defer cancel()
 			st, err := c.Status(ctx)
 			if err != nil {

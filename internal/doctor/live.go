@@ -409,7 +409,7 @@ func weakNextToSensitive(l Live) []Finding {
 		if n.Cluster == "" || len(weak[k]) == 0 || seen[k] {
 			continue
 		}
-		ep := policy.Endpoint{Name: n.Name, Region: n.Region, Cluster: n.Cluster, Role: n.Role, Class: n.Class, Labels: n.Labels}
+		ep := n.PolicyEndpoint()
 		for _, s := range pol.Segments() {
 			if !pol.Sensitive(s) || !pol.Member(s, ep) {
 				continue

@@ -310,7 +310,7 @@ func (l *Lab) expectations(ctx context.Context, eps []*Endpoint) (map[[2]string]
 	}
 	byName := map[string]policy.Endpoint{}
 	for _, n := range nodes {
-		byName[n.Name] = policy.Endpoint{Name: n.Name, Region: n.Region, Cluster: n.Cluster, Role: n.Role, Class: n.Class, Labels: n.Labels}
+		byName[n.Name] = n.PolicyEndpoint()
 	}
 	out := map[[2]string]Expect{}
 	for _, s := range eps {
