@@ -18,11 +18,11 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/statemesh/statemesh/internal/api"
-	"github.com/statemesh/statemesh/internal/controller"
 	"github.com/statemesh/statemesh/internal/ctltest"
 	"github.com/statemesh/statemesh/internal/dataplane/wg"
 	"github.com/statemesh/statemesh/internal/netmaker"
 	"github.com/statemesh/statemesh/internal/netmaker/nmtest"
+	"github.com/statemesh/statemesh/internal/netmakersync"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/swtpm"
 	"github.com/statemesh/statemesh/internal/testenv"
@@ -58,8 +58,8 @@ func TestAttestOnlyAdmitsNetclientHost(t *testing.T) {
 	}
 	nm := nmtest.Start(t)
 	cl, _ := netmaker.NewClient(nm.URL, nm.Token, time.Second)
-	inst := ctltest.Start(t, ctltest.Options{Spec: []byte(spec.String()), Config: controller.Config{Netmaker: &controller.NetmakerConfig{
-		Client: cl, Every: 200 * time.Millisecond, Networks: map[string]netmaker.NetworkSpec{"r": {Name: "nm-r", AddressRange: "10.201.0.0/16"}}}}})
+	inst := ctltest.Start(t, ctltest.Options{Spec: []byte(spec.String()), Netmaker: &netmakersync.Config{
+		Client: cl, Every: 200 * time.Millisecond, Networks: map[string]netmaker.NetworkSpec{"r": {Name: "nm-r", AddressRange: "10.201.0.0/16"}}}})
 
 	// netclient's interface, with its own key.
 	ctx, cancel := context.WithCancel(context.Background())

@@ -84,6 +84,8 @@ var layers = func() []rule {
 			Why: "the kernel layer is below the agent: it must not reach up into it"},
 		rule{From: "internal/controller", Not: []string{"internal/server", "internal/apiclient", "internal/agent", "internal/dataplane", "internal/cli", "internal/lab", "internal/ctltest"},
 			Why: "the source of truth is below its server and knows nothing of nodes' code"},
+		rule{From: "internal/controller", Not: []string{"internal/netmaker", "internal/netmakersync"},
+			Why: "third-party backends (Netmaker) run beside the controller, on its registry interface, not inside it"},
 		rule{From: "internal/store", Not: []string{"internal/controller", "internal/server", "internal/agent", "internal/cli"}, Why: "stores are below the controller"},
 		rule{From: "internal/server", Not: []string{"internal/cli", "internal/lab", "internal/agent", "internal/ctltest"}, Why: "the server is below the commands"},
 	)
@@ -167,7 +169,8 @@ func TestLayering(t *testing.T) {
 // were set: the agent and the API client importing the controller (for
 // the join token and the batch digest), the kernel layer importing the
 // agent's plan package, the controller's test harness importing the
-// server, and knftables in the pure core.
+// server, the controller running the Netmaker driver, and knftables in the
+// pure core.
 func TestRulesCatchTheOldWrongWayImports(t *testing.T) {
 	old := map[string][]string{
 		"internal/agent":              {"internal/apiclient", "internal/controller", "internal/store", "internal/topology"},
@@ -176,6 +179,7 @@ func TestRulesCatchTheOldWrongWayImports(t *testing.T) {
 		"internal/controller/ctltest": {"internal/server", "internal/apiclient", "internal/controller"},
 		"internal/dataplane/wgplan":   {"sigs.k8s.io/knftables"},
 		"internal/doctor":             {"internal/apiclient"},
+		"internal/controller":         {"internal/netmaker", "internal/store"},
 	}
 	got := strings.Join(violations(old, layers), "\n")
 	for _, want := range []string{
@@ -187,6 +191,7 @@ func TestRulesCatchTheOldWrongWayImports(t *testing.T) {
 		"internal/controller/ctltest → internal/server",
 		"internal/dataplane/wgplan → sigs.k8s.io/knftables",
 		"internal/doctor → internal/apiclient",
+		"internal/controller → internal/netmaker",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("the rules do not catch %s; they found:\n%s", want, got)

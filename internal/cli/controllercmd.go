@@ -22,6 +22,7 @@ import (
 	"github.com/statemesh/statemesh/internal/attest"
 	"github.com/statemesh/statemesh/internal/controller"
 	"github.com/statemesh/statemesh/internal/netmaker"
+	"github.com/statemesh/statemesh/internal/netmakersync"
 	"github.com/statemesh/statemesh/internal/secrets"
 	"github.com/statemesh/statemesh/internal/server"
 	"github.com/statemesh/statemesh/internal/store"
@@ -55,7 +56,7 @@ type controllerFlags struct {
 // netmakerConfig builds the Netmaker connection from the flags: the token
 // from a file or $STATEMESH_NETMAKER_TOKEN, networks as
 // REGION=NETWORK:CIDR.
-func netmakerConfig(f controllerFlags) (*controller.NetmakerConfig, error) {
+func netmakerConfig(f controllerFlags) (*netmakersync.Config, error) {
 	if f.netmakerURL == "" {
 		if len(f.netmakerNetworks) > 0 {
 			return nil, usagef("--netmaker-network needs --netmaker-url")
@@ -85,7 +86,7 @@ func netmakerConfig(f controllerFlags) (*controller.NetmakerConfig, error) {
 	if f.netmakerKeyTTL < 0 || f.netmakerKeyTTL > 0 && f.netmakerKeyTTL < time.Hour {
 		return nil, usagef("--netmaker-key-ttl %s: give 0 (keys do not expire) or at least 1h", f.netmakerKeyTTL)
 	}
-	return &controller.NetmakerConfig{Client: cl, Networks: nets, Every: f.netmakerEvery, KeyTTL: f.netmakerKeyTTL}, nil
+	return &netmakersync.Config{Client: cl, Networks: nets, Every: f.netmakerEvery, KeyTTL: f.netmakerKeyTTL}, nil
 }
 
 func newControllerCmd(e *env) *cobra.Command {
@@ -196,7 +197,7 @@ func runController(parent context.Context, e *env, f controllerFlags) error {
 		log.Info("agents can attest this controller (mutual aTLS)", "tpm", f.tpm, "ek-sha256", attest.EKDigest(id.EKPub))
 		selfTPM = d
 	}
-	c, err := controller.New(controller.Config{Store: st, Logger: log, HeartbeatTimeout: f.heartbeatTimeout, Keyring: kr, Netmaker: nm, TPM: selfTPM})
+	c, err := controller.New(controller.Config{Store: st, Logger: log, HeartbeatTimeout: f.heartbeatTimeout, Keyring: kr, TPM: selfTPM})
 	if err != nil {
 		return err
 	}
@@ -245,6 +246,15 @@ func runController(parent context.Context, e *env, f controllerFlags) error {
 	case <-c.Ready():
 	case err := <-errc:
 		return err
+	}
+	if nm != nil {
+		// Beside the controller, on its registry and its store.
+		nm.Store, nm.Logger = st, log
+		sync := netmakersync.New(c, *nm)
+		if err := c.RegisterMetrics(sync.Collector()); err != nil {
+			return err
+		}
+		go sync.Run(ctx)
 	}
 	if f.apply != "" {
 		data, err := os.ReadFile(f.apply)

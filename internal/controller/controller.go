@@ -71,8 +71,6 @@ type Config struct {
 	// TPM, when set, is the controller's own TPM: it answers agents'
 	// challenges (mutual aTLS, spec attestation.controller).
 	TPM TPM
-	// Netmaker, when set, is kept in line with the registry.
-	Netmaker *NetmakerConfig
 	// StoreProbeEvery is how often the store is probed (default 1s); a
 	// replica whose store has not answered for StoreFenceAfter (default
 	// 5s) ends its watch streams and refuses new ones until it answers
@@ -146,9 +144,10 @@ type Controller struct {
 	// (logged once per silence).
 	vouchLogged map[string]bool
 	bfdDown     map[string]bool
-	// backends' status (Netmaker) and the kick that starts a pass now.
-	backends     []api.BackendStatus
-	netmakerKick chan struct{}
+	// backends' status (Netmaker, beside the controller: SetBackends) and
+	// the kick that tells them a node changed (BackendChanges).
+	backends    []api.BackendStatus
+	backendKick chan struct{}
 	// fenced is set while the store does not answer (storeMonitor).
 	fenced  atomic.Bool
 	hub     *hub
@@ -171,20 +170,20 @@ func New(cfg Config) (*Controller, error) {
 		return nil, errors.New("controller: no store")
 	}
 	c := &Controller{
-		cfg:          cfg,
-		log:          cfg.Logger,
-		revWait:      make(chan struct{}),
-		nodes:        map[string]*NodeRecord{},
-		clients:      map[string]*ClientRecord{},
-		health:       map[string]HealthRecord{},
-		slots:        map[string]map[int]SlotRecord{},
-		status:       map[string]statusEntry{},
-		bfdVotes:     map[string]map[string]bool{},
-		bfdDown:      map[string]bool{},
-		vouchLogged:  map[string]bool{},
-		netmakerKick: make(chan struct{}, 1),
-		hub:          newHub(cfg.HistoryLen, cfg.QueueLen),
-		ready:        make(chan struct{}),
+		cfg:         cfg,
+		log:         cfg.Logger,
+		revWait:     make(chan struct{}),
+		nodes:       map[string]*NodeRecord{},
+		clients:     map[string]*ClientRecord{},
+		health:      map[string]HealthRecord{},
+		slots:       map[string]map[int]SlotRecord{},
+		status:      map[string]statusEntry{},
+		bfdVotes:    map[string]map[string]bool{},
+		bfdDown:     map[string]bool{},
+		vouchLogged: map[string]bool{},
+		backendKick: make(chan struct{}, 1),
+		hub:         newHub(cfg.HistoryLen, cfg.QueueLen),
+		ready:       make(chan struct{}),
 	}
 	if cfg.TPM != nil {
 		c.self = &selfAttest{tpm: cfg.TPM, window: BatchWindow}
@@ -297,9 +296,6 @@ func (c *Controller) Run(ctx context.Context) error {
 	go c.healthMonitor(ctx)
 	go c.storeMonitor(ctx)
 	go c.sessionSweeper(ctx)
-	if c.cfg.Netmaker != nil {
-		go c.netmakerLoop(ctx)
-	}
 	for {
 		if err := c.follow(ctx, rev); err != nil {
 			if ctx.Err() != nil {
@@ -464,7 +460,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 		if deleted {
 			if _, had := c.nodes[name]; had && rev > 0 {
 				c.eventLocked("removed", name, "removed from the mesh")
-				c.kickNetmaker()
+				c.kickBackends()
 			}
 			delete(c.nodes, name)
 			delete(c.status, name)
@@ -484,7 +480,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 				c.eventLocked("enrolled", name, "%s in %s (%s)", n.Role, clusterOrRegion(&n), n.Class)
 			case old.State != n.State:
 				c.eventLocked("state", name, "%s → %s: %s", old.State, n.State, n.Reason)
-				c.kickNetmaker()
+				c.kickBackends()
 			case old.Class != n.Class:
 				c.eventLocked("state", name, "class %s → %s: %s", old.Class, n.Class, n.Reason)
 			}

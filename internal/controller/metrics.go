@@ -24,8 +24,6 @@ type metrics struct {
 	fanout       prometheus.Histogram
 	storeOps     *prometheus.HistogramVec
 	overflows    prometheus.CounterFunc
-	// netmakerUnattested counts unattested Netmaker hosts by outcome.
-	netmakerUnattested *prometheus.CounterVec
 }
 
 func newMetrics(c *Controller) *metrics {
@@ -52,11 +50,7 @@ func newMetrics(c *Controller) *metrics {
 		Name: "statemesh_watch_overflows_total",
 		Help: "Watch streams that fell behind and were resynchronized with a snapshot.",
 	}, func() float64 { return float64(c.hub.dropped.Load()) })
-	m.netmakerUnattested = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "statemesh_netmaker_unattested_hosts_total",
-		Help: "Netmaker hosts that no attested node owns, by outcome (removed: they joined without approval and were taken out).",
-	}, []string{"outcome"})
-	m.reg.MustRegister(m.enrollments, m.attestations, m.fanout, m.storeOps, m.overflows, m.netmakerUnattested,
+	m.reg.MustRegister(m.enrollments, m.attestations, m.fanout, m.storeOps, m.overflows,
 		&registryCollector{c: c},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -13,6 +13,7 @@ import (
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/apiclient"
 	"github.com/statemesh/statemesh/internal/controller"
+	"github.com/statemesh/statemesh/internal/netmakersync"
 	"github.com/statemesh/statemesh/internal/server"
 	"github.com/statemesh/statemesh/internal/store"
 	"github.com/statemesh/statemesh/internal/store/bolt"
@@ -36,6 +37,9 @@ type Options struct {
 	Config controller.Config
 	// Spec is applied at start when set.
 	Spec []byte
+	// Netmaker, when set, runs a Netmaker sync beside the controller (as
+	// the controller command does); Store and Logger are filled in.
+	Netmaker *netmakersync.Config
 	// Logger defaults to t.Logf at warn level (set STATEMESH_TEST_LOG=debug
 	// for everything).
 	Logger *slog.Logger
@@ -101,6 +105,11 @@ func Start(t testing.TB, opts Options) *Instance {
 		if _, err := c.ApplySpec(ctx, opts.Spec); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if opts.Netmaker != nil {
+		nm := *opts.Netmaker
+		nm.Store, nm.Logger = opts.Store, opts.Logger
+		go netmakersync.New(c, nm).Run(ctx)
 	}
 	return inst
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/statemesh/statemesh/internal/controller"
 	"github.com/statemesh/statemesh/internal/netmaker"
 	"github.com/statemesh/statemesh/internal/netmaker/nmtest"
+	"github.com/statemesh/statemesh/internal/netmakersync"
 	"github.com/statemesh/statemesh/internal/netmap"
 )
 
@@ -29,9 +30,12 @@ func TestNetmakerFollowsAttestation(t *testing.T) {
 	}
 	cl.Retries, cl.Backoff = 1, 10*time.Millisecond
 	a, id, pcr16 := simTPM(t)
-	h := start(t, controller.Config{Netmaker: &controller.NetmakerConfig{Client: cl, Every: 200 * time.Millisecond, Grace: time.Minute,
-		Networks: map[string]netmaker.NetworkSpec{"r": {Name: "nm-r", AddressRange: "10.201.0.0/16"}}}})
+	h := start(t, controller.Config{})
 	ctx := context.Background()
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go netmakersync.New(h.c, netmakersync.Config{Client: cl, Every: 200 * time.Millisecond, Grace: time.Minute, Store: h.st,
+		Networks: map[string]netmaker.NetworkSpec{"r": {Name: "nm-r", AddressRange: "10.201.0.0/16"}}}).Run(sctx)
 	if _, err := h.admin.ApplySpec(ctx, []byte(attestSpec(attest.EKDigest(id.EKPub), hex.EncodeToString(pcr16)))); err != nil {
 		t.Fatal(err)
 	}

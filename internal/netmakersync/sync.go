@@ -1,24 +1,50 @@
-package controller
+// Package netmakersync keeps a Netmaker server in line with StateMesh's
+// registry (docs/netmaker.md): attested nodes' hosts admitted, the hosts of
+// nodes StateMesh dropped removed (decisions kept in the store, so a
+// restart does not forget them), networks, enrollment keys, tags, ACL
+// policies and gateways as the mesh says. It runs beside the controller,
+// wired by the controller command: it reads the registry through the
+// small Registry interface the controller offers, and the controller knows
+// nothing of Netmaker.
+package netmakersync
 
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/statemesh/statemesh/internal/api"
+	"github.com/statemesh/statemesh/internal/controller"
 	"github.com/statemesh/statemesh/internal/netmaker"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/store"
 	"github.com/statemesh/statemesh/internal/topology"
 )
 
-// NetmakerConfig connects the controller to a Netmaker server it keeps in
-// line with the registry (docs/netmaker.md).
-type NetmakerConfig struct {
+// Registry is what the sync needs of the controller (*controller.Controller
+// implements it).
+type Registry interface {
+	ReadRegistry(fn func(controller.RegistryView))
+	BackendChanges() <-chan struct{}
+	SetBackends([]api.BackendStatus)
+}
+
+// Store is where the removal decisions are kept (the controller's store).
+type Store interface {
+	List(ctx context.Context, prefix string) ([]store.KV, int64, error)
+	Update(ctx context.Context, fn func(tx store.Tx) error) (int64, error)
+}
+
+// Config connects the sync to a Netmaker server.
+type Config struct {
 	Client *netmaker.Client
 	// Networks maps a region to its Netmaker network and address range.
 	Networks map[string]netmaker.NetworkSpec
@@ -29,13 +55,44 @@ type NetmakerConfig struct {
 	// KeyTTL, when set, makes the clusters' enrollment keys expire after
 	// it; each is replaced by a new one once less than a fifth is left.
 	KeyTTL time.Duration
+	Store  Store
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
 }
 
-// NetmakerGatewayLabel marks a host (role host, netclient) as a candidate
+// Sync is one Netmaker server kept in line with the registry.
+type Sync struct {
+	cfg Config
+	reg Registry
+	log *slog.Logger
+	// unattested counts unattested Netmaker hosts by outcome.
+	unattested *prometheus.CounterVec
+}
+
+// New returns a sync; Run runs it. Its metrics are Collector's.
+func New(reg Registry, cfg Config) *Sync {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Sync{cfg: cfg, reg: reg, log: cfg.Logger.With("backend", "netmaker"),
+		unattested: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "statemesh_netmaker_unattested_hosts_total",
+			Help: "Netmaker hosts that no attested node owns, by outcome (removed: they joined without approval and were taken out).",
+		}, []string{"outcome"})}
+}
+
+// Collector is the sync's metrics, for the controller's endpoint.
+func (s *Sync) Collector() prometheus.Collector { return s.unattested }
+
+// GatewayLabel marks a host (role host, netclient) as a candidate
 // Netmaker gateway of its region's network: the first attested candidate
 // present in the network (by name) is the gateway, and the next takes
 // over when it is quarantined or removed.
-const NetmakerGatewayLabel = "netmaker-gateway"
+const GatewayLabel = "netmaker-gateway"
 
 // netmakerState is what the loop remembers and reports. seen and gone
 // are kept in the store (prefixNetmaker) so that a restarted controller
@@ -69,9 +126,9 @@ func netmakerStoreKey(pub string) string {
 }
 
 // loadNetmakerState reads the decisions a previous controller kept.
-func (c *Controller) loadNetmakerState(ctx context.Context) (*netmakerState, error) {
+func (s *Sync) loadState(ctx context.Context) (*netmakerState, error) {
 	st := &netmakerState{seen: map[string]string{}, gone: map[string]time.Time{}, saved: map[string]netmakerDecision{}}
-	kvs, _, err := c.cfg.Store.List(ctx, prefixNetmaker)
+	kvs, _, err := s.cfg.Store.List(ctx, prefixNetmaker)
 	if err != nil {
 		return st, err
 	}
@@ -95,7 +152,7 @@ func (c *Controller) loadNetmakerState(ctx context.Context) (*netmakerState, err
 }
 
 // saveNetmakerState writes the decisions that changed since the last save.
-func (c *Controller) saveNetmakerState(ctx context.Context, st *netmakerState) error {
+func (s *Sync) saveState(ctx context.Context, st *netmakerState) error {
 	want := map[string]netmakerDecision{}
 	for k, node := range st.seen {
 		want[k] = netmakerDecision{Node: node, Gone: st.gone[k]}
@@ -114,7 +171,7 @@ func (c *Controller) saveNetmakerState(ctx context.Context, st *netmakerState) e
 	if len(put)+len(del) == 0 {
 		return nil
 	}
-	_, err := c.cfg.Store.Update(ctx, func(tx store.Tx) error {
+	_, err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
 		for _, k := range put {
 			if err := tx.Put(netmakerStoreKey(k), encode(want[k])); err != nil {
 				return err
@@ -134,39 +191,38 @@ func (c *Controller) saveNetmakerState(ctx context.Context, st *netmakerState) e
 	return nil
 }
 
-// netmakerLoop reconciles the Netmaker server every interval and right
-// after the registry changes a node's state.
-func (c *Controller) netmakerLoop(ctx context.Context) {
-	cfg := c.cfg.Netmaker
-	every := cfg.Every
+// Run reconciles the Netmaker server every interval and right after the
+// registry changes a node's state, until ctx ends.
+func (s *Sync) Run(ctx context.Context) {
+	every := s.cfg.Every
 	if every == 0 {
 		every = 10 * time.Second
 	}
-	r := &netmaker.Reconciler{C: cfg.Client, Now: c.cfg.Now, Log: c.log.With("backend", "netmaker")}
-	st, err := c.loadNetmakerState(ctx)
+	r := &netmaker.Reconciler{C: s.cfg.Client, Now: s.cfg.Now, Log: s.log}
+	st, err := s.loadState(ctx)
 	for err != nil {
 		// Without the decisions kept, hosts dropped before a restart
 		// would stay: no pass runs until they are read.
-		c.log.Warn("netmaker: reading the removal decisions from the store", "err", err)
-		c.recordNetmaker(st, netmaker.Report{}, fmt.Errorf("reading the removal decisions from the store: %w", err))
+		s.log.Warn("netmaker: reading the removal decisions from the store", "err", err)
+		s.record(st, netmaker.Report{}, fmt.Errorf("reading the removal decisions from the store: %w", err))
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(every):
 		}
-		st, err = c.loadNetmakerState(ctx)
+		st, err = s.loadState(ctx)
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		d, policyErr, err := c.netmakerDesired(st)
+		d, policyErr, err := s.desired(st)
 		var saveErr error
 		if err == nil {
 			// Kept before Netmaker is touched, so a restart does not
 			// forget a decision; a store that fails is reported, and
 			// the removal goes on from memory.
 			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			saveErr = c.saveNetmakerState(sctx, st)
+			saveErr = s.saveState(sctx, st)
 			cancel()
 		}
 		var rep netmaker.Report
@@ -175,42 +231,36 @@ func (c *Controller) netmakerLoop(ctx context.Context) {
 			rep, err = r.Reconcile(pctx, d)
 			cancel()
 		}
-		c.recordNetmaker(st, rep, errors.Join(policyErr, saveErr, err))
+		s.record(st, rep, errors.Join(policyErr, saveErr, err))
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-c.netmakerKick:
+		case <-s.reg.BackendChanges():
 		}
 	}
 }
 
-// kickNetmaker asks for a pass now (a node was quarantined or removed).
-func (c *Controller) kickNetmaker() {
-	if c.netmakerKick == nil {
-		return
-	}
-	select {
-	case c.netmakerKick <- struct{}{}:
-	default:
-	}
+// desired builds the state Netmaker should have from the registry. A
+// policy Netmaker cannot express is reported (policyErr) and its tags and
+// ACLs are left as they are, while admission and removal go on.
+func (s *Sync) desired(st *netmakerState) (d netmaker.Desired, policyErr, err error) {
+	s.reg.ReadRegistry(func(v controller.RegistryView) {
+		d, policyErr, err = s.desiredFrom(v, st)
+	})
+	return d, policyErr, err
 }
 
-// netmakerDesired builds the state Netmaker should have from the registry.
-// A policy Netmaker cannot express is reported (policyErr) and its tags and
-// ACLs are left as they are, while admission and removal go on.
-func (c *Controller) netmakerDesired(st *netmakerState) (d netmaker.Desired, policyErr, err error) {
-	cfg := c.cfg.Netmaker
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if c.plan == nil {
+func (s *Sync) desiredFrom(v controller.RegistryView, st *netmakerState) (d netmaker.Desired, policyErr, err error) {
+	cfg := s.cfg
+	if v.Plan == nil || v.Mesh == nil {
 		return d, nil, fmt.Errorf("no spec applied")
 	}
-	now := c.cfg.Now()
+	now := s.cfg.Now()
 	d = netmaker.Desired{Hosts: map[string]netmaker.Attested{}, Removed: map[string]time.Time{}, Grace: cfg.Grace}
 	var clusters []netmaker.Cluster
 	network := map[string]string{} // region → network
-	for _, r := range c.plan.Regions {
+	for _, r := range v.Plan.Regions {
 		ns, ok := cfg.Networks[r.Name]
 		if !ok {
 			continue
@@ -226,7 +276,7 @@ func (c *Controller) netmakerDesired(st *netmakerState) (d netmaker.Desired, pol
 			clusters = append(clusters, netmaker.Cluster{Region: r.Name, Name: cl.Name, Network: ns.Name})
 		}
 	}
-	acls, tags, err := netmaker.MapPolicy(c.mesh.Policy, clusters)
+	acls, tags, err := netmaker.MapPolicy(v.Mesh.Policy, clusters)
 	if err != nil {
 		d.SkipPolicy = true
 		policyErr = fmt.Errorf("the policy cannot be written in Netmaker; its tags and ACL policies there are left as they are: %w", err)
@@ -237,8 +287,8 @@ func (c *Controller) netmakerDesired(st *netmakerState) (d netmaker.Desired, pol
 			Tags: tags[cl.Region+"/"+cl.Name], TTL: cfg.KeyTTL})
 	}
 	current := map[string]bool{}
-	candidates := map[string][]*NodeRecord{} // network → gateway candidates
-	for _, n := range c.nodes {
+	candidates := map[string][]controller.BackendNode{} // network → gateway candidates
+	for n := range v.Nodes {
 		k := n.PublicKey.String()
 		current[k] = true
 		if n.State == topology.StateActive {
@@ -250,21 +300,21 @@ func (c *Controller) netmakerDesired(st *netmakerState) (d netmaker.Desired, pol
 		case n.State == topology.StateActive && n.Class == netmap.ClassStrong:
 			st.seen[k] = n.Name
 			delete(st.gone, k)
-			if net, ok := network[n.Region]; ok && n.Role == netmap.RoleHost && n.Labels[NetmakerGatewayLabel] == "true" {
+			if net, ok := network[n.Region]; ok && n.Role == netmap.RoleHost && n.Labels[GatewayLabel] == "true" {
 				candidates[net] = append(candidates[net], n)
 			}
 		case st.seen[k] != "":
 			// Admitted once, no longer qualifies: quarantined, or
 			// downgraded to weak by a failed re-attestation.
 			if _, ok := st.gone[k]; !ok {
-				st.gone[k] = c.lastEventLocked(n.Name, now)
+				st.gone[k] = v.LastChange(n.Name, now)
 			}
 		}
 	}
 	for k, name := range st.seen {
 		if !current[k] {
 			if _, ok := st.gone[k]; !ok {
-				st.gone[k] = c.lastEventLocked(name, now)
+				st.gone[k] = v.LastChange(name, now)
 			}
 		}
 	}
@@ -276,7 +326,7 @@ func (c *Controller) netmakerDesired(st *netmakerState) (d netmaker.Desired, pol
 		if len(cs) == 0 {
 			continue
 		}
-		slices.SortFunc(cs, func(a, b *NodeRecord) int { return strings.Compare(a.Name, b.Name) })
+		slices.SortFunc(cs, func(a, b controller.BackendNode) int { return strings.Compare(a.Name, b.Name) })
 		g := netmaker.GatewaySpec{Network: ns.Name}
 		for _, n := range cs {
 			g.Candidates = append(g.Candidates, n.PublicKey.String())
@@ -286,53 +336,50 @@ func (c *Controller) netmakerDesired(st *netmakerState) (d netmaker.Desired, pol
 	return d, policyErr, nil
 }
 
-// lastEventLocked is the time of the latest event about a node (its
-// quarantine or removal), or fallback.
-func (c *Controller) lastEventLocked(name string, fallback time.Time) time.Time {
-	for i := len(c.events) - 1; i >= 0; i-- {
-		if c.events[i].Subject == name && (c.events[i].Kind == "state" || c.events[i].Kind == "removed") {
-			return c.events[i].Time
-		}
-	}
-	return fallback
-}
-
-func (c *Controller) recordNetmaker(st *netmakerState, rep netmaker.Report, err error) {
-	now := c.cfg.Now()
-	s := &st.status
-	s.Name, s.LastSync = "netmaker", now
-	s.Healthy, s.Error = err == nil, ""
+// record logs a pass and publishes the backend's status.
+func (s *Sync) record(st *netmakerState, rep netmaker.Report, err error) {
+	now := s.cfg.Now()
+	bs := &st.status
+	bs.Name, bs.LastSync = "netmaker", now
+	bs.Healthy, bs.Error = err == nil, ""
 	if err != nil {
-		s.Error = err.Error()
-		c.log.Warn("netmaker reconcile", "err", err)
+		bs.Error = err.Error()
+		s.log.Warn("netmaker reconcile", "err", err)
 	}
-	s.Approved += len(rep.Approved)
-	s.Rejected += len(rep.Rejected)
-	s.Removed += len(rep.Removed)
+	bs.Approved += len(rep.Approved)
+	bs.Rejected += len(rep.Rejected)
+	bs.Removed += len(rep.Removed)
 	for host, took := range rep.Removed {
-		c.log.Info("netmaker host removed", "host", host, "after", took.Round(time.Millisecond))
+		s.log.Info("netmaker host removed", "host", host, "after", took.Round(time.Millisecond))
 	}
 	for _, rm := range rep.Removals {
 		if rm.Unattested {
-			s.RemovedUnattested++
-			c.metrics.netmakerUnattested.WithLabelValues("removed").Inc()
-			c.log.Warn("netmaker host removed: no attested node owns it and it joined without approval", "host", rm.Host, "network", rm.Network)
+			bs.RemovedUnattested++
+			s.unattested.WithLabelValues("removed").Inc()
+			s.log.Warn("netmaker host removed: no attested node owns it and it joined without approval", "host", rm.Host, "network", rm.Network)
 		}
 	}
 	for _, u := range rep.Unattested {
-		if !slices.Contains(s.Unattested, u) { // once, not every pass
-			c.log.Warn("netmaker host left in place though no attested node owns it (admitted in Netmaker by someone else)", "host", u)
+		if !slices.Contains(bs.Unattested, u) { // once, not every pass
+			s.log.Warn("netmaker host left in place though no attested node owns it (admitted in Netmaker by someone else)", "host", u)
 		}
 	}
 	if err == nil || rep.Calls > 0 {
-		s.Unattested, s.Ungated = slices.Clone(rep.Unattested), rep.Ungated
+		bs.Unattested, bs.Ungated = slices.Clone(rep.Unattested), rep.Ungated
 	}
-	c.mu.Lock()
-	c.backends = []api.BackendStatus{*s}
-	c.mu.Unlock()
+	s.reg.SetBackends([]api.BackendStatus{*bs})
 }
 
-// backendsLocked returns the backends' status for Status.
-func (c *Controller) backendsLocked() []api.BackendStatus {
-	return slices.Clone(c.backends)
+func encode(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("netmakersync: encoding %T: %v", v, err))
+	}
+	return b
+}
+
+func decode[T any](b []byte) (T, error) {
+	var v T
+	err := json.Unmarshal(b, &v)
+	return v, err
 }
