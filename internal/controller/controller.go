@@ -216,6 +216,10 @@ func (c *Controller) Bootstrap(ctx context.Context, mesh string) (adminToken str
 			if err := tx.Put(keyCA, encode(rec)); err != nil {
 				return err
 			}
+			// A new store: every key will be indexed as it enrolls.
+			if err := tx.Put(keyWGIndexed, []byte("1")); err != nil {
+				return err
+			}
 		case err != nil:
 			return err
 		default:
@@ -287,11 +291,16 @@ func (c *Controller) Run(ctx context.Context) error {
 	nodes := len(c.nodes)
 	c.mu.Unlock()
 	c.log.Info("registry loaded", "revision", rev, "nodes", nodes)
-	if err := c.indexWGKeys(ctx, kvs); err != nil {
-		return fmt.Errorf("indexing WireGuard keys: %w", err)
-	}
+	missing := c.missingWGKeys(kvs)
 	kvs = nil
 	close(c.ready)
+	if missing != nil {
+		go func() {
+			if err := c.indexWGKeys(ctx, missing); err != nil && ctx.Err() == nil {
+				c.log.Error("indexing the WireGuard keys of older records (the next start retries)", "err", err)
+			}
+		}()
+	}
 
 	go c.healthMonitor(ctx)
 	go c.storeMonitor(ctx)

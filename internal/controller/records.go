@@ -27,6 +27,7 @@ import (
 //	attest/open/<node>            the ID of a node's one open re-attestation challenge
 //	ek/<sha256 of the EK>         the node a TPM is enrolled as
 //	wgkeys/<hex of the key>       the node (node/<name>) or client (client/<name>) a WireGuard key belongs to
+//	meta/wgkeys-indexed           present once every key is in wgkeys/ (new stores; older ones after their migration)
 const (
 	keySpec       = "spec"
 	keyPlan       = "plan"

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/netmap"
@@ -66,13 +67,21 @@ func releaseWGKey(tx store.Tx, k netmap.Key, owner string) error {
 	return tx.Delete(wgKeyKey(k))
 }
 
-// indexWGKeys writes the index entries that records from before the index
-// lack (a store written by an older controller). kvs is the whole store as
-// loaded. Duplicates already in such a store are reported, not resolved:
-// an admin removes one of the two.
-func (c *Controller) indexWGKeys(ctx context.Context, kvs []store.KV) error {
+// keyWGIndexed marks a store whose every WireGuard key is in the index:
+// written at bootstrap of a new store, and by the migration of an older
+// one, so a restart does not scan the store for keys to index.
+const keyWGIndexed = "meta/wgkeys-indexed"
+
+// missingWGKeys returns the index entries that records from before the
+// index lack (a store written by an older controller), from the whole store
+// as loaded; none when the store is marked indexed. Duplicates already in
+// such a store are reported, not resolved: an admin removes one of the two.
+func (c *Controller) missingWGKeys(kvs []store.KV) map[string]string {
 	indexed := map[string]string{}
 	for _, kv := range kvs {
+		if kv.Key == keyWGIndexed {
+			return nil
+		}
 		if strings.HasPrefix(kv.Key, prefixWGKey) {
 			indexed[kv.Key] = string(kv.Value)
 		}
@@ -109,31 +118,35 @@ func (c *Controller) indexWGKeys(ctx context.Context, kvs []store.KV) error {
 			c.log.Error("two peers share one WireGuard public key; remove one of them", "first", cur, "second", owner, "key", k.String())
 		}
 	}
-	if len(missing) == 0 {
-		return nil
-	}
-	// In batches: etcd bounds a transaction's operations (128 by default).
+	return missing
+}
+
+// indexWGKeys writes the missing index entries in batches (etcd bounds a
+// transaction's operations: 128 by default), then marks the store indexed.
+// It runs once per store, after the registry loaded: until it is done,
+// enrollments are checked against the entries written so far.
+func (c *Controller) indexWGKeys(ctx context.Context, missing map[string]string) error {
 	keys := slices.Sorted(maps.Keys(missing))
+	start := time.Now()
 	for len(keys) > 0 {
-		batch := keys[:min(len(keys), 50)]
+		batch := keys[:min(len(keys), 100)]
 		keys = keys[len(batch):]
-		_, err := c.st.Update(ctx, func(tx store.Tx) error {
+		if _, err := c.st.Update(ctx, func(tx store.Tx) error {
 			for _, key := range batch {
-				if _, err := tx.Get(key); err == nil {
-					continue // another replica indexed it meanwhile
-				} else if !errors.Is(err, store.ErrNotFound) {
-					return err
-				}
 				if err := tx.Put(key, []byte(missing[key])); err != nil {
 					return err
 				}
 			}
 			return nil
-		})
-		if err != nil {
+		}); err != nil {
 			return err
 		}
 	}
-	c.log.Info("indexed WireGuard keys of records written before the index", "keys", len(missing))
+	if _, err := c.st.Update(ctx, func(tx store.Tx) error { return tx.Put(keyWGIndexed, []byte("1")) }); err != nil {
+		return err
+	}
+	if len(missing) > 0 {
+		c.log.Info("indexed the WireGuard keys of records written before the index", "keys", len(missing), "took", time.Since(start).Round(time.Millisecond))
+	}
 	return nil
 }
