@@ -18,7 +18,9 @@ func TestCompute(t *testing.T) {
 		{"ipv4 vxlan", Input{UnderlayMTU: 1500, Encapsulation: VXLAN}, 1440, 1390},
 		{"ipv4 vxlan over ipv6 overlay", Input{UnderlayMTU: 1500, Encapsulation: VXLAN, OverlayFamily: IPv6}, 1440, 1370},
 		{"geneve with options", Input{UnderlayMTU: 1500, Encapsulation: Geneve, GeneveOptionBytes: 8}, 1440, 1382},
-		{"cilium wireguard", Input{UnderlayMTU: 1500, CiliumWireGuard: true}, 1440, 1380},
+		// Cilium reserves 95 bytes for its WireGuard (issue 18 item 2: it gave
+		// pods 1345 where the plan said 1380).
+		{"cilium wireguard", Input{UnderlayMTU: 1500, CiliumWireGuard: true}, 1440, 1345},
 		{"jumbo", Input{UnderlayMTU: 9001, UnderlayFamily: IPv4}, 8941, 8941},
 		{"gcp", Input{UnderlayMTU: 1460, UnderlayFamily: IPv6, PayloadFamily: Dual}, 1380, 1380},
 	} {

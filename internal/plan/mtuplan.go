@@ -103,7 +103,7 @@ func (c *computer) mtus() {
 func (c *computer) podMTU(wg int) int {
 	pod := wg - mtu.EncapOverhead(c.m.Cilium.RoutingMode, mtu.IPv4, c.m.Cilium.GeneveOptionBytes)
 	if c.m.Cilium.WireGuard {
-		pod -= mtu.WireGuardOverhead(mtu.IPv4)
+		pod -= mtu.CiliumWireGuardOverhead // Cilium's own figure: its pods get this MTU
 	}
 	return pod
 }
