@@ -120,7 +120,7 @@ func (c *computer) podProblem(v4 bool, supers []netip.Prefix, all, failed []*Clu
 		// Fewer pods per node: the smallest block that still reaches maxPods.
 		perNode := (t.MaxPods + t.MaxNodes - 1) / t.MaxNodes
 		if nb := spec.PodBlockBits(perNode); nb < block {
-			nhb := nb + spec.PodBlockBits(t.MaxNodes)
+			nhb := spec.ClusterPodBits(t.MaxNodes, perNode)
 			fits := blocksFit(supers, nhb)
 			verdict := "then all fit"
 			if fits.Cmp(big.NewInt(int64(len(all)))) < 0 {

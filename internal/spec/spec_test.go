@@ -234,10 +234,18 @@ func TestDocumentLevelErrors(t *testing.T) {
 	}
 }
 
+// TestPodBlockArithmetic: a node's block holds maxPodsPerNode pods after
+// Cilium's 4 reserved addresses (issue 18 item 3: 64 pods got a /26, which
+// holds 60; 1 pod a /32, which holds none). internal/cilium/ciliumcheck
+// checks the same with Cilium's own allocator.
 func TestPodBlockArithmetic(t *testing.T) {
 	for _, tc := range []struct{ ppn, maxNodes, block, cluster int }{
-		{110, 5000, 7, 20}, {128, 5000, 7, 20}, {129, 5000, 8, 21}, {1, 1, 0, 0}, {30, 5000, 5, 18}, {64, 50, 6, 12},
+		{110, 5000, 7, 20}, {124, 5000, 7, 20}, {125, 5000, 8, 21}, {128, 5000, 8, 21}, {1, 1, 3, 3}, {30, 5000, 6, 19},
+		{64, 50, 7, 13}, {60, 50, 6, 12}, {4, 2, 3, 4},
 	} {
+		if n := PodsPerBlock(PodBlockBits(tc.ppn)); n < tc.ppn {
+			t.Errorf("a block of %d host bits holds %d pods, fewer than %d", PodBlockBits(tc.ppn), n, tc.ppn)
+		}
 		if b := PodBlockBits(tc.ppn); b != tc.block {
 			t.Errorf("PodBlockBits(%d) = %d, want %d", tc.ppn, b, tc.block)
 		}
