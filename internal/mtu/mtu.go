@@ -21,6 +21,7 @@ package mtu
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Families.
@@ -166,8 +167,20 @@ func Compute(in Input) (Result, error) {
 	}
 	r.PodMTU = pod
 	if need := MinPayload(in.PayloadFamily); pod < need {
-		return r, fmt.Errorf("%w: %d bytes are left for %s pod traffic, which needs at least %d; raise the underlay MTU to %d or remove a layer (native routing instead of encapsulation, no Cilium WireGuard)",
-			ErrTooSmall, pod, in.PayloadFamily, need, in.UnderlayMTU+need-pod)
+		// Only the layers that are there can be removed.
+		var layers []string
+		if in.Encapsulation != Native {
+			layers = append(layers, "native routing instead of "+in.Encapsulation)
+		}
+		if in.CiliumWireGuard {
+			layers = append(layers, "no Cilium WireGuard")
+		}
+		advice := fmt.Sprintf("raise the underlay MTU to %d", in.UnderlayMTU+need-pod)
+		if len(layers) > 0 {
+			advice += " or remove a layer (" + strings.Join(layers, ", ") + ")"
+		}
+		return r, fmt.Errorf("%w: %d bytes are left for %s pod traffic, which needs at least %d; %s",
+			ErrTooSmall, pod, in.PayloadFamily, need, advice)
 	}
 	return r, nil
 }
@@ -203,7 +216,10 @@ func check(in Input) error {
 	if in.UnderlayFamily == IPv6 {
 		low = MinIPv6
 	}
-	if in.UnderlayMTU < low || in.UnderlayMTU > 65535 {
+	if in.UnderlayMTU > 65535 {
+		return fmt.Errorf("%w: underlay MTU %d is larger than any link's (an IP packet has at most 65535 bytes)", ErrInvalid, in.UnderlayMTU)
+	}
+	if in.UnderlayMTU < low {
 		return fmt.Errorf("%w: underlay MTU %d is not a valid %s link MTU (%d..65535)", ErrTooSmall, in.UnderlayMTU, in.UnderlayFamily, low)
 	}
 	return nil

@@ -67,7 +67,7 @@ func TestRefusals(t *testing.T) {
 		{"ipv6 payload below 1280", Input{UnderlayMTU: 1340, Encapsulation: VXLAN, PayloadFamily: IPv6}, ErrTooSmall},
 		{"ipv6 underlay below 1280", Input{UnderlayMTU: 1200, UnderlayFamily: IPv6}, ErrTooSmall},
 		{"tiny ipv4", Input{UnderlayMTU: 500}, ErrTooSmall},
-		{"huge", Input{UnderlayMTU: 70000}, ErrTooSmall},
+		{"huge", Input{UnderlayMTU: 70000}, ErrInvalid}, // not "too small" (issue 18 item 5)
 		{"bad family", Input{UnderlayMTU: 1500, UnderlayFamily: "ipx"}, ErrInvalid},
 		{"bad encap", Input{UnderlayMTU: 1500, Encapsulation: "gre"}, ErrInvalid},
 		{"geneve options on vxlan", Input{UnderlayMTU: 1500, Encapsulation: VXLAN, GeneveOptionBytes: 4}, ErrInvalid},
