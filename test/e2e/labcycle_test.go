@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -85,6 +88,9 @@ func TestLabDownThenUpAtOnce(t *testing.T) {
 	for round := 1; round <= 2; round++ {
 		run("up", "--bgp")
 		run("check")
+		if round == 1 {
+			checkRenderFirewall(t, dir)
+		}
 		ids := labNSIDs(t)
 		if len(ids) == 0 {
 			t.Fatal("the root namespace has no id for the lab's namespaces: nothing to check")
@@ -94,4 +100,68 @@ func TestLabDownThenUpAtOnce(t *testing.T) {
 			t.Fatalf("round %d: lab down left %v", round, left)
 		}
 	}
+}
+
+// counters are what differs between a loaded ruleset and a used one.
+var counters = regexp.MustCompile(`counter packets \d+ bytes \d+`)
+
+// checkRenderFirewall: statemesh render firewall, from the controller
+// (--node, with nft -c) and offline from the saved map (--map), is the
+// ruleset the node's agent loaded: the script, loaded with nft -f into a
+// fresh namespace, lists the same as the node's own table (counters
+// aside), for a node and a BIRD-mode gateway.
+func checkRenderFirewall(t *testing.T, dir string) {
+	t.Helper()
+	st, err := lab.LoadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var allow []string
+	for _, p := range st.Config.UnderlayAllow {
+		allow = append(allow, "--underlay-allow", p)
+	}
+	for _, host := range []string{"eu-central-c1-n1", "eu-central-gw1"} {
+		fromController, err := exec.Command(binary, append([]string{"render", "firewall", "--node", host, "--check", "--config", st.AdminConfig}, allow...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("render firewall --node %s: %v\n%s", host, err, fromController)
+		}
+		saved := filepath.Join(dir, "hosts", host, "map.json")
+		offline, err := exec.Command(binary, append([]string{"render", "firewall", "--map", saved}, allow...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("render firewall --map %s: %v\n%s", saved, err, offline)
+		}
+		// The same ruleset; the header names the map's revision, which is
+		// the agent's stream position in map.json.
+		if body(offline) != body(fromController) {
+			t.Errorf("%s: --map and --node differ:\n%s\n---\n%s", host, offline, fromController)
+		}
+		script := filepath.Join(t.TempDir(), "fw.nft")
+		if err := os.WriteFile(script, fromController, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		const ns = "smfwcheck"
+		exec.Command("ip", "netns", "del", ns).Run()
+		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		loaded, err := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "nft -f "+script+" && nft list table inet statemesh").CombinedOutput()
+		exec.Command("ip", "netns", "del", ns).Run()
+		if err != nil {
+			t.Fatalf("%s: nft -f the rendered ruleset: %v\n%s", host, err, loaded)
+		}
+		agent, err := exec.Command(binary, "lab", "exec", host, "--dir", dir, "--", "nft", "list", "table", "inet", "statemesh").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: nft list on the node: %v\n%s", host, err, agent)
+		}
+		want, got := counters.ReplaceAllString(string(agent), "counter"), counters.ReplaceAllString(string(loaded), "counter")
+		if want != got {
+			t.Errorf("%s: the rendered ruleset differs from the agent's table:\n--- agent\n%s\n--- rendered\n%s", host, want, got)
+		}
+	}
+}
+
+// body drops the header comment (it names the map's revision).
+func body(script []byte) string {
+	_, rest, _ := strings.Cut(string(script), "\n# Load by hand")
+	return rest
 }
