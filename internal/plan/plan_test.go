@@ -502,3 +502,22 @@ func TestIssue18AdviceNamesOnlyChanges(t *testing.T) {
 		}
 	}
 }
+
+// TestIssue18DualStackAdviceNotAlreadySo: an already dual-stack mesh whose
+// IPv4 pod space is short is not told to add IPv6 pod addresses.
+func TestIssue18DualStackAdviceNotAlreadySo(t *testing.T) {
+	m, err := spec.Parse([]byte("apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata: {name: m}\naddressing: {podIPv4: [10.0.0.0/20], podIPv6: [fd00:10::/48]}\n" +
+		"regions:\n  - name: a\n    clusters: [{name: c, maxNodes: 5000}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Compute(m, nil)
+	var inf *InfeasibleError
+	if !errors.As(err, &inf) {
+		t.Fatalf("got %v, want infeasible", err)
+	}
+	ways := strings.Join(inf.Problems[0].WaysOut, "\n")
+	if strings.Contains(ways, "replace addressing.podIPv4 with addressing.podIPv6") || !strings.Contains(ways, "remove addressing.podIPv4") {
+		t.Errorf("ways out:\n%s", ways)
+	}
+}
