@@ -17,6 +17,10 @@ import (
 // backbonePrefix names the backbone link interfaces (smbbN).
 const backbonePrefix = "smbb"
 
+// BackbonePrefix names a BIRD-mode gateway's backbone WireGuard interfaces
+// (BackbonePrefix + link index); the node firewall opens their ports.
+const BackbonePrefix = backbonePrefix
+
 // linkMap is one backbone link as a WireGuard map: the link's /31, one
 // peer (the other gateway) allowed to send anything, no routes (BIRD
 // installs them) and forwarding on (the gateway forwards either way).

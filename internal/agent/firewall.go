@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"net/netip"
 	"slices"
 	"time"
 
@@ -12,29 +11,7 @@ import (
 
 // firewallState is the nftables state a map asks for.
 func (a *Agent) firewallState(m netmap.Map) firewall.State {
-	s := firewall.State{Interface: m.Interface.Name, ListenPort: m.Interface.ListenPort, Policy: m.Firewall,
-		Pods: m.Self.PodPrefixes, Gateway: m.Self.Role == netmap.RoleGateway, UnderlayAllow: a.cfg.UnderlayAllow}
-	if a.cfg.Interface != "" {
-		s.Interface = a.cfg.Interface
-	}
-	if rt := m.Routing; rt != nil {
-		for _, l := range rt.Links {
-			s.BackbonePorts = append(s.BackbonePorts, l.ListenPort)
-		}
-		s.BackbonePrefix = backbonePrefix
-		for _, x := range rt.External {
-			s.BGPPeers = append(s.BGPPeers, x.Address)
-		}
-	}
-	seen := map[netip.Addr]bool{}
-	for _, p := range m.Peers {
-		if ip := p.Endpoint.Addr().Unmap(); p.Endpoint.IsValid() && !seen[ip] {
-			seen[ip] = true
-			s.Peers = append(s.Peers, ip)
-		}
-	}
-	slices.SortFunc(s.Peers, func(x, y netip.Addr) int { return x.Compare(y) })
-	return s
+	return firewall.StateFor(m, firewall.StateOptions{Interface: a.cfg.Interface, UnderlayAllow: a.cfg.UnderlayAllow, BackbonePrefix: backbonePrefix})
 }
 
 // syncFirewall brings the node's nftables table in line with next. With a

@@ -197,16 +197,24 @@ func Policies(m *spec.Mesh, p *plan.Plan, opts Options) ([]Object, error) {
 		}
 		return out
 	}
-	sources := func(s spec.Segment) IngressRule {
-		var ir IngressRule
+	// sources are the peers of a segment: its pods (fromEndpoints) and its
+	// clients (fromCIDRSet) in separate rules, because Cilium refuses a rule
+	// that combines the two ("combining FromCIDRSet and FromEndpoints is not
+	// supported yet", api.IngressCommonRule.sanitize).
+	sources := func(s spec.Segment) []IngressRule {
+		var out []IngressRule
 		if sc := scope(s); len(sc) > 0 {
-			ir.FromEndpoints = []Selector{{MatchLabels: podLabels(s),
-				MatchExpressions: []Requirement{{Key: ClusterLabel, Operator: "In", Values: sc}}}}
+			out = append(out, IngressRule{FromEndpoints: []Selector{{MatchLabels: podLabels(s),
+				MatchExpressions: []Requirement{{Key: ClusterLabel, Operator: "In", Values: sc}}}}})
 		}
-		for _, b := range clientsOf[s.Name] {
-			ir.FromCIDRSet = append(ir.FromCIDRSet, CIDRRule{CIDR: b.String()})
+		if bs := clientsOf[s.Name]; len(bs) > 0 {
+			var ir IngressRule
+			for _, b := range bs {
+				ir.FromCIDRSet = append(ir.FromCIDRSet, CIDRRule{CIDR: b.String()})
+			}
+			out = append(out, ir)
 		}
-		return ir
+		return out
 	}
 	var out []Object
 	for _, k := range order {
@@ -237,15 +245,23 @@ func Policies(m *spec.Mesh, p *plan.Plan, opts Options) ([]Object, error) {
 			if dst.Sensitive {
 				o.Spec.IngressDeny = []DenyRule{{FromNodes: []Selector{{MatchLabels: map[string]string{NodeClassLabel: "weak"}}}}}
 			}
-			add := func(ir IngressRule, comment string) {
-				if len(ir.FromEndpoints)+len(ir.FromCIDRSet) == 0 {
-					return // the source segment has no pods and no clients
+			// add appends one rule per kind of source (pods, clients); a
+			// source segment with neither adds nothing.
+			add := func(srcs []IngressRule, comment string, with func(*IngressRule)) {
+				for _, ir := range srcs {
+					if with != nil {
+						with(&ir)
+					}
+					c := comment
+					if len(ir.FromCIDRSet) > 0 {
+						c += ": its clients"
+					}
+					o.Spec.Ingress = append(o.Spec.Ingress, ir)
+					o.comments = append(o.comments, c)
 				}
-				o.Spec.Ingress = append(o.Spec.Ingress, ir)
-				o.comments = append(o.comments, comment)
 			}
 			if !dst.Isolated {
-				add(sources(dst), "segment "+name+": its members, any port")
+				add(sources(dst), "segment "+name+": its members, any port", nil)
 			}
 			for _, r := range m.Policy.Rules {
 				if r.To != name {
@@ -274,18 +290,16 @@ func Policies(m *spec.Mesh, p *plan.Plan, opts Options) ([]Object, error) {
 				}
 				comment := fmt.Sprintf("rule %s: %s -> %s (%s)", r.Name, r.From, r.To, strings.Join(r.Ports, ", "))
 				if all {
-					add(base, comment)
+					add(base, comment, nil)
 					continue
 				}
 				if len(tcpudp) > 0 {
-					ir := base
-					ir.ToPorts = []PortRule{{Ports: tcpudp}}
-					add(ir, comment)
+					add(base, comment, func(ir *IngressRule) { ir.ToPorts = []PortRule{{Ports: tcpudp}} })
 				}
 				if icmp {
-					ir := base
-					ir.ICMPs = []ICMPRule{{Fields: []ICMPField{{Type: "EchoRequest", Family: "IPv4"}, {Type: "EchoRequest", Family: "IPv6"}}}}
-					add(ir, comment+": echo requests")
+					add(base, comment+": echo requests", func(ir *IngressRule) {
+						ir.ICMPs = []ICMPRule{{Fields: []ICMPField{{Type: "EchoRequest", Family: "IPv4"}, {Type: "EchoRequest", Family: "IPv6"}}}}
+					})
 				}
 			}
 			out = append(out, o)

@@ -218,3 +218,33 @@ func mustPlan(t *testing.T, text string) *plan.Plan {
 	}
 	return p
 }
+
+// TestIssue18ClientsWithMatchSplitsSources: a clients segment that also
+// matches nodes is a source of pods and of client CIDRs; Cilium refuses an
+// ingress rule that combines fromEndpoints and fromCIDRSet, so they are
+// rendered as two rules with the same ports (Cilium's own parser checks
+// every rendered policy in internal/cilium/ciliumcheck).
+func TestIssue18ClientsWithMatchSplitsSources(t *testing.T) {
+	text := strings.Replace(example(t), "  rules:\n",
+		"    - {name: ops2, clients: true, match: {clusters: [us-east/web]}}\n  rules:\n    - {name: ops2-orders, from: ops2, to: backend, ports: [\"tcp/5432\"]}\n", 1)
+	objs := render(t, text, cilium.Options{Cluster: "eu-central/data"})
+	var endpoints, cidrs int
+	for _, o := range objs {
+		for _, ir := range o.Spec.Ingress {
+			if len(ir.FromEndpoints) > 0 && len(ir.FromCIDRSet) > 0 {
+				t.Errorf("%s: one ingress rule with fromEndpoints and fromCIDRSet: %+v", o.Metadata.Name, ir)
+			}
+			if len(ir.ToPorts) == 1 && ir.ToPorts[0].Ports[0].Port == "5432" {
+				if len(ir.FromEndpoints) > 0 {
+					endpoints++
+				}
+				if len(ir.FromCIDRSet) > 0 {
+					cidrs++
+				}
+			}
+		}
+	}
+	if endpoints != 1 || cidrs != 1 {
+		t.Errorf("ops2 -> backend: %d pod rules and %d client rules, want one each", endpoints, cidrs)
+	}
+}

@@ -193,12 +193,15 @@ func ClusterValuesFor(m *spec.Mesh, p *plan.Plan, key string) (RenderedValues, e
 		rv.notes = append(rv.notes, fmt.Sprintf("cilium.routingMode is %s: Cilium encapsulates inside the overlay (%d bytes less for pods)", m.Cilium.RoutingMode,
 			mtu.EncapOverhead(m.Cilium.RoutingMode, mtu.IPv4, m.Cilium.GeneveOptionBytes)))
 	}
-	// Cilium's MTU is the device's (the StateMesh interface); it subtracts
-	// its own encapsulation and encryption for pods.
-	v.MTU = node.WireGuardMTU
+	// Cilium's MTU is the device's (the StateMesh interface); Cilium
+	// subtracts its own encapsulation (50 bytes) and encryption (95) for the
+	// pods' routes, but not Geneve options: the value leaves room for them,
+	// so that Cilium's pods get exactly the plan's pod MTU (the Cilium
+	// module's pkg/mtu checks it in internal/cilium/ciliumcheck).
+	v.MTU = CiliumMTU(m, node.WireGuardMTU)
 	rv.PodMTU = pc.PodMTU
 	if op, ok := pr.Role(netmap.RoleOperator); ok && op.WireGuardMTU != node.WireGuardMTU {
-		rv.OperatorMTU = op.WireGuardMTU
+		rv.OperatorMTU = CiliumMTU(m, op.WireGuardMTU)
 	}
 	// Without kube-proxy, Cilium must reach the API server by address: only
 	// clusters whose kubeAPIServer the spec gives get the replacement.
@@ -238,6 +241,16 @@ func ClusterValuesFor(m *spec.Mesh, p *plan.Plan, key string) (RenderedValues, e
 	}
 	rv.Values = v
 	return rv, nil
+}
+
+// CiliumMTU is Cilium's MTU value for nodes whose StateMesh interface has
+// the given MTU: the interface's, less the Geneve options Cilium does not
+// count itself.
+func CiliumMTU(m *spec.Mesh, wireguardMTU int) int {
+	if m.Cilium.RoutingMode == spec.RoutingGeneve {
+		return wireguardMTU - m.Cilium.GeneveOptionBytes
+	}
+	return wireguardMTU
 }
 
 // covering returns the first supernet (a mesh has one per family in

@@ -2,7 +2,9 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -38,20 +40,18 @@ changed peer), addresses, MTU, routes, forwarding on gateways.
 WireGuard is the kernel module when the kernel has it, otherwise embedded wireguard-go,
 which runs as its own process (statemesh wireguard-go IFNAME) so the data plane survives
 agent restarts; either way 'wg show' works.`,
+		// The flags are checked before anything runs, so a wrong command
+		// line (from the Helm chart, say) fails at once with the flag's name.
+		PreRunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := newLogger(os.Stderr, logLevel); err != nil {
+				return err
+			}
+			return checkAgentFlags(cmd, &cfg, underlayAllow)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := newLogger(os.Stderr, logLevel)
 			if err != nil {
 				return err
-			}
-			switch cfg.Role {
-			case "node", "operator", "gateway", netmap.RoleHost:
-			default:
-				return usagef("--role %q: use node, operator, gateway, or host (with --attest-only)", cfg.Role)
-			}
-			switch cfg.WireGuard {
-			case wg.ModeAuto, wg.ModeKernel, wg.ModeUserspace:
-			default:
-				return usagef("--wireguard %q: use kernel, userspace or auto", cfg.WireGuard)
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -71,21 +71,8 @@ agent restarts; either way 'wg show' works.`,
 				}
 				cfg.ControllerPolicy = pol
 			}
-			for _, s := range underlayAllow {
-				p, err := spec.ParsePort(s)
-				if err != nil {
-					return usagef("--underlay-allow: %v", err)
-				}
-				cfg.UnderlayAllow = append(cfg.UnderlayAllow, netmap.PortRange{Proto: p.Proto, From: p.From, To: p.To})
-			}
 			if cfg.Token == "" {
 				cfg.Token = os.Getenv("STATEMESH_TOKEN")
-			}
-			switch {
-			case cfg.AttestOnly && !cmd.Flags().Changed("role"):
-				cfg.Role = netmap.RoleHost
-			case cfg.AttestOnly != (cfg.Role == netmap.RoleHost):
-				return usagef("--role host and --attest-only go together (a Netmaker host is attested, never configured)")
 			}
 			a, err := agent.New(ctx, cfg)
 			if err != nil {
@@ -113,7 +100,7 @@ agent restarts; either way 'wg show' works.`,
 	f.StringVar(&cfg.KeyFromInterface, "wireguard-key-from", "netmaker", "with --attest-only: the WireGuard interface whose public key is enrolled")
 	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/statemesh-agent", "key, identity and last applied map")
 	f.StringVar(&cfg.Endpoint, "endpoint", "", "IP:PORT where peers reach this node (default: the address towards the controller)")
-	f.StringVar(&cfg.PublicEndpoint, "public-endpoint", "", "IP:PORT where other regions' gateways reach this gateway")
+	f.StringVar(&cfg.PublicEndpoint, "public-endpoint", "", "IP:PORT (or just IP, with --listen-port) where other regions' gateways reach this gateway; an IPv6 address may be bare or [IP]:PORT")
 	f.IntVar(&cfg.ListenPort, "listen-port", 51820, "WireGuard UDP port advertised in the default endpoint")
 	f.StringVar(&cfg.Interface, "interface", "", "WireGuard interface name (default: the map's, sm0)")
 	f.StringVar(&cfg.WireGuard, "wireguard", wg.ModeAuto, "kernel, userspace or auto")
@@ -146,6 +133,70 @@ func newWireGuardGoCmd(e *env) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
+}
+
+// checkAgentFlags checks the agent's flags without side effects and fills
+// what derives from them (the underlay ports, the role of an attest-only
+// host, a public endpoint given as a bare IP).
+func checkAgentFlags(cmd *cobra.Command, cfg *agent.Config, underlayAllow []string) error {
+	switch {
+	case cfg.AttestOnly && !cmd.Flags().Changed("role"):
+		cfg.Role = netmap.RoleHost
+	case cfg.AttestOnly != (cfg.Role == netmap.RoleHost):
+		return usagef("--role host and --attest-only go together (a Netmaker host is attested, never configured)")
+	}
+	switch cfg.Role {
+	case netmap.RoleNode, netmap.RoleOperator, netmap.RoleGateway, netmap.RoleHost:
+	default:
+		return usagef("--role %q: use node, operator or gateway", cfg.Role)
+	}
+	switch cfg.WireGuard {
+	case wg.ModeAuto, wg.ModeKernel, wg.ModeUserspace:
+	default:
+		return usagef("--wireguard %q: use kernel, userspace or auto", cfg.WireGuard)
+	}
+	if cfg.ListenPort < 1 || cfg.ListenPort > 65535 {
+		return usagef("--listen-port %d: use 1..65535", cfg.ListenPort)
+	}
+	cfg.UnderlayAllow = nil
+	for _, s := range underlayAllow {
+		p, err := spec.ParsePort(s)
+		if err != nil {
+			return usagef("--underlay-allow: %v", err)
+		}
+		cfg.UnderlayAllow = append(cfg.UnderlayAllow, netmap.PortRange{Proto: p.Proto, From: p.From, To: p.To})
+	}
+	if err := spec.CheckLabels(cfg.Labels); err != nil {
+		return usagef("--labels: %v (write k=v,k2=v2 or repeat the flag)", err)
+	}
+	if cfg.Endpoint != "" {
+		ep, err := endpointFlag(cfg.Endpoint, cfg.ListenPort)
+		if err != nil {
+			return usagef("--endpoint %q: %v", cfg.Endpoint, err)
+		}
+		cfg.Endpoint = ep
+	}
+	if cfg.PublicEndpoint != "" {
+		ep, err := endpointFlag(cfg.PublicEndpoint, cfg.ListenPort)
+		if err != nil {
+			return usagef("--public-endpoint %q: %v", cfg.PublicEndpoint, err)
+		}
+		cfg.PublicEndpoint = ep
+	}
+	return nil
+}
+
+// endpointFlag reads IP:PORT, [IPv6]:PORT or a bare IP (v4 or v6, taking
+// port) and returns the canonical IP:PORT ([IPv6]:PORT) the controller
+// accepts.
+func endpointFlag(s string, port int) (string, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil && ap.Port() != 0 {
+		return ap.String(), nil
+	}
+	if ip, err := netip.ParseAddr(s); err == nil && ip.Zone() == "" {
+		return netip.AddrPortFrom(ip.Unmap(), uint16(port)).String(), nil
+	}
+	return "", errors.New("write IP:PORT, [IPv6]:PORT or an IP (the port is then --listen-port)")
 }
 
 // controllerPolicyFrom reads the controller's attestation policy from a

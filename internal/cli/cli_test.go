@@ -314,3 +314,24 @@ func TestAgentRoleHostWithAttestOnly(t *testing.T) {
 		t.Errorf("--role host without --attest-only: %+v", r)
 	}
 }
+
+// TestIssue18LargeSpecFileSize: a spec file over the limit is reported
+// with its real size (a 52 MB file was "4194305 bytes").
+func TestIssue18LargeSpecFileSize(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "big.yaml")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 52_000_000); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, "", "validate", "-f", path)
+	if r.code == 0 || !strings.Contains(r.stderr, "52,000,000 bytes") || strings.Contains(r.stderr, "4194305") {
+		t.Errorf("exit %d: %s", r.code, r.stderr)
+	}
+	// And mtu: an MTU above 65535 is not "too small".
+	r = run(t, "", "mtu", "--underlay-mtu", "65536")
+	if r.code == 0 || strings.Contains(r.stderr, "too small") {
+		t.Errorf("mtu --underlay-mtu 65536: exit %d: %s", r.code, r.stderr)
+	}
+}

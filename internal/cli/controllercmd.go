@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -103,6 +104,7 @@ DATA-DIR/admin.json (mode 0600) for the CLI:
 
   export STATEMESH_CONFIG=DATA-DIR/admin.json
   statemesh apply -f mesh.yaml`,
+		PreRunE: func(cmd *cobra.Command, args []string) error { return checkControllerFlags(f) },
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runController(cmd.Context(), e, f)
 		},
@@ -127,6 +129,46 @@ DATA-DIR/admin.json (mode 0600) for the CLI:
 	fl.DurationVar(&f.netmakerKeyTTL, "netmaker-key-ttl", 0, "make the clusters' Netmaker enrollment keys expire after this long, replaced by new ones once less than a fifth is left (0: they do not expire)")
 	fl.StringVar(&f.kekFile, "kek-file", "", "key-encryption keyring sealing secrets at rest (default DATA-DIR/kek, created at first start; or $STATEMESH_KEK). Replicas on one etcd need the same one")
 	return cmd
+}
+
+// checkControllerFlags checks the controller's flags without side effects,
+// so a wrong command line fails at once with the flag's name.
+func checkControllerFlags(f controllerFlags) error {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return usagef("--log-level %q: use debug, info, warn or error", f.logLevel)
+	}
+	switch f.storeKind {
+	case "bolt":
+	case "etcd":
+		if f.etcdEndpoints == "" {
+			return usagef("--store etcd needs --etcd-endpoints")
+		}
+		for _, ep := range strings.Split(f.etcdEndpoints, ",") {
+			if u, err := url.Parse(ep); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+				return usagef("--etcd-endpoints: %q is not an http(s)://HOST:PORT URL", ep)
+			}
+		}
+	default:
+		return usagef("--store %q: use bolt or etcd", f.storeKind)
+	}
+	for name, v := range map[string]string{"--listen": f.listen, "--metrics-listen": f.metricsListen} {
+		if v == "" && name == "--metrics-listen" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			return usagef("%s %q: write HOST:PORT (%v)", name, v, err)
+		}
+	}
+	if f.advertise != "" {
+		if u, err := url.Parse(f.advertise); err != nil || u.Scheme != "https" || u.Host == "" {
+			return usagef("--advertise %q: write https://HOST:PORT", f.advertise)
+		}
+	}
+	if f.heartbeatTimeout <= 0 {
+		return usagef("--gateway-timeout %s: give a positive duration", f.heartbeatTimeout)
+	}
+	return nil
 }
 
 func openStore(ctx context.Context, f controllerFlags) (store.Store, error) {

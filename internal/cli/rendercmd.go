@@ -24,7 +24,7 @@ func newRenderCmd(e *env) *cobra.Command {
 		Use:   "render",
 		Short: "Render configuration for other components from the mesh spec",
 	}
-	cmd.AddCommand(newRenderCiliumPoliciesCmd(e), newRenderCiliumCmd(e), newRenderAllCmd(e), newRenderBirdCmd(e))
+	cmd.AddCommand(newRenderCiliumPoliciesCmd(e), newRenderCiliumCmd(e), newRenderAllCmd(e), newRenderBirdCmd(e), newRenderFirewallCmd(e))
 	return cmd
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -50,6 +51,30 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	return ExitError
+}
+
+// CheckArgs parses a command line as Main would and runs the command's own
+// flag checks, without running the command: what a deployment (the Helm
+// chart, a systemd unit) passes can be checked against the real parser.
+func CheckArgs(args []string) error {
+	root := newRoot(&env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: io.Discard})
+	cmd, rest, err := root.Find(args)
+	if err != nil {
+		return err
+	}
+	if err := cmd.ParseFlags(rest); err != nil {
+		return usageError{err}
+	}
+	if err := cmd.ValidateArgs(cmd.Flags().Args()); err != nil {
+		return err
+	}
+	if err := cmd.ValidateRequiredFlags(); err != nil {
+		return err
+	}
+	if cmd.PreRunE != nil {
+		return cmd.PreRunE(cmd, cmd.Flags().Args())
+	}
+	return nil
 }
 
 func newRoot(e *env) *cobra.Command {

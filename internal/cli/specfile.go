@@ -24,6 +24,10 @@ func (e *env) readInput(path string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
+	// Say how large a file is rather than how much was read of it.
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() > spec.MaxSpecBytes {
+		return nil, fmt.Errorf("%s is %s bytes; a spec may have at most %s (4 MiB)", path, spec.Count(uint64(fi.Size())), spec.Count(spec.MaxSpecBytes))
+	}
 	return io.ReadAll(io.LimitReader(f, spec.MaxSpecBytes+1))
 }
 

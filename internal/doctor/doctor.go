@@ -87,7 +87,7 @@ func Spec(m *spec.Mesh, p *plan.Plan) []Finding {
 	if m.Cilium.WireGuard {
 		out = append(out, Finding{Severity: Warning, Check: "double-encryption", Subject: "cilium.wireguard",
 			Reason:   "Cilium's WireGuard encrypts pod traffic that the StateMesh overlay already encrypts: twice the CPU per packet and less MTU for pods",
-			Evidence: fmt.Sprintf("cilium.wireguard: true costs %d more bytes per packet (WireGuard inside the IPv4 overlay)", mtu.WireGuardOverhead(mtu.IPv4)),
+			Evidence: fmt.Sprintf("cilium.wireguard: true costs %d more bytes of pod MTU (Cilium's reserve for its WireGuard inside the overlay)", mtu.CiliumWireGuardOverhead),
 			Fix:      "set cilium.wireguard: false (StateMesh's WireGuard covers every node-to-node path)"})
 	}
 	for _, u := range p.Usage {

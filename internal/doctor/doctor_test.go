@@ -64,8 +64,8 @@ func TestSpecFindings(t *testing.T) {
 	if f := find(fs, "double-encryption"); len(f) != 1 || f[0].Severity != Warning {
 		t.Errorf("cilium.wireguard: %+v", f)
 	}
-	if f := find(fs, "double-encryption"); len(f) != 1 || !strings.Contains(f[0].Evidence, "60 more bytes") {
-		t.Errorf("double encryption costs WireGuard's IPv4 overhead: %+v", f)
+	if f := find(fs, "double-encryption"); len(f) != 1 || !strings.Contains(f[0].Evidence, "95 more bytes") {
+		t.Errorf("double encryption costs Cilium's WireGuard reserve: %+v", f)
 	}
 	if fs[0].Severity != Warning {
 		t.Errorf("findings not sorted worst first: %+v", fs[0])

@@ -36,7 +36,7 @@ func (l *Lab) progress(format string, args ...any) {
 }
 
 // Prerequisites lists the programs the lab runs.
-var Prerequisites = []string{"ip", "nsenter", "unshare", "tc", "ping", "mount", "sleep"}
+var Prerequisites = []string{"ip", "ss", "nsenter", "unshare", "tc", "ping", "mount", "sleep"}
 
 // CheckPrerequisites says what is missing to run a lab here.
 func CheckPrerequisites() error {
@@ -251,8 +251,15 @@ func (l *Lab) hosts(ctx context.Context) error {
 			}
 		}
 		root := fmt.Sprintf("smlm%d", i)
+		if _, err := sh("ip", "link", "add", "name", "mgmt0", "netns", ns, "type", "veth", "peer", "name", root); err != nil {
+			return err
+		}
+		// Recorded: lab down deletes the pair from this end, whatever
+		// becomes of the namespace.
+		if err := l.State.addRootLink(root); err != nil {
+			return err
+		}
 		for _, args := range [][]string{
-			{"ip", "link", "add", "name", "mgmt0", "netns", ns, "type", "veth", "peer", "name", root},
 			{"ip", "link", "set", root, "master", mgmtBridge},
 			{"ip", "link", "set", root, "up"},
 			{"ip", "-n", ns, "addr", "add", h.Mgmt.String() + "/16", "dev", "mgmt0"},

@@ -8,11 +8,20 @@
 //	VXLAN over IPv4 / IPv6       50 / 70 bytes (14 Ethernet + 20/40 IP + 8 UDP + 8 VXLAN)
 //	Geneve over IPv4 / IPv6      50 / 70 bytes + options
 //	Cilium native routing        0
+//	Cilium's own WireGuard       95 bytes, whatever the family
+//
+// The last is Cilium's figure, not WireGuard's exact 60/80: Cilium sets the
+// pods' route MTU to its MTU value minus its pkg/mtu.WireguardOverhead (95:
+// an IPv6 header, UDP, the message header and tag, and the largest padding),
+// so the plan uses the same number and Cilium's pods get exactly the
+// plan's pod MTU. Geneve options are not in Cilium's arithmetic at all: the
+// rendered Cilium MTU value is lowered by them instead (internal/cilium).
 package mtu
 
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Families.
@@ -90,6 +99,11 @@ func WireGuardOverhead(family string) int {
 	return 60
 }
 
+// CiliumWireGuardOverhead is what Cilium subtracts from its MTU for its own
+// WireGuard encryption (github.com/cilium/cilium pkg/mtu.WireguardOverhead),
+// over either family.
+const CiliumWireGuardOverhead = 95
+
 // EncapOverhead returns the overhead of Cilium's encapsulation carried over
 // an overlay of the given family.
 func EncapOverhead(mode, overlayFamily string, geneveOptions int) int {
@@ -146,14 +160,27 @@ func Compute(in Input) (Result, error) {
 		r.Layers = append(r.Layers, Layer{Name: "cilium-native", MTU: pod, Detail: "native routing: no encapsulation"})
 	}
 	if in.CiliumWireGuard {
-		o := WireGuardOverhead(in.OverlayFamily)
+		o := CiliumWireGuardOverhead
 		pod -= o
-		r.Layers = append(r.Layers, Layer{Name: "cilium-wireguard", Overhead: o, MTU: pod, Detail: "Cilium's own WireGuard inside the overlay: " + wgDetail(in.OverlayFamily)})
+		r.Layers = append(r.Layers, Layer{Name: "cilium-wireguard", Overhead: o, MTU: pod,
+			Detail: "Cilium's own WireGuard inside the overlay: Cilium reserves 95 (40 IPv6 + 8 UDP + 32 WireGuard + 15 padding) whatever the family"})
 	}
 	r.PodMTU = pod
 	if need := MinPayload(in.PayloadFamily); pod < need {
-		return r, fmt.Errorf("%w: %d bytes are left for %s pod traffic, which needs at least %d; raise the underlay MTU to %d or remove a layer (native routing instead of encapsulation, no Cilium WireGuard)",
-			ErrTooSmall, pod, in.PayloadFamily, need, in.UnderlayMTU+need-pod)
+		// Only the layers that are there can be removed.
+		var layers []string
+		if in.Encapsulation != Native {
+			layers = append(layers, "native routing instead of "+in.Encapsulation)
+		}
+		if in.CiliumWireGuard {
+			layers = append(layers, "no Cilium WireGuard")
+		}
+		advice := fmt.Sprintf("raise the underlay MTU to %d", in.UnderlayMTU+need-pod)
+		if len(layers) > 0 {
+			advice += " or remove a layer (" + strings.Join(layers, ", ") + ")"
+		}
+		return r, fmt.Errorf("%w: %d bytes are left for %s pod traffic, which needs at least %d; %s",
+			ErrTooSmall, pod, in.PayloadFamily, need, advice)
 	}
 	return r, nil
 }
@@ -189,7 +216,10 @@ func check(in Input) error {
 	if in.UnderlayFamily == IPv6 {
 		low = MinIPv6
 	}
-	if in.UnderlayMTU < low || in.UnderlayMTU > 65535 {
+	if in.UnderlayMTU > 65535 {
+		return fmt.Errorf("%w: underlay MTU %d is larger than any link's (an IP packet has at most 65535 bytes)", ErrInvalid, in.UnderlayMTU)
+	}
+	if in.UnderlayMTU < low {
 		return fmt.Errorf("%w: underlay MTU %d is not a valid %s link MTU (%d..65535)", ErrTooSmall, in.UnderlayMTU, in.UnderlayFamily, low)
 	}
 	return nil

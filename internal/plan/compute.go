@@ -219,12 +219,17 @@ func (c *computer) clusterIDs() {
 			next++
 		}
 		if next > maxID {
+			way := "set cilium.maxConnectedClusters: 511"
+			if maxID >= 511 {
+				// Already so: Cilium has no more.
+				way = "plan at most 511 clusters per mesh (Cilium's ClusterMesh limit)"
+			}
 			c.inf.add(Problem{
 				Subject:   "cilium cluster IDs",
 				Detail:    fmt.Sprintf("%d clusters need unique Cilium cluster IDs", len(all)),
 				Needed:    fmt.Sprint(len(all)),
 				Available: fmt.Sprint(maxID),
-				WaysOut:   []string{"set cilium.maxConnectedClusters: 511"},
+				WaysOut:   []string{way},
 			})
 			return
 		}

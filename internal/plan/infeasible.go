@@ -112,15 +112,19 @@ func (c *computer) podProblem(v4 bool, supers []netip.Prefix, all, failed []*Clu
 				spec.Count(RFC1918Addresses))
 		}
 		rfc := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("172.16.0.0/12"), netip.MustParsePrefix("192.168.0.0/16")}
-		p.WaysOut = append(p.WaysOut,
-			"give pods IPv6 addresses: replace addressing.podIPv4 with addressing.podIPv6 (e.g. fd00:10::/48, which holds "+
-				countBig(blocksFit([]netip.Prefix{netip.MustParsePrefix("fd00:10::/48")}, hb))+" such clusters)",
+		ipv6 := "give pods IPv6 addresses: replace addressing.podIPv4 with addressing.podIPv6 (e.g. fd00:10::/48, which holds " +
+			countBig(blocksFit([]netip.Prefix{netip.MustParsePrefix("fd00:10::/48")}, hb)) + " such clusters)"
+		if len(c.m.Addressing.PodIPv6) > 0 {
+			// Already dual-stack: the IPv6 half is there.
+			ipv6 = "IPv6-only pods: remove addressing.podIPv4 (the mesh already has addressing.podIPv6)"
+		}
+		p.WaysOut = append(p.WaysOut, ipv6,
 			fmt.Sprintf("dual-stack (addressing.podIPv4 and addressing.podIPv6) still needs a unique IPv4 pod CIDR per cluster: it works for at most %s clusters of this size in all of RFC 1918",
 				countBig(blocksFit(rfc, hb))))
 		// Fewer pods per node: the smallest block that still reaches maxPods.
 		perNode := (t.MaxPods + t.MaxNodes - 1) / t.MaxNodes
 		if nb := spec.PodBlockBits(perNode); nb < block {
-			nhb := nb + spec.PodBlockBits(t.MaxNodes)
+			nhb := spec.ClusterPodBits(t.MaxNodes, perNode)
 			fits := blocksFit(supers, nhb)
 			verdict := "then all fit"
 			if fits.Cmp(big.NewInt(int64(len(all)))) < 0 {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/statemesh/statemesh/internal/mtu"
+	"github.com/statemesh/statemesh/internal/spec"
 )
 
 // Roles in the order the plan lists them.
@@ -90,8 +91,7 @@ func (c *computer) mtus() {
 						Detail:    fmt.Sprintf("%s pods need an MTU of at least %d; the overlay leaves %d after Cilium %s routing", payload, need, x.pod, c.m.Cilium.RoutingMode),
 						Needed:    fmt.Sprint(need),
 						Available: fmt.Sprint(x.pod),
-						WaysOut: []string{"use cilium.routingMode: native (no encapsulation)", "disable cilium.wireguard (the overlay already encrypts)",
-							fmt.Sprintf("raise the smallest underlay MTU on the path by %d bytes", need-x.pod)},
+						WaysOut:   c.mtuWaysOut(need - x.pod),
 					})
 				}
 			}
@@ -99,11 +99,24 @@ func (c *computer) mtus() {
 	}
 }
 
+// mtuWaysOut lists what would give pods short bytes more: only the
+// settings that are not already so.
+func (c *computer) mtuWaysOut(short int) []string {
+	var out []string
+	if c.m.Cilium.RoutingMode != spec.RoutingNative {
+		out = append(out, "use cilium.routingMode: native (no encapsulation)")
+	}
+	if c.m.Cilium.WireGuard {
+		out = append(out, "disable cilium.wireguard (the overlay already encrypts)")
+	}
+	return append(out, fmt.Sprintf("raise the smallest underlay MTU on the path by %d bytes", short))
+}
+
 // podMTU is what is left for pods above a WireGuard MTU.
 func (c *computer) podMTU(wg int) int {
 	pod := wg - mtu.EncapOverhead(c.m.Cilium.RoutingMode, mtu.IPv4, c.m.Cilium.GeneveOptionBytes)
 	if c.m.Cilium.WireGuard {
-		pod -= mtu.WireGuardOverhead(mtu.IPv4)
+		pod -= mtu.CiliumWireGuardOverhead // Cilium's own figure: its pods get this MTU
 	}
 	return pod
 }

@@ -464,3 +464,60 @@ func BenchmarkPlanDesignLimitWithState(b *testing.B) {
 		}
 	}
 }
+
+// TestIssue18AdviceNamesOnlyChanges: the ways out of a too-small pod MTU
+// name only settings that are not already so (native routing was advised
+// to a native mesh, disabling cilium.wireguard to one without it).
+func TestIssue18AdviceNamesOnlyChanges(t *testing.T) {
+	for _, tc := range []struct {
+		cilium  string
+		advised []string
+		not     []string
+	}{
+		{"{routingMode: native}", []string{"raise the smallest underlay MTU"}, []string{"routingMode: native", "cilium.wireguard"}},
+		{"{routingMode: vxlan}", []string{"routingMode: native", "raise"}, []string{"cilium.wireguard"}},
+		{"{routingMode: native, wireguard: true}", []string{"disable cilium.wireguard", "raise"}, []string{"routingMode: native"}},
+	} {
+		src := "apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata: {name: m}\naddressing: {podIPv6: [fd00::/48]}\nunderlay: {mtu: 1300}\ncilium: " + tc.cilium +
+			"\nregions:\n  - name: a\n    clusters: [{name: c, maxNodes: 10}]\n"
+		m, err := spec.Parse([]byte(src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = Compute(m, nil)
+		var inf *InfeasibleError
+		if !errors.As(err, &inf) {
+			t.Fatalf("%s: got %v, want infeasible", tc.cilium, err)
+		}
+		ways := strings.Join(inf.Problems[0].WaysOut, "\n")
+		for _, w := range tc.advised {
+			if !strings.Contains(ways, w) {
+				t.Errorf("%s: ways out lack %q:\n%s", tc.cilium, w, ways)
+			}
+		}
+		for _, w := range tc.not {
+			if strings.Contains(ways, w) {
+				t.Errorf("%s: ways out name %q, which is already so:\n%s", tc.cilium, w, ways)
+			}
+		}
+	}
+}
+
+// TestIssue18DualStackAdviceNotAlreadySo: an already dual-stack mesh whose
+// IPv4 pod space is short is not told to add IPv6 pod addresses.
+func TestIssue18DualStackAdviceNotAlreadySo(t *testing.T) {
+	m, err := spec.Parse([]byte("apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata: {name: m}\naddressing: {podIPv4: [10.0.0.0/20], podIPv6: [fd00:10::/48]}\n" +
+		"regions:\n  - name: a\n    clusters: [{name: c, maxNodes: 5000}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Compute(m, nil)
+	var inf *InfeasibleError
+	if !errors.As(err, &inf) {
+		t.Fatalf("got %v, want infeasible", err)
+	}
+	ways := strings.Join(inf.Problems[0].WaysOut, "\n")
+	if strings.Contains(ways, "replace addressing.podIPv4 with addressing.podIPv6") || !strings.Contains(ways, "remove addressing.podIPv4") {
+		t.Errorf("ways out:\n%s", ways)
+	}
+}

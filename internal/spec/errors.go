@@ -68,5 +68,16 @@ type errs struct {
 }
 
 func (c *errs) add(path, fix, format string, args ...any) {
-	c.list = append(c.list, FieldError{Path: path, Line: c.lines[path], Msg: fmt.Sprintf(format, args...), Fix: fix})
+	fe := FieldError{Path: path, Line: c.lines[path], Msg: fmt.Sprintf(format, args...), Fix: fix}
+	// A field the user did not write has a default copied from one they
+	// did (a region's underlayMTU from underlay.mtu): the mistake is
+	// reported once, where it was written.
+	if _, written := c.lines[path]; !written && c.lines != nil {
+		for _, e := range c.list {
+			if e.Msg == fe.Msg && e.Fix == fe.Fix {
+				return
+			}
+		}
+	}
+	c.list = append(c.list, fe)
 }

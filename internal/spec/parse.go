@@ -20,12 +20,12 @@ const MaxSpecBytes = 4 << 20
 // wrong type (all at once, with field paths and lines), applies defaults
 // and validates it. On success the returned mesh is ready to plan.
 func Parse(data []byte) (*Mesh, error) {
-	m, lines, err := decode(data)
+	m, lines, zeros, err := decode(data)
 	if err != nil {
 		return nil, err
 	}
 	m.SetDefaults()
-	if err := m.validate(lines).Err(); err != nil {
+	if err := append(m.validate(lines), zeros...).Err(); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -34,25 +34,29 @@ func Parse(data []byte) (*Mesh, error) {
 // ParseNoDefaults decodes and structurally checks a spec without applying
 // defaults or validating it.
 func ParseNoDefaults(data []byte) (*Mesh, error) {
-	m, _, err := decode(data)
+	m, _, _, err := decode(data)
 	return m, err
 }
 
-func decode(data []byte) (*Mesh, map[string]int, error) {
+// decode reads a spec into a Mesh, with the source line of every field
+// written and the explicit zeros that would silently become defaults.
+func decode(data []byte) (*Mesh, map[string]int, Errors, error) {
 	if len(data) > MaxSpecBytes {
-		return nil, nil, Errors{{Msg: fmt.Sprintf("spec is %d bytes, the limit is %d", len(data), MaxSpecBytes)}}
+		// data may be a prefix of what the user has (readers stop one byte
+		// past the limit): say only that it is too large.
+		return nil, nil, nil, Errors{{Msg: fmt.Sprintf("spec is larger than the limit of %s bytes (4 MiB)", Count(MaxSpecBytes))}}
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var root yaml.Node
 	if err := dec.Decode(&root); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, nil, Errors{{Msg: "spec is empty", Fix: "start with apiVersion: " + APIVersion + " and kind: " + Kind}}
+			return nil, nil, nil, Errors{{Msg: "spec is empty", Fix: "start with apiVersion: " + APIVersion + " and kind: " + Kind}}
 		}
-		return nil, nil, Errors{{Msg: "not valid YAML: " + err.Error()}}
+		return nil, nil, nil, Errors{{Msg: "not valid YAML: " + err.Error()}}
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
-		return nil, nil, Errors{{Line: extra.Line, Msg: "more than one YAML document", Fix: "keep one Mesh document per file"}}
+		return nil, nil, nil, Errors{{Line: extra.Line, Msg: "more than one YAML document", Fix: "keep one Mesh document per file"}}
 	}
 	doc := &root
 	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
@@ -61,13 +65,13 @@ func decode(data []byte) (*Mesh, map[string]int, error) {
 	w := walker{lines: map[string]int{}}
 	w.check(doc, reflect.TypeFor[Mesh](), "")
 	if len(w.errs) > 0 {
-		return nil, nil, w.errs
+		return nil, nil, nil, w.errs
 	}
 	var m Mesh
 	if err := doc.Decode(&m); err != nil {
-		return nil, nil, Errors{{Msg: err.Error()}}
+		return nil, nil, nil, Errors{{Msg: err.Error()}}
 	}
-	return &m, w.lines, nil
+	return &m, w.lines, w.zeros, nil
 }
 
 // walker checks a YAML node tree against a Go type before decoding, so that
@@ -75,6 +79,9 @@ func decode(data []byte) (*Mesh, map[string]int, error) {
 type walker struct {
 	errs  Errors
 	lines map[string]int
+	// zeros are explicit zeros of fields where 0 means "default"
+	// (zeroMeansDefault): reported with the validation errors.
+	zeros Errors
 }
 
 func (w *walker) fail(path string, n *yaml.Node, fix, format string, args ...any) {
@@ -149,14 +156,47 @@ func (w *walker) check(n *yaml.Node, t reflect.Type, path string) {
 			w.fail(path, n, "", "expected an integer, got %s", describe(n))
 			return
 		}
-		if _, err := strconv.ParseInt(n.Value, 0, 32); err != nil {
+		v, err := strconv.ParseInt(n.Value, 0, 32)
+		if err != nil {
 			w.fail(path, n, "", "integer %s is out of range", n.Value)
+		} else if v == 0 {
+			if def, ok := zeroMeansDefault[lastField(path)]; ok {
+				w.zeros = append(w.zeros, FieldError{Path: path, Line: n.Line, Msg: lastField(path) + " cannot be 0",
+					Fix: "leave the field out for the default (" + def + ")"})
+			}
 		}
 	case reflect.Bool:
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
 			w.fail(path, n, "use true or false", "expected true or false, got %s", describe(n))
 		}
 	}
+}
+
+// zeroMeansDefault lists the integer fields whose zero value the Go types
+// use for "not set" (the default then applies): an explicit 0 in a spec is
+// refused with the field path instead of silently becoming the default.
+// Fields where 0 is a real value (geneveOptionBytes, PCR numbers) are not
+// here.
+var zeroMeansDefault = map[string]string{
+	"mtu":                  fmt.Sprint(DefaultUnderlayMTU),
+	"underlayMTU":          "the underlay's MTU",
+	"gateways":             fmt.Sprint(DefaultGateways),
+	"maxNodes":             fmt.Sprint(MaxNodesPerCluster),
+	"maxPods":              "maxNodes × maxPodsPerNode, at most " + fmt.Sprint(MaxPodsPerCluster),
+	"maxPodsPerNode":       fmt.Sprint(DefaultMaxPodsPerNode),
+	"clusterID":            "the lowest free ID, assigned by the plan",
+	"multiplier":           fmt.Sprint(DefaultBFDMultiples),
+	"maxConnectedClusters": "255",
+}
+
+// lastField returns the last field name of a path (regions[0].gateways ->
+// gateways).
+func lastField(path string) string {
+	if i := strings.LastIndexByte(path, '.'); i >= 0 {
+		path = path[i+1:]
+	}
+	name, _, _ := strings.Cut(path, "[")
+	return name
 }
 
 func describe(n *yaml.Node) string {

@@ -2,6 +2,7 @@ package spec
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -105,6 +106,8 @@ regions:
 		"regions[1].underlayMTU",
 		"regions[1].clusters[0].maxPods",
 		"addressing.podIPv4[1]", // overlaps overlay
+		// An explicit 0 does not silently become the default (issue 18 item 5).
+		"regions[1].clusters[0].maxPodsPerNode",
 	}
 	if diff := cmp.Diff(want, paths(err)); diff != "" {
 		t.Errorf("error paths (-want +got):\n%s\nfull error:\n%v", diff, err)
@@ -234,10 +237,18 @@ func TestDocumentLevelErrors(t *testing.T) {
 	}
 }
 
+// TestPodBlockArithmetic: a node's block holds maxPodsPerNode pods after
+// Cilium's 4 reserved addresses (issue 18 item 3: 64 pods got a /26, which
+// holds 60; 1 pod a /32, which holds none). internal/cilium/ciliumcheck
+// checks the same with Cilium's own allocator.
 func TestPodBlockArithmetic(t *testing.T) {
 	for _, tc := range []struct{ ppn, maxNodes, block, cluster int }{
-		{110, 5000, 7, 20}, {128, 5000, 7, 20}, {129, 5000, 8, 21}, {1, 1, 0, 0}, {30, 5000, 5, 18}, {64, 50, 6, 12},
+		{110, 5000, 7, 20}, {124, 5000, 7, 20}, {125, 5000, 8, 21}, {128, 5000, 8, 21}, {1, 1, 3, 3}, {30, 5000, 6, 19},
+		{64, 50, 7, 13}, {60, 50, 6, 12}, {4, 2, 3, 4},
 	} {
+		if n := PodsPerBlock(PodBlockBits(tc.ppn)); n < tc.ppn {
+			t.Errorf("a block of %d host bits holds %d pods, fewer than %d", PodBlockBits(tc.ppn), n, tc.ppn)
+		}
 		if b := PodBlockBits(tc.ppn); b != tc.block {
 			t.Errorf("PodBlockBits(%d) = %d, want %d", tc.ppn, b, tc.block)
 		}
@@ -341,5 +352,69 @@ func TestControllerAttestationPolicy(t *testing.T) {
 	}
 	if c := m.Attestation.Controller; c == nil || len(c.PCRs) != 8 {
 		t.Errorf("controller policy defaults: %+v", c)
+	}
+}
+
+// TestIssue18ExplicitZerosRefused: an explicit 0 in a field whose 0 means
+// "default" is refused with its path and line, instead of silently
+// becoming the default (gateways: 0 became 2, maxNodes: 0 5,000).
+func TestIssue18ExplicitZerosRefused(t *testing.T) {
+	for _, tc := range []struct{ yaml, path string }{
+		{"underlay: {mtu: 0}", "underlay.mtu"},
+		{"underlay: {wan: {mtu: 0}}", "underlay.wan.mtu"},
+		{"roles: {operator: {underlayMTU: 0}}", "roles.operator.underlayMTU"},
+		{"cilium: {maxConnectedClusters: 0}", "cilium.maxConnectedClusters"},
+		{"routing: {bgp: true, bfd: {multiplier: 0}}", "routing.bfd.multiplier"},
+		{"regions: [{name: eu, gateways: 0, clusters: [{name: a}]}]", "regions[0].gateways"},
+		{"regions: [{name: eu, underlayMTU: 0, clusters: [{name: a}]}]", "regions[0].underlayMTU"},
+		{"regions: [{name: eu, clusters: [{name: a, maxNodes: 0}]}]", "regions[0].clusters[0].maxNodes"},
+		{"regions: [{name: eu, clusters: [{name: a, maxPods: 0}]}]", "regions[0].clusters[0].maxPods"},
+		{"regions: [{name: eu, clusters: [{name: a, maxPodsPerNode: 0}]}]", "regions[0].clusters[0].maxPodsPerNode"},
+		{"regions: [{name: eu, clusters: [{name: a, clusterID: 0}]}]", "regions[0].clusters[0].clusterID"},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			src := "apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata: {name: m}\n" + tc.yaml + "\n"
+			if !strings.Contains(tc.yaml, "regions") {
+				src += "regions: [{name: eu, clusters: [{name: a}]}]\n"
+			}
+			_, err := Parse([]byte(src))
+			var es Errors
+			if !errors.As(err, &es) {
+				t.Fatalf("accepted: %v", err)
+			}
+			found := false
+			for _, e := range es {
+				if e.Path == tc.path && e.Line > 0 && strings.Contains(e.Msg, "cannot be 0") && strings.Contains(e.Fix, "leave the field out") {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("no error at %s with a line: %v", tc.path, err)
+			}
+		})
+	}
+	// 0 Geneve option bytes is a real value.
+	if _, err := Parse([]byte("apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata: {name: m}\ncilium: {routingMode: geneve, geneveOptionBytes: 0}\nregions: [{name: eu, clusters: [{name: a}]}]\n")); err != nil {
+		t.Errorf("geneveOptionBytes: 0: %v", err)
+	}
+}
+
+// TestIssue18ErrorsOnceWhereWritten: a mistake in underlay.mtu is
+// reported once, at its line — not again on every region's underlayMTU,
+// which the user never wrote (they default to it).
+func TestIssue18ErrorsOnceWhereWritten(t *testing.T) {
+	_, err := Parse([]byte("apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata: {name: m}\nunderlay: {mtu: 100}\nregions:\n  - {name: eu, clusters: [{name: a}]}\n  - {name: us, clusters: [{name: b}]}\n"))
+	var es Errors
+	if !errors.As(err, &es) || len(es) != 1 || es[0].Path != "underlay.mtu" || es[0].Line != 4 {
+		t.Errorf("got %v, want one error at underlay.mtu, line 4", err)
+	}
+}
+
+// TestIssue18SizeLimitMessage: a spec over the limit is not reported with
+// the size of what was read of it.
+func TestIssue18SizeLimitMessage(t *testing.T) {
+	_, err := Parse([]byte(strings.Repeat("#", MaxSpecBytes+1)))
+	if err == nil || strings.Contains(err.Error(), fmt.Sprint(MaxSpecBytes+1)) || !strings.Contains(err.Error(), "larger than the limit of 4,194,304 bytes") {
+		t.Errorf("got %v", err)
 	}
 }

@@ -36,19 +36,37 @@ func (m *Mesh) Validate() error { return m.validate(nil).Err() }
 // CiliumClusterName is the name a cluster has in Cilium: region-cluster.
 func CiliumClusterName(region, cluster string) string { return region + "-" + cluster }
 
+// CiliumReservedPerNode is how many addresses of a node's pod block Cilium
+// (cluster-pool IPAM) never gives to pods: the block's first and last
+// address (its ipallocator.NewCIDRRange leaves them out), the router
+// address of cilium_host and the health endpoint's.
+const CiliumReservedPerNode = 4
+
 // PodBlockBits returns the number of host bits of a node's pod block: the
-// smallest power of two that holds maxPodsPerNode addresses.
+// smallest power of two that holds maxPodsPerNode pods once Cilium has
+// taken its reserved addresses (64 pods need a /25, not a /26).
 func PodBlockBits(maxPodsPerNode int) int {
-	if maxPodsPerNode <= 1 {
-		return 0
-	}
-	return bits.Len(uint(maxPodsPerNode - 1))
+	return bits.Len(uint(max(maxPodsPerNode, 1) + CiliumReservedPerNode - 1))
+}
+
+// PodsPerBlock is how many pods Cilium can place in a node block of the
+// given host bits.
+func PodsPerBlock(hostBits int) int {
+	return max(1<<hostBits-CiliumReservedPerNode, 0)
 }
 
 // ClusterPodBits returns the host bits a cluster's pod CIDR needs: room for
 // maxNodes node blocks.
 func ClusterPodBits(maxNodes, maxPodsPerNode int) int {
-	return PodBlockBits(maxPodsPerNode) + PodBlockBits(maxNodes)
+	return PodBlockBits(maxPodsPerNode) + countBits(maxNodes)
+}
+
+// countBits is the smallest number of bits that counts n things.
+func countBits(n int) int {
+	if n <= 1 {
+		return 0
+	}
+	return bits.Len(uint(n - 1))
 }
 
 type rangeRef struct {

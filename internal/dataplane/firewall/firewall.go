@@ -303,6 +303,52 @@ func Render(tx *knftables.Transaction, s State, existingSets []string) map[strin
 	return counts
 }
 
+// StateOptions are what a node's agent adds to its map's firewall: its
+// flags and the names it gives its links.
+type StateOptions struct {
+	// Interface overrides the map's WireGuard interface name.
+	Interface string
+	// UnderlayAllow are the agent's --underlay-allow ports.
+	UnderlayAllow []netmap.PortRange
+	// BackbonePrefix names a BIRD-mode gateway's backbone interfaces.
+	BackbonePrefix string
+}
+
+// StateFor is the firewall a node's map asks for, as its agent loads it.
+func StateFor(m netmap.Map, o StateOptions) State {
+	s := State{Interface: m.Interface.Name, ListenPort: m.Interface.ListenPort, Policy: m.Firewall,
+		Pods: m.Self.PodPrefixes, Gateway: m.Self.Role == netmap.RoleGateway, UnderlayAllow: o.UnderlayAllow}
+	if o.Interface != "" {
+		s.Interface = o.Interface
+	}
+	if rt := m.Routing; rt != nil {
+		for _, l := range rt.Links {
+			s.BackbonePorts = append(s.BackbonePorts, l.ListenPort)
+		}
+		s.BackbonePrefix = o.BackbonePrefix
+		for _, x := range rt.External {
+			s.BGPPeers = append(s.BGPPeers, x.Address)
+		}
+	}
+	seen := map[netip.Addr]bool{}
+	for _, p := range m.Peers {
+		if ip := p.Endpoint.Addr().Unmap(); p.Endpoint.IsValid() && !seen[ip] {
+			seen[ip] = true
+			s.Peers = append(s.Peers, ip)
+		}
+	}
+	slices.SortFunc(s.Peers, func(x, y netip.Addr) int { return x.Compare(y) })
+	return s
+}
+
+// Script is the nft script (nft -f) that loads s on a node without
+// StateMesh's table: what the agent's first Apply runs, for review.
+func Script(s State) string {
+	tx := knftables.NewFake(knftables.InetFamily, Table).NewTransaction()
+	Render(tx, s, nil)
+	return tx.String()
+}
+
 // Apply replaces the whole table with s in one transaction.
 func (f *Firewall) Apply(ctx context.Context, s State) error {
 	existing, err := f.nft.List(ctx, "sets")

@@ -281,3 +281,46 @@ func BenchmarkApply5000(b *testing.B) {
 		})
 	})
 }
+
+// TestScriptIsWhatApplyLoads: the nft script statemesh render firewall
+// prints passes nft -c, and loaded with nft -f into a fresh namespace
+// lists exactly what Apply loads, for a node with a policy, without one,
+// and a BIRD-mode gateway.
+func TestScriptIsWhatApplyLoads(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireBinary(t, "nft")
+	noPolicy := state()
+	noPolicy.Policy = nil
+	for name, s := range map[string]State{"policy": state(), "nopolicy": noPolicy, "gateway-bgp": bgpGateway()} {
+		t.Run(name, func(t *testing.T) {
+			script := Script(s)
+			cmd := exec.Command("nft", "-c", "-f", "-")
+			cmd.Stdin = strings.NewReader(script)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("nft -c: %v\n%s\n%s", err, out, script)
+			}
+			var applied, loaded string
+			inNewNetns(t, func() {
+				f, err := New(nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := f.Apply(context.Background(), s); err != nil {
+					t.Fatal(err)
+				}
+				applied = nft(t, "list", "table", "inet", Table)
+			})
+			inNewNetns(t, func() {
+				cmd := exec.Command("nft", "-f", "-")
+				cmd.Stdin = strings.NewReader(script)
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Fatalf("nft -f: %v\n%s", err, out)
+				}
+				loaded = nft(t, "list", "table", "inet", Table)
+			})
+			if applied != loaded {
+				t.Errorf("Apply loads:\n%s\nthe script loads:\n%s", applied, loaded)
+			}
+		})
+	}
+}

@@ -24,14 +24,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
     - --firewall={{ .root.Values.agent.firewall }}
     - --metrics-listen=127.0.0.1:{{ .root.Values.agent.metricsPort }}
     - --tpm={{ default "none" .root.Values.agent.tpm }}
-    {{- if eq .role "gateway" }}
-    - --public-endpoint=$(STATEMESH_HOST_IP):51820
+    {{- if and (eq .role "gateway") .root.Values.gateway.publicEndpointFromNodeIP }}
+    {{- /* The host IP alone: the agent adds --listen-port, and brackets an
+           IPv6 address itself (HOST:PORT would be ambiguous for IPv6). */}}
+    - --public-endpoint=$(STATEMESH_HOST_IP)
     {{- end }}
     {{- range .root.Values.agent.underlayAllow }}
     - --underlay-allow={{ . }}
     {{- end }}
-    {{- if .root.Values.agent.labels }}
-    - --labels={{ range $k, $v := .root.Values.agent.labels }}{{ $k }}={{ $v }},{{ end }}
+    {{- /* One flag per label (the agent merges repeated --labels): no
+           separator to get wrong. */}}
+    {{- range $k, $v := .root.Values.agent.labels }}
+    - --labels={{ $k }}={{ $v }}
     {{- end }}
     {{- if .root.Values.agent.controllerAttestation.configMap }}
     - --controller-attestation=/etc/statemesh/controller-attestation/mesh.yaml
