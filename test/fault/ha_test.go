@@ -123,13 +123,14 @@ func (e *enroller) run(ctx context.Context, prefix string) {
 	e.mu.Unlock()
 	for i := 0; ctx.Err() == nil; i++ {
 		k, _ := netmap.GeneratePrivateKey()
+		certKey, _ := apiclient.NewNodeKey() // kept across retries, as an agent keeps it
 		name := fmt.Sprintf("%s%04d", prefix, i)
 		for attempt := 0; attempt < 2*len(e.urls) && ctx.Err() == nil; attempt++ {
 			e.mu.Lock()
 			url := e.urls[e.cur]
 			e.mu.Unlock()
 			cctx, cancel := context.WithTimeout(ctx, 8*time.Second)
-			id, err := apiclient.Enroll(cctx, url, e.token, api.EnrollRequest{Name: name, Role: "node", PublicKey: k.PublicKey(), Endpoint: "192.0.2.1:51820"})
+			id, err := apiclient.EnrollWithKey(cctx, url, e.token, api.EnrollRequest{Name: name, Role: "node", PublicKey: k.PublicKey(), Endpoint: "192.0.2.1:51820"}, nil, certKey)
 			cancel()
 			if err == nil {
 				now := time.Now()

@@ -50,6 +50,10 @@ type ack struct {
 type stormNode struct {
 	name string
 	key  netmap.Key
+	// certKey is the node's certificate key, kept across retries as the
+	// agent keeps it (its proof, after a lost answer, that it is the node
+	// the controller enrolled).
+	certKey string
 }
 
 func stormNodes(t testing.TB, prefix string, n int) []stormNode {
@@ -59,7 +63,11 @@ func stormNodes(t testing.TB, prefix string, n int) []stormNode {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out[i] = stormNode{name: fmt.Sprintf("%s%04d", prefix, i), key: k.PublicKey()}
+		ck, err := apiclient.NewNodeKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = stormNode{name: fmt.Sprintf("%s%04d", prefix, i), key: k.PublicKey(), certKey: ck}
 	}
 	return out
 }
@@ -95,7 +103,7 @@ func storm(ctx context.Context, urls []string, token string, nodes []stormNode, 
 			for n := range work {
 				url := urls[w%len(urls)]
 				cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-				id, err := apiclient.Enroll(cctx, url, token, api.EnrollRequest{Name: n.name, Role: "node", PublicKey: n.key, Endpoint: "192.0.2.1:51820"})
+				id, err := apiclient.EnrollWithKey(cctx, url, token, api.EnrollRequest{Name: n.name, Role: "node", PublicKey: n.key, Endpoint: "192.0.2.1:51820"}, nil, n.certKey)
 				cancel()
 				res.mu.Lock()
 				var ae *api.Error

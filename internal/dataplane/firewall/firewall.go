@@ -109,7 +109,8 @@ const (
 
 // portMatch is the match of a port or protocol for packets of family
 // (famIP or famIP6): "icmp" means echo requests (ping), the way the policy
-// and Cilium read it, not every ICMP type.
+// and Cilium read it, not every ICMP type; "any" matches everything (no
+// match: "").
 func portMatch(p netmap.PortRange, family string) string {
 	switch p.Proto {
 	case "icmp":
@@ -258,9 +259,7 @@ func Render(tx *knftables.Transaction, s State, existingSets []string) map[strin
 	}
 	for _, p := range s.UnderlayAllow {
 		for _, m := range slices.Compact([]string{portMatch(p, famIP), portMatch(p, famIP6)}) {
-			if m != "" {
-				rule("input", m+" accept", "underlay: allowed by the operator")
-			}
+			rule("input", strings.TrimSpace(m+" accept"), "underlay: allowed by the operator")
 		}
 	}
 	rule("input", "counter drop", "underlay: nothing else reaches this node from outside the mesh")
@@ -293,9 +292,7 @@ func Render(tx *knftables.Transaction, s State, existingSets []string) map[strin
 				rule("overlay", src.match+" accept", r.Comment)
 			}
 			for _, p := range r.Ports {
-				if m := portMatch(p, src.family); m != "" {
-					rule("overlay", src.match+" "+m+" accept", r.Comment)
-				}
+				rule("overlay", strings.TrimSpace(src.match+" "+portMatch(p, src.family))+" accept", r.Comment)
 			}
 		}
 	}

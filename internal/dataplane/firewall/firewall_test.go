@@ -324,3 +324,22 @@ func TestScriptIsWhatApplyLoads(t *testing.T) {
 		})
 	}
 }
+
+// A rule whose ports are "any" accepts everything from its set, in both
+// families (the lab's ops-to-frontend rule was dropped when "icmp" got its
+// own ICMP types: a proto without a match was skipped instead of matching
+// all).
+func TestAnyProtoAcceptsTheSet(t *testing.T) {
+	s := state()
+	s.Policy.Rules = []netmap.FirewallRule{{Set: "seg_web", Comment: "rule any", Ports: []netmap.PortRange{{Proto: "any"}}}}
+	s.UnderlayAllow = []netmap.PortRange{{Proto: "any"}}
+	script := Script(s)
+	for _, want := range []string{"ip saddr @seg_web_v4 accept", "ip6 saddr @seg_web_v6 accept"} {
+		if !strings.Contains(script, want) {
+			t.Errorf("the ruleset lacks %q:\n%s", want, script)
+		}
+	}
+	if strings.Contains(script, "underlay: nothing else") && !strings.Contains(script, `accept comment "underlay: allowed by the operator"`) {
+		t.Errorf("--underlay-allow any opens nothing:\n%s", script)
+	}
+}
