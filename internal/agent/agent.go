@@ -148,6 +148,7 @@ type Agent struct {
 	ctlVerifier         *apiclient.ControllerVerifier
 	birdSwept           bool
 	pathsRound          int // probe rounds finished; reports carry paths after each
+	reach               *api.WANReach // a baseline-mode gateway's reach of other regions (reach.go)
 	fwErr               error
 	fwState             string
 	driftRepairs        int
@@ -630,8 +631,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	var wgRun sync.WaitGroup
-	wgRun.Add(8)
+	wgRun.Add(9)
 	go func() { defer wgRun.Done(); a.probeLoop(ctx) }()
+	go func() { defer wgRun.Done(); a.reachLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.firewallLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.renewLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.reattestLoop(ctx) }()

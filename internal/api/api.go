@@ -361,6 +361,20 @@ type StatusReport struct {
 	// (all peers, since the interface came up).
 	RxBytes int64 `json:"rxBytes,omitempty"`
 	TxBytes int64 `json:"txBytes,omitempty"`
+	// WAN is a baseline-mode gateway's reach of the other regions'
+	// gateways through the mesh (its WAN link), with hysteresis.
+	WAN *WANReach `json:"wan,omitempty"`
+}
+
+// WANReach is how many of the other regions' gateways a gateway echoed
+// (Probed) and how many answered lately (Reached). Cut is set once none
+// answered for a while, and cleared once they answered again for a while
+// (the agent's hysteresis): the controller then moves the gateway's
+// clusters to a gateway of its region that is not cut.
+type WANReach struct {
+	Probed  int  `json:"probed"`
+	Reached int  `json:"reached"`
+	Cut     bool `json:"cut"`
 }
 
 // RoutingStatus is what a BIRD-mode gateway reports of its routing.

@@ -65,6 +65,13 @@ func (c *Controller) ReportStatus(ctx context.Context, name string, r api.Status
 		// management network does not make it fit to carry traffic.
 		r.Healthy, r.Message = false, why
 	}
+	if gateway && r.Healthy && r.WAN != nil && r.WAN.Cut {
+		// It reaches no other region (baseline mode, its WAN link cut):
+		// unfit for its clusters if a gateway of its region still can.
+		if peer, ok := c.regionPeerReachesLocked(n.Region, name, now); ok {
+			r.Healthy, r.Message = false, fmt.Sprintf("WAN: reaches none of the %d other regions' gateways it probes, while %s does", r.WAN.Probed, peer)
+		}
+	}
 	c.mu.Unlock()
 	for g, down := range votedDown {
 		if down {
@@ -173,6 +180,27 @@ func (c *Controller) Streams() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.hub.len()
+}
+
+// regionPeerReachesLocked returns a gateway of region other than g that
+// is healthy and whose fresh report says it reaches other regions.
+func (c *Controller) regionPeerReachesLocked(region, g string, now time.Time) (string, bool) {
+	if c.ix == nil {
+		return "", false
+	}
+	for _, peer := range c.ix.Gateways(region) {
+		if peer == g || !c.health[peer].Healthy {
+			continue
+		}
+		st, ok := c.status[peer]
+		if !ok || now.Sub(st.at) > c.cfg.HeartbeatTimeout || st.report.WAN == nil {
+			continue
+		}
+		if w := st.report.WAN; !w.Cut && w.Reached > 0 {
+			return peer, true
+		}
+	}
+	return "", false
 }
 
 // Renew issues a node a new client certificate for a new key (before the

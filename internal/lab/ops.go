@@ -316,3 +316,39 @@ func (l *Lab) Birdc(ctx context.Context, host string, args ...string) (string, e
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
+
+// WANLoss drops percent of the frames a gateway's WAN link carries in
+// each direction, at the WAN switch (a lossy provider link; the kernel here
+// has no netem). 0 removes the loss.
+func (l *Lab) WANLoss(host string, percent int) error {
+	h, ok := l.State.Host(host)
+	if !ok {
+		return fmt.Errorf("no lab host %q", host)
+	}
+	if h.Role != "gateway" {
+		return fmt.Errorf("%s is a %s; only gateways have a WAN link", host, h.Role)
+	}
+	if percent < 0 || percent > 100 {
+		return fmt.Errorf("loss %d%%: give 0..100", percent)
+	}
+	port := fmt.Sprintf("g%d", h.RegionIdx*10+h.Index)
+	table := "smloss_" + port
+	sh("ip", "netns", "exec", wanSwitch, "nft", "delete", "table", "bridge", table)
+	if percent == 0 {
+		return nil
+	}
+	script := fmt.Sprintf(`table bridge %[1]s {
+	chain forward {
+		type filter hook forward priority 0; policy accept;
+		iifname %[2]q numgen random mod 100 < %[3]d drop
+		oifname %[2]q numgen random mod 100 < %[3]d drop
+	}
+}
+`, table, port, percent)
+	cmd := exec.Command("ip", "netns", "exec", wanSwitch, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nft in %s: %v: %s", wanSwitch, err, out)
+	}
+	return nil
+}

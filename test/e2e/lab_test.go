@@ -519,6 +519,57 @@ func TestLab(t *testing.T) {
 		}
 	})
 
+	t.Run("WANCutFailsOverWithoutBIRD", func(t *testing.T) {
+		// Baseline mode: a designated gateway whose WAN link is cut still
+		// heartbeats over the management network; it reaches no other
+		// region's gateway while its region peer does, so its clusters
+		// move (issue 20). A lossy link (a quarter of its frames dropped
+		// each way) moves nothing.
+		designated := func() string {
+			regions, err := l.Admin.Regions(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return regions[0].Designation["c1"]
+		}
+		v := designated()
+		if err := l.WANLoss(v, 25); err != nil {
+			t.Fatal(err)
+		}
+		lossyUntil := time.Now().Add(10 * time.Second)
+		for time.Now().Before(lossyUntil) {
+			time.Sleep(100 * time.Millisecond)
+			if now := designated(); now != v {
+				l.WANLoss(v, 0)
+				t.Fatalf("a WAN link losing 25%% of its frames moved eu-central/c1 from %s to %s (flapping)", v, now)
+			}
+		}
+		if err := l.WANLoss(v, 0); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Second)
+		var fwds []float64
+		for i := range 3 {
+			v := designated()
+			f, b, recovered := outage(t, l, func() { l.WANLink(v, 0, false) }, 10*time.Second,
+				func() { l.WANLink(v, l.State.Config.WANMTU, true) })
+			if !recovered {
+				t.Fatalf("cut %d: traffic did not move off %s within 10 s", i+1, v)
+			}
+			worst := max(f, b)
+			fwds = append(fwds, worst.Seconds())
+			t.Logf("cut %d: WAN of %s cut: outage %s forward, %s back", i+1, v, f.Round(time.Millisecond), b.Round(time.Millisecond))
+			// Back in service before the next cut (its clusters return).
+			waitFor(t, "the gateway back in service", 20*time.Second, func() bool { return designated() == v })
+			time.Sleep(2 * time.Second)
+		}
+		slices.Sort(fwds)
+		t.Logf("FIGURE baseline WAN cut: median outage %.2f s (of %v)", fwds[1], fwds)
+		if fwds[1] > 3 {
+			t.Errorf("median outage for a WAN cut without BIRD %.2f s, want ≤ 3 s", fwds[1])
+		}
+	})
+
 	t.Run("GatewayFailover", func(t *testing.T) {
 		src, dst := host(t, l, "eu-central-c1-n1"), host(t, l, "us-east-c1-n1")
 		regions, err := l.Admin.Regions(ctx)
