@@ -147,7 +147,7 @@ type Agent struct {
 	controllerUntrusted bool
 	ctlVerifier         *apiclient.ControllerVerifier
 	birdSwept           bool
-	pathsRound          int // probe rounds finished; reports carry paths after each
+	pathsRound          int           // probe rounds finished; reports carry paths after each
 	reach               *api.WANReach // a baseline-mode gateway's reach of other regions (reach.go)
 	fwErr               error
 	fwState             string

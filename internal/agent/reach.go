@@ -35,7 +35,7 @@ const (
 	// gateway (it just started; the handshakes are not done) is judged
 	// only after this long.
 	reachStartGrace = 15 * time.Second
-	maxReachTargets   = 8 // echoed per round (rotating through the rest)
+	maxReachTargets = 8 // echoed per round (rotating through the rest)
 )
 
 // reachTracker decides, from echo results, whether the gateway reaches
