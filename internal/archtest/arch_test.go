@@ -25,6 +25,7 @@ var pure = []string{
 	"internal/policy",
 	"internal/cilium",
 	"internal/dataplane/wgplan",
+	"internal/dataplane/guardplan",
 	"internal/doctor",
 	"internal/jointoken",
 }
