@@ -162,13 +162,20 @@ func Compile(in Input) (Entries, error) {
 	for _, p := range in.Management {
 		add(p, ClassManagement)
 	}
-	// Longest prefix match: a prefix inherits the classes of the prefixes
-	// that contain it.
-	ps := slices.SortedFunc(maps.Keys(e.Sources), func(a, b netip.Prefix) int { return cmp.Compare(a.Bits(), b.Bits()) })
-	for i, p := range ps {
-		for _, q := range ps[:i] {
+	// Longest prefix match: a prefix inherits the classes of the ranges
+	// that contain it (directly: containment is transitive). Work: sources
+	// times ranges; ranges are few, hosts many.
+	own := maps.Clone(e.Sources)
+	var within []netip.Prefix
+	for p := range own {
+		if p.Bits() < p.Addr().BitLen() {
+			within = append(within, p)
+		}
+	}
+	for p := range e.Sources {
+		for _, q := range within {
 			if q.Bits() < p.Bits() && q.Contains(p.Addr()) {
-				e.Sources[p] |= e.Sources[q]
+				e.Sources[p] |= own[q]
 			}
 		}
 	}

@@ -100,3 +100,33 @@ func TestMapped(t *testing.T) {
 		}
 	}
 }
+
+// A gateway's map: WireGuard on its port and its backbone links' ports,
+// from peers' and links' endpoints (IPv4-mapped ones unmapped), BGP from
+// its routers; with management sources the open ports are restricted.
+func TestFromMap(t *testing.T) {
+	m := netmap.Map{
+		Interface: netmap.Interface{ListenPort: 51820},
+		Peers: []netmap.Peer{
+			{Name: "a", Endpoint: netip.MustParseAddrPort("[::ffff:192.0.2.2]:51820")},
+			{Name: "roamer"},
+		},
+		Routing: &netmap.Routing{
+			Links:    []netmap.BackboneLink{{ListenPort: 51900, Endpoint: netip.MustParseAddrPort("198.51.100.1:51900")}},
+			External: []netmap.ExternalPeer{{Address: netip.MustParseAddr("192.0.2.254")}},
+		},
+	}
+	got := FromMap(m, Node{Open: []netmap.PortRange{{Proto: "tcp", From: 22}}, ManagementFrom: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}})
+	want := Input{
+		WireGuardPorts:      []int{51820, 51900},
+		Peers:               []netip.Addr{netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("198.51.100.1")},
+		BGPPeers:            []netip.Addr{netip.MustParseAddr("192.0.2.254")},
+		Management:          []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")},
+		ManagementPorts:     []netmap.PortRange{{Proto: "tcp", From: 22}},
+		HandshakesPerSource: DefaultHandshakesPerSource, HandshakesTotal: DefaultHandshakesTotal, WindowNanos: DefaultWindowNanos,
+		EphemeralFrom: DefaultEphemeralFrom, EphemeralTo: DefaultEphemeralTo,
+	}
+	if d := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); d != "" {
+		t.Errorf("FromMap (-want +got):\n%s", d)
+	}
+}
