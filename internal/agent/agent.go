@@ -88,6 +88,9 @@ type Config struct {
 	KeyFromInterface string
 	// UnderlayAllow are ports the firewall leaves open on the underlay.
 	UnderlayAllow []netmap.PortRange
+	// Guard chooses ebpf, nftables or auto and configures the XDP guard
+	// (guard.go).
+	Guard GuardConfig
 	// DriftEvery is how often the firewall is checked for drift (1s).
 	DriftEvery time.Duration
 	// WireGuard is kernel, userspace or auto.
@@ -146,6 +149,7 @@ type Agent struct {
 	pathsRound          int // probe rounds finished; reports carry paths after each
 	fwErr               error
 	fwState             string
+	guard               guardHook
 	driftRepairs        int
 }
 
@@ -199,6 +203,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, saveKick: make(chan struct{}, 1), links: map[string]*wg.Device{}, linkMaps: map[string]netmap.Map{}, reportKick: make(chan struct{}, 1)}
 	a.metrics = newAgentMetrics(a)
+	a.initGuard()
 	var err error
 	if cfg.AttestOnly {
 		if a.pub, err = interfaceKey(cfg.KeyFromInterface); err != nil {
@@ -540,6 +545,7 @@ func (a *Agent) applyDelta(ctx context.Context, delta *netmap.Delta) error {
 	} else {
 		a.syncFirewall(ctx, prev, desired, nil)
 	}
+	a.syncGuard(ctx, desired)
 	if desired.Routing != nil || len(a.links) > 0 || !a.linksSwept {
 		if delta == nil || !ok || !desired.Routing.Equal(prev.Routing) {
 			a.syncRouting(ctx, desired)
@@ -617,8 +623,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	var wgRun sync.WaitGroup
-	wgRun.Add(8)
+	wgRun.Add(9)
 	go func() { defer wgRun.Done(); a.probeLoop(ctx) }()
+	go func() { defer wgRun.Done(); a.guardLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.firewallLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.renewLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.reattestLoop(ctx) }()
@@ -750,6 +757,7 @@ func (a *Agent) Applied() netmap.Map {
 
 // Close releases the device handle (the interface stays).
 func (a *Agent) Close() error {
+	a.closeGuard()
 	if a.dev != nil {
 		return a.dev.Close()
 	}
