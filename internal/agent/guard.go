@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -52,6 +53,9 @@ type GuardConfig struct {
 	HandshakesTotal     uint32
 	// AttachMode is "", native or generic.
 	AttachMode string
+	// PinDir is where the guard's maps are pinned (default
+	// /sys/fs/bpf/statemesh/IFNAME).
+	PinDir string
 	// LearnEvery is how often the endpoints WireGuard learned (roaming,
 	// NAT) are added to the guard's sources (default 1s).
 	LearnEvery time.Duration
@@ -127,7 +131,17 @@ func (a *Agent) startGuardLocked() error {
 			return fmt.Errorf("finding the underlay interface (set --guard-interface): %w", err)
 		}
 	}
-	g, err := xdpguard.Load(xdpguard.Options{Log: a.log})
+	// Pinned, so that statemesh guard and bpftool can read the maps; where
+	// /sys/fs/bpf is no bpf filesystem, unpinned.
+	pins := a.cfg.Guard.PinDir
+	if pins == "" {
+		pins = filepath.Join(xdpguard.DefaultPinDir, ifname)
+	}
+	g, err := xdpguard.Load(xdpguard.Options{Log: a.log, PinDir: pins})
+	if err != nil && !errors.Is(err, xdpguard.ErrUnavailable) {
+		a.log.Warn("XDP guard maps not pinned: statemesh guard cannot show them (mount a bpf filesystem on /sys/fs/bpf)", "err", err)
+		g, err = xdpguard.Load(xdpguard.Options{Log: a.log})
+	}
 	if err != nil {
 		return err
 	}

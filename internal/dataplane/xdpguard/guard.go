@@ -15,6 +15,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 
@@ -41,8 +43,27 @@ type Options struct {
 	// Mode is "" (native where the driver has it, else generic), "native"
 	// or "generic".
 	Mode string
-	Log  *slog.Logger
+	// PinDir, when set, is a directory on a bpf filesystem where the maps
+	// are pinned while the guard runs, so that `statemesh guard` and
+	// bpftool can read them (DefaultPinDir for the agent). Pins left by
+	// an earlier run are replaced.
+	PinDir string
+	Log    *slog.Logger
 }
+
+// DefaultPinDir is where the agent pins the guard's maps.
+const DefaultPinDir = "/sys/fs/bpf/statemesh"
+
+// Map names: the pinned files' names and what bpftool shows.
+const (
+	MapSources  = "smx_sources"
+	MapPorts    = "smx_ports"
+	MapLocal    = "smx_local"
+	MapConfig   = "smx_config"
+	MapRate     = "smx_hs_rate"
+	MapTotal    = "smx_hs_total"
+	MapCounters = "smx_verdicts"
+)
 
 // maps are the guard's maps.
 type maps struct {
@@ -67,6 +88,24 @@ func (m *maps) close() {
 	}
 }
 
+// Inspect reads the maps a running guard pinned under dir (a separate
+// process: `statemesh guard`).
+func Inspect(dir string) (Contents, error) {
+	var m maps
+	defer m.close()
+	for _, x := range []struct {
+		dst  **ebpf.Map
+		name string
+	}{{&m.sources, MapSources}, {&m.ports, MapPorts}, {&m.local, MapLocal}, {&m.config, MapConfig}, {&m.rate, MapRate}, {&m.total, MapTotal}, {&m.counters, MapCounters}} {
+		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, x.name), &ebpf.LoadPinOptions{ReadOnly: true})
+		if err != nil {
+			return Contents{}, fmt.Errorf("no guard maps pinned in %s (is the agent running with --dataplane ebpf or auto?): %w", dir, err)
+		}
+		*x.dst = mp
+	}
+	return m.dump()
+}
+
 // Guard is a loaded guard program and its maps, attached to at most one
 // interface.
 type Guard struct {
@@ -77,6 +116,8 @@ type Guard struct {
 	ifc  string
 	cur  guardplan.Entries
 	log  *slog.Logger
+	// pinned is the directory the maps are pinned in ("" if not).
+	pinned string
 }
 
 // Load creates the maps and loads the program (not attached yet).
@@ -98,13 +139,13 @@ func Load(o Options) (*Guard, error) {
 		dst  **ebpf.Map
 		spec ebpf.MapSpec
 	}{
-		{&g.m.sources, ebpf.MapSpec{Name: "smx_sources", Type: ebpf.LPMTrie, KeySize: 20, ValueSize: 4, MaxEntries: o.MaxSources, Flags: 1 /* BPF_F_NO_PREALLOC */}},
-		{&g.m.ports, ebpf.MapSpec{Name: "smx_ports", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: guardplan.MaxPorts}},
-		{&g.m.local, ebpf.MapSpec{Name: "smx_local", Type: ebpf.Hash, KeySize: 16, ValueSize: 4, MaxEntries: 1024}},
-		{&g.m.config, ebpf.MapSpec{Name: "smx_config", Type: ebpf.Array, KeySize: 4, ValueSize: cfgValueSize, MaxEntries: 1}},
-		{&g.m.rate, ebpf.MapSpec{Name: "smx_hs_rate", Type: ebpf.LRUHash, KeySize: 16, ValueSize: 16, MaxEntries: o.MaxTracked}},
-		{&g.m.total, ebpf.MapSpec{Name: "smx_hs_total", Type: ebpf.Array, KeySize: 4, ValueSize: 16, MaxEntries: 1}},
-		{&g.m.counters, ebpf.MapSpec{Name: "smx_verdicts", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(numVerdicts)}},
+		{&g.m.sources, ebpf.MapSpec{Name: MapSources, Type: ebpf.LPMTrie, KeySize: 20, ValueSize: 4, MaxEntries: o.MaxSources, Flags: 1 /* BPF_F_NO_PREALLOC */}},
+		{&g.m.ports, ebpf.MapSpec{Name: MapPorts, Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: guardplan.MaxPorts}},
+		{&g.m.local, ebpf.MapSpec{Name: MapLocal, Type: ebpf.Hash, KeySize: 16, ValueSize: 4, MaxEntries: 1024}},
+		{&g.m.config, ebpf.MapSpec{Name: MapConfig, Type: ebpf.Array, KeySize: 4, ValueSize: cfgValueSize, MaxEntries: 1}},
+		{&g.m.rate, ebpf.MapSpec{Name: MapRate, Type: ebpf.LRUHash, KeySize: 16, ValueSize: 16, MaxEntries: o.MaxTracked}},
+		{&g.m.total, ebpf.MapSpec{Name: MapTotal, Type: ebpf.Array, KeySize: 4, ValueSize: 16, MaxEntries: 1}},
+		{&g.m.counters, ebpf.MapSpec{Name: MapCounters, Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(numVerdicts)}},
 	}
 	for _, s := range specs {
 		mp, err := ebpf.NewMap(&s.spec)
@@ -120,7 +161,33 @@ func Load(o Options) (*Guard, error) {
 		return nil, fmt.Errorf("%w: loading the program: %v", ErrUnavailable, err)
 	}
 	g.prog = prog
+	if o.PinDir != "" {
+		if err := g.pin(o.PinDir); err != nil {
+			g.Close()
+			return nil, err
+		}
+	}
 	return g, nil
+}
+
+// pin pins every map under dir, replacing earlier pins.
+func (g *Guard) pin(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("guard pin directory: %w", err)
+	}
+	for _, m := range g.m.all() {
+		info, err := m.Info()
+		if err != nil {
+			return fmt.Errorf("guard map info: %w", err)
+		}
+		path := filepath.Join(dir, info.Name)
+		os.Remove(path)
+		if err := m.Pin(path); err != nil {
+			return fmt.Errorf("pinning the guard's map %s (is %s on a bpf filesystem?): %w", info.Name, dir, err)
+		}
+	}
+	g.pinned = dir
+	return nil
 }
 
 // Attach attaches the program to an interface (a bpf_link: it goes away
@@ -168,8 +235,19 @@ func (g *Guard) Close() error {
 	}
 	if g.prog != nil {
 		g.prog.Close()
+		g.prog = nil
+	}
+	if g.pinned != "" {
+		for _, m := range g.m.all() {
+			if m != nil {
+				m.Unpin()
+			}
+		}
+		os.Remove(g.pinned)
+		g.pinned = ""
 	}
 	g.m.close()
+	g.m = maps{}
 	return err
 }
 
@@ -249,11 +327,13 @@ func configBytes(c guardplan.Config) []byte {
 }
 
 // Counters returns the packets counted per verdict, summed over CPUs.
-func (g *Guard) Counters() (map[Verdict]uint64, error) {
+func (g *Guard) Counters() (map[Verdict]uint64, error) { return g.m.counts() }
+
+func (m *maps) counts() (map[Verdict]uint64, error) {
 	out := make(map[Verdict]uint64, numVerdicts)
 	for _, v := range Verdicts() {
 		var per []uint64
-		if err := g.m.counters.Lookup(uint32(v), &per); err != nil {
+		if err := m.counters.Lookup(uint32(v), &per); err != nil {
 			return nil, fmt.Errorf("reading guard counter %s: %w", v, err)
 		}
 		var n uint64
@@ -279,10 +359,16 @@ type Contents struct {
 
 // Dump reads the maps back from the kernel (not from the agent's memory).
 func (g *Guard) Dump() (Contents, error) {
-	c := Contents{Interface: g.Interface()}
+	c, err := g.m.dump()
+	c.Interface = g.Interface()
+	return c, err
+}
+
+func (m *maps) dump() (Contents, error) {
+	var c Contents
 	var k []byte
 	var v uint32
-	it := g.m.sources.Iterate()
+	it := m.sources.Iterate()
 	for it.Next(&k, &v) {
 		a, _ := netip.AddrFromSlice(k[4:20])
 		c.Sources = append(c.Sources, guardplan.SourceEntry{Prefix: netip.PrefixFrom(a, int(binary.LittleEndian.Uint32(k))), Classes: v})
@@ -291,7 +377,7 @@ func (g *Guard) Dump() (Contents, error) {
 		return c, fmt.Errorf("reading guard sources: %w", err)
 	}
 	var pk uint32
-	it = g.m.ports.Iterate()
+	it = m.ports.Iterate()
 	for it.Next(&pk, &v) {
 		c.Ports = append(c.Ports, guardplan.PortEntry{Key: guardplan.PortKey(pk), Value: v})
 	}
@@ -299,7 +385,7 @@ func (g *Guard) Dump() (Contents, error) {
 		return c, fmt.Errorf("reading guard ports: %w", err)
 	}
 	var lk [16]byte
-	it = g.m.local.Iterate()
+	it = m.local.Iterate()
 	for it.Next(&lk, &v) {
 		c.Local = append(c.Local, netip.AddrFrom16(lk))
 	}
@@ -307,7 +393,7 @@ func (g *Guard) Dump() (Contents, error) {
 		return c, fmt.Errorf("reading guard local addresses: %w", err)
 	}
 	var cb []byte
-	if err := g.m.config.Lookup(uint32(0), &cb); err != nil {
+	if err := m.config.Lookup(uint32(0), &cb); err != nil {
 		return c, fmt.Errorf("reading guard config: %w", err)
 	}
 	c.Config = guardplan.Config{WindowNanos: binary.LittleEndian.Uint64(cb[cfgWindow:]), HandshakesPerSource: binary.LittleEndian.Uint32(cb[cfgLimitSrc:]),
@@ -315,12 +401,12 @@ func (g *Guard) Dump() (Contents, error) {
 		EphemeralTo: binary.LittleEndian.Uint16(cb[cfgEphTo:]), Flags: binary.LittleEndian.Uint32(cb[20:])}
 	var rk [16]byte
 	var rv []byte
-	it = g.m.rate.Iterate()
+	it = m.rate.Iterate()
 	for it.Next(&rk, &rv) {
 		c.Tracked++
 	}
 	var err error
-	c.Counters, err = g.Counters()
+	c.Counters, err = m.counts()
 	slices.SortFunc(c.Sources, func(a, b guardplan.SourceEntry) int {
 		return a.Prefix.Addr().Compare(b.Prefix.Addr())*2 + cmpInt(a.Prefix.Bits(), b.Prefix.Bits())
 	})

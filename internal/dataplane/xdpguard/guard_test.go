@@ -2,6 +2,9 @@ package xdpguard
 
 import (
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"github.com/statemesh/statemesh/internal/dataplane/guardplan"
@@ -216,5 +219,41 @@ func TestUpdateInPlace(t *testing.T) {
 	}
 	if len(c.Sources) != len(e.Sources) || len(c.Ports) != len(e.Ports) || len(c.Local) != 2 || c.Config != e.Config {
 		t.Errorf("the kernel's maps hold %+v, want %+v", c, e)
+	}
+}
+
+// The maps are pinned while the guard runs, another process reads them
+// (statemesh guard), and Close removes the pins.
+func TestInspectPinned(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "bpf", "bpf", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mounting a bpf filesystem: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	pins := filepath.Join(dir, "statemesh")
+	g, err := Load(Options{MaxSources: 64, MaxTracked: 64, PinDir: pins})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	e, _ := guardplan.Compile(testInput())
+	if _, err := g.Set(e); err != nil {
+		t.Fatal(err)
+	}
+	g.Test(udp(peer, self, 51820, 51820, transportData()))
+	c, err := Inspect(pins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Sources) != len(e.Sources) || len(c.Ports) != len(e.Ports) || c.Config != e.Config || c.Counters[VerdictWGKnown] != 1 {
+		t.Errorf("inspected %+v, want the entries %+v and one wg_known", c, e)
+	}
+	g.Close()
+	if _, err := os.Stat(pins); !os.IsNotExist(err) {
+		t.Errorf("pins left after Close: %v", err)
+	}
+	if _, err := Inspect(pins); err == nil {
+		t.Error("Inspect found maps after Close")
 	}
 }
