@@ -103,6 +103,9 @@ func (a *Agent) syncGuard(ctx context.Context, m netmap.Map) {
 		switch mode {
 		case DataplaneNFTables:
 			h.state = "nftables: chosen (--dataplane or the spec's dataplane.firewall)"
+			if a.cfg.Guard.Dataplane == "" && m.Self.Dataplane == "" {
+				h.state = "nftables: the default (neither --dataplane nor the spec's dataplane.firewall asks for eBPF)"
+			}
 		case DataplaneEBPF, DataplaneAuto:
 			if err := a.startGuardLocked(); err != nil {
 				if mode == DataplaneEBPF {

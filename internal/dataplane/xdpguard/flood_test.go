@@ -67,6 +67,12 @@ func TestFloodDropCost(t *testing.T) {
 		rounds, _ = strconv.Atoi(s)
 	}
 	cpu := runtime.NumCPU() - 1
+	// Generic XDP by default: on a veth both paths then start from the
+	// same socket buffer (STATEMESH_BENCH_XDP=native for the veth driver's).
+	mode := "generic"
+	if os.Getenv("STATEMESH_BENCH_XDP") == "native" {
+		mode = "native"
+	}
 
 	floor, err := dropAll()
 	if err != nil {
@@ -125,7 +131,11 @@ func TestFloodDropCost(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				l, err = link.AttachXDP(link.XDPOptions{Program: floor, Interface: ifi.Index, Flags: link.XDPGenericMode})
+				flags := link.XDPGenericMode
+				if mode == "native" {
+					flags = link.XDPDriverMode
+				}
+				l, err = link.AttachXDP(link.XDPOptions{Program: floor, Interface: ifi.Index, Flags: flags})
 				return err
 			})
 			// sender: b0 down, so the veth drops each packet at transmit:
@@ -139,7 +149,7 @@ func TestFloodDropCost(t *testing.T) {
 			l.Close()
 			// guard
 			before, _ := s.guard.Counters()
-			inNS(t, b, func() error { return s.guard.Attach("b0", "generic") })
+			inNS(t, b, func() error { return s.guard.Attach("b0", mode) })
 			results[key("guard")] = append(results[key("guard")], flood(t, a, cpu, packets))
 			after, _ := s.guard.Counters()
 			guardDrops += after[VerdictWGRateLimited] - before[VerdictWGRateLimited]
@@ -154,7 +164,7 @@ func TestFloodDropCost(t *testing.T) {
 		}
 	}
 	var rep strings.Builder
-	fmt.Fprintf(&rep, "CPU ns per flood packet on CPU %d (sending thread + ksoftirqd), median of %d rounds of %d packets;\n", cpu, rounds, packets)
+	fmt.Fprintf(&rep, "CPU ns per flood packet on CPU %d (sending thread + ksoftirqd), %s XDP, median of %d rounds of %d packets;\n", cpu, mode, rounds, packets)
 	fmt.Fprintf(&rep, "receive = mode - sender in the same round (what the receiving side spends to drop one packet);\nnft/guard is the median of the rounds' ratios\n")
 	fmt.Fprintf(&rep, "%-6s %7s %7s %7s %7s | %12s %12s %12s | %14s %14s %9s\n", "peers", "sender", "floor", "guard", "nft",
 		"floor recv", "guard recv", "nft recv", "guard drops/s", "nft drops/s", "nft/guard")
