@@ -26,6 +26,7 @@ var pure = []string{
 	"internal/cilium",
 	"internal/dataplane/wgplan",
 	"internal/dataplane/guardplan",
+	"internal/dataplane/fwplan",
 	"internal/doctor",
 	"internal/jointoken",
 }
