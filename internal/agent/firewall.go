@@ -13,7 +13,7 @@ import (
 // firewallState is the nftables state a map asks for.
 func (a *Agent) firewallState(m netmap.Map) firewall.State {
 	s := firewall.State{Interface: m.Interface.Name, ListenPort: m.Interface.ListenPort, Policy: m.Firewall,
-		Pods: m.Self.PodPrefixes, Gateway: m.Self.Role == netmap.RoleGateway, UnderlayAllow: a.cfg.UnderlayAllow}
+		Pods: m.Self.PodPrefixes, Gateway: m.Self.Role == netmap.RoleGateway, UnderlayAllow: a.cfg.UnderlayAllow, EBPFMark: a.ebpfMark()}
 	if a.cfg.Interface != "" {
 		s.Interface = a.cfg.Interface
 	}

@@ -16,7 +16,9 @@ import (
 	"net/url"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,6 +70,10 @@ type guardHook struct {
 	mode  string // the effective choice the guard was last set up for
 	state string // what the node runs and why (status, doctor)
 	last  netmap.Map
+	// fw is the eBPF firewall on the WireGuard interface (ebpffw.go);
+	// mark is the bit nftables' overlay chain accepts (0: none).
+	fw   fwHook
+	mark atomic.Uint32
 }
 
 // initGuard registers the guard's metrics. The guard itself starts with
@@ -123,6 +129,17 @@ func (a *Agent) syncGuard(ctx context.Context, m netmap.Map) {
 	if h.g != nil {
 		a.setGuardLocked(ctx)
 	}
+	a.syncFirewallPartLocked(ctx, m, mode)
+}
+
+// syncFirewallPartLocked runs the eBPF firewall where the choice asks for
+// eBPF, re-renders nftables' table when the mark rule comes or goes, and
+// says who enforces what.
+func (a *Agent) syncFirewallPartLocked(ctx context.Context, m netmap.Map, mode string) {
+	want := (mode == DataplaneEBPF || mode == DataplaneAuto) && m.Interface.Name != ""
+	if a.syncEBPFFirewallLocked(m, want) {
+		a.rerenderFirewall(ctx, m)
+	}
 }
 
 func (a *Agent) startGuardLocked() error {
@@ -160,7 +177,7 @@ func (a *Agent) startGuardLocked() error {
 		h.g = nil
 		return err
 	}
-	h.state = "ebpf: XDP guard on " + ifname + "; overlay policy in nftables (the eBPF firewall on the WireGuard interface is not built yet)"
+	h.state = "ebpf: XDP guard on " + ifname
 	a.log.Info("XDP guard attached", "interface", ifname)
 	return nil
 }
@@ -249,6 +266,11 @@ func (a *Agent) guardLoop(ctx context.Context) {
 		if h.g != nil {
 			a.setGuardLocked(ctx)
 		}
+		if h.fw.f != nil {
+			// Addresses move, the WireGuard interface may be recreated.
+			// (A firewall that failed is retried with the next map.)
+			a.syncFirewallPartLocked(ctx, h.last, h.mode)
+		}
 		h.mu.Unlock()
 	}
 }
@@ -258,13 +280,24 @@ func (a *Agent) closeGuard() {
 	a.guard.mu.Lock()
 	defer a.guard.mu.Unlock()
 	a.stopGuardLocked()
+	a.syncEBPFFirewallLocked(a.guard.last, false)
 }
 
 // dataplaneStatus says what the node runs and why (status reports, doctor).
 func (a *Agent) dataplaneStatus() string {
-	a.guard.mu.Lock()
-	defer a.guard.mu.Unlock()
-	return a.guard.state
+	h := &a.guard
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.mode != DataplaneEBPF && h.mode != DataplaneAuto {
+		return h.state
+	}
+	guard := h.state
+	if h.g == nil && h.fw.f != nil {
+		// The firewall runs, the guard does not: the node runs eBPF.
+		_, why, _ := strings.Cut(guard, ": ")
+		guard = "ebpf: no XDP guard (" + why + ")"
+	}
+	return guard + "; " + a.firewallPartLocked()
 }
 
 // underlayInterface is the interface carrying this node's endpoint, or its
@@ -331,6 +364,7 @@ var (
 func (c *guardCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descGuardPackets
 	ch <- descGuardAttached
+	ch <- descFWPackets
 }
 
 func (c *guardCollector) Collect(ch chan<- prometheus.Metric) {
@@ -338,6 +372,7 @@ func (c *guardCollector) Collect(ch chan<- prometheus.Metric) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(descGuardAttached, prometheus.GaugeValue, b2f(h.g != nil))
+	c.a.collectEBPFFirewallLocked(ch)
 	if h.g == nil {
 		return
 	}

@@ -116,3 +116,57 @@ func TestGuardHook(t *testing.T) {
 		t.Errorf("status %q", st)
 	}
 }
+
+// The eBPF firewall follows the same choice: with a policy and the
+// WireGuard interface (an L3 TUN device here) it attaches and nftables'
+// overlay chain gets the mark; nftables chosen removes both.
+func TestEBPFFirewallHook(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := fmt.Sprintf("smx-%d-fwhook", os.Getpid())
+	for _, c := range [][]string{
+		{"ip", "netns", "add", ns},
+		{"ip", "-n", ns, "tuntap", "add", "dev", "wg9", "mode", "tun"},
+		{"ip", "-n", ns, "link", "set", "wg9", "up"},
+		{"ip", "-n", ns, "link", "add", "u0", "type", "veth", "peer", "name", "u1"},
+		{"ip", "-n", ns, "addr", "add", "10.98.0.1/24", "dev", "u0"},
+		{"ip", "-n", ns, "link", "set", "u0", "up"},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", c, err, out)
+		}
+		if c[1] == "netns" {
+			t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		}
+	}
+	a := &Agent{cfg: Config{Guard: GuardConfig{Interface: "u0"}}, log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	defer a.closeGuard()
+	m := netmap.Map{Self: netmap.Self{Dataplane: DataplaneAuto, PodPrefixes: []netip.Prefix{netip.MustParsePrefix("10.0.0.64/26")}},
+		Interface: netmap.Interface{Name: "wg9", ListenPort: 51820},
+		Firewall:  &netmap.Firewall{Rules: []netmap.FirewallRule{{Set: "seg_a"}}, Sets: map[string][]netip.Prefix{"seg_a": {netip.MustParsePrefix("100.64.1.0/24")}}}}
+	inNamespace(t, ns, func() { a.syncGuard(context.Background(), m) })
+	st := a.dataplaneStatus()
+	if !strings.HasPrefix(st, "ebpf: XDP guard on u0; overlay policy in eBPF on wg9") || a.ebpfMark() == 0 {
+		t.Fatalf("status %q, mark %#x", st, a.ebpfMark())
+	}
+	if s := a.firewallState(m); s.EBPFMark == 0 {
+		t.Error("nftables' state has no mark while the eBPF firewall runs")
+	}
+	// Too many sets for the program: nftables alone, and it says why.
+	big := m.Clone()
+	for i := range 70 {
+		big.Firewall.Rules = append(big.Firewall.Rules, netmap.FirewallRule{Set: fmt.Sprint("s", i)})
+	}
+	inNamespace(t, ns, func() { a.syncGuard(context.Background(), big) })
+	if st := a.dataplaneStatus(); !strings.Contains(st, "overlay policy in nftables (the policy does not fit the eBPF firewall") || a.ebpfMark() != 0 {
+		t.Errorf("too large a policy: status %q, mark %#x", st, a.ebpfMark())
+	}
+	inNamespace(t, ns, func() { a.syncGuard(context.Background(), m) })
+	if a.ebpfMark() == 0 {
+		t.Error("the firewall did not come back with a policy that fits")
+	}
+	m.Self.Dataplane = DataplaneNFTables
+	inNamespace(t, ns, func() { a.syncGuard(context.Background(), m) })
+	if a.guard.fw.f != nil || a.ebpfMark() != 0 || !strings.HasPrefix(a.dataplaneStatus(), "nftables: chosen") {
+		t.Errorf("nftables chosen: firewall %v, mark %#x, status %q", a.guard.fw.f, a.ebpfMark(), a.dataplaneStatus())
+	}
+}
