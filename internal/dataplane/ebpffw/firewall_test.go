@@ -197,3 +197,24 @@ func TestSetInPlace(t *testing.T) {
 		t.Errorf("to a prefix no longer the node's: pass %v marked %v, want transit", pass, marked)
 	}
 }
+
+// Transit a gateway forwards into the tunnel is not recorded as a flow of
+// the node's: its "replies" meet the policy.
+func TestEgressRecordsOnlyOwnFlows(t *testing.T) {
+	f := load(t, policy(), false)
+	other, remote := netip.MustParseAddr("100.64.33.3"), netip.MustParseAddr("192.0.2.1")
+	run(t, f.out, tcp(other, remote, 41000, 443, tcpSYN))
+	if pass, _ := run(t, f.in, tcp(remote, other, 443, 41000, tcpSYN|tcpACK)); !pass {
+		t.Error("transit back was dropped (it is not the node's to judge)")
+	}
+	// A packet leaving with a foreign source is not recorded either.
+	run(t, f.out, tcp(remote, node, 443, 41000, tcpSYN))
+	var n int
+	var k, v []byte
+	for it := f.m.flows.Iterate(); it.Next(&k, &v); {
+		n++
+	}
+	if n != 0 {
+		t.Errorf("%d flows recorded from transit", n)
+	}
+}

@@ -26,8 +26,9 @@ import (
 // extension headers), with its connection tracking. "Marked" packets
 // carry the mark bit, which the chain's first rule accepts.
 //
-// Egress records the reverse tuple of every TCP/UDP packet leaving through
-// the interface in an LRU map, so that its replies are "established".
+// Egress records the reverse tuple of every TCP/UDP packet the node or its
+// pods send through the interface in an LRU map, so that its replies are
+// "established" (transit a gateway forwards is not recorded).
 
 // Verdict is one counted outcome.
 type Verdict uint32
@@ -323,7 +324,14 @@ func egress(m *maps, l2 int32) asm.Instructions {
 	p = append(p,
 		asm.JEq.Imm(R6, 6, "e_l4"),
 		asm.JNE.Imm(R6, 17, "out"),
-		asm.Mov.Reg(R1, R9).WithSymbol("e_l4"),
+		// Only the node's and its pods' flows: transit through a gateway
+		// is not recorded (the destination enforces).
+		asm.LoadMapPtr(R1, m.dests.FD()).WithSymbol("e_l4"),
+		asm.Mov.Reg(R2, FP),
+		asm.Add.Imm(R2, stSrcKey),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(R0, 0, "out"),
+		asm.Mov.Reg(R1, R9),
 		asm.Add.Imm(R1, 4),
 		asm.JGT.Reg(R1, R8, "out"),
 		// Reverse: the reply's source is this packet's destination.
