@@ -34,7 +34,7 @@ func dataplane(nodes []api.Node) []Finding {
 			Evidence: fmt.Sprintf("%d nodes report: %s", len(names), s)}
 		switch {
 		case kind == "ebpf":
-			f.Reason = "the XDP guard drops what is not the mesh on these nodes' underlay before the network stack; the overlay policy is enforced by nftables"
+			f.Reason = "the XDP guard drops what is not the mesh on these nodes' underlay before the network stack; the evidence says who enforces the overlay policy (the eBPF firewall, or nftables and why)"
 			f.Fix = "nothing to do; statemesh guard (on the node) prints the guard's maps and counters"
 		case strings.HasPrefix(why, "eBPF was asked for"):
 			f.Severity = Warning
