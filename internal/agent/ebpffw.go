@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -27,6 +28,9 @@ type fwHook struct {
 	ifname  string
 	ifindex int
 	why     string // why the overlay is nftables' alone ("" when eBPF runs)
+	// attached is when the programs started recording flows: UDP the
+	// policy denies is left to conntrack until ebpffw.UDPWarmAfter later.
+	attached time.Time
 }
 
 // ebpfMark is the mark nftables' overlay chain accepts (0: none).
@@ -78,7 +82,7 @@ func (a *Agent) syncEBPFFirewallLocked(m netmap.Map, want bool) (rerender bool) 
 		if fh.f == nil {
 			f, err := ebpffw.Load(ebpffw.Options{})
 			if err == nil {
-				if err = f.Set(e, a.ebpfFirewallState(m)); err == nil {
+				if err = f.Set(e, a.ebpfFirewallState(m, false)); err == nil {
 					err = f.Attach(ifname)
 				}
 				if err != nil {
@@ -90,12 +94,12 @@ func (a *Agent) syncEBPFFirewallLocked(m netmap.Map, want bool) (rerender bool) 
 				a.log.Warn("eBPF firewall unavailable; nftables enforces the overlay policy alone", "err", err)
 				break
 			}
-			fh.f, fh.ifname, fh.ifindex, fh.why = f, ifname, ifi.Index, ""
+			fh.f, fh.ifname, fh.ifindex, fh.why, fh.attached = f, ifname, ifi.Index, "", time.Now()
 			h.mark.Store(ebpffw.DefaultMark)
 			a.log.Info("eBPF firewall attached", "interface", ifname)
 			break
 		}
-		if err := fh.f.Set(e, a.ebpfFirewallState(m)); err != nil {
+		if err := fh.f.Set(e, a.ebpfFirewallState(m, time.Since(fh.attached) > ebpffw.UDPWarmAfter)); err != nil {
 			stop("updating its maps: " + err.Error())
 			a.log.Error("eBPF firewall maps; nftables enforces the overlay policy alone", "err", err)
 		}
@@ -105,8 +109,8 @@ func (a *Agent) syncEBPFFirewallLocked(m netmap.Map, want bool) (rerender bool) 
 
 // ebpfFirewallState: the node's own addresses and pods are the firewall's
 // destinations; gateways answer echo requests.
-func (a *Agent) ebpfFirewallState(m netmap.Map) ebpffw.State {
-	s := ebpffw.State{GatewayEcho: m.Self.Role == netmap.RoleGateway}
+func (a *Agent) ebpfFirewallState(m netmap.Map, udpWarm bool) ebpffw.State {
+	s := ebpffw.State{GatewayEcho: m.Self.Role == netmap.RoleGateway, UDPWarm: udpWarm}
 	if as, err := net.InterfaceAddrs(); err == nil {
 		for _, x := range as {
 			if p, err := netip.ParsePrefix(x.String()); err == nil {

@@ -28,7 +28,7 @@ func BenchmarkIngress(b *testing.B) {
 			b.Fatal(err)
 		}
 		e, _ := fwplan.Compile(pol)
-		if err := f.Set(e, State{Dests: []netip.Prefix{netip.PrefixFrom(node, 32)}}); err != nil {
+		if err := f.Set(e, State{Dests: []netip.Prefix{netip.PrefixFrom(node, 32)}, UDPWarm: true}); err != nil {
 			b.Fatal(err)
 		}
 		last := netip.AddrFrom4([4]byte{100, 65, byte((n - 1) % 50), 9})

@@ -93,7 +93,7 @@ func TestOverlayCost(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := f.Set(e, State{Dests: []netip.Prefix{netip.MustParsePrefix("100.64.0.5/32")}}); err != nil {
+		if err := f.Set(e, State{Dests: []netip.Prefix{netip.MustParsePrefix("100.64.0.5/32")}, UDPWarm: true}); err != nil {
 			t.Fatal(err)
 		}
 		file := func(mark uint32) string {

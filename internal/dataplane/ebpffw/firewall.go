@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -49,7 +50,16 @@ type State struct {
 	GatewayEcho bool
 	// Mark is the bit set on allowed packets (default DefaultMark).
 	Mark uint32
+	// UDPWarm: the egress program has been recording for longer than
+	// UDP's conntrack timeouts (UDPWarmAfter), so a UDP packet the policy
+	// denies and no recorded flow explains is dropped; before, it is left
+	// to nftables (conntrack may know it from before the program).
+	UDPWarm bool
 }
+
+// UDPWarmAfter is nf_conntrack_udp_timeout_stream's default (120 s) with
+// a margin.
+const UDPWarmAfter = 180 * time.Second
 
 // Firewall is the loaded programs and maps.
 type Firewall struct {
@@ -196,6 +206,9 @@ func (f *Firewall) Set(e fwplan.Entries, s State) error {
 	var flags uint32
 	if s.GatewayEcho {
 		flags |= flagGatewayEcho
+	}
+	if s.UDPWarm {
+		flags |= flagUDPWarm
 	}
 	binary.LittleEndian.PutUint32(cfg[cfgFlags:], flags)
 	binary.LittleEndian.PutUint32(cfg[cfgMark:], s.Mark)

@@ -46,7 +46,7 @@ func load(t *testing.T, fw *netmap.Firewall, gateway bool) *Firewall {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := State{Dests: []netip.Prefix{netip.PrefixFrom(node, 32), netip.MustParsePrefix("10.0.0.64/26"), netip.MustParsePrefix("fd7a:5::5/128")}, GatewayEcho: gateway}
+	st := State{Dests: []netip.Prefix{netip.PrefixFrom(node, 32), netip.MustParsePrefix("10.0.0.64/26"), netip.MustParsePrefix("fd7a:5::5/128")}, GatewayEcho: gateway, UDPWarm: true}
 	if err := f.Set(e, st); err != nil {
 		t.Fatal(err)
 	}
@@ -149,8 +149,8 @@ func TestEstablished(t *testing.T) {
 	f := load(t, policy(), false)
 	remote := netip.MustParseAddr("192.0.2.1")
 	reply := tcp(remote, node, 443, 41000, tcpSYN|tcpACK)
-	if pass, _ := run(t, f.in, reply); pass {
-		t.Fatal("a reply passed before the node sent anything")
+	if _, marked := run(t, f.in, reply); marked {
+		t.Fatal("a reply was marked before the node sent anything (it is conntrack's to judge)")
 	}
 	if pass, _ := run(t, f.out, tcp(node, remote, 41000, 443, tcpSYN)); !pass {
 		t.Fatal("egress dropped")
@@ -158,8 +158,11 @@ func TestEstablished(t *testing.T) {
 	if pass, marked := run(t, f.in, reply); !pass || !marked {
 		t.Errorf("the reply: pass %v marked %v", pass, marked)
 	}
-	if pass, _ := run(t, f.in, tcp(remote, node, 443, 41001, tcpSYN|tcpACK)); pass {
-		t.Error("another port of the same peer passed")
+	if _, marked := run(t, f.in, tcp(remote, node, 443, 41001, tcpSYN|tcpACK)); marked {
+		t.Error("another port of the same peer was marked")
+	}
+	if pass, _ := run(t, f.in, tcp(remote, node, 443, 41001, tcpSYN)); pass {
+		t.Error("a SYN from the same peer passed")
 	}
 	// UDP too (a DNS query from a pod).
 	run(t, f.out, udp(pod, remote, 53000, 53, make([]byte, 20)))
@@ -170,7 +173,7 @@ func TestEstablished(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c[VerdictEstablished] != 2 || c[VerdictDenied] != 2 {
+	if c[VerdictEstablished] != 2 || c[VerdictDenied] != 1 || c[VerdictUnjudged] != 2 {
 		t.Errorf("counters %v", c)
 	}
 }
@@ -216,5 +219,29 @@ func TestEgressRecordsOnlyOwnFlows(t *testing.T) {
 	}
 	if n != 0 {
 		t.Errorf("%d flows recorded from transit", n)
+	}
+}
+
+// What the policy denies but conntrack may know from before the program
+// (an agent restart) is left to nftables: TCP segments other than a bare
+// SYN, and UDP until the flow table is warm.
+func TestDeniedButMaybeEstablished(t *testing.T) {
+	f := load(t, policy(), false)
+	stranger := netip.MustParseAddr("192.0.2.1")
+	if pass, marked := run(t, f.in, tcp(stranger, node, 443, 41000, tcpACK)); !pass || marked {
+		t.Errorf("a denied ACK: pass %v marked %v, want unmarked to nftables", pass, marked)
+	}
+	if pass, _ := run(t, f.in, tcp(stranger, node, 40000, 80, tcpSYN)); pass {
+		t.Error("a denied SYN passed")
+	}
+	if pass, _ := run(t, f.in, udp(stranger, node, 53, 40000, make([]byte, 20))); pass {
+		t.Error("denied UDP passed with a warm flow table")
+	}
+	e, _ := fwplan.Compile(policy())
+	if err := f.Set(e, State{Dests: []netip.Prefix{netip.PrefixFrom(node, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	if pass, marked := run(t, f.in, udp(stranger, node, 53, 40000, make([]byte, 20))); !pass || marked {
+		t.Errorf("denied UDP before the flow table is warm: pass %v marked %v, want unmarked to nftables", pass, marked)
 	}
 }

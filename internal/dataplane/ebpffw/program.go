@@ -20,6 +20,10 @@ import (
 //     meet the port's bits or the any-port bits;
 //     echo requests on gateways)                   → pass, marked     allowed
 //  6. otherwise                                    → drop             denied
+//     except TCP segments that are not a bare SYN, and UDP until the
+//     flow table has seen UDP's conntrack timeouts go by since the
+//     program was attached: connections from before it (an agent
+//     restart) are conntrack's to know → pass, unmarked           unjudged
 //
 // "Unmarked" packets meet nftables' overlay chain unchanged: it decides
 // what the program does not (fragments after reassembly, related ICMP,
@@ -106,6 +110,7 @@ const (
 	cfgValueSize = 16
 
 	flagGatewayEcho = 1
+	flagUDPWarm     = 2
 )
 
 type maps struct {
@@ -272,11 +277,31 @@ func ingress(m *maps, l2 int32) asm.Instructions {
 	)
 	p = append(p, at("sources", lookup(m.sources, stSrcKey))...)
 	p = append(p,
-		asm.JEq.Imm(R0, 0, v(VerdictDenied)),
+		asm.JEq.Imm(R0, 0, "deny"),
 		asm.LoadMem(R2, R0, 0, asm.DWord),
 		asm.And.Reg(R2, R7),
 		asm.JNE.Imm(R2, 0, v(VerdictAllowed)),
-		asm.Ja.Label(v(VerdictDenied)),
+		// The policy denies it. A TCP segment that is not a bare SYN may
+		// belong to a connection opened before the program saw the
+		// node's flows (an agent restart): conntrack knows, so nftables
+		// decides. So does UDP until the flow table is warm (the agent
+		// sets the flag once UDP's conntrack timeouts have passed).
+		asm.JEq.Imm(R6, 6, "deny_tcp").WithSymbol("deny"),
+		asm.JNE.Imm(R6, 17, v(VerdictDenied)),
+	)
+	p = append(p, lookup(m.config, stZero)...)
+	p = append(p,
+		asm.JEq.Imm(R0, 0, v(VerdictUnjudged)),
+		asm.LoadMem(R2, R0, cfgFlags, asm.Word),
+		asm.JSet.Imm(R2, flagUDPWarm, v(VerdictDenied)),
+		asm.Ja.Label(v(VerdictUnjudged)),
+		asm.Mov.Reg(R1, R9).WithSymbol("deny_tcp"),
+		asm.Add.Imm(R1, 20),
+		asm.JGT.Reg(R1, R8, v(VerdictDenied)),
+		asm.LoadMem(R2, R9, 13, asm.Byte),
+		asm.And.Imm(R2, 0x12),
+		asm.JEq.Imm(R2, 0x02, v(VerdictDenied)),
+		asm.Ja.Label(v(VerdictUnjudged)),
 	)
 	// Verdicts: R6 = action, R9 = 1 to mark.
 	for _, x := range Verdicts() {

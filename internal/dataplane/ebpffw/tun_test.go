@@ -173,7 +173,7 @@ func TestOnTunWithNFTables(t *testing.T) {
 	}
 	defer f.Close()
 	e, _ := fwplan.Compile(fw)
-	if err := f.Set(e, State{Dests: []netip.Prefix{netip.MustParsePrefix("100.64.0.5/32")}}); err != nil {
+	if err := f.Set(e, State{Dests: []netip.Prefix{netip.MustParsePrefix("100.64.0.5/32")}, UDPWarm: true}); err != nil {
 		t.Fatal(err)
 	}
 	inNS(t, ns, func() error { return f.Attach("tun0") })
