@@ -9,15 +9,18 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/statemesh/statemesh/internal/dataplane/ebpffw"
 	"github.com/statemesh/statemesh/internal/dataplane/fwplan"
+	"github.com/statemesh/statemesh/internal/dataplane/xdpguard"
 	"github.com/statemesh/statemesh/internal/netmap"
 )
 
@@ -80,7 +83,11 @@ func (a *Agent) syncEBPFFirewallLocked(m netmap.Map, want bool) (rerender bool) 
 			break
 		}
 		if fh.f == nil {
-			f, err := ebpffw.Load(ebpffw.Options{})
+			f, err := ebpffw.Load(ebpffw.Options{PinDir: filepath.Join(xdpguard.DefaultPinDir, ifname)})
+			if err != nil && !errors.Is(err, ebpffw.ErrUnavailable) {
+				a.log.Warn("eBPF firewall maps not pinned: statemesh guard cannot show them (mount a bpf filesystem on /sys/fs/bpf)", "err", err)
+				f, err = ebpffw.Load(ebpffw.Options{})
+			}
 			if err == nil {
 				if err = f.Set(e, a.ebpfFirewallState(m, false)); err == nil {
 					err = f.Attach(ifname)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/statemesh/statemesh/internal/dataplane/ebpffw"
 	"github.com/statemesh/statemesh/internal/dataplane/guardplan"
 	"github.com/statemesh/statemesh/internal/dataplane/xdpguard"
 	"github.com/statemesh/statemesh/internal/testenv"
@@ -35,7 +36,18 @@ func TestGuardCommand(t *testing.T) {
 	if _, err := g.Set(e); err != nil {
 		t.Fatal(err)
 	}
-	r := run(t, "", "guard", "--pin-dir", pins)
+	fwPins := filepath.Join(dir, "sm0")
+	f, err := ebpffw.Load(ebpffw.Options{MaxSources: 64, MaxFlows: 64, PinDir: fwPins})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r := run(t, "", "guard", "--pin-dir", pins, "--firewall-pin-dir", fwPins)
+	for _, want := range []string{"eBPF firewall: " + fwPins, "established", "denied"} {
+		if r.code != 0 || !strings.Contains(r.stdout, want) {
+			t.Errorf("statemesh guard: no %q in\n%s%s", want, r.stdout, r.stderr)
+		}
+	}
 	for _, want := range []string{"udp/51820", "192.0.2.2/32", "10.0.0.0/16", "wireguard", "192.0.2.1", "wg_ratelimited", "20 handshakes/s"} {
 		if r.code != 0 || !strings.Contains(r.stdout, want) {
 			t.Errorf("statemesh guard: no %q in\n%s%s", want, r.stdout, r.stderr)

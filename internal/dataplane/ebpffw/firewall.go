@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -39,7 +41,20 @@ type Options struct {
 	// (defaults 65536, 262144).
 	MaxSources uint32
 	MaxFlows   uint32
+	// PinDir, when set, is a directory on a bpf filesystem where the maps
+	// are pinned while the firewall runs (statemesh guard reads them).
+	PinDir string
 }
+
+// Map names (the pinned files' names, what bpftool shows).
+const (
+	MapSources  = "smf_sources"
+	MapPorts    = "smf_ports"
+	MapDests    = "smf_dests"
+	MapConfig   = "smf_config"
+	MapFlows    = "smf_flows"
+	MapCounters = "smf_verdicts"
+)
 
 // State is what the firewall enforces besides the policy's entries.
 type State struct {
@@ -71,6 +86,7 @@ type Firewall struct {
 	cur      fwplan.Entries
 	curDests map[netip.Prefix]bool
 	curCfg   []byte
+	pinned   string
 }
 
 // Load creates the maps and loads both programs.
@@ -89,12 +105,12 @@ func Load(o Options) (*Firewall, error) {
 		dst  **ebpf.Map
 		spec ebpf.MapSpec
 	}{
-		{&f.m.sources, ebpf.MapSpec{Name: "smf_sources", Type: ebpf.LPMTrie, KeySize: 20, ValueSize: 8, MaxEntries: o.MaxSources, Flags: 1}},
-		{&f.m.ports, ebpf.MapSpec{Name: "smf_ports", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: fwplan.MaxPorts}},
-		{&f.m.dests, ebpf.MapSpec{Name: "smf_dests", Type: ebpf.LPMTrie, KeySize: 20, ValueSize: 4, MaxEntries: 4096, Flags: 1}},
-		{&f.m.config, ebpf.MapSpec{Name: "smf_config", Type: ebpf.Array, KeySize: 4, ValueSize: cfgValueSize, MaxEntries: 1}},
-		{&f.m.flows, ebpf.MapSpec{Name: "smf_flows", Type: ebpf.LRUHash, KeySize: flowSize, ValueSize: 8, MaxEntries: o.MaxFlows}},
-		{&f.m.counters, ebpf.MapSpec{Name: "smf_verdicts", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(numVerdicts)}},
+		{&f.m.sources, ebpf.MapSpec{Name: MapSources, Type: ebpf.LPMTrie, KeySize: 20, ValueSize: 8, MaxEntries: o.MaxSources, Flags: 1}},
+		{&f.m.ports, ebpf.MapSpec{Name: MapPorts, Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: fwplan.MaxPorts}},
+		{&f.m.dests, ebpf.MapSpec{Name: MapDests, Type: ebpf.LPMTrie, KeySize: 20, ValueSize: 4, MaxEntries: 4096, Flags: 1}},
+		{&f.m.config, ebpf.MapSpec{Name: MapConfig, Type: ebpf.Array, KeySize: 4, ValueSize: cfgValueSize, MaxEntries: 1}},
+		{&f.m.flows, ebpf.MapSpec{Name: MapFlows, Type: ebpf.LRUHash, KeySize: flowSize, ValueSize: 8, MaxEntries: o.MaxFlows}},
+		{&f.m.counters, ebpf.MapSpec{Name: MapCounters, Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(numVerdicts)}},
 	} {
 		mp, err := ebpf.NewMap(&s.spec)
 		if err != nil {
@@ -112,7 +128,77 @@ func Load(o Options) (*Firewall, error) {
 		f.Close()
 		return nil, fmt.Errorf("%w: loading the egress program: %v", ErrUnavailable, err)
 	}
+	if o.PinDir != "" {
+		if err := os.MkdirAll(o.PinDir, 0o700); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("firewall pin directory: %w", err)
+		}
+		for _, m := range f.m.all() {
+			info, err := m.Info()
+			if err == nil {
+				path := filepath.Join(o.PinDir, info.Name)
+				os.Remove(path)
+				err = m.Pin(path)
+			}
+			if err != nil {
+				f.Close()
+				return nil, fmt.Errorf("pinning the firewall's maps in %s: %w", o.PinDir, err)
+			}
+		}
+		f.pinned = o.PinDir
+	}
 	return f, nil
+}
+
+// Summary is what a running firewall's pinned maps hold, for statemesh
+// guard.
+type Summary struct {
+	Sources, Ports, Dests, Flows int
+	AnyPort                      uint64
+	Flags, Mark                  uint32
+	Counters                     map[Verdict]uint64
+}
+
+// Inspect reads the maps a running firewall pinned under dir.
+func Inspect(dir string) (Summary, error) {
+	var m maps
+	defer func() {
+		for _, x := range m.all() {
+			if x != nil {
+				x.Close()
+			}
+		}
+	}()
+	for _, x := range []struct {
+		dst  **ebpf.Map
+		name string
+	}{{&m.sources, MapSources}, {&m.ports, MapPorts}, {&m.dests, MapDests}, {&m.config, MapConfig}, {&m.flows, MapFlows}, {&m.counters, MapCounters}} {
+		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, x.name), &ebpf.LoadPinOptions{ReadOnly: true})
+		if err != nil {
+			return Summary{}, fmt.Errorf("no eBPF firewall maps pinned in %s: %w", dir, err)
+		}
+		*x.dst = mp
+	}
+	var s Summary
+	count := func(mp *ebpf.Map) int {
+		n := 0
+		var k, v []byte
+		for it := mp.Iterate(); it.Next(&k, &v); {
+			n++
+		}
+		return n
+	}
+	s.Sources, s.Ports, s.Dests, s.Flows = count(m.sources), count(m.ports), count(m.dests), count(m.flows)
+	var cfg []byte
+	if err := m.config.Lookup(uint32(0), &cfg); err != nil {
+		return s, fmt.Errorf("reading the firewall's config: %w", err)
+	}
+	s.AnyPort = binary.LittleEndian.Uint64(cfg[cfgAnyPort:])
+	s.Flags = binary.LittleEndian.Uint32(cfg[cfgFlags:])
+	s.Mark = binary.LittleEndian.Uint32(cfg[cfgMark:])
+	var err error
+	s.Counters, err = m.counts()
+	return s, err
 }
 
 // Attach attaches ingress and egress to an interface (tcx links).
@@ -162,8 +248,15 @@ func (f *Firewall) Close() error {
 	f.in, f.out = nil, nil
 	for _, m := range f.m.all() {
 		if m != nil {
+			if f.pinned != "" {
+				m.Unpin()
+			}
 			m.Close()
 		}
+	}
+	if f.pinned != "" {
+		os.Remove(f.pinned)
+		f.pinned = ""
 	}
 	f.m = maps{}
 	return err
@@ -243,11 +336,13 @@ func (f *Firewall) Set(e fwplan.Entries, s State) error {
 }
 
 // Counters returns the packets per verdict, summed over CPUs.
-func (f *Firewall) Counters() (map[Verdict]uint64, error) {
+func (f *Firewall) Counters() (map[Verdict]uint64, error) { return f.m.counts() }
+
+func (m *maps) counts() (map[Verdict]uint64, error) {
 	out := map[Verdict]uint64{}
 	for _, v := range Verdicts() {
 		var per []uint64
-		if err := f.m.counters.Lookup(uint32(v), &per); err != nil {
+		if err := m.counters.Lookup(uint32(v), &per); err != nil {
 			return nil, fmt.Errorf("reading firewall counter %s: %w", v, err)
 		}
 		for _, x := range per {
