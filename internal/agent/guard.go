@@ -74,7 +74,13 @@ type guardHook struct {
 	// mark is the bit nftables' overlay chain accepts (0: none).
 	fw   fwHook
 	mark atomic.Uint32
+	// retryAt is when a guard that could not start is tried again (the
+	// interface may come later; a kernel without XDP will not).
+	retryAt time.Time
 }
+
+// guardRetry is how often a guard that could not start is tried again.
+const guardRetry = 30 * time.Second
 
 // initGuard registers the guard's metrics. The guard itself starts with
 // the first map (the spec's choice arrives with it).
@@ -103,8 +109,10 @@ func (a *Agent) syncGuard(ctx context.Context, m netmap.Map) {
 	defer h.mu.Unlock()
 	h.last = m
 	mode := a.effectiveDataplane(m)
-	if mode != h.mode {
+	retry := h.g == nil && (mode == DataplaneEBPF || mode == DataplaneAuto) && !h.retryAt.IsZero() && time.Now().After(h.retryAt)
+	if mode != h.mode || retry {
 		h.mode = mode
+		h.retryAt = time.Time{}
 		a.stopGuardLocked()
 		switch mode {
 		case DataplaneNFTables:
@@ -114,6 +122,7 @@ func (a *Agent) syncGuard(ctx context.Context, m netmap.Map) {
 			}
 		case DataplaneEBPF, DataplaneAuto:
 			if err := a.startGuardLocked(); err != nil {
+				h.retryAt = time.Now().Add(guardRetry)
 				if mode == DataplaneEBPF {
 					h.state = "nftables: eBPF was asked for but cannot run: " + err.Error()
 					a.log.Error("XDP guard not running although --dataplane=ebpf; nftables alone protects the underlay", "err", err)
