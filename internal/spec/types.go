@@ -80,8 +80,9 @@ const (
 )
 
 // Dataplane chooses the enforcement: ebpf (the XDP guard on the underlay
-// interface in front of nftables), nftables, or auto (eBPF where the
-// kernel loads it, else nftables). Empty: each agent's flag decides.
+// interface and the eBPF firewall on the WireGuard interface, in front of
+// nftables), nftables, or auto (eBPF where the kernel loads it, else
+// nftables). Empty: each agent's flag decides.
 type Dataplane struct {
 	Firewall string `yaml:"firewall" json:"firewall,omitempty"`
 }
