@@ -88,6 +88,9 @@ type Config struct {
 	KeyFromInterface string
 	// UnderlayAllow are ports the firewall leaves open on the underlay.
 	UnderlayAllow []netmap.PortRange
+	// Guard chooses ebpf, nftables or auto and configures the XDP guard
+	// (guard.go).
+	Guard GuardConfig
 	// DriftEvery is how often the firewall is checked for drift (1s).
 	DriftEvery time.Duration
 	// WireGuard is kernel, userspace or auto.
@@ -151,6 +154,7 @@ type Agent struct {
 	reach               *api.WANReach // a baseline-mode gateway's reach of other regions (reach.go)
 	fwErr               error
 	fwState             string
+	guard               guardHook
 	driftRepairs        int
 }
 
@@ -203,6 +207,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a := newAgent(cfg)
+	a.initGuard()
 	var err error
 	if cfg.AttestOnly {
 		if a.pub, err = interfaceKey(cfg.KeyFromInterface); err != nil {
@@ -554,6 +559,7 @@ func (a *Agent) applyDelta(ctx context.Context, delta *netmap.Delta) error {
 	} else {
 		a.syncFirewall(ctx, prev, desired, nil)
 	}
+	a.syncGuard(ctx, desired)
 	if desired.Routing != nil || len(a.links) > 0 || !a.linksSwept {
 		if delta == nil || !ok || !desired.Routing.Equal(prev.Routing) {
 			a.route(ctx, desired)
@@ -631,9 +637,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	var wgRun sync.WaitGroup
-	wgRun.Add(9)
+	wgRun.Add(10)
 	go func() { defer wgRun.Done(); a.probeLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.reachLoop(ctx) }()
+	go func() { defer wgRun.Done(); a.guardLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.firewallLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.renewLoop(ctx) }()
 	go func() { defer wgRun.Done(); a.reattestLoop(ctx) }()
@@ -765,6 +772,7 @@ func (a *Agent) Applied() netmap.Map {
 
 // Close releases the device handle (the interface stays).
 func (a *Agent) Close() error {
+	a.closeGuard()
 	if a.dev != nil {
 		return a.dev.Close()
 	}

@@ -11,7 +11,9 @@ import (
 
 // firewallState is the nftables state a map asks for.
 func (a *Agent) firewallState(m netmap.Map) firewall.State {
-	return firewall.StateFor(m, firewall.StateOptions{Interface: a.cfg.Interface, UnderlayAllow: a.cfg.UnderlayAllow, BackbonePrefix: backbonePrefix})
+	s := firewall.StateFor(m, firewall.StateOptions{Interface: a.cfg.Interface, UnderlayAllow: a.cfg.UnderlayAllow, BackbonePrefix: backbonePrefix})
+	s.EBPFMark = a.ebpfMark()
+	return s
 }
 
 // syncFirewall brings the node's nftables table in line with next. With a

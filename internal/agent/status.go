@@ -13,7 +13,7 @@ func (a *Agent) Status() api.StatusReport {
 	a.mu.Lock()
 	m, ok, paths, reach := a.prev, a.ok, a.paths, a.reach
 	a.mu.Unlock()
-	r := api.StatusReport{AppliedRevision: m.Revision, Peers: len(m.Peers), Healthy: ok, Firewall: a.firewallStatus(), Paths: paths, Time: time.Now(), WAN: reach}
+	r := api.StatusReport{AppliedRevision: m.Revision, Peers: len(m.Peers), Healthy: ok, Firewall: a.firewallStatus(), Dataplane: a.dataplaneStatus(), Paths: paths, Time: time.Now(), WAN: reach}
 	if a.cfg.AttestOnly {
 		r.Healthy, r.Message = true, "attest-only: netclient manages WireGuard on this host"
 		return r

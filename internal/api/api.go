@@ -166,6 +166,7 @@ type Node struct {
 	// whether it enforces the policy ("enforced", or why not), the map
 	// revision it applied, and when it reported.
 	Firewall        string     `json:"firewall,omitempty"`
+	Dataplane       string     `json:"dataplane,omitempty"`
 	AppliedRevision int64      `json:"appliedRevision,omitempty"`
 	ReportedAt      *time.Time `json:"reportedAt,omitempty"`
 	// ClockSkewMillis is the node's clock minus the controller's at its
@@ -347,7 +348,10 @@ type StatusReport struct {
 	// Firewall says whether the node enforces the policy ("enforced"), or
 	// why not.
 	Firewall string `json:"firewall,omitempty"`
-	Message  string `json:"message,omitempty"`
+	// Dataplane says what enforces it and why: "ebpf: ..." (the XDP guard
+	// runs) or "nftables: ..." (chosen, or eBPF cannot run here).
+	Dataplane string `json:"dataplane,omitempty"`
+	Message   string `json:"message,omitempty"`
 	// Paths are the agent's latest measurements of its paths to gateways
 	// (and, on gateways, to the other gateways), sent after each probe
 	// round; a report without them leaves the previous ones in place.

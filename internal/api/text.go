@@ -68,6 +68,7 @@ func unsafeRune(r rune) bool {
 // CleanText: the controller stores and shows only cleaned reports.
 func (r StatusReport) Clean() StatusReport {
 	r.Firewall = CleanText(r.Firewall, MaxReportText)
+	r.Dataplane = CleanText(r.Dataplane, MaxReportText)
 	r.Message = CleanText(r.Message, MaxReportText)
 	if r.StalePeers != nil {
 		peers := make([]string, len(r.StalePeers))

@@ -25,6 +25,8 @@ var pure = []string{
 	"internal/policy",
 	"internal/cilium",
 	"internal/dataplane/wgplan",
+	"internal/dataplane/guardplan",
+	"internal/dataplane/fwplan",
 	"internal/doctor",
 	"internal/jointoken",
 }

@@ -29,6 +29,7 @@ func newAgentCmd(e *env) *cobra.Command {
 	var withFirewall bool
 	var metricsListen string
 	var underlayAllow []string
+	var guardAllow, guardManagement []string
 	cmd := &cobra.Command{
 		Use:   "agent --controller URL --token TOKEN [--role node|operator|gateway] [--data-dir DIR]",
 		Short: "Run the node agent: enroll, then keep this node's WireGuard, addresses and routes in line with its network map",
@@ -71,6 +72,9 @@ agent restarts; either way 'wg show' works.`,
 				}
 				cfg.ControllerPolicy = pol
 			}
+			if err := guardFlags(&cfg.Guard, guardAllow, guardManagement); err != nil {
+				return err
+			}
 			if cfg.Token == "" {
 				cfg.Token = os.Getenv("STATEMESH_TOKEN")
 			}
@@ -92,6 +96,13 @@ agent restarts; either way 'wg show' works.`,
 	f.StringVar(&metricsListen, "metrics-listen", "127.0.0.1:9465", "serve Prometheus metrics on this address at /metrics (\"\" to turn off; the node firewall drops the underlay except WireGuard)")
 	f.BoolVar(&withFirewall, "firewall", true, "enforce the mesh policy and underlay protection with StateMesh's nftables table")
 	f.StringSliceVar(&underlayAllow, "underlay-allow", nil, "ports left open on the underlay besides WireGuard, e.g. tcp/22")
+	f.StringVar(&cfg.Guard.Dataplane, "dataplane", "", "ebpf (the XDP guard on the underlay interface and the eBPF firewall on the WireGuard interface, in front of nftables), nftables, or auto (eBPF where it loads); default: the spec's dataplane.firewall, else nftables")
+	f.StringVar(&cfg.Guard.Interface, "guard-interface", "", "underlay interface the XDP guard attaches to (default: the one carrying --endpoint, or the route to the controller)")
+	f.StringSliceVar(&guardAllow, "guard-allow", nil, "prefixes WireGuard may always come from besides peers' endpoints (the underlay ranges, operators' clients), e.g. 10.0.0.0/16")
+	f.StringSliceVar(&guardManagement, "guard-management-from", nil, "restrict the --underlay-allow ports to these source prefixes in the XDP guard (default: open to all)")
+	f.Uint32Var(&cfg.Guard.HandshakesPerSource, "guard-handshakes-per-source", 0, "WireGuard handshake initiations per second the guard lets through from one unknown source (default 20)")
+	f.Uint32Var(&cfg.Guard.HandshakesTotal, "guard-handshakes-total", 0, "WireGuard handshake initiations per second the guard lets through from all unknown sources together (default 1000)")
+	f.StringVar(&cfg.Guard.AttachMode, "guard-xdp-mode", "", "XDP attach mode: native, generic, or empty (native where the driver supports it)")
 	f.StringToStringVar(&cfg.Labels, "labels", nil, "node labels for policy selectors, k=v,k2=v2 (sent at enrollment)")
 	f.StringVar(&kekFile, "kek-file", "", "keyring encrypting the WireGuard key at rest when there is no TPM (or $STATEMESH_KEK)")
 	f.StringVar(&cfg.Name, "name", "", "node name (default: the hostname)")
@@ -219,4 +230,32 @@ func controllerPolicyFrom(path string) (*attest.Policy, error) {
 		return nil, usagef("--controller-attestation %s: the spec has no attestation.controller (the policy the controller's TPM must meet)", path)
 	}
 	return pol, nil
+}
+
+// guardFlags checks the XDP guard's flags and parses its prefixes.
+func guardFlags(g *agent.GuardConfig, allow, management []string) error {
+	switch g.Dataplane {
+	case "", agent.DataplaneEBPF, agent.DataplaneNFTables, agent.DataplaneAuto:
+	default:
+		return usagef("--dataplane %q: use ebpf, nftables or auto", g.Dataplane)
+	}
+	switch g.AttachMode {
+	case "", "native", "generic":
+	default:
+		return usagef("--guard-xdp-mode %q: use native or generic", g.AttachMode)
+	}
+	for _, f := range []struct {
+		name string
+		in   []string
+		out  *[]netip.Prefix
+	}{{"--guard-allow", allow, &g.Allow}, {"--guard-management-from", management, &g.ManagementFrom}} {
+		for _, s := range f.in {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return usagef("%s %q: not a prefix (10.0.0.0/16, fd00::/64)", f.name, s)
+			}
+			*f.out = append(*f.out, p.Masked())
+		}
+	}
+	return nil
 }

@@ -109,6 +109,7 @@ Start with:  statemesh validate -f mesh.yaml
 		newClientCmd(e),
 		newStatusCmd(e),
 		newDoctorCmd(e),
+		newGuardCmd(e),
 		newDashboardCmd(e),
 		newWireGuardGoCmd(e),
 		newLabCmd(e),

@@ -179,6 +179,7 @@ func nodeView(n *NodeRecord, h HealthRecord) api.Node {
 func (c *Controller) withStatus(v api.Node) api.Node {
 	if st, ok := c.status[v.Name]; ok {
 		v.Firewall = st.report.Firewall
+		v.Dataplane = st.report.Dataplane
 		v.AppliedRevision = st.report.AppliedRevision
 		v.Peers = st.report.Peers
 		v.StalePeers = st.report.StalePeers

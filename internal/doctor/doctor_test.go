@@ -2,6 +2,7 @@ package doctor
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -291,5 +292,27 @@ func TestRunningUnattestedBackendHosts(t *testing.T) {
 	}
 	if fs := find(Running(l), "backend-unattested-removed"); len(fs) != 1 || !strings.Contains(fs[0].Evidence, "2 hosts") {
 		t.Errorf("unattested removals: %+v", fs)
+	}
+}
+
+// Issue 22: the doctor says which data plane each node runs and why; a
+// node asked for eBPF that cannot run it is a warning.
+func TestRunningDataplane(t *testing.T) {
+	l := Live{Nodes: []api.Node{
+		{Name: "gw-b", Dataplane: "ebpf: XDP guard on eth0; overlay policy in nftables"},
+		{Name: "gw-a", Dataplane: "ebpf: XDP guard on eth0; overlay policy in nftables"},
+		{Name: "old", Dataplane: "nftables: eBPF was asked for but cannot run: the XDP guard cannot run on this kernel: creating map smx_sources: operation not permitted"},
+		{Name: "n1", Dataplane: "nftables: chosen (--dataplane or the spec's dataplane.firewall)"},
+		{Name: "silent"},
+	}}
+	var got []string
+	for _, f := range Running(l) {
+		if strings.HasPrefix(f.Check, "dataplane") {
+			got = append(got, f.Severity+" "+f.Check+" "+f.Subject)
+		}
+	}
+	want := []string{"warning dataplane-nftables old", "info dataplane-ebpf gw-a, gw-b", "info dataplane-nftables n1"}
+	if !slices.Equal(want, got) {
+		t.Errorf("dataplane findings %q, want %q", got, want)
 	}
 }

@@ -39,6 +39,7 @@ func Running(l Live) []Finding {
 	out = append(out, underlayFamily(l)...)
 	out = append(out, unreachable(l.Paths)...)
 	out = append(out, gateways(l)...)
+	out = append(out, dataplane(l.Nodes)...)
 	for _, b := range l.Status.Backends {
 		if len(b.Unattested) > 0 {
 			out = append(out, Finding{Severity: Warning, Check: "backend-unattested", Subject: b.Name + ": " + strings.Join(b.Unattested, ", "),

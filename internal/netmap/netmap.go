@@ -64,6 +64,9 @@ type Self struct {
 	Class   string `json:"class"`
 	// PodPrefixes are the node's pod blocks (IPv4 and/or IPv6).
 	PodPrefixes []netip.Prefix `json:"podPrefixes,omitempty"`
+	// Dataplane is the spec's choice of enforcement (dataplane.firewall:
+	// ebpf, nftables or auto; empty: the agent's own flag decides).
+	Dataplane string `json:"dataplane,omitempty"`
 }
 
 // Interface is the desired configuration of the WireGuard interface.
@@ -122,7 +125,7 @@ func (i Interface) Equal(o Interface) bool {
 // Equal reports whether two self descriptions are identical.
 func (s Self) Equal(o Self) bool {
 	return s.Name == o.Name && s.Region == o.Region && s.Cluster == o.Cluster && s.Role == o.Role &&
-		s.Class == o.Class && slices.Equal(s.PodPrefixes, o.PodPrefixes)
+		s.Class == o.Class && slices.Equal(s.PodPrefixes, o.PodPrefixes) && s.Dataplane == o.Dataplane
 }
 
 // Equal reports whether two maps describe the same desired state. The

@@ -12,6 +12,9 @@ import (
 // the same mesh, or nil; existing allocations in it are kept.
 func Compute(m *spec.Mesh, prev *Plan) (*Plan, error) {
 	c := computer{m: m, prev: prev, p: &Plan{Mesh: m.Metadata.Name}, inf: &InfeasibleError{}}
+	if m.Dataplane != nil {
+		c.p.Dataplane = m.Dataplane.Firewall
+	}
 	c.addressing()
 	if len(c.inf.Problems) > 0 {
 		return nil, c.inf

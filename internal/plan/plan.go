@@ -33,6 +33,9 @@ type Plan struct {
 	Regions    []Region      `json:"regions"`
 	Usage      []Utilization `json:"utilization"`
 	Warnings   []string      `json:"warnings,omitempty"`
+	// Dataplane is the spec's dataplane.firewall (ebpf, nftables, auto;
+	// empty: each agent's flag decides), passed to every node's map.
+	Dataplane string `json:"dataplane,omitempty"`
 }
 
 // Addressing echoes the supernets the plan was made from.

@@ -75,6 +75,8 @@ addressing:
   podIPv4: [10.0.0.0/8, 100.64.0.0/12]
 cilium:
   routingMode: ipip
+dataplane:
+  firewall: bpf
 regions:
   - name: eu-central
     gateways: 1
@@ -96,6 +98,7 @@ regions:
 	want := []string{
 		"metadata.name",
 		"cilium.routingMode",
+		"dataplane.firewall",
 		"regions[0].gateways",
 		"regions[0].clusters[0].maxNodes",
 		"regions[0].clusters[1].name",

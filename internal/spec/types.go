@@ -66,7 +66,25 @@ type Mesh struct {
 	Policy *Policy `yaml:"policy" json:"policy,omitempty"`
 	// Routing selects baseline (designated gateways) or BIRD mode.
 	Routing *Routing `yaml:"routing" json:"routing,omitempty"`
-	Regions []Region `yaml:"regions" json:"regions"`
+	// Dataplane chooses how nodes enforce (an agent's --dataplane flag
+	// overrides it).
+	Dataplane *Dataplane `yaml:"dataplane" json:"dataplane,omitempty"`
+	Regions   []Region   `yaml:"regions" json:"regions"`
+}
+
+// Dataplane choices.
+const (
+	DataplaneEBPF     = "ebpf"
+	DataplaneNFTables = "nftables"
+	DataplaneAuto     = "auto"
+)
+
+// Dataplane chooses the enforcement: ebpf (the XDP guard on the underlay
+// interface and the eBPF firewall on the WireGuard interface, in front of
+// nftables), nftables, or auto (eBPF where the kernel loads it, else
+// nftables). Empty: each agent's flag decides.
+type Dataplane struct {
+	Firewall string `yaml:"firewall" json:"firewall,omitempty"`
 }
 
 // Policy declares segments and what may talk to what. Traffic between two

@@ -116,6 +116,13 @@ func (m *Mesh) validate(lines map[string]int) Errors {
 	default:
 		e.add("cilium.routingMode", "use native (recommended), vxlan or geneve", "unknown routing mode %q", m.Cilium.RoutingMode)
 	}
+	if d := m.Dataplane; d != nil {
+		switch d.Firewall {
+		case "", DataplaneEBPF, DataplaneNFTables, DataplaneAuto:
+		default:
+			e.add("dataplane.firewall", "use ebpf, nftables or auto", "unknown data plane %q", d.Firewall)
+		}
+	}
 	if m.Cilium.MaxConnectedClusters != 255 && m.Cilium.MaxConnectedClusters != 511 {
 		e.add("cilium.maxConnectedClusters", "use 255 or 511", "Cilium supports 255 or 511 connected clusters, not %d", m.Cilium.MaxConnectedClusters)
 	}

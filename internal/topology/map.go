@@ -13,7 +13,7 @@ func (ix *Index) Map(name string) (netmap.Map, bool) {
 		return netmap.Map{}, false
 	}
 	m := netmap.Map{
-		Self: netmap.Self{Name: n.Name, Region: n.Region, Cluster: n.Cluster, Role: n.Role, Class: n.Class},
+		Self: netmap.Self{Name: n.Name, Region: n.Region, Cluster: n.Cluster, Role: n.Role, Class: n.Class, Dataplane: ix.plan.Dataplane},
 		Interface: netmap.Interface{
 			Name:       ix.opts.InterfaceName,
 			Addresses:  netmap.SortPrefixes(n.hostPrefixes()),

@@ -283,7 +283,7 @@ func TestGrafanaDashboard(t *testing.T) {
 		documented[m[1]] = true
 	}
 	code := ""
-	for _, f := range []string{"../../internal/controller/metrics.go", "../../internal/agent/metrics.go", "../../internal/netmakersync/sync.go"} {
+	for _, f := range []string{"../../internal/controller/metrics.go", "../../internal/agent/metrics.go", "../../internal/netmakersync/sync.go", "../../internal/agent/guard.go", "../../internal/agent/ebpffw.go"} {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)

@@ -57,6 +57,11 @@ type State struct {
 	// over the underlay: BGP (TCP 179) and BFD (UDP 3784, 4784) from them
 	// are let in.
 	BGPPeers []netip.Addr
+	// EBPFMark, when set, is the mark bit the eBPF firewall on the
+	// WireGuard interface (dataplane/ebpffw) sets on packets it allowed:
+	// the overlay chain accepts them first (clearing the bit) and judges
+	// only what the program left unmarked. Zero: nftables alone.
+	EBPFMark uint32
 }
 
 // Firewall manages the table.
@@ -284,6 +289,10 @@ func Render(tx *knftables.Transaction, s State, existingSets []string) map[strin
 	if s.Policy == nil {
 		rule("overlay", "accept", "no policy in the mesh spec: the overlay allows all")
 		return counts
+	}
+	if s.EBPFMark != 0 {
+		rule("overlay", fmt.Sprintf("meta mark & 0x%08x == 0x%08x meta mark set meta mark & 0x%08x accept", s.EBPFMark, s.EBPFMark, ^s.EBPFMark),
+			"allowed by the eBPF firewall on "+s.Interface+" (it dropped what the policy denies; what it left unmarked is judged below)")
 	}
 	for _, r := range s.Policy.Rules {
 		v4n, v6n := setNames(r.Set)

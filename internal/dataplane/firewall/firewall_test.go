@@ -343,3 +343,30 @@ func TestAnyProtoAcceptsTheSet(t *testing.T) {
 		t.Errorf("--underlay-allow any opens nothing:\n%s", script)
 	}
 }
+
+// Issue 22: with the eBPF firewall on the WireGuard interface, the overlay
+// chain first accepts what it marked (clearing the bit), and keeps every
+// rule for what it left unmarked; without a policy nothing changes.
+func TestEBPFMarkRule(t *testing.T) {
+	s := state()
+	s.EBPFMark = 0x00100000
+	fake := knftables.NewFake(knftables.InetFamily, Table)
+	if err := NewWith(fake, nil).Apply(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	var overlay []string
+	for _, l := range strings.Split(fake.Dump(), "\n") {
+		if strings.HasPrefix(l, "add rule inet statemesh overlay ") {
+			overlay = append(overlay, l)
+		}
+	}
+	want := `add rule inet statemesh overlay meta mark & 0x00100000 == 0x00100000 meta mark set meta mark & 0xffefffff accept`
+	if len(overlay) < 2 || !strings.HasPrefix(overlay[0], want) || !strings.Contains(overlay[len(overlay)-1], "counter drop") {
+		t.Errorf("overlay chain:\n%s", strings.Join(overlay, "\n"))
+	}
+	plain := knftables.NewFake(knftables.InetFamily, Table)
+	NewWith(plain, nil).Apply(context.Background(), state())
+	if n, m := strings.Count(fake.Dump(), "\n"), strings.Count(plain.Dump(), "\n"); n != m+1 {
+		t.Errorf("the mark adds %d lines, want 1", n-m)
+	}
+}
