@@ -135,8 +135,12 @@ type Controller struct {
 	nodes     map[string]*NodeRecord
 	clients   map[string]*ClientRecord
 	health    map[string]HealthRecord
-	slots     map[string]map[int]SlotRecord // region/cluster -> slot -> record
+	slots     map[string]slotTable // region/cluster -> slot -> held or released
 	status    map[string]statusEntry
+	// labels caches each region/cluster's labels (cluster's over
+	// region's): the labels of every node without labels of its own, shared
+	// (read-only) instead of a copy per node. Reset when the spec changes.
+	labels map[string]map[string]string
 	// BIRD mode: each gateway's region peers' BFD view of it (gateway →
 	// reporter → down) and the resulting verdict (bfdvotes.go).
 	bfdVotes map[string]map[string]bool
@@ -176,7 +180,7 @@ func New(cfg Config) (*Controller, error) {
 		nodes:       map[string]*NodeRecord{},
 		clients:     map[string]*ClientRecord{},
 		health:      map[string]HealthRecord{},
-		slots:       map[string]map[int]SlotRecord{},
+		slots:       map[string]slotTable{},
 		status:      map[string]statusEntry{},
 		bfdVotes:    map[string]map[string]bool{},
 		bfdDown:     map[string]bool{},
@@ -282,10 +286,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		return fmt.Errorf("loading registry: %w", err)
 	}
 	c.mu.Lock()
-	for _, kv := range kvs {
-		c.applyLocked(kv.Key, kv.Value, false, 0)
-	}
-	c.rebuildIndexLocked()
+	c.loadLocked(kvs)
 	c.setRevLocked(rev)
 	c.hub.floor = rev
 	nodes := len(c.nodes)
@@ -355,12 +356,10 @@ func (c *Controller) reload(kvs []store.KV, rev int64) {
 	c.nodes = map[string]*NodeRecord{}
 	c.clients = map[string]*ClientRecord{}
 	c.health = map[string]HealthRecord{}
-	c.slots = map[string]map[int]SlotRecord{}
+	c.slots = map[string]slotTable{}
 	c.plan, c.ix, c.specYAML = nil, nil, ""
-	for _, kv := range kvs {
-		c.applyLocked(kv.Key, kv.Value, false, 0)
-	}
-	c.rebuildIndexLocked()
+	c.labels = nil
+	c.loadLocked(kvs)
 	c.setRevLocked(rev)
 	c.hub.resyncAll(rev)
 }
@@ -404,11 +403,17 @@ func (c *Controller) rebuildIndexLocked() {
 	}
 	c.ix = topology.New(c.plan, c.cfg.Topology)
 	c.ix.SetPlan(c.plan, c.segPolicy)
+	// In chunks: the index keeps pointers into them, and a chunk is freed
+	// once its nodes have all been replaced or removed.
+	const chunk = 4096
+	var chunks [][]topology.Node
 	for _, n := range c.nodes {
-		if _, err := c.ix.Upsert(c.topoNode(n)); err != nil {
-			c.log.Warn("node outside the plan", "node", n.Name, "err", err)
+		if len(chunks) == 0 || len(chunks[len(chunks)-1]) == chunk {
+			chunks = append(chunks, make([]topology.Node, 0, min(chunk, len(c.nodes)-len(chunks)*chunk)))
 		}
+		chunks[len(chunks)-1] = append(chunks[len(chunks)-1], c.topoNode(n))
 	}
+	c.ix.Load(chunks, func(n *topology.Node, err error) { c.log.Warn("node outside the plan", "node", n.Name, "err", err) })
 	for _, r := range c.clients {
 		if _, err := c.ix.UpsertClient(r.topo()); err != nil {
 			c.log.Warn("client outside the plan", "client", r.Name, "err", err)
@@ -433,6 +438,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 			c.specYAML = r.YAML
 			if m, err := spec.Parse([]byte(r.YAML)); err == nil {
 				c.mesh = m
+				c.labels = nil
 				if p, err := policy.Compile(m.Policy); err == nil {
 					c.segPolicy = p
 				} else {
@@ -478,10 +484,13 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 			}
 			break
 		}
-		n, err := decode[NodeRecord](value)
+		n, err := decodeNode(value)
 		if err != nil {
 			c.log.Error("undecodable node record", "key", key, "err", err)
 			return
+		}
+		if n.Name == name {
+			name = n.Name // one copy of the name, not two
 		}
 		if rev > 0 {
 			switch old, had := c.nodes[name]; {
@@ -539,17 +548,14 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 		}
 		ck := region + "/" + cluster
 		if deleted {
-			delete(c.slots[ck], n)
+			c.slots[ck].set(n, slotAbsent)
 			return
 		}
 		s, err := decode[SlotRecord](value)
 		if err != nil {
 			return
 		}
-		if c.slots[ck] == nil {
-			c.slots[ck] = map[int]SlotRecord{}
-		}
-		c.slots[ck][n] = s
+		c.slots[ck] = c.slots[ck].set(n, slotState(s))
 	}
 	if len(changes) > 0 && rev > 0 {
 		c.hub.publish(rev, changes, c.lookupLocked)
@@ -574,23 +580,42 @@ func (c *Controller) lookupLocked(name string) (*topology.Node, bool) {
 // over its cluster's and region's.
 func (c *Controller) topoNode(n *NodeRecord) topology.Node {
 	t := n.topo(c.health[n.Name].Healthy)
+	if len(n.Labels) == 0 {
+		ck := n.Region + "/" + n.Cluster
+		labels, ok := c.labels[ck]
+		if !ok {
+			labels = c.placementLabels(n.Region, n.Cluster, nil)
+			if c.labels == nil {
+				c.labels = map[string]map[string]string{}
+			}
+			c.labels[ck] = labels
+		}
+		t.Labels = labels
+		return t
+	}
+	t.Labels = c.placementLabels(n.Region, n.Cluster, n.Labels)
+	return t
+}
+
+// placementLabels are a region's labels, its cluster's over them, and own
+// over both.
+func (c *Controller) placementLabels(region, cluster string, own map[string]string) map[string]string {
 	labels := map[string]string{}
 	if c.mesh != nil {
 		for _, r := range c.mesh.Regions {
-			if r.Name != n.Region {
+			if r.Name != region {
 				continue
 			}
 			maps.Copy(labels, r.Labels)
 			for _, cl := range r.Clusters {
-				if cl.Name == n.Cluster {
+				if cl.Name == cluster {
 					maps.Copy(labels, cl.Labels)
 				}
 			}
 		}
 	}
-	maps.Copy(labels, n.Labels)
-	t.Labels = labels
-	return t
+	maps.Copy(labels, own)
+	return labels
 }
 
 // storeMonitor probes the store with a read that needs its quorum. While

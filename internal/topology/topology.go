@@ -58,9 +58,6 @@ type Node struct {
 	Endpoint netip.AddrPort
 	// PublicEndpoint is where gateways of other regions reach a gateway.
 	PublicEndpoint netip.AddrPort
-	// Healthy is meaningful for gateways: only healthy gateways are
-	// designated.
-	Healthy bool
 	// Labels are the node's labels over its cluster's and region's (policy
 	// selectors match them).
 	Labels map[string]string
@@ -72,6 +69,10 @@ type Node struct {
 	// gateway of a BIRD-mode region.
 	routing *netmap.Routing
 	bgpMode bool
+
+	// Healthy is meaningful for gateways: only healthy gateways are
+	// designated. (Last, beside bgpMode: one word for both.)
+	Healthy bool
 }
 
 // RefSets returns the firewall sets the node's firewall uses.

@@ -1,0 +1,152 @@
+package controller
+
+import (
+	"encoding/json"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+	"unique"
+
+	"github.com/statemesh/statemesh/internal/store"
+)
+
+// loadLocked builds the registry from the whole store: at start, and after
+// the store compacted past the watch. Node records, nearly every key at
+// scale, are decoded on every core and indexed in bulk (topology.Load);
+// the other keys are applied one by one, as the watch would.
+func (c *Controller) loadLocked(kvs []store.KV) {
+	var nodeKVs []int32
+	for i, kv := range kvs {
+		if strings.HasPrefix(kv.Key, prefixNodes) {
+			nodeKVs = append(nodeKVs, int32(i))
+			continue
+		}
+		c.applyLocked(kv.Key, kv.Value, false, 0)
+	}
+	if len(c.nodes) == 0 {
+		c.nodes = make(map[string]*NodeRecord, len(nodeKVs))
+	}
+	recs, errs := decodeNodes(kvs, nodeKVs)
+	for i, ki := range nodeKVs {
+		key := kvs[ki].Key
+		if errs[i] != nil {
+			c.log.Error("undecodable node record", "key", key, "err", errs[i])
+			continue
+		}
+		n := &recs[i/decodeChunk][i%decodeChunk]
+		name := strings.TrimPrefix(key, prefixNodes)
+		if n.Name == name {
+			name = n.Name // one copy of the name, not two
+		}
+		c.nodes[name] = n
+	}
+	c.rebuildIndexLocked()
+}
+
+// decodeChunk is how many node records a decoding worker takes at once;
+// the records of a chunk share one allocation.
+const decodeChunk = 1024
+
+// decodeNodes decodes the node records kvs[idx[i]] on every core: record
+// i is recs[i/decodeChunk][i%decodeChunk] unless errs[i] is set.
+func decodeNodes(kvs []store.KV, idx []int32) (recs [][]NodeRecord, errs []error) {
+	chunks := (len(idx) + decodeChunk - 1) / decodeChunk
+	recs = make([][]NodeRecord, chunks)
+	errs = make([]error, len(idx))
+	next := make(chan int, chunks)
+	for i := range chunks {
+		next <- i
+	}
+	close(next)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), max(chunks, 1)) {
+		wg.Go(func() {
+			for ch := range next {
+				lo, hi := ch*decodeChunk, min((ch+1)*decodeChunk, len(idx))
+				out := make([]NodeRecord, hi-lo)
+				for i := lo; i < hi; i++ {
+					errs[i] = decodeNodeInto(&out[i-lo], kvs[idx[i]].Value)
+				}
+				recs[ch] = out
+			}
+		})
+	}
+	wg.Wait()
+	return recs, errs
+}
+
+// decodeNode decodes a node record, its repeated strings interned.
+func decodeNode(b []byte) (NodeRecord, error) {
+	var n NodeRecord
+	err := decodeNodeInto(&n, b)
+	return n, err
+}
+
+func decodeNodeInto(n *NodeRecord, b []byte) error {
+	if err := json.Unmarshal(b, n); err != nil {
+		return err
+	}
+	// A million nodes share a few hundred regions, clusters, roles,
+	// classes, states and tokens: one copy of each, not one per node.
+	for _, s := range []*string{&n.Region, &n.Cluster, &n.Role, &n.Class, &n.State, &n.TokenID} {
+		*s = intern(*s)
+	}
+	return nil
+}
+
+func intern(s string) string {
+	if s == "" {
+		return s
+	}
+	return unique.Make(s).Value()
+}
+
+// slotTable is a cluster's address slots as the registry knows them,
+// indexed by slot number: slotAbsent (no record), slotHeld, or the time
+// the slot was released (Unix nanoseconds). Slots are allocated lowest
+// first, so the table is dense: 8 bytes a node. The registry only proposes
+// candidates (the store transaction decides), so slots beyond maxSlot,
+// which no cluster can have, are not kept.
+type slotTable []int64
+
+const (
+	slotAbsent = 0
+	slotHeld   = -1
+	maxSlot    = 1 << 20
+)
+
+// slotState is a slot record as the table keeps it.
+func slotState(s SlotRecord) int64 {
+	if s.ReleasedAt.IsZero() {
+		return slotHeld
+	}
+	return max(s.ReleasedAt.UnixNano(), 1)
+}
+
+// set records slot n's state, growing the table as needed.
+func (t slotTable) set(n int, state int64) slotTable {
+	if n < 0 || n >= maxSlot {
+		return t
+	}
+	if n >= len(t) {
+		if state == slotAbsent {
+			return t
+		}
+		t = append(t, make([]int64, n+1-len(t))...)
+	}
+	t[n] = state
+	return t
+}
+
+// free reports whether slot n may be allocated at now: no record, or
+// released at least grace ago (SlotRecord.free).
+func (t slotTable) free(n int, now time.Time, grace time.Duration) bool {
+	if n < 0 || n >= len(t) || t[n] == slotAbsent {
+		return true
+	}
+	if t[n] == slotHeld {
+		return false
+	}
+	return now.Sub(time.Unix(0, t[n])) >= grace
+}
