@@ -19,9 +19,8 @@ import (
 	"github.com/statemesh/statemesh/internal/topology"
 )
 
-// seedDesignLimit writes n enrolled nodes spread over the design-limit
-// mesh's clusters into a store, with the spec and plan.
-func seedDesignLimit(b *testing.B, st store.Store, n int) {
+// designLimit returns the design-limit mesh's spec and plan.
+func designLimit(b *testing.B) ([]byte, *plan.Plan) {
 	data, err := os.ReadFile("../../examples/design-limit-ipv6.yaml")
 	if err != nil {
 		b.Fatal(err)
@@ -34,6 +33,42 @@ func seedDesignLimit(b *testing.B, st store.Store, n int) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	return data, p
+}
+
+// designLimitNodes calls fn with the node and slot records of n enrolled
+// nodes spread over the plan's clusters (node i in cluster i mod 200), in
+// order.
+func designLimitNodes(p *plan.Plan, n int, fn func(rec *NodeRecord, slot SlotRecord)) {
+	var clusters []*plan.Cluster
+	for ri := range p.Regions {
+		for ci := range p.Regions[ri].Clusters {
+			clusters = append(clusters, &p.Regions[ri].Clusters[ci])
+		}
+	}
+	now := time.Now()
+	for i := range n {
+		c := clusters[i%len(clusters)]
+		fn(benchNode(c, i/len(clusters), i, now), SlotRecord{Node: fmt.Sprintf("%s-%s-n%04d", c.Region, c.Name, i/len(clusters))})
+	}
+}
+
+// benchNode is an enrolled node of cluster c at slot, its key and
+// endpoint derived from i.
+func benchNode(c *plan.Cluster, slot, i int, now time.Time) *NodeRecord {
+	var k netmap.Key
+	copy(k[:], strconv.Itoa(i))
+	rec := NodeRecord{Name: fmt.Sprintf("%s-%s-n%04d", c.Region, c.Name, slot), Region: c.Region, Cluster: c.Name, Role: "node",
+		Class: "weak", State: topology.StateActive, PublicKey: k, Slot: slot, TokenID: "bench", EnrolledAt: now, CertSerial: "1",
+		Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 51820)}
+	rec.OverlayIPv4, rec.OverlayIPv6, rec.PodIPv4, rec.PodIPv6 = c.NodeAddresses(slot)
+	return &rec
+}
+
+// seedDesignLimit writes n enrolled nodes spread over the design-limit
+// mesh's clusters into a store, with the spec and plan.
+func seedDesignLimit(b *testing.B, st store.Store, n int) {
+	data, p := designLimit(b)
 	pj, _ := json.Marshal(p)
 	ctx := context.Background()
 	if _, err := st.Update(ctx, func(tx store.Tx) error {
@@ -42,29 +77,19 @@ func seedDesignLimit(b *testing.B, st store.Store, n int) {
 	}); err != nil {
 		b.Fatal(err)
 	}
-	var clusters []*plan.Cluster
-	for ri := range p.Regions {
-		for ci := range p.Regions[ri].Clusters {
-			clusters = append(clusters, &p.Regions[ri].Clusters[ci])
-		}
+	type rec struct {
+		node *NodeRecord
+		slot SlotRecord
 	}
 	const batch = 10000
-	now := time.Now()
-	for start := 0; start < n; start += batch {
+	var pending []rec
+	flush := func() {
 		if _, err := st.Update(ctx, func(tx store.Tx) error {
-			for i := start; i < min(start+batch, n); i++ {
-				c := clusters[i%len(clusters)]
-				slot := i / len(clusters)
-				var k netmap.Key
-				copy(k[:], strconv.Itoa(i))
-				rec := NodeRecord{Name: fmt.Sprintf("%s-%s-n%04d", c.Region, c.Name, slot), Region: c.Region, Cluster: c.Name, Role: "node",
-					Class: "weak", State: topology.StateActive, PublicKey: k, Slot: slot, TokenID: "bench", EnrolledAt: now, CertSerial: "1",
-					Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 51820)}
-				rec.OverlayIPv4, rec.OverlayIPv6, rec.PodIPv4, rec.PodIPv6 = c.NodeAddresses(slot)
-				if err := tx.Put(nodeKey(rec.Name), encode(rec)); err != nil {
+			for _, r := range pending {
+				if err := tx.Put(nodeKey(r.node.Name), encode(r.node)); err != nil {
 					return err
 				}
-				if err := tx.Put(slotKey(rec.Region, rec.Cluster, slot), encode(SlotRecord{Node: rec.Name})); err != nil {
+				if err := tx.Put(slotKey(r.node.Region, r.node.Cluster, r.node.Slot), encode(r.slot)); err != nil {
 					return err
 				}
 			}
@@ -72,7 +97,14 @@ func seedDesignLimit(b *testing.B, st store.Store, n int) {
 		}); err != nil {
 			b.Fatal(err)
 		}
+		pending = pending[:0]
 	}
+	designLimitNodes(p, n, func(n *NodeRecord, s SlotRecord) {
+		if pending = append(pending, rec{n, s}); len(pending) == batch {
+			flush()
+		}
+	})
+	flush()
 }
 
 func heapInUse() uint64 {
