@@ -92,7 +92,6 @@ func joinFleet(b *testing.B, specYAML []byte, p *plan.Plan, fleet int) {
 		b.Fatalf("indexed %d nodes, want %d", c.ix.Len(), fleet-1)
 	}
 	runtime.GC()
-
 	// The enrollment's writes, as the store's watch delivers them.
 	joiner := benchNode(target, cluster-1, fleet, now)
 	joiner.Name = "joiner"
@@ -128,4 +127,21 @@ func joinFleet(b *testing.B, specYAML []byte, p *plan.Plan, fleet int) {
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(c.hub.published.Load())/float64(b.N)/2, "frames/join")
+	b.StopTimer()
+	// What one stream costs when it must start from a snapshot (a restart
+	// sends one to every stream: docs/scale.md).
+	snapStart := time.Now()
+	const snaps = 20
+	var snapBytes int
+	for range snaps {
+		c.mu.RLock()
+		m, _, err := c.snapshotLocked(benchNode(target, 0, 0, now).Name)
+		c.mu.RUnlock()
+		if err != nil {
+			b.Fatal(err)
+		}
+		snapBytes = len(encodeSnapshot(m))
+	}
+	b.ReportMetric(float64(time.Since(snapStart).Microseconds())/snaps/1000, "snapshot-ms")
+	b.ReportMetric(float64(snapBytes)/1024, "snapshot-KiB")
 }
