@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"encoding/json"
 	"runtime"
 	"strings"
 	"sync"
@@ -62,11 +61,12 @@ func decodeNodes(kvs []store.KV, idx []int32) (recs [][]NodeRecord, errs []error
 	var wg sync.WaitGroup
 	for range min(runtime.GOMAXPROCS(0), max(chunks, 1)) {
 		wg.Go(func() {
+			strs := nodeStrings{}
 			for ch := range next {
 				lo, hi := ch*decodeChunk, min((ch+1)*decodeChunk, len(idx))
 				out := make([]NodeRecord, hi-lo)
 				for i := lo; i < hi; i++ {
-					errs[i] = decodeNodeInto(&out[i-lo], kvs[idx[i]].Value)
+					errs[i] = decodeNodeWith(&out[i-lo], kvs[idx[i]].Value, strs)
 				}
 				recs[ch] = out
 			}
@@ -76,23 +76,13 @@ func decodeNodes(kvs []store.KV, idx []int32) (recs [][]NodeRecord, errs []error
 	return recs, errs
 }
 
-// decodeNode decodes a node record, its repeated strings interned.
+// decodeNode decodes a node record, its repeated strings interned: a
+// million nodes share a few hundred regions, clusters, roles, classes,
+// states and tokens, so one copy of each, not one per node.
 func decodeNode(b []byte) (NodeRecord, error) {
 	var n NodeRecord
-	err := decodeNodeInto(&n, b)
+	err := decodeNodeWith(&n, b, nil)
 	return n, err
-}
-
-func decodeNodeInto(n *NodeRecord, b []byte) error {
-	if err := json.Unmarshal(b, n); err != nil {
-		return err
-	}
-	// A million nodes share a few hundred regions, clusters, roles,
-	// classes, states and tokens: one copy of each, not one per node.
-	for _, s := range []*string{&n.Region, &n.Cluster, &n.Role, &n.Class, &n.State, &n.TokenID} {
-		*s = intern(*s)
-	}
-	return nil
 }
 
 func intern(s string) string {
