@@ -398,6 +398,16 @@ func (c *Controller) WaitRevision(ctx context.Context, rev int64) error {
 
 // rebuildIndexLocked builds the topology index from the records (at load).
 func (c *Controller) rebuildIndexLocked() {
+	nodes := make([]*NodeRecord, 0, len(c.nodes))
+	for _, n := range c.nodes {
+		nodes = append(nodes, n)
+	}
+	c.rebuildIndexFromLocked(nodes)
+}
+
+// rebuildIndexFromLocked builds the topology index from the node records
+// nodes (every record of c.nodes) and the client records.
+func (c *Controller) rebuildIndexFromLocked(nodes []*NodeRecord) {
 	if c.plan == nil {
 		return
 	}
@@ -407,9 +417,9 @@ func (c *Controller) rebuildIndexLocked() {
 	// once its nodes have all been replaced or removed.
 	const chunk = 4096
 	var chunks [][]topology.Node
-	for _, n := range c.nodes {
+	for _, n := range nodes {
 		if len(chunks) == 0 || len(chunks[len(chunks)-1]) == chunk {
-			chunks = append(chunks, make([]topology.Node, 0, min(chunk, len(c.nodes)-len(chunks)*chunk)))
+			chunks = append(chunks, make([]topology.Node, 0, min(chunk, len(nodes)-len(chunks)*chunk)))
 		}
 		chunks[len(chunks)-1] = append(chunks[len(chunks)-1], c.topoNode(n))
 	}
@@ -549,6 +559,10 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 		ck := region + "/" + cluster
 		if deleted {
 			c.slots[ck].set(n, slotAbsent)
+			return
+		}
+		if slotHeldFast(value) {
+			c.slots[ck] = c.slots[ck].set(n, slotHeld)
 			return
 		}
 		s, err := decode[SlotRecord](value)

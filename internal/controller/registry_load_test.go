@@ -37,3 +37,21 @@ func TestSlotTableFreeAsRecords(t *testing.T) {
 		t.Errorf("table of %d slots, want 7", len(tab))
 	}
 }
+
+// A slot record read as held without encoding/json is one encoding/json
+// reads as held.
+func TestSlotHeldFast(t *testing.T) {
+	for _, b := range []string{
+		`{"node":"eu-central-c01-n0001"}`, `{"node":""}`, `{"node":"a\"b"}`, `{"node":"a\u0041"}`, `{"node":"a","releasedAt":"2026-01-01T00:00:00Z"}`,
+		`{"node":"a"} `, ` {"node":"a"}`, "{\"node\":\"a\x01\"}", `{"node":"a"}}`, `{"node":"a"`, `{"node":"ü"}`,
+	} {
+		s, err := decode[SlotRecord]([]byte(b))
+		want := err == nil && slotState(s) == slotHeld
+		if got := slotHeldFast([]byte(b)); got && !want {
+			t.Errorf("%s: read as held, encoding/json says %+v, %v", b, s, err)
+		}
+	}
+	if !slotHeldFast([]byte(`{"node":"eu-central-c01-n0001"}`)) {
+		t.Error("what enrollment writes is not read as held")
+	}
+}
