@@ -54,13 +54,15 @@ func designLimitNodes(p *plan.Plan, n int, fn func(rec *NodeRecord, slot SlotRec
 	}
 }
 
-// benchNode is an enrolled node of cluster c at slot, its key and
-// endpoint derived from i.
+// benchNode is an enrolled node of cluster c at slot, its key, endpoint
+// and certificate derived from i. Its certificate serial and key hash have
+// the sizes enrollment writes (128-bit serial in hex, SHA-256 in hex).
 func benchNode(c *plan.Cluster, slot, i int, now time.Time) *NodeRecord {
 	var k netmap.Key
 	copy(k[:], strconv.Itoa(i))
 	rec := NodeRecord{Name: fmt.Sprintf("%s-%s-n%04d", c.Region, c.Name, slot), Region: c.Region, Cluster: c.Name, Role: "node",
-		Class: "weak", State: topology.StateActive, PublicKey: k, Slot: slot, TokenID: "bench", EnrolledAt: now, CertSerial: "1",
+		Class: "weak", State: topology.StateActive, PublicKey: k, Slot: slot, TokenID: "bench", EnrolledAt: now,
+		CertSerial: fmt.Sprintf("%032x", uint64(i)*0x9e3779b97f4a7c15), CertKey: fmt.Sprintf("%064x", i),
 		Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 51820)}
 	rec.OverlayIPv4, rec.OverlayIPv6, rec.PodIPv4, rec.PodIPv6 = c.NodeAddresses(slot)
 	return &rec

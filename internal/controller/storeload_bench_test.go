@@ -78,10 +78,6 @@ func (f *storeLoadFixture) seed(b *testing.B, st Store, p *plan.Plan) {
 			f.nodes = append(f.nodes, benchNode(c, slot, ci*c.MaxNodes+slot, now))
 		}
 	}
-	f.nodes[0].CertKey = fmt.Sprintf("%064x", 1) // full-size records
-	for _, n := range f.nodes {
-		n.CertKey, n.CertSerial = f.nodes[0].CertKey, "123456789012345678901234567890123456"
-	}
 	ctx := context.Background()
 	for start := 0; start < len(f.nodes); start += 300 {
 		if _, err := st.Update(ctx, func(tx store.Tx) error {
@@ -139,7 +135,6 @@ func (f *storeLoadFixture) ops() []storeOp {
 			j := f.joins.Add(1)
 			rec := *benchNode(c, int(j)%c.MaxNodes, 10_000_000+int(j), time.Now())
 			rec.Name = "join-" + strconv.FormatInt(j, 10)
-			rec.CertKey, rec.CertSerial = f.nodes[0].CertKey, f.nodes[0].CertSerial
 			_, err := st.Update(ctx, func(tx store.Tx) error {
 				kv, err := tx.Get(tokenKey("tok-" + c.Name + c.Region))
 				if err != nil {
