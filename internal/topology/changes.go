@@ -153,7 +153,8 @@ func (ix *Index) insert(n *Node) {
 		return
 	}
 	if c, ok := ix.clusters[clusterKey(n.Region, n.Cluster)]; ok {
-		c.members[n.Name] = n
+		n.member = int32(len(c.members))
+		c.members = append(c.members, n)
 	}
 }
 
@@ -169,7 +170,12 @@ func (ix *Index) delete(n *Node) {
 		return
 	}
 	if c, ok := ix.clusters[clusterKey(n.Region, n.Cluster)]; ok {
-		delete(c.members, n.Name)
+		if i := int(n.member); i < len(c.members) && c.members[i] == n {
+			last := c.members[len(c.members)-1]
+			c.members[i], last.member = last, int32(i)
+			c.members[len(c.members)-1] = nil
+			c.members = c.members[:len(c.members)-1]
+		}
 	}
 }
 
@@ -272,9 +278,7 @@ func (ix *Index) Load(chunks [][]Node, reject func(n *Node, err error)) {
 		ix.nodes = make(map[string]*Node, total)
 	}
 	for c, n := range perCluster {
-		if len(c.members) == 0 {
-			c.members = make(map[string]*Node, n)
-		}
+		c.members = slices.Grow(c.members, n)
 	}
 	for _, nodes := range chunks {
 		for i := range nodes {

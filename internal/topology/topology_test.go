@@ -553,8 +553,33 @@ func TestIncrementalEqualsRecompute(t *testing.T) {
 				}
 				w.checkFirewalls(fresh)
 				w.checkInvariants(fresh)
+				checkMembers(t, w.ix)
 			}
 		})
+	}
+}
+
+// checkMembers: every node not a gateway is once among its cluster's
+// members, at the index it records, and nothing else is.
+func checkMembers(t *testing.T, ix *Index) {
+	t.Helper()
+	count := 0
+	for key, c := range ix.clusters {
+		for i, n := range c.members {
+			if int(n.member) != i || ix.nodes[n.Name] != n || clusterKey(n.Region, n.Cluster) != key {
+				t.Fatalf("cluster %s: member %d is %s (index %d, indexed %v)", key, i, n.Name, n.member, ix.nodes[n.Name] == n)
+			}
+		}
+		count += len(c.members)
+	}
+	want := 0
+	for _, n := range ix.nodes {
+		if !n.IsGateway() {
+			want++
+		}
+	}
+	if count != want {
+		t.Fatalf("%d members in all, %d nodes", count, want)
 	}
 }
 
@@ -743,6 +768,7 @@ func TestLoadEqualsUpserts(t *testing.T) {
 			if !slices.Equal(rejected, []string{"stray"}) {
 				t.Fatalf("rejected %v, want [stray]", rejected)
 			}
+			checkMembers(t, ix)
 			if ix.Len() != w.ix.Len() {
 				t.Fatalf("loaded %d nodes, upserted %d", ix.Len(), w.ix.Len())
 			}
