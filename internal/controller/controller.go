@@ -140,7 +140,7 @@ type Controller struct {
 	// labels caches each region/cluster's labels (cluster's over
 	// region's): the labels of every node without labels of its own, shared
 	// (read-only) instead of a copy per node. Reset when the spec changes.
-	labels map[string]map[string]string
+	labels map[[2]string]map[string]string
 	// BIRD mode: each gateway's region peers' BFD view of it (gateway →
 	// reporter → down) and the resulting verdict (bfdvotes.go).
 	bfdVotes map[string]map[string]bool
@@ -552,11 +552,10 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 			c.failoverEventsLocked(before)
 		}
 	case strings.HasPrefix(key, prefixSlots):
-		region, cluster, n, ok := parseSlotKey(key)
+		ck, n, ok := slotTableKey(key)
 		if !ok {
 			return
 		}
-		ck := region + "/" + cluster
 		if deleted {
 			c.slots[ck].set(n, slotAbsent)
 			return
@@ -595,12 +594,12 @@ func (c *Controller) lookupLocked(name string) (*topology.Node, bool) {
 func (c *Controller) topoNode(n *NodeRecord) topology.Node {
 	t := n.topo(c.health[n.Name].Healthy)
 	if len(n.Labels) == 0 {
-		ck := n.Region + "/" + n.Cluster
+		ck := [2]string{n.Region, n.Cluster}
 		labels, ok := c.labels[ck]
 		if !ok {
 			labels = c.placementLabels(n.Region, n.Cluster, nil)
 			if c.labels == nil {
-				c.labels = map[string]map[string]string{}
+				c.labels = map[[2]string]map[string]string{}
 			}
 			c.labels[ck] = labels
 		}

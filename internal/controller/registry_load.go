@@ -2,6 +2,7 @@ package controller
 
 import (
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -91,6 +92,33 @@ func decodeNode(b []byte) (NodeRecord, error) {
 	var n NodeRecord
 	err := decodeNodeWith(&n, b, nil)
 	return n, err
+}
+
+// slotTableKey splits slots/<region>/<cluster>/<n> as parseSlotKey does,
+// returning the registry's key of the cluster's slot table (region/cluster,
+// region/ for the gateways) without allocating: a substring of key.
+func slotTableKey(key string) (ck string, n int, ok bool) {
+	rest, ok := strings.CutPrefix(key, prefixSlots)
+	if !ok {
+		return "", 0, false
+	}
+	i := strings.LastIndexByte(rest, '/')
+	if i < 0 {
+		return "", 0, false
+	}
+	n, err := strconv.Atoi(rest[i+1:])
+	if err != nil {
+		return "", 0, false
+	}
+	ck = rest[:i]
+	j := strings.IndexByte(ck, '/')
+	if j < 0 || strings.IndexByte(ck[j+1:], '/') >= 0 {
+		return "", 0, false
+	}
+	if ck[j+1:] == gatewaysSlots {
+		ck = ck[:j+1]
+	}
+	return ck, n, true
 }
 
 // slotHeldFast reports whether a slot record is exactly what enrollment

@@ -55,3 +55,15 @@ func TestSlotHeldFast(t *testing.T) {
 		t.Error("what enrollment writes is not read as held")
 	}
 }
+
+// slotTableKey splits slot keys as parseSlotKey does.
+func TestSlotTableKey(t *testing.T) {
+	for _, k := range []string{"slots/r/c/12", "slots/r/_gateways/0", "slots/r/c/x", "slots/r/c", "slots/r/c/d/1", "slots//c/1",
+		"slots/r//1", "slots/r/c/", "slots/r/c/-1", "nodes/r/c/1", "slots/r/c/+1", "slots/r/c/1/"} {
+		region, cluster, n, ok := parseSlotKey(k)
+		ck, gn, gok := slotTableKey(k)
+		if gok != ok || (ok && (ck != region+"/"+cluster || gn != n)) {
+			t.Errorf("%s: slotTableKey %q %d %v, parseSlotKey %q %q %d %v", k, ck, gn, gok, region, cluster, n, ok)
+		}
+	}
+}
