@@ -408,6 +408,7 @@ func (c *Controller) rebuildIndexLocked() {
 // rebuildIndexFromLocked builds the topology index from the node records
 // nodes (every record of c.nodes) and the client records.
 func (c *Controller) rebuildIndexFromLocked(nodes []*NodeRecord) {
+	defer c.hub.refreshAll(c.lookupLocked)
 	if c.plan == nil {
 		return
 	}
@@ -491,6 +492,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 			delete(c.status, name)
 			if c.ix != nil && rev > 0 {
 				changes = c.ix.Remove(name)
+				c.hub.refresh(name, c.lookupLocked)
 			}
 			break
 		}
@@ -519,6 +521,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 			if err != nil {
 				c.log.Warn("node outside the plan", "node", name, "err", err)
 			}
+			c.hub.refresh(n.Name, c.lookupLocked)
 			changes = ch
 		}
 	case strings.HasPrefix(key, prefixClients):
@@ -530,6 +533,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 			if c.ix != nil && rev > 0 {
 				before := c.designationsLocked()
 				changes = c.ix.SetHealth(name, false)
+				c.hub.refresh(name, c.lookupLocked)
 				c.failoverEventsLocked(before)
 			}
 			break
@@ -549,6 +553,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 		if c.ix != nil && rev > 0 {
 			before := c.designationsLocked()
 			changes = c.ix.SetHealth(name, h.Healthy)
+			c.hub.refresh(name, c.lookupLocked)
 			c.failoverEventsLocked(before)
 		}
 	case strings.HasPrefix(key, prefixSlots):
@@ -571,7 +576,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 		c.slots[ck] = c.slots[ck].set(n, slotState(s))
 	}
 	if len(changes) > 0 && rev > 0 {
-		c.hub.publish(rev, changes, c.lookupLocked)
+		c.hub.publish(rev, changes)
 	}
 }
 

@@ -21,7 +21,7 @@ import (
 )
 
 // designLimit returns the design-limit mesh's spec and plan.
-func designLimit(b *testing.B) ([]byte, *plan.Plan) {
+func designLimit(b testing.TB) ([]byte, *plan.Plan) {
 	data, err := os.ReadFile("../../examples/design-limit-ipv6.yaml")
 	if err != nil {
 		b.Fatal(err)

@@ -1,8 +1,14 @@
 package controller
 
 import (
+	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/statemesh/statemesh/internal/store"
+	"github.com/statemesh/statemesh/internal/store/bolt"
+	"github.com/statemesh/statemesh/internal/topology"
 )
 
 // The registry's slot table answers as the slot records it replaces did.
@@ -66,4 +72,71 @@ func TestSlotTableKey(t *testing.T) {
 			t.Errorf("%s: slotTableKey %q %d %v, parseSlotKey %q %q %d %v", k, ck, gn, gok, region, cluster, n, ok)
 		}
 	}
+}
+
+// Every stream's cached topology entry is the index's current one (or nil
+// once its node is gone) through updates, removals, re-enrollments and a
+// reload, so publishing without a lookup by name delivers what a lookup
+// would.
+func TestStreamsFollowTheirNodes(t *testing.T) {
+	data, p := designLimit(t)
+	pj, _ := json.Marshal(p)
+	kvs := []store.KV{{Key: keySpec, Value: encode(SpecRecord{YAML: string(data)})}, {Key: keyPlan, Value: pj}}
+	var recs []*NodeRecord
+	designLimitNodes(p, 600, func(n *NodeRecord, s SlotRecord) {
+		recs = append(recs, n)
+		kvs = append(kvs, store.KV{Key: nodeKey(n.Name), Value: encode(n)}, store.KV{Key: slotKey(n.Region, n.Cluster, n.Slot), Value: encode(s)})
+	})
+	st, err := bolt.Open(t.TempDir(), bolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	c, err := New(Config{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.loadLocked(kvs)
+	c.setRevLocked(1)
+	for _, r := range recs[:300] {
+		n, _ := c.ix.Node(r.Name)
+		c.hub.subscribe(n)
+	}
+	check := func(what string) {
+		t.Helper()
+		for name, s := range c.hub.subs {
+			n, _ := c.ix.Node(name)
+			if s.node != n {
+				t.Fatalf("%s: stream of %s holds %p, the index %p", what, name, s.node, n)
+			}
+		}
+	}
+	check("subscribed")
+	rev := int64(1)
+	for i, r := range recs[:300] {
+		rev++
+		switch i % 4 {
+		case 0: // quarantined
+			q := *r
+			q.State, q.Reason = topology.StateQuarantined, "test"
+			c.applyLocked(nodeKey(r.Name), encode(q), false, rev)
+		case 1: // removed
+			c.applyLocked(nodeKey(r.Name), nil, true, rev)
+		case 2: // removed and enrolled again
+			c.applyLocked(nodeKey(r.Name), nil, true, rev)
+			rev++
+			c.applyLocked(nodeKey(r.Name), encode(r), false, rev)
+		case 3: // moved to another cluster
+			m := *r
+			m.Cluster = recs[i+1].Cluster
+			c.applyLocked(nodeKey(r.Name), encode(m), false, rev)
+		}
+		check(fmt.Sprintf("change %d", i))
+	}
+	c.mu.Unlock()
+	c.reload(kvs, rev+1)
+	c.mu.Lock()
+	check("reloaded")
 }
