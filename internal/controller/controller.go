@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -414,16 +415,33 @@ func (c *Controller) rebuildIndexFromLocked(nodes []*NodeRecord) {
 	}
 	c.ix = topology.New(c.plan, c.cfg.Topology)
 	c.ix.SetPlan(c.plan, c.segPolicy)
+	// Every planned cluster's (and region's gateways') labels cached first:
+	// the entries are then built on every core, reading the registry only.
+	for _, r := range c.plan.Regions {
+		c.topoNode(&NodeRecord{Region: r.Name})
+		for _, cl := range r.Clusters {
+			c.topoNode(&NodeRecord{Region: r.Name, Cluster: cl.Name})
+		}
+	}
 	// In chunks: the index keeps pointers into them, and a chunk is freed
 	// once its nodes have all been replaced or removed.
 	const chunk = 4096
-	var chunks [][]topology.Node
-	for _, n := range nodes {
-		if len(chunks) == 0 || len(chunks[len(chunks)-1]) == chunk {
-			chunks = append(chunks, make([]topology.Node, 0, min(chunk, len(nodes)-len(chunks)*chunk)))
-		}
-		chunks[len(chunks)-1] = append(chunks[len(chunks)-1], c.topoNode(n))
+	chunks := make([][]topology.Node, (len(nodes)+chunk-1)/chunk)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(chunks)) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(chunks); i = int(next.Add(1) - 1) {
+				part := nodes[i*chunk : min((i+1)*chunk, len(nodes))]
+				out := make([]topology.Node, len(part))
+				for j, n := range part {
+					out[j] = c.topoNodeShared(n)
+				}
+				chunks[i] = out
+			}
+		})
 	}
+	wg.Wait()
 	c.ix.Load(chunks, func(n *topology.Node, err error) { c.log.Warn("node outside the plan", "node", n.Name, "err", err) })
 	for _, r := range c.clients {
 		if _, err := c.ix.UpsertClient(r.topo()); err != nil {
@@ -613,6 +631,19 @@ func (c *Controller) topoNode(n *NodeRecord) topology.Node {
 	}
 	t.Labels = c.placementLabels(n.Region, n.Cluster, n.Labels)
 	return t
+}
+
+// topoNodeShared is topoNode without writing the labels cache (safe on
+// several goroutines while the registry is not written).
+func (c *Controller) topoNodeShared(n *NodeRecord) topology.Node {
+	if len(n.Labels) == 0 {
+		if _, ok := c.labels[[2]string{n.Region, n.Cluster}]; !ok {
+			t := n.topo(c.health[n.Name].Healthy)
+			t.Labels = c.placementLabels(n.Region, n.Cluster, nil)
+			return t
+		}
+	}
+	return c.topoNode(n)
 }
 
 // placementLabels are a region's labels, its cluster's over them, and own
