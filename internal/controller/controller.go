@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -135,8 +136,12 @@ type Controller struct {
 	nodes     map[string]*NodeRecord
 	clients   map[string]*ClientRecord
 	health    map[string]HealthRecord
-	slots     map[string]map[int]SlotRecord // region/cluster -> slot -> record
+	slots     map[string]slotTable // region/cluster -> slot -> held or released
 	status    map[string]statusEntry
+	// labels caches each region/cluster's labels (cluster's over
+	// region's): the labels of every node without labels of its own, shared
+	// (read-only) instead of a copy per node. Reset when the spec changes.
+	labels map[[2]string]map[string]string
 	// BIRD mode: each gateway's region peers' BFD view of it (gateway →
 	// reporter → down) and the resulting verdict (bfdvotes.go).
 	bfdVotes map[string]map[string]bool
@@ -176,7 +181,7 @@ func New(cfg Config) (*Controller, error) {
 		nodes:       map[string]*NodeRecord{},
 		clients:     map[string]*ClientRecord{},
 		health:      map[string]HealthRecord{},
-		slots:       map[string]map[int]SlotRecord{},
+		slots:       map[string]slotTable{},
 		status:      map[string]statusEntry{},
 		bfdVotes:    map[string]map[string]bool{},
 		bfdDown:     map[string]bool{},
@@ -282,10 +287,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		return fmt.Errorf("loading registry: %w", err)
 	}
 	c.mu.Lock()
-	for _, kv := range kvs {
-		c.applyLocked(kv.Key, kv.Value, false, 0)
-	}
-	c.rebuildIndexLocked()
+	c.loadLocked(kvs)
 	c.setRevLocked(rev)
 	c.hub.floor = rev
 	nodes := len(c.nodes)
@@ -355,12 +357,10 @@ func (c *Controller) reload(kvs []store.KV, rev int64) {
 	c.nodes = map[string]*NodeRecord{}
 	c.clients = map[string]*ClientRecord{}
 	c.health = map[string]HealthRecord{}
-	c.slots = map[string]map[int]SlotRecord{}
+	c.slots = map[string]slotTable{}
 	c.plan, c.ix, c.specYAML = nil, nil, ""
-	for _, kv := range kvs {
-		c.applyLocked(kv.Key, kv.Value, false, 0)
-	}
-	c.rebuildIndexLocked()
+	c.labels = nil
+	c.loadLocked(kvs)
 	c.setRevLocked(rev)
 	c.hub.resyncAll(rev)
 }
@@ -399,16 +399,50 @@ func (c *Controller) WaitRevision(ctx context.Context, rev int64) error {
 
 // rebuildIndexLocked builds the topology index from the records (at load).
 func (c *Controller) rebuildIndexLocked() {
+	nodes := make([]*NodeRecord, 0, len(c.nodes))
+	for _, n := range c.nodes {
+		nodes = append(nodes, n)
+	}
+	c.rebuildIndexFromLocked(nodes)
+}
+
+// rebuildIndexFromLocked builds the topology index from the node records
+// nodes (every record of c.nodes) and the client records.
+func (c *Controller) rebuildIndexFromLocked(nodes []*NodeRecord) {
+	defer c.hub.refreshAll(c.lookupLocked)
 	if c.plan == nil {
 		return
 	}
 	c.ix = topology.New(c.plan, c.cfg.Topology)
 	c.ix.SetPlan(c.plan, c.segPolicy)
-	for _, n := range c.nodes {
-		if _, err := c.ix.Upsert(c.topoNode(n)); err != nil {
-			c.log.Warn("node outside the plan", "node", n.Name, "err", err)
+	// Every planned cluster's (and region's gateways') labels cached first:
+	// the entries are then built on every core, reading the registry only.
+	for _, r := range c.plan.Regions {
+		c.topoNode(&NodeRecord{Region: r.Name})
+		for _, cl := range r.Clusters {
+			c.topoNode(&NodeRecord{Region: r.Name, Cluster: cl.Name})
 		}
 	}
+	// In chunks: the index keeps pointers into them, and a chunk is freed
+	// once its nodes have all been replaced or removed.
+	const chunk = 4096
+	chunks := make([][]topology.Node, (len(nodes)+chunk-1)/chunk)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(chunks)) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(chunks); i = int(next.Add(1) - 1) {
+				part := nodes[i*chunk : min((i+1)*chunk, len(nodes))]
+				out := make([]topology.Node, len(part))
+				for j, n := range part {
+					out[j] = c.topoNodeShared(n)
+				}
+				chunks[i] = out
+			}
+		})
+	}
+	wg.Wait()
+	c.ix.Load(chunks, func(n *topology.Node, err error) { c.log.Warn("node outside the plan", "node", n.Name, "err", err) })
 	for _, r := range c.clients {
 		if _, err := c.ix.UpsertClient(r.topo()); err != nil {
 			c.log.Warn("client outside the plan", "client", r.Name, "err", err)
@@ -433,6 +467,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 			c.specYAML = r.YAML
 			if m, err := spec.Parse([]byte(r.YAML)); err == nil {
 				c.mesh = m
+				c.labels = nil
 				if p, err := policy.Compile(m.Policy); err == nil {
 					c.segPolicy = p
 				} else {
@@ -475,13 +510,17 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 			delete(c.status, name)
 			if c.ix != nil && rev > 0 {
 				changes = c.ix.Remove(name)
+				c.hub.refresh(name, c.lookupLocked)
 			}
 			break
 		}
-		n, err := decode[NodeRecord](value)
+		n, err := decodeNode(value)
 		if err != nil {
 			c.log.Error("undecodable node record", "key", key, "err", err)
 			return
+		}
+		if n.Name == name {
+			name = n.Name // one copy of the name, not two
 		}
 		if rev > 0 {
 			switch old, had := c.nodes[name]; {
@@ -500,6 +539,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 			if err != nil {
 				c.log.Warn("node outside the plan", "node", name, "err", err)
 			}
+			c.hub.refresh(n.Name, c.lookupLocked)
 			changes = ch
 		}
 	case strings.HasPrefix(key, prefixClients):
@@ -511,6 +551,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 			if c.ix != nil && rev > 0 {
 				before := c.designationsLocked()
 				changes = c.ix.SetHealth(name, false)
+				c.hub.refresh(name, c.lookupLocked)
 				c.failoverEventsLocked(before)
 			}
 			break
@@ -530,29 +571,30 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 		if c.ix != nil && rev > 0 {
 			before := c.designationsLocked()
 			changes = c.ix.SetHealth(name, h.Healthy)
+			c.hub.refresh(name, c.lookupLocked)
 			c.failoverEventsLocked(before)
 		}
 	case strings.HasPrefix(key, prefixSlots):
-		region, cluster, n, ok := parseSlotKey(key)
+		ck, n, ok := slotTableKey(key)
 		if !ok {
 			return
 		}
-		ck := region + "/" + cluster
 		if deleted {
-			delete(c.slots[ck], n)
+			c.slots[ck].set(n, slotAbsent)
+			return
+		}
+		if slotHeldFast(value) {
+			c.slots[ck] = c.slots[ck].set(n, slotHeld)
 			return
 		}
 		s, err := decode[SlotRecord](value)
 		if err != nil {
 			return
 		}
-		if c.slots[ck] == nil {
-			c.slots[ck] = map[int]SlotRecord{}
-		}
-		c.slots[ck][n] = s
+		c.slots[ck] = c.slots[ck].set(n, slotState(s))
 	}
 	if len(changes) > 0 && rev > 0 {
-		c.hub.publish(rev, changes, c.lookupLocked)
+		c.hub.publish(rev, changes)
 	}
 }
 
@@ -574,23 +616,55 @@ func (c *Controller) lookupLocked(name string) (*topology.Node, bool) {
 // over its cluster's and region's.
 func (c *Controller) topoNode(n *NodeRecord) topology.Node {
 	t := n.topo(c.health[n.Name].Healthy)
+	if len(n.Labels) == 0 {
+		ck := [2]string{n.Region, n.Cluster}
+		labels, ok := c.labels[ck]
+		if !ok {
+			labels = c.placementLabels(n.Region, n.Cluster, nil)
+			if c.labels == nil {
+				c.labels = map[[2]string]map[string]string{}
+			}
+			c.labels[ck] = labels
+		}
+		t.Labels = labels
+		return t
+	}
+	t.Labels = c.placementLabels(n.Region, n.Cluster, n.Labels)
+	return t
+}
+
+// topoNodeShared is topoNode without writing the labels cache (safe on
+// several goroutines while the registry is not written).
+func (c *Controller) topoNodeShared(n *NodeRecord) topology.Node {
+	if len(n.Labels) == 0 {
+		if _, ok := c.labels[[2]string{n.Region, n.Cluster}]; !ok {
+			t := n.topo(c.health[n.Name].Healthy)
+			t.Labels = c.placementLabels(n.Region, n.Cluster, nil)
+			return t
+		}
+	}
+	return c.topoNode(n)
+}
+
+// placementLabels are a region's labels, its cluster's over them, and own
+// over both.
+func (c *Controller) placementLabels(region, cluster string, own map[string]string) map[string]string {
 	labels := map[string]string{}
 	if c.mesh != nil {
 		for _, r := range c.mesh.Regions {
-			if r.Name != n.Region {
+			if r.Name != region {
 				continue
 			}
 			maps.Copy(labels, r.Labels)
 			for _, cl := range r.Clusters {
-				if cl.Name == n.Cluster {
+				if cl.Name == cluster {
 					maps.Copy(labels, cl.Labels)
 				}
 			}
 		}
 	}
-	maps.Copy(labels, n.Labels)
-	t.Labels = labels
-	return t
+	maps.Copy(labels, own)
+	return labels
 }
 
 // storeMonitor probes the store with a read that needs its quorum. While

@@ -328,7 +328,7 @@ func (c *Controller) slotCandidates(region, cluster string, limit int, now time.
 	used := c.slots[region+"/"+cluster]
 	var out []int
 	for n := 0; n < limit && len(out) < maxCandidates; n++ {
-		if s, ok := used[n]; !ok || s.free(now, c.cfg.SlotGrace) {
+		if used.free(n, now, c.cfg.SlotGrace) {
 			out = append(out, n)
 		}
 	}

@@ -51,6 +51,12 @@ type subscriber struct {
 	frames   *frameQueue
 	overflow atomic.Bool
 	lastRev  atomic.Int64 // revision of the last frame queued
+	// node is the node's current topology entry, nil once it is removed.
+	// The controller keeps it current (refresh) whenever the index
+	// replaces the node's entry, so that publishing reads it instead of
+	// looking each stream's node up by name in an index of the whole
+	// fleet: what a join costs then does not grow with the fleet.
+	node *topology.Node
 }
 
 // frame is a pre-encoded watch frame; resync asks the stream for a fresh
@@ -87,7 +93,7 @@ func (h *hub) subscribe(n *topology.Node) *subscriber {
 	if old, ok := h.subs[n.Name]; ok {
 		h.unsubscribe(old)
 	}
-	s := &subscriber{name: n.Name, region: n.Region, gateway: n.IsGateway(), frames: newFrameQueue(h.queueLen)}
+	s := &subscriber{name: n.Name, region: n.Region, gateway: n.IsGateway(), frames: newFrameQueue(h.queueLen), node: n}
 	h.subs[n.Name] = s
 	if s.gateway {
 		addTo(h.byRegion, n.Region, s)
@@ -98,6 +104,21 @@ func (h *hub) subscribe(n *topology.Node) *subscriber {
 	}
 	h.reindex(s, n.RefSets())
 	return s
+}
+
+// refresh re-reads the topology entry of node name's stream, if it has
+// one, after the index replaced or removed it.
+func (h *hub) refresh(name string, lookup func(string) (*topology.Node, bool)) {
+	if s, ok := h.subs[name]; ok {
+		s.node, _ = lookup(name)
+	}
+}
+
+// refreshAll re-reads every stream's topology entry (a new index).
+func (h *hub) refreshAll(lookup func(string) (*topology.Node, bool)) {
+	for name, s := range h.subs {
+		s.node, _ = lookup(name)
+	}
 }
 
 // reindex records which firewall sets a stream's node uses.
@@ -139,16 +160,17 @@ func (h *hub) enqueue(s *subscriber, f frame) {
 }
 
 // publish queues the changes of one revision to every stream in their
-// audiences and records them for resumption. lookup returns a node's
-// current topology record (its state decides whether it is included).
-func (h *hub) publish(rev int64, changes []topology.Change, lookup func(string) (*topology.Node, bool)) {
+// audiences and records them for resumption. Each stream's node (its
+// state decides whether it is included) is its current topology entry
+// (subscriber.node).
+func (h *hub) publish(rev int64, changes []topology.Change) {
 	now := time.Now()
 	for _, ch := range changes {
 		h.record(rev, ch)
 		var shared []byte
 		deliver := func(s *subscriber) {
-			n, ok := lookup(s.name)
-			if !ok {
+			n := s.node
+			if n == nil {
 				// Removed: a resync makes the stream notice and end.
 				h.enqueue(s, frame{rev: rev, resync: true})
 				return

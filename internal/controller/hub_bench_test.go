@@ -52,10 +52,10 @@ func BenchmarkJoinWork(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				changes, _ := ix.Upsert(joiner)
-				h.publish(int64(i+1), changes, func(name string) (*topology.Node, bool) { return ix.Node(name) })
+				h.publish(int64(i+1), changes)
 				b.StopTimer()
 				changes = ix.Remove(joiner.Name)
-				h.publish(int64(i+1), changes, func(name string) (*topology.Node, bool) { return ix.Node(name) })
+				h.publish(int64(i+1), changes)
 				for _, s := range h.subs {
 					s.frames.clear()
 					s.overflow.Store(false)

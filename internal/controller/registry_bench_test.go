@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,9 +20,8 @@ import (
 	"github.com/statemesh/statemesh/internal/topology"
 )
 
-// seedDesignLimit writes n enrolled nodes spread over the design-limit
-// mesh's clusters into a store, with the spec and plan.
-func seedDesignLimit(b *testing.B, st store.Store, n int) {
+// designLimit returns the design-limit mesh's spec and plan.
+func designLimit(b testing.TB) ([]byte, *plan.Plan) {
 	data, err := os.ReadFile("../../examples/design-limit-ipv6.yaml")
 	if err != nil {
 		b.Fatal(err)
@@ -34,6 +34,44 @@ func seedDesignLimit(b *testing.B, st store.Store, n int) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	return data, p
+}
+
+// designLimitNodes calls fn with the node and slot records of n enrolled
+// nodes spread over the plan's clusters (node i in cluster i mod 200), in
+// order.
+func designLimitNodes(p *plan.Plan, n int, fn func(rec *NodeRecord, slot SlotRecord)) {
+	var clusters []*plan.Cluster
+	for ri := range p.Regions {
+		for ci := range p.Regions[ri].Clusters {
+			clusters = append(clusters, &p.Regions[ri].Clusters[ci])
+		}
+	}
+	now := time.Now()
+	for i := range n {
+		c := clusters[i%len(clusters)]
+		fn(benchNode(c, i/len(clusters), i, now), SlotRecord{Node: fmt.Sprintf("%s-%s-n%04d", c.Region, c.Name, i/len(clusters))})
+	}
+}
+
+// benchNode is an enrolled node of cluster c at slot, its key, endpoint
+// and certificate derived from i. Its certificate serial and key hash have
+// the sizes enrollment writes (128-bit serial in hex, SHA-256 in hex).
+func benchNode(c *plan.Cluster, slot, i int, now time.Time) *NodeRecord {
+	var k netmap.Key
+	copy(k[:], strconv.Itoa(i))
+	rec := NodeRecord{Name: fmt.Sprintf("%s-%s-n%04d", c.Region, c.Name, slot), Region: c.Region, Cluster: c.Name, Role: "node",
+		Class: "weak", State: topology.StateActive, PublicKey: k, Slot: slot, TokenID: "bench", EnrolledAt: now,
+		CertSerial: fmt.Sprintf("%032x", uint64(i)*0x9e3779b97f4a7c15), CertKey: fmt.Sprintf("%064x", i),
+		Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 51820)}
+	rec.OverlayIPv4, rec.OverlayIPv6, rec.PodIPv4, rec.PodIPv6 = c.NodeAddresses(slot)
+	return &rec
+}
+
+// seedDesignLimit writes n enrolled nodes spread over the design-limit
+// mesh's clusters into a store, with the spec and plan.
+func seedDesignLimit(b *testing.B, st store.Store, n int) {
+	data, p := designLimit(b)
 	pj, _ := json.Marshal(p)
 	ctx := context.Background()
 	if _, err := st.Update(ctx, func(tx store.Tx) error {
@@ -42,29 +80,19 @@ func seedDesignLimit(b *testing.B, st store.Store, n int) {
 	}); err != nil {
 		b.Fatal(err)
 	}
-	var clusters []*plan.Cluster
-	for ri := range p.Regions {
-		for ci := range p.Regions[ri].Clusters {
-			clusters = append(clusters, &p.Regions[ri].Clusters[ci])
-		}
+	type rec struct {
+		node *NodeRecord
+		slot SlotRecord
 	}
 	const batch = 10000
-	now := time.Now()
-	for start := 0; start < n; start += batch {
+	var pending []rec
+	flush := func() {
 		if _, err := st.Update(ctx, func(tx store.Tx) error {
-			for i := start; i < min(start+batch, n); i++ {
-				c := clusters[i%len(clusters)]
-				slot := i / len(clusters)
-				var k netmap.Key
-				copy(k[:], strconv.Itoa(i))
-				rec := NodeRecord{Name: fmt.Sprintf("%s-%s-n%04d", c.Region, c.Name, slot), Region: c.Region, Cluster: c.Name, Role: "node",
-					Class: "weak", State: topology.StateActive, PublicKey: k, Slot: slot, TokenID: "bench", EnrolledAt: now, CertSerial: "1",
-					Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 51820)}
-				rec.OverlayIPv4, rec.OverlayIPv6, rec.PodIPv4, rec.PodIPv6 = c.NodeAddresses(slot)
-				if err := tx.Put(nodeKey(rec.Name), encode(rec)); err != nil {
+			for _, r := range pending {
+				if err := tx.Put(nodeKey(r.node.Name), encode(r.node)); err != nil {
 					return err
 				}
-				if err := tx.Put(slotKey(rec.Region, rec.Cluster, slot), encode(SlotRecord{Node: rec.Name})); err != nil {
+				if err := tx.Put(slotKey(r.node.Region, r.node.Cluster, r.node.Slot), encode(r.slot)); err != nil {
 					return err
 				}
 			}
@@ -72,7 +100,25 @@ func seedDesignLimit(b *testing.B, st store.Store, n int) {
 		}); err != nil {
 			b.Fatal(err)
 		}
+		pending = pending[:0]
 	}
+	designLimitNodes(p, n, func(n *NodeRecord, s SlotRecord) {
+		if pending = append(pending, rec{n, s}); len(pending) == batch {
+			flush()
+		}
+	})
+	flush()
+}
+
+// cpuTime is the CPU time the process has used (user and system, every
+// thread): on a shared machine, a load's CPU time varies less than its
+// wall time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func heapInUse() uint64 {
@@ -111,6 +157,7 @@ func BenchmarkRegistryLoad(b *testing.B) {
 			b.Fatal(err)
 		}
 		before := heapInUse()
+		cpu0 := cpuTime()
 		start := time.Now()
 		c, err := New(Config{Store: st})
 		if err != nil {
@@ -123,13 +170,15 @@ func BenchmarkRegistryLoad(b *testing.B) {
 		go c.Run(ctx)
 		<-c.Ready()
 		load := time.Since(start)
+		loadCPU := cpuTime() - cpu0
 		after := heapInUse()
 		if got := len(c.Nodes("", "")); got != n {
 			b.Fatalf("loaded %d nodes, want %d", got, n)
 		}
 		b.ReportMetric(load.Seconds(), "load-s")
+		b.ReportMetric(loadCPU.Seconds(), "load-cpu-s")
 		b.ReportMetric(float64(after-before)/float64(n), "heap-B/node")
-		b.Logf("%d nodes: registry loaded in %s, %d heap bytes per node", n, load.Round(time.Millisecond), (after-before)/uint64(n))
+		b.Logf("%d nodes: registry loaded in %s (%s of CPU), %d heap bytes per node", n, load.Round(time.Millisecond), loadCPU.Round(time.Millisecond), (after-before)/uint64(n))
 		cancel()
 		st.Close()
 	}

@@ -153,7 +153,8 @@ func (ix *Index) insert(n *Node) {
 		return
 	}
 	if c, ok := ix.clusters[clusterKey(n.Region, n.Cluster)]; ok {
-		c.members[n.Name] = n
+		n.member = int32(len(c.members))
+		c.members = append(c.members, n)
 	}
 }
 
@@ -169,7 +170,12 @@ func (ix *Index) delete(n *Node) {
 		return
 	}
 	if c, ok := ix.clusters[clusterKey(n.Region, n.Cluster)]; ok {
-		delete(c.members, n.Name)
+		if i := int(n.member); i < len(c.members) && c.members[i] == n {
+			last := c.members[len(c.members)-1]
+			c.members[i], last.member = last, int32(i)
+			c.members[len(c.members)-1] = nil
+			c.members = c.members[:len(c.members)-1]
+		}
 	}
 }
 
@@ -247,6 +253,58 @@ func (ix *Index) Upsert(in Node) ([]Change, error) {
 		changes = append(changes, resyncNode(n.Name))
 	}
 	return changes, nil
+}
+
+// Load adds nodes to the index without computing the changes they cause:
+// a controller building its index from the store at start, when no stream
+// is open yet. The index ends as a Upsert of each node would leave it, at a
+// fraction of the cost (maps sized once, each region's gateway entries
+// computed once, not once per gateway, no delta built). The nodes come in
+// chunks, whose elements the index keeps (a chunk is freed once all its
+// nodes are replaced or removed): the caller must not reuse them. A node
+// Upsert would refuse is passed to reject with the error and left out.
+func (ix *Index) Load(chunks [][]Node, reject func(n *Node, err error)) {
+	total := 0
+	perCluster := map[*cluster]int{}
+	for _, nodes := range chunks {
+		total += len(nodes)
+		for i := range nodes {
+			if c, ok := ix.clusters[clusterKey(nodes[i].Region, nodes[i].Cluster)]; ok && !nodes[i].IsGateway() {
+				perCluster[c]++
+			}
+		}
+	}
+	if len(ix.nodes) == 0 {
+		ix.nodes = make(map[string]*Node, total)
+	}
+	for c, n := range perCluster {
+		c.members = slices.Grow(c.members, n)
+	}
+	for _, nodes := range chunks {
+		for i := range nodes {
+			n := &nodes[i]
+			if n.Role == netmap.RoleHost {
+				continue
+			}
+			if err := ix.Check(*n); err != nil {
+				if reject != nil {
+					reject(n, err)
+				}
+				continue
+			}
+			if _, ok := ix.nodes[n.Name]; ok {
+				// Loaded twice: the general path replaces the first.
+				if _, err := ix.Upsert(*n); err != nil && reject != nil {
+					reject(n, err)
+				}
+				continue
+			}
+			ix.insert(n)
+		}
+	}
+	for _, r := range ix.regions {
+		ix.refreshRegion(r)
+	}
 }
 
 // Remove deletes a node and returns the changes it causes.

@@ -58,9 +58,6 @@ type Node struct {
 	Endpoint netip.AddrPort
 	// PublicEndpoint is where gateways of other regions reach a gateway.
 	PublicEndpoint netip.AddrPort
-	// Healthy is meaningful for gateways: only healthy gateways are
-	// designated.
-	Healthy bool
 	// Labels are the node's labels over its cluster's and region's (policy
 	// selectors match them).
 	Labels map[string]string
@@ -72,6 +69,14 @@ type Node struct {
 	// gateway of a BIRD-mode region.
 	routing *netmap.Routing
 	bgpMode bool
+
+	// Healthy is meaningful for gateways: only healthy gateways are
+	// designated. (Last, beside bgpMode and member: one word for the
+	// three.)
+	Healthy bool
+	// member is the node's index in its cluster's members (set by the
+	// index).
+	member int32
 }
 
 // RefSets returns the firewall sets the node's firewall uses.
@@ -156,7 +161,10 @@ type Index struct {
 type cluster struct {
 	region, name string
 	plan         *plan.Cluster
-	members      map[string]*Node
+	// members are the cluster's nodes, in no order (a node knows its
+	// index: removal swaps the last one in). A slice, not a map by name:
+	// 8 bytes a node instead of ~40, at 1,000,000 nodes.
+	members []*Node
 	// gwView is the entry of each gateway of the region as this cluster's
 	// nodes see it.
 	gwView map[string]netmap.Peer
@@ -206,7 +214,7 @@ func (ix *Index) setPlan(p *plan.Plan) {
 		for ci := range pr.Clusters {
 			pc := &pr.Clusters[ci]
 			r.clusters = append(r.clusters, pc.Name)
-			ix.clusters[clusterKey(pr.Name, pc.Name)] = &cluster{region: pr.Name, name: pc.Name, plan: pc, members: map[string]*Node{}, gwView: map[string]netmap.Peer{}}
+			ix.clusters[clusterKey(pr.Name, pc.Name)] = &cluster{region: pr.Name, name: pc.Name, plan: pc, gwView: map[string]netmap.Peer{}}
 			// Pod CIDRs outside every supernet are routed too.
 			for _, pp := range []netip.Prefix{pc.PodIPv4, pc.PodIPv6} {
 				if pp.IsValid() && !slices.ContainsFunc(ix.supernet, func(s netip.Prefix) bool { return s.Bits() <= pp.Bits() && s.Contains(pp.Addr()) }) {

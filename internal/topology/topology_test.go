@@ -553,8 +553,33 @@ func TestIncrementalEqualsRecompute(t *testing.T) {
 				}
 				w.checkFirewalls(fresh)
 				w.checkInvariants(fresh)
+				checkMembers(t, w.ix)
 			}
 		})
+	}
+}
+
+// checkMembers: every node not a gateway is once among its cluster's
+// members, at the index it records, and nothing else is.
+func checkMembers(t *testing.T, ix *Index) {
+	t.Helper()
+	count := 0
+	for key, c := range ix.clusters {
+		for i, n := range c.members {
+			if int(n.member) != i || ix.nodes[n.Name] != n || clusterKey(n.Region, n.Cluster) != key {
+				t.Fatalf("cluster %s: member %d is %s (index %d, indexed %v)", key, i, n.Name, n.member, ix.nodes[n.Name] == n)
+			}
+		}
+		count += len(c.members)
+	}
+	want := 0
+	for _, n := range ix.nodes {
+		if !n.IsGateway() {
+			want++
+		}
+	}
+	if count != want {
+		t.Fatalf("%d members in all, %d nodes", count, want)
 	}
 }
 
@@ -707,5 +732,81 @@ func (w *world) checkFirewalls(maps map[string]netmap.Map) {
 				w.t.Fatalf("client %s → %s: firewall %v, policy %v (%s)", c.Name, dname, fwAllows, want, why)
 			}
 		}
+	}
+}
+
+// TestLoadEqualsUpserts: an index loaded in bulk (a controller's start) is
+// the index the same nodes' upserts build: the same maps, and the same
+// changes for what happens next.
+func TestLoadEqualsUpserts(t *testing.T) {
+	for seed := range uint64(6) {
+		extra := ""
+		if seed >= 4 {
+			extra = "routing: {bgp: true}\n"
+		}
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			w := newWorldWith(t, seed, 2, 3, extra)
+			w.populate(3, 4)
+			for i, g := range w.ix.Gateways("r0") {
+				w.ix.SetHealth(g, i%2 == 0)
+			}
+			q := *w.ix.nodes[w.nodeNames(false)[0]]
+			q.State = StateQuarantined
+			w.upsert(q)
+			var nodes []Node
+			for _, n := range w.ix.nodes {
+				m := *n
+				m.refSets, m.routing, m.bgpMode = nil, nil, false
+				nodes = append(nodes, m)
+			}
+			nodes = append(nodes, Node{Name: "stray", Region: "r0", Cluster: "nope", Role: netmap.RoleNode})
+			w.r.Shuffle(len(nodes), func(i, j int) { nodes[i], nodes[j] = nodes[j], nodes[i] })
+			ix := New(w.plan, Options{})
+			ix.SetPlan(w.plan, w.pol)
+			var rejected []string
+			ix.Load([][]Node{nodes[:len(nodes)/2], nodes[len(nodes)/2:]}, func(n *Node, err error) { rejected = append(rejected, n.Name) })
+			if !slices.Equal(rejected, []string{"stray"}) {
+				t.Fatalf("rejected %v, want [stray]", rejected)
+			}
+			checkMembers(t, ix)
+			if ix.Len() != w.ix.Len() {
+				t.Fatalf("loaded %d nodes, upserted %d", ix.Len(), w.ix.Len())
+			}
+			for name := range w.ix.nodes {
+				want, _ := w.ix.Map(name)
+				got, _ := ix.Map(name)
+				if !got.Equal(want) {
+					t.Fatalf("%s: loaded map differs from upserted:\ngot  %+v\nwant %+v", name, got, want)
+				}
+			}
+			same := func(what string, a, b []Change) {
+				t.Helper()
+				enc := func(cs []Change) []string {
+					var out []string
+					for _, c := range cs {
+						out = append(out, fmt.Sprintf("%+v", c))
+					}
+					slices.Sort(out)
+					return out
+				}
+				if ea, eb := enc(a), enc(b); !slices.Equal(ea, eb) {
+					t.Fatalf("%s: changes differ:\nupserted %v\nloaded   %v", what, ea, eb)
+				}
+			}
+			g := w.newGateway("r1")
+			a, _ := w.ix.Upsert(g)
+			b, _ := ix.Upsert(g)
+			same("gateway joins", a, b)
+			gw := w.ix.Gateways("r0")[0]
+			same("gateway fails", w.ix.SetHealth(gw, false), ix.SetHealth(gw, false))
+			n := w.newNode("r0", "c1")
+			a, _ = w.ix.Upsert(n)
+			b, _ = ix.Upsert(n)
+			same("node joins", a, b)
+			c := w.newClient("r1")
+			a, _ = w.ix.UpsertClient(c)
+			b, _ = ix.UpsertClient(c)
+			same("client joins", a, b)
+		})
 	}
 }

@@ -153,13 +153,50 @@ func (s *Store) List(ctx context.Context, prefix string) ([]store.KV, int64, err
 }
 
 func list(b *bbolt.Bucket, prefix string) []store.KV {
-	var out []store.KV
+	// A controller's start lists millions of keys: in blocks rather than
+	// one slice regrown and copied, and with the values copied into shared
+	// arenas rather than one allocation each. A value's capacity ends where
+	// it does, so appending to one never writes into the next.
+	const block, arena = 16 << 10, 256 << 10
+	var blocks [][]store.KV
+	var cur []store.KV
+	var buf []byte
+	total := 0
 	c := b.Cursor()
 	p := []byte(prefix)
 	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
-		out = append(out, decodeKV(k, v))
+		if len(cur) == cap(cur) {
+			if cur != nil {
+				blocks = append(blocks, cur)
+			}
+			cur = make([]store.KV, 0, block)
+		}
+		kv := store.KV{Key: string(k)}
+		if len(v) >= 16 {
+			kv.CreateRev, kv.ModRev = u64(v[:8]), u64(v[8:16])
+			val := v[16:]
+			if len(val) == 0 || len(val) > arena/8 {
+				kv.Value = bytes.Clone(val)
+			} else {
+				if len(buf)+len(val) > cap(buf) {
+					buf = make([]byte, 0, arena)
+				}
+				start := len(buf)
+				buf = append(buf, val...)
+				kv.Value = buf[start:len(buf):len(buf)]
+			}
+		}
+		cur = append(cur, kv)
+		total++
 	}
-	return out
+	if len(blocks) == 0 {
+		return cur
+	}
+	out := make([]store.KV, 0, total)
+	for _, bl := range blocks {
+		out = append(out, bl...)
+	}
+	return append(out, cur...)
 }
 
 // Revision implements store.Store.
