@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/statemesh/statemesh/internal/lab"
 )
@@ -50,9 +48,7 @@ checks the mesh with real packets.
 				if err != nil {
 					return err
 				}
-				dec := yaml.NewDecoder(bytes.NewReader(data))
-				dec.KnownFields(true)
-				if err := dec.Decode(&cfg); err != nil {
+				if err := lab.ParseConfig(data, &cfg); err != nil {
 					return fmt.Errorf("%s: %w", file, err)
 				}
 			}

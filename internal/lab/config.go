@@ -15,10 +15,13 @@
 package lab
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // Config describes a lab.
@@ -100,6 +103,15 @@ func (c *Config) Families() []string {
 		return []string{FamilyIPv4, FamilyIPv6}
 	}
 	return []string{FamilyIPv4}
+}
+
+// ParseConfig reads a lab description (`statemesh lab up -f`, the lab
+// files in examples/) over cfg: the fields it names replace cfg's; an
+// unknown field is an error.
+func ParseConfig(data []byte, cfg *Config) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	return dec.Decode(cfg)
 }
 
 // Defaults.

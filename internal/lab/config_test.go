@@ -2,6 +2,8 @@ package lab
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -178,5 +180,37 @@ func TestEndpointsPerFamily(t *testing.T) {
 		"client laptop1/v6>a/v6", "client laptop1/v6>a/pod/v6", "client laptop1/v6>b/v6", "client laptop1/v6>b/pod/v6"}
 	if d := cmp.Diff(wantPairs, pairs); d != "" {
 		t.Error(d)
+	}
+}
+
+// TestExampleLabs: every lab file in examples/lab is a valid lab whose
+// mesh plans.
+func TestExampleLabs(t *testing.T) {
+	files, err := filepath.Glob("../../examples/lab/*.yaml")
+	if err != nil || len(files) < 4 {
+		t.Fatalf("lab examples: %v %v", files, err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var c Config
+			if err := ParseConfig(data, &c); err != nil {
+				t.Fatal(err)
+			}
+			c.SetDefaults()
+			if err := c.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			m, err := spec.Parse([]byte(c.Spec()))
+			if err == nil {
+				_, err = plan.Compute(m, nil)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
