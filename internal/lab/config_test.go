@@ -1,14 +1,17 @@
 package lab
 
 import (
+	"context"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/statemesh/statemesh/internal/birdcfg"
 	"github.com/statemesh/statemesh/internal/plan"
 	"github.com/statemesh/statemesh/internal/spec"
 )
@@ -212,5 +215,76 @@ func TestExampleLabs(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestRouterConfig: the operator router's BIRD configuration of each
+// underlay family is one BIRD accepts, peering with the gateways'
+// underlay addresses; over IPv6 it takes IPv4 with IPv6 next hops and,
+// when the pods are IPv6, an IPv6 channel.
+func TestRouterConfig(t *testing.T) {
+	for _, c := range []Config{{}, {UnderlayFamily: FamilyIPv6, PodFamily: FamilyIPv6}, {UnderlayFamily: FamilyIPv6}} {
+		c.BGP = true
+		c.SetDefaults()
+		l := &Lab{State: &State{Config: c, Hosts: c.Hosts()}}
+		conf := l.routerConfig(regionASN)
+		for _, h := range l.State.Hosts {
+			if h.Role == "gateway" && h.Region == regionNames[0] && !strings.Contains(conf, "neighbor "+h.Underlay.String()+" as") {
+				t.Errorf("%s/%s: no session with %s:\n%s", c.PodFamily, c.UnderlayFamily, h.Name, conf)
+			}
+		}
+		if got, want := strings.Contains(conf, "extended next hop on"), c.Underlay6(); got != want {
+			t.Errorf("%s/%s: extended next hop %v, want %v", c.PodFamily, c.UnderlayFamily, got, want)
+		}
+		if got, want := strings.Contains(conf, "ipv6 {"), c.Underlay6() && c.Pods6(); got != want {
+			t.Errorf("%s/%s: IPv6 channel %v, want %v", c.PodFamily, c.UnderlayFamily, got, want)
+		}
+		if _, err := exec.LookPath("bird"); err != nil {
+			continue
+		}
+		if err := birdcfg.Check(context.Background(), []byte(conf)); err != nil {
+			t.Errorf("%s/%s: %v\n%s", c.PodFamily, c.UnderlayFamily, err, conf)
+		}
+	}
+}
+
+// TestPrintByFamily: the summary has a row per family and category, the
+// header counts the probes of each family, and an IPv6 TCP answer from the
+// right host (NAME or NAME/pod) counts as reaching it.
+func TestPrintByFamily(t *testing.T) {
+	a := &Host{Name: "eu-central-c1-n1", Region: "eu-central", Cluster: "c1", Role: "node", Overlay: netip.MustParseAddr("100.64.0.1"),
+		Overlay6: netip.MustParseAddr("fd7a:115c::1"), PodIP6: netip.MustParseAddr("fd00:10::2")}
+	b := &Host{Name: "us-east-c1-n1", Region: "us-east", Cluster: "c1", Role: "node", Overlay: netip.MustParseAddr("100.64.1.1"),
+		Overlay6: netip.MustParseAddr("fd7a:115c:1::1"), PodIP6: netip.MustParseAddr("fd00:10:1::2")}
+	l := &Lab{State: &State{Hosts: []*Host{a, b}, Holders: map[string]int{}}}
+	m := &Matrix{kinds: map[string]*Endpoint{}}
+	eps := l.endpoints()
+	for _, e := range eps {
+		m.Endpoints = append(m.Endpoints, e.Name)
+		m.kinds[e.Name] = e
+	}
+	for _, s := range eps {
+		for _, d := range eps {
+			if probes(s, d) {
+				peer := d.Host.Name
+				if d.Pod {
+					peer += "/pod"
+				}
+				m.Results = append(m.Results, ProbeResult{From: s.Name, To: d.Name, ICMP: true, TCP: true, Peer: peer})
+			}
+		}
+	}
+	var out strings.Builder
+	m.Print(&out)
+	squeezed := strings.Join(strings.Fields(out.String()), " ")
+	for _, want := range []string{"2 IPv4 probes, 4 IPv6 probes", "IPv4 node↔node across regions 2/2 as expected",
+		"IPv6 node↔node across regions 2/2 as expected", "IPv6 pod↔pod across regions 2/2 as expected",
+		"(fd00:10:1::2)"} {
+		if !strings.Contains(squeezed, want) {
+			t.Errorf("no %q in:\n%s", want, out.String())
+		}
+	}
+	if m.Failures() != 0 || m.Family("eu-central-c1-n1/pod/v6") != "IPv6" || m.Family("eu-central-c1-n1") != "IPv4" {
+		t.Errorf("failures %d, families %q %q", m.Failures(), m.Family("eu-central-c1-n1/pod/v6"), m.Family("eu-central-c1-n1"))
 	}
 }
