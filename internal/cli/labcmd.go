@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/statemesh/statemesh/internal/lab"
 )
@@ -50,9 +48,7 @@ checks the mesh with real packets.
 				if err != nil {
 					return err
 				}
-				dec := yaml.NewDecoder(bytes.NewReader(data))
-				dec.KnownFields(true)
-				if err := dec.Decode(&cfg); err != nil {
+				if err := lab.ParseConfig(data, &cfg); err != nil {
 					return fmt.Errorf("%s: %w", file, err)
 				}
 			}
@@ -82,6 +78,8 @@ checks the mesh with real packets.
 	f.BoolVar(&cfg.Policy, "policy", true, "segmentation: frontend (c1), backend (c2), vault (sensitive: strong c2 nodes), see docs/lab.md")
 	f.IntVar(&cfg.Clients, "clients", 1, "external clients (ops segment) brought up with wg-quick from statemesh client add (0 without --policy)")
 	f.DurationVar(&cfg.ReattestInterval, "reattest-interval", 5*time.Second, "re-attestation interval of the lab's policy")
+	f.StringVar(&cfg.PodFamily, "pods", lab.FamilyIPv4, "pod addresses: ipv4, ipv6 (IPv6 pod ranges and IPv6 overlay addresses beside the IPv4 ones) or dual")
+	f.StringVar(&cfg.UnderlayFamily, "underlay", lab.FamilyIPv4, "family of the WAN and the regions' underlays: ipv4 or ipv6 (endpoints [addr]:port)")
 
 	var timeout time.Duration
 	check := &cobra.Command{
@@ -153,7 +151,7 @@ checks the mesh with real packets.
 			}
 			t := newTable(e.stdout, "HOST", "ROLE", "REGION", "CLUSTER", "UNDERLAY", "WAN", "OVERLAY", "POD")
 			for _, h := range l.State.Hosts {
-				t.row(h.Name, h.Role, h.Region, dash(h.Cluster), h.Underlay, orDash(h.WAN), orDash(h.Overlay), orDash(h.PodIP))
+				t.row(h.Name, h.Role, h.Region, dash(h.Cluster), h.Underlay, orDash(h.WAN), joinAddrs(h.Overlay, h.Overlay6), joinAddrs(h.PodIP, h.PodIP6))
 			}
 			if err := t.flush(); err != nil {
 				return err
@@ -305,4 +303,19 @@ checks the mesh with real packets.
 
 	cmd.AddCommand(up, check, down, exec, status, tamper, wan, birdc, probe, serve, stream)
 	return cmd
+}
+
+// joinAddrs lists the valid ones of a host's IPv4 and IPv6 addresses ("-"
+// for none).
+func joinAddrs(as ...netip.Addr) string {
+	var s []string
+	for _, a := range as {
+		if a.IsValid() {
+			s = append(s, a.String())
+		}
+	}
+	if len(s) == 0 {
+		return "-"
+	}
+	return strings.Join(s, ",")
 }

@@ -30,7 +30,7 @@ func parseEndpoint(field, s string) (netip.AddrPort, error) {
 	}
 	ap, err := netip.ParseAddrPort(s)
 	if err != nil || ap.Port() == 0 {
-		return netip.AddrPort{}, apiErr(api.CodeInvalidArgument, "%s %q: write IP:port (e.g. 192.0.2.10:51820)", field, s)
+		return netip.AddrPort{}, apiErr(api.CodeInvalidArgument, "%s %q: write IP:port (e.g. 192.0.2.10:51820, or [2001:db8::10]:51820 for IPv6)", field, s)
 	}
 	return ap, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -16,14 +17,27 @@ import (
 	"github.com/statemesh/statemesh/internal/spec"
 )
 
-// Endpoint is a probe source or target: a node or a pod.
+// Endpoint is a probe source or target: a node or a pod, at one of its
+// addresses (one endpoint per family: IPv6 ones are named NAME/v6).
 type Endpoint struct {
 	Name    string
 	Host    *Host
 	Pod     bool
 	Client  *Client // an external client: a source only
 	Addr    string
+	IPv6    bool
 	execPre []string
+}
+
+// v6Suffix names an endpoint's IPv6 address.
+const v6Suffix = "/v6"
+
+// family names an endpoint's address family in the summary.
+func (e *Endpoint) family() string {
+	if e.IPv6 {
+		return "IPv6"
+	}
+	return "IPv4"
 }
 
 // Category of a pair.
@@ -90,29 +104,46 @@ type CheckOptions struct {
 	From []string
 }
 
+// endpoints are the lab's probe endpoints: every node and pod at each of
+// its addresses, every client at each of its own. IPv4 ones keep the
+// names they have in an IPv4 lab; IPv6 ones end in /v6.
 func (l *Lab) endpoints() []*Endpoint {
 	var eps []*Endpoint
+	add := func(e Endpoint, a netip.Addr) {
+		if !a.IsValid() {
+			return
+		}
+		e.Addr, e.IPv6 = a.String(), a.Is6()
+		if e.IPv6 {
+			e.Name += v6Suffix
+		}
+		eps = append(eps, &e)
+	}
 	for _, h := range l.State.Hosts {
-		if h.Role == "gateway" || !h.Overlay.IsValid() || h.Removed {
+		if h.Role == "gateway" || (!h.Overlay.IsValid() && !h.Overlay6.IsValid()) || h.Removed {
 			continue
 		}
-		eps = append(eps, &Endpoint{Name: h.Name, Host: h, Addr: h.Overlay.String(), execPre: nsenterArgs(l.State.Holders[h.Name])})
-		if h.PodIP.IsValid() {
-			eps = append(eps, &Endpoint{Name: h.Name + "/pod", Host: h, Pod: true, Addr: h.PodIP.String(), execPre: []string{"ip", "netns", "exec", h.PodNS()}})
-		}
+		node := Endpoint{Name: h.Name, Host: h, execPre: nsenterArgs(l.State.Holders[h.Name])}
+		pod := Endpoint{Name: h.Name + "/pod", Host: h, Pod: true, execPre: []string{"ip", "netns", "exec", h.PodNS()}}
+		add(node, h.Overlay)
+		add(pod, h.PodIP)
+		add(node, h.Overlay6)
+		add(pod, h.PodIP6)
 	}
 	for _, c := range l.State.Clients {
-		eps = append(eps, &Endpoint{Name: "client " + c.Name, Client: c, Addr: c.Address.String(), execPre: nsenterArgs(l.State.Holders[c.HolderKey()])})
+		cl := Endpoint{Name: "client " + c.Name, Client: c, execPre: nsenterArgs(l.State.Holders[c.HolderKey()])}
+		add(cl, c.Address)
+		add(cl, c.Address6)
 	}
 	return eps
 }
 
-// probes reports whether src probes dst: node to node and pod to pod;
-// clients probe every node and pod and are probed by none (they run no
-// StateMesh firewall).
+// probes reports whether src probes dst: node to node and pod to pod,
+// within one address family; clients probe every node and pod and are
+// probed by none (they run no StateMesh firewall).
 func probes(src, dst *Endpoint) bool {
 	switch {
-	case src == dst || dst.Client != nil:
+	case src == dst || dst.Client != nil || src.IPv6 != dst.IPv6:
 		return false
 	case src.Client != nil:
 		return true
@@ -209,13 +240,14 @@ func (m *Matrix) Print(w io.Writer) {
 		default:
 			key = "node↔node " + category(a.Host, b.Host)
 		}
+		key = a.family() + " " + key
 		if cats[key] == nil {
 			cats[key] = &agg{}
 			order = append(order, key)
 		}
 		cats[key].total++
 		e := m.expect(r)
-		if r.ICMP == e.ICMP && r.TCP == e.TCP && (!r.TCP || strings.HasPrefix(r.Peer, strings.TrimSuffix(r.To, "/pod"))) {
+		if r.ICMP == e.ICMP && r.TCP == e.TCP && (!r.TCP || strings.HasPrefix(r.Peer, b.Host.Name)) {
 			cats[key].ok++
 		}
 	}
@@ -228,7 +260,7 @@ func (m *Matrix) Print(w io.Writer) {
 			denied++
 		}
 	}
-	fmt.Fprintf(w, "REACHABILITY (ICMP echo and TCP connect to port %d, from inside each source's namespace)\n", servePort)
+	fmt.Fprintf(w, "REACHABILITY (ICMP echo and TCP connect to port %d, from inside each source's namespace; %s)\n", servePort, m.familiesProbed())
 	fmt.Fprintf(w, "  the policy allows %d of the %d probed pairs and denies %d\n", allowed, len(m.Results), denied)
 	for _, k := range order {
 		status := "as expected"
@@ -338,6 +370,28 @@ func (l *Lab) expectations(ctx context.Context, eps []*Endpoint) (map[[2]string]
 		}
 	}
 	return out, nil
+}
+
+// familiesProbed says which families the matrix holds.
+func (m *Matrix) familiesProbed() string {
+	var v4, v6 int
+	for _, r := range m.Results {
+		if m.kinds[r.From].IPv6 {
+			v6++
+		} else {
+			v4++
+		}
+	}
+	return fmt.Sprintf("%d IPv4 probes, %d IPv6 probes", v4, v6)
+}
+
+// Family returns the address family of a probe endpoint ("IPv4" or
+// "IPv6"; "" for an unknown one).
+func (m *Matrix) Family(endpoint string) string {
+	if e, ok := m.kinds[endpoint]; ok {
+		return e.family()
+	}
+	return ""
 }
 
 // Region returns the region of a probe endpoint ("" for a client).

@@ -20,9 +20,11 @@ type Client struct {
 	Region  string     `json:"region"`
 	Segment string     `json:"segment"`
 	WAN     netip.Addr `json:"wan"`
-	// Address is the client's mesh address (from its configuration).
-	Address netip.Addr `json:"address"`
-	Conf    string     `json:"conf"`
+	// Address and Address6 are the client's mesh addresses (from its
+	// configuration; IPv6 when the mesh has IPv6 overlay addresses).
+	Address  netip.Addr `json:"address"`
+	Address6 netip.Addr `json:"address6,omitzero"`
+	Conf     string     `json:"conf"`
 	// Removed: revoked with statemesh client remove; checks expect it to
 	// reach nothing.
 	Removed bool `json:"removed,omitempty"`
@@ -57,7 +59,7 @@ done
 func (l *Lab) AddClient(ctx context.Context, name, region, segment string) (*Client, error) {
 	cfg := l.State.Config
 	idx := len(l.State.Clients)
-	c := &Client{Name: name, Region: region, Segment: segment, WAN: netip.AddrFrom4([4]byte{203, 0, 113, byte(200 + idx)})}
+	c := &Client{Name: name, Region: region, Segment: segment, WAN: wanAddr(cfg.Underlay6(), 200+idx)}
 	dir := filepath.Join(cfg.Dir, "clients", name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -67,7 +69,7 @@ func (l *Lab) AddClient(ctx context.Context, name, region, segment string) (*Cli
 	if err := l.addNS(c.NS()); err != nil {
 		return nil, err
 	}
-	if err := veth(c.NS(), "wan0", wanSwitch, fmt.Sprintf("cl%d", idx), cfg.WANMTU, c.WAN.String()+"/24"); err != nil {
+	if err := veth(c.NS(), "wan0", wanSwitch, fmt.Sprintf("cl%d", idx), cfg.WANMTU, withBits(c.WAN)); err != nil {
 		return nil, err
 	}
 	holder, err := startHolder(c.NS(), filepath.Join(cfg.Dir, "holders.log"))
@@ -91,7 +93,7 @@ func (l *Lab) AddClient(ctx context.Context, name, region, segment string) (*Cli
 	if out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, out)
 	}
-	if c.Address, err = confAddress(c.Conf); err != nil {
+	if c.Address, c.Address6, err = confAddresses(c.Conf); err != nil {
 		return nil, err
 	}
 	wrapper := filepath.Join(dir, "wireguard-go")
@@ -132,11 +134,12 @@ func (l *Lab) client(name string) *Client {
 	return nil
 }
 
-// confAddress reads the IPv4 address of a wg-quick file's [Interface].
-func confAddress(path string) (netip.Addr, error) {
+// confAddresses reads the IPv4 and IPv6 (if any) addresses of a wg-quick
+// file's [Interface].
+func confAddresses(path string) (v4, v6 netip.Addr, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return netip.Addr{}, err
+		return v4, v6, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -146,10 +149,18 @@ func confAddress(path string) (netip.Addr, error) {
 			continue
 		}
 		for _, a := range strings.Split(v, ",") {
-			if p, err := netip.ParsePrefix(strings.TrimSpace(a)); err == nil && p.Addr().Is4() {
-				return p.Addr(), nil
+			p, err := netip.ParsePrefix(strings.TrimSpace(a))
+			switch {
+			case err != nil:
+			case p.Addr().Is4() && !v4.IsValid():
+				v4 = p.Addr()
+			case p.Addr().Is6() && !v6.IsValid():
+				v6 = p.Addr()
 			}
 		}
 	}
-	return netip.Addr{}, fmt.Errorf("%s has no IPv4 Address", path)
+	if !v4.IsValid() {
+		return v4, v6, fmt.Errorf("%s has no IPv4 Address", path)
+	}
+	return v4, v6, nil
 }

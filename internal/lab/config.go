@@ -15,10 +15,13 @@
 package lab
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // Config describes a lab.
@@ -65,10 +68,59 @@ type Config struct {
 	// BGP with BFD (BFDInterval × 3) on each.
 	BGP         bool          `json:"bgp,omitempty" yaml:"bgp"`
 	BFDInterval time.Duration `json:"bfdInterval,omitempty" yaml:"bfdInterval"`
+	// PodFamily is what the pods speak: ipv4 (default), ipv6 (IPv6 pod
+	// ranges; nodes get an IPv6 overlay address beside their IPv4 one) or
+	// dual (both pod ranges, both overlay addresses).
+	PodFamily string `json:"podFamily,omitempty" yaml:"podFamily"`
+	// UnderlayFamily is the family of the WAN and the regions' underlays:
+	// ipv4 (default) or ipv6 (every underlay and WAN address is IPv6, so
+	// WireGuard endpoints are [addr]:port). The management network to the
+	// controller stays IPv4 either way.
+	UnderlayFamily string `json:"underlayFamily,omitempty" yaml:"underlayFamily"`
+}
+
+// Families.
+const (
+	FamilyIPv4 = "ipv4"
+	FamilyIPv6 = "ipv6"
+	FamilyDual = "dual"
+)
+
+// Pods4 reports whether the pods have IPv4 addresses.
+func (c *Config) Pods4() bool { return c.PodFamily != FamilyIPv6 }
+
+// Pods6 reports whether the pods have IPv6 addresses (and the nodes IPv6
+// overlay addresses).
+func (c *Config) Pods6() bool { return c.PodFamily == FamilyIPv6 || c.PodFamily == FamilyDual }
+
+// Underlay6 reports whether the underlays and the WAN are IPv6.
+func (c *Config) Underlay6() bool { return c.UnderlayFamily == FamilyIPv6 }
+
+// Families are the address families the mesh carries between nodes
+// (IPv4 always: every node has an IPv4 overlay address).
+func (c *Config) Families() []string {
+	if c.Pods6() {
+		return []string{FamilyIPv4, FamilyIPv6}
+	}
+	return []string{FamilyIPv4}
+}
+
+// ParseConfig reads a lab description (`statemesh lab up -f`, the lab
+// files in examples/) over cfg: the fields it names replace cfg's; an
+// unknown field is an error.
+func ParseConfig(data []byte, cfg *Config) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	return dec.Decode(cfg)
 }
 
 // Defaults.
 const (
+	// Overlay6Range and Pod6Range are the lab's IPv6 overlay and pod
+	// supernets (--pods ipv6|dual).
+	Overlay6Range = "fd7a:115c::/48"
+	Pod6Range     = "fd00:10::/48"
+
 	DefaultDir    = "/run/statemesh-lab"
 	ControllerIP  = "10.255.0.1"
 	ControllerURL = "https://10.255.0.1:7443"
@@ -106,6 +158,12 @@ func (c *Config) SetDefaults() {
 	if c.ReattestInterval == 0 {
 		c.ReattestInterval = 5 * time.Second
 	}
+	if c.PodFamily == "" {
+		c.PodFamily = FamilyIPv4
+	}
+	if c.UnderlayFamily == "" {
+		c.UnderlayFamily = FamilyIPv4
+	}
 }
 
 // Validate checks the sizes.
@@ -129,6 +187,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("clients: 0..20")
 	case c.Clients > 0 && !c.Policy:
 		return fmt.Errorf("clients need the policy (they belong to its ops segment)")
+	case c.PodFamily != FamilyIPv4 && c.PodFamily != FamilyIPv6 && c.PodFamily != FamilyDual:
+		return fmt.Errorf("pods: ipv4, ipv6 or dual (got %q)", c.PodFamily)
+	case c.UnderlayFamily != FamilyIPv4 && c.UnderlayFamily != FamilyIPv6:
+		return fmt.Errorf("underlay: ipv4 or ipv6 (got %q)", c.UnderlayFamily)
 	}
 	return nil
 }
@@ -151,6 +213,10 @@ type Host struct {
 	Overlay  netip.Addr   `json:"overlay,omitzero"`
 	PodBlock netip.Prefix `json:"podBlock,omitzero"`
 	PodIP    netip.Addr   `json:"podIP,omitzero"`
+	// The IPv6 ones (--pods ipv6|dual).
+	Overlay6  netip.Addr   `json:"overlay6,omitzero"`
+	PodBlock6 netip.Prefix `json:"podBlock6,omitzero"`
+	PodIP6    netip.Addr   `json:"podIP6,omitzero"`
 	// Removed is set once the host was removed from the mesh: checks
 	// leave it out.
 	Removed bool `json:"removed,omitempty"`
@@ -172,8 +238,45 @@ func regionSwitch(region string) string { return nsPrefix + "sw-" + region }
 
 const wanSwitch = nsPrefix + "wan"
 
+// PodAddr is the address of the host's pod the lab's streams and tests
+// use: its IPv4 address, or its IPv6 one when the pods are IPv6 only.
+func (h *Host) PodAddr() netip.Addr {
+	if h.PodIP.IsValid() {
+		return h.PodIP
+	}
+	return h.PodIP6
+}
+
+// The lab's IPv6 underlay mirrors the IPv4 one, the IPv4 address's last
+// numbers written as the last groups (172.16.1.21 is fd00:172:16:1::21,
+// 203.0.113.12 is 2001:db8:113::12): a reader maps one to the other.
+const underlay6Bits, wan6Bits = 64, 64
+
+func underlayAddr(v6 bool, region, host int) netip.Addr {
+	if v6 {
+		return netip.MustParseAddr(fmt.Sprintf("fd00:172:16:%d::%d", region, host))
+	}
+	return netip.AddrFrom4([4]byte{172, 16, byte(region), byte(host)})
+}
+
+func wanAddr(v6 bool, n int) netip.Addr {
+	if v6 {
+		return netip.MustParseAddr(fmt.Sprintf("2001:db8:113::%d", n))
+	}
+	return netip.AddrFrom4([4]byte{203, 0, 113, byte(n)})
+}
+
+// withBits is addr with the lab's prefix length of its network.
+func withBits(a netip.Addr) string {
+	if a.Is6() {
+		return fmt.Sprintf("%s/%d", a, underlay6Bits)
+	}
+	return a.String() + "/24"
+}
+
 // Hosts lays out the lab's machines.
 func (c *Config) Hosts() []*Host {
+	v6 := c.Underlay6()
 	var hosts []*Host
 	for ri := range c.Regions {
 		region := regionNames[ri]
@@ -181,8 +284,8 @@ func (c *Config) Hosts() []*Host {
 		for g := 1; g <= c.Gateways; g++ {
 			hosts = append(hosts, &Host{
 				Name: fmt.Sprintf("%s-gw%d", region, g), Region: region, Role: "gateway", Index: g, RegionIdx: r,
-				Underlay: netip.AddrFrom4([4]byte{172, 16, byte(r), byte(g)}),
-				WAN:      netip.AddrFrom4([4]byte{203, 0, 113, byte(r*10 + g)}),
+				Underlay: underlayAddr(v6, r, g),
+				WAN:      wanAddr(v6, r*10+g),
 				Mgmt:     netip.AddrFrom4([4]byte{10, 255, byte(r), byte(g)}),
 			})
 		}
@@ -192,7 +295,7 @@ func (c *Config) Hosts() []*Host {
 				hosts = append(hosts, &Host{
 					Name: fmt.Sprintf("%s-c%d-n%d", region, cl, n), Region: region, Cluster: fmt.Sprintf("c%d", cl), Role: "node",
 					Index: idx, RegionIdx: r, Weak: n > c.Nodes-c.WeakNodes, Labels: labId(cl),
-					Underlay: netip.AddrFrom4([4]byte{172, 16, byte(r), byte(idx)}),
+					Underlay: underlayAddr(v6, r, idx),
 					Mgmt:     netip.AddrFrom4([4]byte{10, 255, byte(r), byte(idx)}),
 				})
 				idx++
@@ -250,24 +353,26 @@ func trustYAML(indent string, ekRoots []string) string {
 // Spec renders the lab's mesh spec; ekRoots are the PEM certificates of the
 // lab's EK CA when attestation is on.
 func (c *Config) Spec(ekRoots ...string) string {
-	s := fmt.Sprintf(`apiVersion: statemesh.dev/v1alpha1
-kind: Mesh
-metadata:
-  name: lab
-addressing:
-  overlayIPv4: 100.64.0.0/10
-  podIPv4: [10.0.0.0/8]
-underlay:
-  mtu: %d
-  wan:
-    mtu: %d
-regions:
-`, c.UnderlayMTU, c.WANMTU)
+	s := "apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata:\n  name: lab\naddressing:\n  overlayIPv4: 100.64.0.0/10\n"
+	if c.Pods6() {
+		s += "  overlayIPv6: " + Overlay6Range + "\n"
+	}
+	if c.Pods4() {
+		s += "  podIPv4: [10.0.0.0/8]\n"
+	}
+	if c.Pods6() {
+		s += "  podIPv6: [" + Pod6Range + "]\n"
+	}
+	fam := ""
+	if c.Underlay6() {
+		fam = "  family: ipv6\n"
+	}
+	s += fmt.Sprintf("underlay:\n  mtu: %d\n%s  wan:\n    mtu: %d\n%sregions:\n", c.UnderlayMTU, fam, c.WANMTU, strings.ReplaceAll(fam, "  ", "    "))
 	for ri := range c.Regions {
 		s += fmt.Sprintf("  - name: %s\n    gateways: %d\n", regionNames[ri], c.Gateways)
 		if c.BGP && ri == 0 {
 			// The lab's operator router (router.go).
-			s += fmt.Sprintf("    bgp:\n      externalPeers:\n        - {name: core-1, address: %s, asn: %d, bfd: true}\n", RouterAddr, RouterASN)
+			s += fmt.Sprintf("    bgp:\n      externalPeers:\n        - {name: core-1, address: %s, asn: %d, bfd: true}\n", c.RouterAddr(), RouterASN)
 		}
 		s += "    clusters:\n"
 		for cl := 1; cl <= c.Clusters; cl++ {

@@ -24,8 +24,13 @@ const (
 	RouterASN = 64512
 )
 
-// RouterAddr is the router's underlay address.
-var RouterAddr = netip.MustParseAddr("172.16.1.250")
+// RouterAddr is the router's underlay address: 172.16.1.250, or
+// fd00:172:16:1::250 on an IPv6 underlay.
+func (c *Config) RouterAddr() netip.Addr { return underlayAddr(c.Underlay6(), 1, 250) }
+
+// routerID is the router's BGP router ID (an IPv4-shaped number whatever
+// the underlay).
+var routerID = netip.MustParseAddr("172.16.1.250")
 
 func (l *Lab) routerDir() string { return filepath.Join(l.State.Config.Dir, RouterName) }
 
@@ -35,19 +40,32 @@ func (l *Lab) RouterSocket() string { return filepath.Join(l.routerDir(), "bird.
 // routerConfig peers with every gateway of the first region.
 func (l *Lab) routerConfig(regionASN uint32) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# The lab's operator router: learns the region's prefixes, announces nothing.\nrouter id %s;\n", RouterAddr)
+	fmt.Fprintf(&b, "# The lab's operator router: learns the region's prefixes, announces nothing.\nrouter id %s;\n", routerID)
 	b.WriteString("protocol device { scan time 10; }\n")
 	iv := l.State.Config.BFDInterval
 	if iv == 0 {
 		iv = 100 * time.Millisecond
 	}
 	fmt.Fprintf(&b, "protocol bfd { interface \"*\" { interval %d ms; multiplier 3; }; }\n", iv.Milliseconds())
+	cfg := &l.State.Config
+	// The channels of what the region announces: IPv4 always; IPv6 when
+	// the mesh has IPv6 prefixes. Over an IPv6 session IPv4 comes with
+	// IPv6 next hops (extended next hop, RFC 8950), as the gateways send
+	// it; over an IPv4 session the IPv6 channel is not opened (the
+	// gateways' next hop would be IPv4-mapped).
+	channels := "  ipv4 { import all; export none; };\n"
+	if cfg.Underlay6() {
+		channels = "  ipv4 { import all; export none; extended next hop on; };\n"
+		if cfg.Pods6() {
+			channels += "  ipv6 { import all; export none; };\n"
+		}
+	}
 	for _, h := range l.State.Hosts {
 		if h.Role != "gateway" || h.Region != regionNames[0] {
 			continue
 		}
-		fmt.Fprintf(&b, "protocol bgp %s {\n  local %s as %d;\n  neighbor %s as %d;\n  bfd on;\n  ipv4 { import all; export none; };\n}\n",
-			strings.ReplaceAll(h.Name, "-", "_"), RouterAddr, RouterASN, h.Underlay, regionASN)
+		fmt.Fprintf(&b, "protocol bgp %s {\n  local %s as %d;\n  neighbor %s as %d;\n  bfd on;\n%s}\n",
+			strings.ReplaceAll(h.Name, "-", "_"), cfg.RouterAddr(), RouterASN, h.Underlay, regionASN, channels)
 	}
 	return b.String()
 }
@@ -62,7 +80,7 @@ func (l *Lab) router(ctx context.Context) error {
 	if err := l.addNS(ns); err != nil {
 		return err
 	}
-	if err := veth(ns, "eth0", regionSwitch(regionNames[0]), "rt0", cfg.UnderlayMTU, RouterAddr.String()+"/24"); err != nil {
+	if err := veth(ns, "eth0", regionSwitch(regionNames[0]), "rt0", cfg.UnderlayMTU, withBits(cfg.RouterAddr())); err != nil {
 		return err
 	}
 	dir := l.routerDir()

@@ -192,8 +192,10 @@ func (l *Lab) networks(ctx context.Context) error {
 		if err := l.addNS(sw); err != nil {
 			return err
 		}
+		// No multicast snooping: the switches have no MLD querier, and
+		// IPv6 neighbour discovery is multicast.
 		for _, args := range [][]string{
-			{"ip", "-n", sw, "link", "add", "br0", "type", "bridge"},
+			{"ip", "-n", sw, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"},
 			{"ip", "-n", sw, "link", "set", "br0", "up"},
 		} {
 			if _, err := sh(args...); err != nil {
@@ -204,12 +206,23 @@ func (l *Lab) networks(ctx context.Context) error {
 	return nil
 }
 
+// addrAdd is `ip addr add` of addr (CIDR) on dev in ns; IPv6 addresses
+// skip duplicate address detection, which would hold them tentative (no
+// source, no bind) for a second or more after the link comes up.
+func addrAdd(ns, addr, dev string) []string {
+	argv := []string{"ip", "-n", ns, "addr", "add", addr, "dev", dev}
+	if strings.Contains(addr, ":") {
+		argv = append(argv, "nodad")
+	}
+	return argv
+}
+
 // veth connects a host interface to a switch port.
 func veth(hostNS, hostIf, swNS, swIf string, mtu int, addr string) error {
 	m := strconv.Itoa(mtu)
 	for _, args := range [][]string{
 		{"ip", "link", "add", "name", hostIf, "netns", hostNS, "mtu", m, "type", "veth", "peer", "name", swIf, "netns", swNS, "mtu", m},
-		{"ip", "-n", hostNS, "addr", "add", addr, "dev", hostIf},
+		addrAdd(hostNS, addr, hostIf),
 		{"ip", "-n", hostNS, "link", "set", hostIf, "up"},
 		{"ip", "-n", swNS, "link", "set", swIf, "master", "br0"},
 		{"ip", "-n", swNS, "link", "set", swIf, "up"},
@@ -231,12 +244,12 @@ func (l *Lab) hosts(ctx context.Context) error {
 		if err := l.addNS(ns); err != nil {
 			return err
 		}
-		if err := veth(ns, "eth0", regionSwitch(h.Region), fmt.Sprintf("h%d", h.Index), cfg.UnderlayMTU, h.Underlay.String()+"/24"); err != nil {
+		if err := veth(ns, "eth0", regionSwitch(h.Region), fmt.Sprintf("h%d", h.Index), cfg.UnderlayMTU, withBits(h.Underlay)); err != nil {
 			return err
 		}
 		if h.Role == "gateway" {
 			port := fmt.Sprintf("g%d", h.RegionIdx*10+h.Index)
-			if err := veth(ns, "wan0", wanSwitch, port, cfg.WANMTU, h.WAN.String()+"/24"); err != nil {
+			if err := veth(ns, "wan0", wanSwitch, port, cfg.WANMTU, withBits(h.WAN)); err != nil {
 				return err
 			}
 			if cfg.WANDelay > 0 && !l.noNetem {
@@ -271,7 +284,7 @@ func (l *Lab) hosts(ctx context.Context) error {
 		}
 		if h.Role != "gateway" {
 			// What a CNI does on a node: forward for the node's pods.
-			if _, err := sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
+			if _, err := sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"); err != nil {
 				return err
 			}
 		}
@@ -558,6 +571,12 @@ func (l *Lab) waitEnrolled(ctx context.Context) error {
 				if n.PodIPv4 != "" {
 					h.PodBlock, _ = netip.ParsePrefix(n.PodIPv4)
 				}
+				if n.OverlayIPv6 != "" {
+					h.Overlay6, _ = netip.ParseAddr(n.OverlayIPv6)
+				}
+				if n.PodIPv6 != "" {
+					h.PodBlock6, _ = netip.ParsePrefix(n.PodIPv6)
+				}
 				if n.Healthy != nil && !*n.Healthy {
 					unhealthy++
 				}
@@ -605,25 +624,24 @@ func (l *Lab) workloads(ctx context.Context) error {
 		if err := l.State.addProc(Proc{Name: "serve", Host: h.Name, PID: pid, Log: logPath, Argv: argv}); err != nil {
 			return err
 		}
-		if !cfg.Pods || !h.PodBlock.IsValid() {
+		if !cfg.Pods || (!h.PodBlock.IsValid() && !h.PodBlock6.IsValid()) {
 			continue
 		}
 		pns := h.PodNS()
 		if err := l.addNS(pns); err != nil {
 			return err
 		}
-		gw := h.PodBlock.Addr().Next()
-		h.PodIP = gw.Next()
-		bits := strconv.Itoa(h.PodBlock.Bits())
 		mtu := strconv.Itoa(l.podMTU(ctx, h.Region, h.Cluster))
-		for _, args := range [][]string{
-			{"ip", "link", "add", "name", "eth0", "netns", pns, "mtu", mtu, "type", "veth", "peer", "name", "pod0", "netns", h.NS(), "mtu", mtu},
-			{"ip", "-n", h.NS(), "addr", "add", gw.String() + "/" + bits, "dev", "pod0"},
-			{"ip", "-n", h.NS(), "link", "set", "pod0", "up"},
-			{"ip", "-n", pns, "addr", "add", h.PodIP.String() + "/" + bits, "dev", "eth0"},
-			{"ip", "-n", pns, "link", "set", "eth0", "up"},
-			{"ip", "-n", pns, "route", "add", "default", "via", gw.String()},
-		} {
+		if _, err := sh("ip", "link", "add", "name", "eth0", "netns", pns, "mtu", mtu, "type", "veth", "peer", "name", "pod0", "netns", h.NS(), "mtu", mtu); err != nil {
+			return err
+		}
+		if h.PodBlock.IsValid() {
+			h.PodIP = h.PodBlock.Addr().Next().Next()
+		}
+		if h.PodBlock6.IsValid() {
+			h.PodIP6 = h.PodBlock6.Addr().Next().Next()
+		}
+		for _, args := range podNetwork(h) {
 			if _, err := sh(args...); err != nil {
 				return err
 			}
@@ -639,6 +657,29 @@ func (l *Lab) workloads(ctx context.Context) error {
 		}
 	}
 	return l.State.save()
+}
+
+// podNetwork is what a CNI does for the host's pod, per family of its pod
+// blocks: the block's first address on the node's pod0, the second on the
+// pod's eth0, the default route via the first.
+func podNetwork(h *Host) [][]string {
+	argv := [][]string{{"ip", "-n", h.NS(), "link", "set", "pod0", "up"}, {"ip", "-n", h.PodNS(), "link", "set", "eth0", "up"}}
+	for _, x := range []struct {
+		block netip.Prefix
+		pod   netip.Addr
+		ip    string
+	}{{h.PodBlock, h.PodIP, "-4"}, {h.PodBlock6, h.PodIP6, "-6"}} {
+		if !x.block.IsValid() {
+			continue
+		}
+		gw := x.block.Addr().Next()
+		bits := "/" + strconv.Itoa(x.block.Bits())
+		argv = append(argv,
+			addrAdd(h.NS(), gw.String()+bits, "pod0"),
+			addrAdd(h.PodNS(), x.pod.String()+bits, "eth0"),
+			[]string{"ip", x.ip, "-n", h.PodNS(), "route", "add", "default", "via", gw.String()})
+	}
+	return argv
 }
 
 func (l *Lab) waitConverged(ctx context.Context) error {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -76,6 +77,69 @@ func TestLabBGP(t *testing.T) {
 	testenv.RequireBinary(t, "bird")
 	l := upLabWith(t, lab.Config{BGP: true, BFDInterval: 100 * time.Millisecond, GatewayTimeout: 1500 * time.Millisecond,
 		Nodes: 1, Clients: 0, WeakNodes: 0})
+	testBGPLab(t, l)
+}
+
+// TestLabBGPIPv6 runs the lab of examples/lab/ipv6-bgp.yaml (IPv6 pods
+// over an IPv6 underlay and WAN, BIRD mode) with the lab's policy and an
+// operator client (issue 15): the matrix over both families equals the
+// policy, denied pairs included, then every BIRD-mode assertion of
+// TestLabBGP, failover within a second included.
+func TestLabBGPIPv6(t *testing.T) {
+	testenv.RequireBinary(t, "bird")
+	data, err := os.ReadFile("../../examples/lab/ipv6-bgp.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := lab.Config{GatewayTimeout: 1500 * time.Millisecond, Policy: true, Clients: 1}
+	if err := lab.ParseConfig(data, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.BGP || cfg.PodFamily != lab.FamilyIPv6 || cfg.UnderlayFamily != lab.FamilyIPv6 {
+		t.Fatalf("examples/lab/ipv6-bgp.yaml is not the IPv6 BIRD shape: %+v", cfg)
+	}
+	l := upLabWith(t, cfg)
+
+	t.Run("MeasuredMatrixEqualsPolicyOverIPv6", func(t *testing.T) {
+		m := check(t, l)
+		count := map[string]int{}
+		for _, r := range m.Results {
+			fam := m.Family(r.From)
+			kind := "node"
+			switch {
+			case strings.HasPrefix(r.From, "client "):
+				kind = "client"
+			case strings.Contains(r.From, "/pod"):
+				kind = "pod"
+			}
+			verdict := "denied"
+			if e := m.Expected[[2]string{r.From, r.To}]; e.ICMP || e.TCP {
+				verdict = "allowed"
+			}
+			count[fam+" "+kind+" "+verdict]++
+		}
+		t.Logf("probes by family, kind and verdict: %v", count)
+		for _, k := range []string{"IPv4 node allowed", "IPv4 node denied", "IPv6 node allowed", "IPv6 node denied",
+			"IPv6 pod allowed", "IPv6 pod denied", "IPv6 client allowed", "IPv6 client denied"} {
+			if count[k] == 0 {
+				t.Errorf("no %s probe: the matrix would not prove it", k)
+			}
+		}
+		if count["IPv4 pod allowed"]+count["IPv4 pod denied"] != 0 {
+			t.Errorf("IPv4 pod probes in an IPv6-pod lab: %v", count)
+		}
+		// The underlay is IPv6: every WireGuard endpoint is [addr]:port.
+		out := hostOut(t, l, "eu-central-gw1", "wg", "show", "all", "endpoints")
+		if !strings.Contains(out, "]:51820") || regexp.MustCompile(`\s\d+\.\d+\.\d+\.\d+:\d+`).MatchString(out) {
+			t.Errorf("eu-central-gw1's endpoints are not all IPv6:\n%s", out)
+		}
+	})
+
+	testBGPLab(t, l)
+}
+
+// testBGPLab is TestLabBGP's assertions on a BIRD-mode lab of any shape.
+func testBGPLab(t *testing.T, l *lab.Lab) {
 	ctx := context.Background()
 	var gateways []string
 	for _, h := range l.State.Hosts {
@@ -113,6 +177,18 @@ func TestLabBGP(t *testing.T) {
 		}
 		if !strings.Contains(routes, "proto bird") {
 			t.Errorf("no proto bird routes:\n%s", routes)
+		}
+		if l.State.Config.Pods6() {
+			// The IPv6 channel: the other region's IPv6 pod ranges, through
+			// the backbone links (extended next hop).
+			routes6 := hostOut(t, l, "eu-central-gw1", "ip", "-6", "route", "show", "proto", "bird")
+			pc, _ := l.Admin.Clusters(ctx)
+			for _, cl := range pc {
+				if cl.Region == "us-east" && (cl.PodIPv6 == "" || !regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(cl.PodIPv6)+` .*dev smbb`).MatchString(routes6)) {
+					t.Errorf("eu-central-gw1 has no BIRD route to us-east/%s's IPv6 pods (%q) over a backbone link:\n%s", cl.Name, cl.PodIPv6, routes6)
+				}
+			}
+			t.Logf("eu-central-gw1 (IPv6):\n%s", routes6)
 		}
 		st, err := l.Admin.Status(ctx)
 		if err != nil {
@@ -168,14 +244,17 @@ func TestLabBGP(t *testing.T) {
 			var out []string
 			for _, line := range strings.Split(lines, "\n") {
 				f := strings.Fields(line)
-				if len(f) == 0 || line[0] == ' ' || line[0] == '\t' || !strings.ContainsAny(f[0][:1], "0123456789") {
+				if len(f) == 0 || line[0] == ' ' || line[0] == '\t' {
 					continue
 				}
-				p := f[0]
-				if !strings.Contains(p, "/") {
-					p += "/32"
+				p, err := netip.ParsePrefix(f[0])
+				if a, aerr := netip.ParseAddr(f[0]); aerr == nil {
+					p, err = netip.PrefixFrom(a, a.BitLen()), nil
 				}
-				out = append(out, p)
+				if err != nil {
+					continue
+				}
+				out = append(out, p.String())
 			}
 			slices.Sort(out)
 			return slices.Compact(out)
@@ -184,7 +263,11 @@ func TestLabBGP(t *testing.T) {
 		waitFor(t, "the router's routes equal what us-east learns from eu-central", 10*time.Second, func() bool {
 			out, _ := l.RouterBirdc(ctx, "show", "route")
 			routed = prefixes(out)
-			want := prefixes(hostOut(t, l, "us-east-gw1", "ip", "route", "show", "proto", "bird"))
+			learned := hostOut(t, l, "us-east-gw1", "ip", "route", "show", "proto", "bird")
+			if l.State.Config.Pods6() {
+				learned += hostOut(t, l, "us-east-gw1", "ip", "-6", "route", "show", "proto", "bird")
+			}
+			want := prefixes(learned)
 			return len(want) > 0 && slices.Equal(routed, want)
 		})
 		t.Logf("operator router: 2 sessions with BFD up, %d prefixes of eu-central learned: %v", len(routed), routed)
@@ -233,7 +316,7 @@ func TestLabBGP(t *testing.T) {
 		// and stays up, and traffic across regions flows.
 		regions, _ := l.Admin.Regions(ctx)
 		victim := regions[0].Designation["c1"]
-		in, err := l.Stream(ctx, "eu-central-c1-n1", true, host(t, l, "eu-central-c2-n1").PodIP, 10*time.Millisecond)
+		in, err := l.Stream(ctx, "eu-central-c1-n1", true, host(t, l, "eu-central-c2-n1").PodAddr(), 10*time.Millisecond)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -278,7 +361,7 @@ func TestLabBGP(t *testing.T) {
 		// traffic keeps flowing and nothing is left twice in the kernel.
 		regions, _ := l.Admin.Regions(ctx)
 		victim := regions[0].Designation["c1"]
-		fwd, err := l.Stream(ctx, "eu-central-c1-n1", true, host(t, l, "us-east-c1-n1").PodIP, 10*time.Millisecond)
+		fwd, err := l.Stream(ctx, "eu-central-c1-n1", true, host(t, l, "us-east-c1-n1").PodAddr(), 10*time.Millisecond)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -19,12 +19,12 @@ func outage(tb testing.TB, l *lab.Lab, event func(), wait time.Duration, recover
 	ctx := context.Background()
 	src, _ := l.State.Host("eu-central-c1-n1")
 	dst, _ := l.State.Host("us-east-c1-n1")
-	f, err := l.Stream(ctx, src.Name, true, dst.PodIP, 10*time.Millisecond)
+	f, err := l.Stream(ctx, src.Name, true, dst.PodAddr(), 10*time.Millisecond)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer f.Stop()
-	r, err := l.Stream(ctx, dst.Name, true, src.PodIP, 10*time.Millisecond)
+	r, err := l.Stream(ctx, dst.Name, true, src.PodAddr(), 10*time.Millisecond)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -192,14 +192,23 @@ func (l *Link) Apply(c Changes) (int, error) {
 
 var forwardingFiles = []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"}
 
+// forwarding reports whether the host forwards in every family it has (a
+// host without IPv6 has no IPv6 file). IPv4 forwarding alone is not
+// forwarding: a gateway whose IPv4 was on before the agent started would
+// otherwise never get IPv6 forwarding, and drop the mesh's IPv6.
 func (l *Link) forwarding() (bool, error) {
-	var on bool
+	on := true
 	err := Do(l.ns, func() error {
-		b, err := os.ReadFile(forwardingFiles[0])
-		if err != nil {
-			return err
+		for i, f := range forwardingFiles {
+			b, err := os.ReadFile(f)
+			if i > 0 && errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			on = on && strings.TrimSpace(string(b)) == "1"
 		}
-		on = strings.TrimSpace(string(b)) == "1"
 		return nil
 	})
 	return on, err

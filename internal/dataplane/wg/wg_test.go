@@ -59,11 +59,22 @@ type host struct {
 func newPair(t *testing.T) (*host, *host) { return newPairB(t) }
 
 func newPairB(t testing.TB) (*host, *host) {
+	return newPairWith(t, netip.MustParseAddr("192.168.77.1"), netip.MustParseAddr("192.168.77.2"))
+}
+
+// newPairWith makes two namespaces joined by a veth with the underlay
+// addresses ua and ub (IPv4 /24 or IPv6 /64, without duplicate address
+// detection), each with a userspace WireGuard device.
+func newPairWith(t testing.TB, ua, ub netip.Addr) (*host, *host) {
 	testenv.RequireRoot(t)
 	testenv.RequireBinary(t, "ip")
 	s := suffix()
-	a := &host{ns: "smtest-a-" + s, ifname: "smta" + s, addr: netip.MustParseAddr("192.168.77.1"), ovl: netip.MustParseAddr("100.64.0.1")}
-	b := &host{ns: "smtest-b-" + s, ifname: "smtb" + s, addr: netip.MustParseAddr("192.168.77.2"), ovl: netip.MustParseAddr("100.64.0.2")}
+	a := &host{ns: "smtest-a-" + s, ifname: "smta" + s, addr: ua, ovl: netip.MustParseAddr("100.64.0.1")}
+	b := &host{ns: "smtest-b-" + s, ifname: "smtb" + s, addr: ub, ovl: netip.MustParseAddr("100.64.0.2")}
+	bits, nodad := "/24", []string(nil)
+	if ua.Is6() {
+		bits, nodad = "/64", []string{"nodad"}
+	}
 	for _, h := range []*host{a, b} {
 		run(t, "ip", "netns", "add", h.ns)
 		ns := h.ns
@@ -79,8 +90,8 @@ func newPairB(t testing.TB) (*host, *host) {
 		run(t, "ip", "-n", h.ns, "link", "set", "lo", "up")
 	}
 	run(t, "ip", "link", "add", "veth-a"+s, "netns", a.ns, "type", "veth", "peer", "name", "veth-b"+s, "netns", b.ns)
-	run(t, "ip", "-n", a.ns, "addr", "add", "192.168.77.1/24", "dev", "veth-a"+s)
-	run(t, "ip", "-n", b.ns, "addr", "add", "192.168.77.2/24", "dev", "veth-b"+s)
+	run(t, append([]string{"ip", "-n", a.ns, "addr", "add", ua.String() + bits, "dev", "veth-a" + s}, nodad...)...)
+	run(t, append([]string{"ip", "-n", b.ns, "addr", "add", ub.String() + bits, "dev", "veth-b" + s}, nodad...)...)
 	run(t, "ip", "-n", a.ns, "link", "set", "veth-a"+s, "up")
 	run(t, "ip", "-n", b.ns, "link", "set", "veth-b"+s, "up")
 	for _, h := range []*host{a, b} {
@@ -214,5 +225,55 @@ func TestForwardingAndStatus(t *testing.T) {
 	st, err := a.dev.Status()
 	if err != nil || len(st) != 1 || time.Since(st[0].LastHandshake) > time.Minute || st[0].RxBytes == 0 {
 		t.Errorf("status %+v %v", st, err)
+	}
+}
+
+// TestDualStackOverIPv6Underlay: IPv6 endpoints ([addr]:port), IPv4 and
+// IPv6 overlay addresses and routes on one device; both families cross
+// (the lab's --pods dual --underlay ipv6 on one hop, issue 15).
+func TestDualStackOverIPv6Underlay(t *testing.T) {
+	testenv.RequireBinary(t, "wg")
+	testenv.RequireBinary(t, "ping")
+	a, b := newPairWith(t, netip.MustParseAddr("fd00:172:16:1::1"), netip.MustParseAddr("fd00:172:16:1::2"))
+	ovl6 := map[*host]netip.Addr{a: netip.MustParseAddr("fd7a:115c::1"), b: netip.MustParseAddr("fd7a:115c::2")}
+	dual := func(self, peer *host) netmap.Map {
+		m := mapFor(self, peer)
+		m.Interface.Addresses = append(m.Interface.Addresses, netip.PrefixFrom(ovl6[self], 128))
+		m.Peers[0].AllowedIPs = append(m.Peers[0].AllowedIPs, netip.PrefixFrom(ovl6[peer], 128))
+		m.Routes = append(m.Routes, netip.MustParsePrefix("fd7a:115c::/48"))
+		return m.Normalize()
+	}
+	ctx := context.Background()
+	ma, mb := dual(a, b), dual(b, a)
+	for _, x := range []struct {
+		h *host
+		m netmap.Map
+	}{{a, ma}, {b, mb}} {
+		if _, err := x.h.dev.Apply(ctx, x.m, netmap.Map{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitPing(t, a.ns, b.ovl)
+	waitPing(t, a.ns, ovl6[b])
+	waitPing(t, b.ns, ovl6[a])
+	if ep := run(t, "ip", "netns", "exec", a.ns, "wg", "show", a.ifname, "endpoints"); !strings.Contains(ep, "[fd00:172:16:1::2]:51820") {
+		t.Errorf("endpoint of b on a: %s", ep)
+	}
+	if r := run(t, "ip", "-6", "-n", a.ns, "route", "show", "proto", "158"); !strings.Contains(r, "fd7a:115c::/48 dev "+a.ifname) {
+		t.Errorf("IPv6 routes: %s", r)
+	}
+	if r, err := a.dev.Apply(ctx, ma, ma); err != nil || !r.NoChanges {
+		t.Fatalf("re-apply of the dual-stack map: %+v %v", r, err)
+	}
+	// A fresh applier reads the device back as the map: the IPv6 address
+	// and route are seen as they were set (no churn on every resync).
+	a.dev.Close()
+	d2, err := Open(Config{Interface: a.ifname, Mode: ModeUserspace, PrivateKey: a.key, NetNS: a.handle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.dev = d2
+	if r, err := d2.Apply(ctx, ma, ma); err != nil || r.Created || !r.NoChanges {
+		t.Fatalf("adopting the dual-stack device: %+v %v", r, err)
 	}
 }
