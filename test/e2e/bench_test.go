@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,10 +81,31 @@ func median(xs []float64) float64 {
 
 // BenchmarkThroughput compares, in one run on the same namespaces:
 // StateMesh node→node and pod→pod, plain wireguard-go configured by hand
-// with wg(8) and ip(8), and the raw veth underlay. Run with -benchtime=1x.
+// with wg(8) and ip(8), and the raw veth underlay — for each address
+// family shape: IPv4 in IPv4, IPv6 in IPv4 (--pods ipv6) and IPv6 in
+// IPv6 (--pods ipv6 --underlay ipv6), the plain tunnel carrying the same
+// inner family over the same underlay. Run with -benchtime=1x; one shape:
+// -bench 'BenchmarkThroughput/ipv6-in-ipv6'.
 func BenchmarkThroughput(b *testing.B) {
 	testenv.RequireBinary(b, "iperf3")
-	l := upLabB(b, lab.Config{Regions: 1, Clusters: 1, Nodes: 2, Gateways: 2, UnderlayAllow: []string{"tcp/5201", "udp/51999"}})
+	for _, shape := range []struct {
+		name           string
+		pods, underlay string
+		inner6         bool
+	}{
+		{"ipv4-in-ipv4", lab.FamilyIPv4, lab.FamilyIPv4, false},
+		{"ipv6-in-ipv4", lab.FamilyIPv6, lab.FamilyIPv4, true},
+		{"ipv6-in-ipv6", lab.FamilyIPv6, lab.FamilyIPv6, true},
+	} {
+		b.Run(shape.name, func(b *testing.B) {
+			throughput(b, lab.Config{Regions: 1, Clusters: 1, Nodes: 2, Gateways: 2, UnderlayAllow: []string{"tcp/5201", "udp/51999"},
+				PodFamily: shape.pods, UnderlayFamily: shape.underlay}, shape.inner6)
+		})
+	}
+}
+
+func throughput(b *testing.B, cfg lab.Config, inner6 bool) {
+	l := upLabB(b, cfg)
 	a, _ := l.State.Host("eu-central-c1-n1")
 	z, _ := l.State.Host("eu-central-c1-n2")
 	holder := func(h string) []string {
@@ -103,6 +125,25 @@ func BenchmarkThroughput(b *testing.B) {
 	// Plain wireguard-go between the same two hosts, by hand.
 	dir := b.TempDir()
 	keys := map[string]netmap.Key{}
+	// The same MTU as StateMesh plans: WireGuard costs 60 bytes over IPv4,
+	// 80 over IPv6.
+	mtu := "1440"
+	if cfg.Underlay6() {
+		mtu = "1420"
+	}
+	// The hand-made tunnel's addresses, in the inner family measured.
+	plainAddr := func(i int) string {
+		if inner6 {
+			return fmt.Sprintf("fd99::%d/64", i)
+		}
+		return fmt.Sprintf("10.99.0.%d/24", i)
+	}
+	plainHost := func(i int) string {
+		if inner6 {
+			return fmt.Sprintf("fd99::%d/128", i)
+		}
+		return fmt.Sprintf("10.99.0.%d/32", i)
+	}
 	for i, h := range []*lab.Host{a, z} {
 		k, _ := netmap.GeneratePrivateKey()
 		keys[h.Name] = k
@@ -112,7 +153,7 @@ func BenchmarkThroughput(b *testing.B) {
 		// session, output to a file.
 		logf, _ := os.Create(filepath.Join(dir, h.Name+"-plain.log"))
 		daemon := exec.Command("nsenter", "-t", fmt.Sprint(l.State.Holders[h.Name]), "-n", "-m", "--", binary, "wireguard-go", "wgplain")
-		daemon.Env = append(os.Environ(), "STATEMESH_WG_MTU=1440")
+		daemon.Env = append(os.Environ(), "STATEMESH_WG_MTU="+mtu)
 		daemon.Stdout, daemon.Stderr = logf, logf
 		daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err := daemon.Start(); err != nil {
@@ -131,26 +172,31 @@ func BenchmarkThroughput(b *testing.B) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		hostRun(b, l, h.Name, "wg", "set", "wgplain", "private-key", kf, "listen-port", "51999")
-		hostRun(b, l, h.Name, "ip", "addr", "add", fmt.Sprintf("10.99.0.%d/24", i+1), "dev", "wgplain")
-		hostRun(b, l, h.Name, "ip", "link", "set", "wgplain", "mtu", "1440", "up")
+		hostRun(b, l, h.Name, "ip", "addr", "add", plainAddr(i+1), "dev", "wgplain")
+		hostRun(b, l, h.Name, "ip", "link", "set", "wgplain", "mtu", mtu, "up")
 	}
-	hostRun(b, l, a.Name, "wg", "set", "wgplain", "peer", keys[z.Name].PublicKey().String(), "endpoint", z.Underlay.String()+":51999", "allowed-ips", "10.99.0.2/32")
-	hostRun(b, l, z.Name, "wg", "set", "wgplain", "peer", keys[a.Name].PublicKey().String(), "endpoint", a.Underlay.String()+":51999", "allowed-ips", "10.99.0.1/32")
+	hostRun(b, l, a.Name, "wg", "set", "wgplain", "peer", keys[z.Name].PublicKey().String(), "endpoint", netip.AddrPortFrom(z.Underlay, 51999).String(), "allowed-ips", plainHost(2))
+	hostRun(b, l, z.Name, "wg", "set", "wgplain", "peer", keys[a.Name].PublicKey().String(), "endpoint", netip.AddrPortFrom(a.Underlay, 51999).String(), "allowed-ips", plainHost(1))
+	// The targets in the family measured.
+	smDst, podDst, plainDst := z.Overlay.String(), z.PodIP.String(), "10.99.0.2"
+	if inner6 {
+		smDst, podDst, plainDst = z.Overlay6.String(), z.PodIP6.String(), "fd99::2"
+	}
 
 	var sm, pod, plain, raw []float64
 	// Warm up both tunnels, then alternate which goes first.
-	iperf(b, holder(a.Name), z.Overlay.String())
-	iperf(b, holder(a.Name), "10.99.0.2")
+	iperf(b, holder(a.Name), smDst)
+	iperf(b, holder(a.Name), plainDst)
 	b.ResetTimer()
 	for round := range 7 {
 		if round%2 == 0 {
-			sm = append(sm, iperf(b, holder(a.Name), z.Overlay.String()))
-			plain = append(plain, iperf(b, holder(a.Name), "10.99.0.2"))
+			sm = append(sm, iperf(b, holder(a.Name), smDst))
+			plain = append(plain, iperf(b, holder(a.Name), plainDst))
 		} else {
-			plain = append(plain, iperf(b, holder(a.Name), "10.99.0.2"))
-			sm = append(sm, iperf(b, holder(a.Name), z.Overlay.String()))
+			plain = append(plain, iperf(b, holder(a.Name), plainDst))
+			sm = append(sm, iperf(b, holder(a.Name), smDst))
 		}
-		pod = append(pod, iperf(b, podPre(a), z.PodIP.String()))
+		pod = append(pod, iperf(b, podPre(a), podDst))
 		if round < 2 {
 			raw = append(raw, iperf(b, holder(a.Name), z.Underlay.String()))
 		}
