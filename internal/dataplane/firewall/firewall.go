@@ -296,9 +296,15 @@ func Render(tx *knftables.Transaction, s State, existingSets []string) map[strin
 	}
 	for _, r := range s.Policy.Rules {
 		v4n, v6n := setNames(r.Set)
+		// A rule with "any" among its ports allows every protocol: one
+		// match-all rule (portMatch has no match for "any", and without
+		// this the rule rendered nothing: issue 15's lab found clients of
+		// an ops-to-frontend "any" rule dropped).
+		anyPort := slices.ContainsFunc(r.Ports, func(p netmap.PortRange) bool { return p.Proto == "any" })
 		for _, src := range []struct{ family, match string }{{famIP, "ip saddr @" + v4n}, {famIP6, "ip6 saddr @" + v6n}} {
-			if len(r.Ports) == 0 {
+			if len(r.Ports) == 0 || anyPort {
 				rule("overlay", src.match+" accept", r.Comment)
+				continue
 			}
 			for _, p := range r.Ports {
 				rule("overlay", strings.TrimSpace(src.match+" "+portMatch(p, src.family))+" accept", r.Comment)

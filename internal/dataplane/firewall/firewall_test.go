@@ -33,6 +33,25 @@ func state() State {
 	}
 }
 
+// TestAnyPortAllowsEverything: a rule whose ports hold "any" (the lab's
+// ops-to-frontend) accepts every protocol from its set in both families;
+// it rendered no rule at all, and clients were dropped (issue 15's lab).
+func TestAnyPortAllowsEverything(t *testing.T) {
+	s := state()
+	s.Policy.Rules = append(s.Policy.Rules, netmap.FirewallRule{Comment: "rule ops-to-frontend: ops -> frontend", Set: "seg_ops", Ports: []netmap.PortRange{{Proto: "any"}}})
+	s.Policy.Sets["seg_ops"] = []netip.Prefix{netip.MustParsePrefix("100.64.16.0/24"), netip.MustParsePrefix("fd7a:115c:0:40::/62")}
+	fake := knftables.NewFake(knftables.InetFamily, Table)
+	if err := NewWith(fake, nil).Apply(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	dump := fake.Dump()
+	for _, want := range []string{`ip saddr @seg_ops_v4 accept comment "rule ops-to-frontend: ops -> frontend"`, `ip6 saddr @seg_ops_v6 accept comment "rule ops-to-frontend: ops -> frontend"`} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("no %s in:\n%s", want, dump)
+		}
+	}
+}
+
 func TestRenderGolden(t *testing.T) {
 	fake := knftables.NewFake(knftables.InetFamily, Table)
 	f := NewWith(fake, nil)
