@@ -49,7 +49,7 @@ func shortFingerprint(hexSum string) string {
 	return hexSum
 }
 
-func (c *Controller) auditRefused(ctx context.Context, what, node, tokenID string, wgKey netmap.Key, certKey string, err error) {
+func (c *Controller) auditRefused(ctx context.Context, what, node, tokenID string, wgKey netmap.Key, certKey KeyDigest, err error) {
 	code, msg := api.CodeInternal, err.Error()
 	var ae *api.Error
 	if errors.As(err, &ae) {
@@ -57,7 +57,7 @@ func (c *Controller) auditRefused(ctx context.Context, what, node, tokenID strin
 	}
 	c.log.LogAttrs(ctx, slog.LevelWarn, what+" refused", slog.Bool("audit", true),
 		slog.String("node", node), slog.String("token", tokenID), slog.String("wgKey", KeyFingerprint(wgKey)),
-		slog.String("certKey", shortFingerprint(certKey)), slog.String("client", peerOf(ctx)),
+		slog.String("certKey", shortFingerprint(certKey.String())), slog.String("client", peerOf(ctx)),
 		slog.String("code", code), slog.String("reason", msg))
 }
 
@@ -65,6 +65,6 @@ func (c *Controller) auditIssued(ctx context.Context, what string, rec *NodeReco
 	c.log.LogAttrs(ctx, slog.LevelInfo, "certificate issued", slog.Bool("audit", true), slog.String("for", what),
 		slog.String("node", rec.Name), slog.String("role", rec.Role), slog.String("class", rec.Class),
 		slog.String("token", tokenID), slog.String("wgKey", KeyFingerprint(rec.PublicKey)),
-		slog.String("certKey", shortFingerprint(rec.CertKey)), slog.String("serial", rec.CertSerial),
+		slog.String("certKey", shortFingerprint(rec.CertKey.String())), slog.String("serial", rec.CertSerial.String()),
 		slog.String("client", peerOf(ctx)))
 }

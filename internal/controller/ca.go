@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -139,21 +138,21 @@ func (c *CA) ServerCertificate(hosts []string, now time.Time, ttl time.Duration)
 
 // SignNode signs a node's certificate request with the node's name as its
 // identity. The request's own subject is ignored.
-func (c *CA) SignNode(csrPEM string, name string, now time.Time, ttl time.Duration) (certPEM string, serial string, err error) {
+func (c *CA) SignNode(csrPEM string, name string, now time.Time, ttl time.Duration) (certPEM string, serial CertSerial, err error) {
 	b, _ := pem.Decode([]byte(csrPEM))
 	if b == nil || b.Type != "CERTIFICATE REQUEST" {
-		return "", "", errors.New("csr is not a PEM CERTIFICATE REQUEST")
+		return "", CertSerial{}, errors.New("csr is not a PEM CERTIFICATE REQUEST")
 	}
 	csr, err := x509.ParseCertificateRequest(b.Bytes)
 	if err != nil {
-		return "", "", fmt.Errorf("parsing csr: %w", err)
+		return "", CertSerial{}, fmt.Errorf("parsing csr: %w", err)
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return "", "", fmt.Errorf("csr signature: %w", err)
+		return "", CertSerial{}, fmt.Errorf("csr signature: %w", err)
 	}
 	u, err := url.Parse(NodeURIPrefix + name)
 	if err != nil {
-		return "", "", err
+		return "", CertSerial{}, err
 	}
 	sn := randSerial()
 	tmpl := &x509.Certificate{
@@ -167,28 +166,30 @@ func (c *CA) SignNode(csrPEM string, name string, now time.Time, ttl time.Durati
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, csr.PublicKey, c.key)
 	if err != nil {
-		return "", "", err
+		return "", CertSerial{}, err
 	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), sn.Text(16), nil
+	if serial, err = SerialOf(sn); err != nil {
+		return "", CertSerial{}, err
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), serial, nil
 }
 
 // CSRKeyFingerprint checks a PEM certificate request's signature and
 // returns the SHA-256 (hex) of its public key: the signature proves the
 // sender holds that key.
-func CSRKeyFingerprint(csrPEM string) (string, error) {
+func CSRKeyFingerprint(csrPEM string) (KeyDigest, error) {
 	b, _ := pem.Decode([]byte(csrPEM))
 	if b == nil || b.Type != "CERTIFICATE REQUEST" {
-		return "", errors.New("csr is not a PEM CERTIFICATE REQUEST")
+		return KeyDigest{}, errors.New("csr is not a PEM CERTIFICATE REQUEST")
 	}
 	csr, err := x509.ParseCertificateRequest(b.Bytes)
 	if err != nil {
-		return "", fmt.Errorf("parsing csr: %w", err)
+		return KeyDigest{}, fmt.Errorf("parsing csr: %w", err)
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return "", fmt.Errorf("csr signature: %w", err)
+		return KeyDigest{}, fmt.Errorf("csr signature: %w", err)
 	}
-	sum := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
-	return hex.EncodeToString(sum[:]), nil
+	return sha256.Sum256(csr.RawSubjectPublicKeyInfo), nil
 }
 
 // NodeIdentity returns the node name and serial of a verified client

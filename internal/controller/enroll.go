@@ -219,7 +219,7 @@ func (c *Controller) enroll(ctx context.Context, req api.EnrollRequest, exporter
 // TPM. Anything else is refused: an enrolled node renews its certificate
 // with its current one, and a node that lost its identity is admitted
 // again only after an admin removes it.
-func sameEnrollment(tx store.Tx, old *NodeRecord, tok jointoken.Token, req api.EnrollRequest, certKey string, attested *SessionRecord) error {
+func sameEnrollment(tx store.Tx, old *NodeRecord, tok jointoken.Token, req api.EnrollRequest, certKey KeyDigest, attested *SessionRecord) error {
 	enrolled := func(why string) error {
 		return apiErr(api.CodeAlreadyExists, "node %q is already enrolled (%s). An enrolled node renews its certificate with its current one (POST /v1/node/renew) and never enrolls again; if it lost its identity, an admin removes it first (statemesh node remove %s)", req.Name, why, req.Name)
 	}
@@ -231,7 +231,7 @@ func sameEnrollment(tx store.Tx, old *NodeRecord, tok jointoken.Token, req api.E
 		return enrolled("with another join token")
 	case old.PublicKey != req.PublicKey:
 		return enrolled("with another WireGuard key")
-	case old.CertKey == "" || subtle.ConstantTimeCompare([]byte(old.CertKey), []byte(certKey)) != 1:
+	case old.CertKey.IsZero() || subtle.ConstantTimeCompare(old.CertKey[:], certKey[:]) != 1:
 		return enrolled("the certificate request is not signed with the key it enrolled with")
 	case old.State != topology.StateActive:
 		return apiErr(api.CodeQuarantined, "node %q is %s: %s", req.Name, old.State, old.Reason)

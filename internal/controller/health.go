@@ -27,7 +27,7 @@ func (c *Controller) AuthenticateNode(name, serial string) error {
 	if !ok {
 		return apiErr(api.CodeUnauthenticated, "node %q is not enrolled (removed?)", name)
 	}
-	if n.CertSerial != serial {
+	if s, err := ParseCertSerial(serial); err != nil || n.CertSerial != s {
 		return apiErr(api.CodeUnauthenticated, "certificate of node %q was superseded", name)
 	}
 	if n.State != topology.StateActive {

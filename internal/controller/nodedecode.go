@@ -142,9 +142,9 @@ func fastStringField(n *NodeRecord, key, val, quoted []byte, strs nodeStrings) b
 	case "tokenID":
 		n.TokenID = strs.get(val)
 	case "certSerial":
-		n.CertSerial = string(val)
+		err = n.CertSerial.UnmarshalText(val)
 	case "certKey":
-		n.CertKey = string(val)
+		err = n.CertKey.UnmarshalText(val)
 	case "ekHash":
 		n.EKHash = string(val)
 	case "reason":

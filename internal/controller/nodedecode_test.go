@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,7 +18,7 @@ func nodeDecodeSeeds() [][]byte {
 		PublicKey: k.PublicKey(), Slot: 4999, OverlayIPv4: netip.MustParseAddr("100.64.1.2"), OverlayIPv6: netip.MustParseAddr("fd7a:5e00::1:2"),
 		PodIPv4: netip.MustParsePrefix("10.1.2.0/24"), PodIPv6: netip.MustParsePrefix("fd00:10:0:1::/64"),
 		Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"), PublicEndpoint: netip.MustParseAddrPort("[2001:db8::1]:51820"),
-		TokenID: "tok", EnrolledAt: now, CertSerial: "1234567890", CertKey: "abcdef", AKArea: []byte{0, 1, 2, 250},
+		TokenID: "tok", EnrolledAt: now, CertSerial: CertSerial{15: 0x12, 14: 0x34}, CertKey: KeyDigest{0: 0xab, 31: 0xef}, AKArea: []byte{0, 1, 2, 250},
 		EKHash: "ek", AttestedAt: now.UTC(), Reason: "a reason: <ünïcode> & more"}
 	gw := NodeRecord{Name: "gw", Region: "r", Role: "gateway", Class: "weak", State: "active", Slot: 0, EnrolledAt: now}
 	labels := full
@@ -34,7 +35,11 @@ func nodeDecodeSeeds() [][]byte {
 		[]byte(`{"name":null}`), []byte(`{"publicKey":""}`), []byte(`{"publicKey":"AAAA"}`), []byte(`{"overlayIPv4":""}`),
 		[]byte(`{"overlayIPv4":"1.2.3"}`), []byte(`{"enrolledAt":"yesterday"}`), []byte(`{"akArea":"!!"}`), []byte(`{"akArea":""}`),
 		[]byte(`{ "name":"a"}`), []byte(`{"name":"a"} `), []byte(`{"name":"a"}x`), []byte(`{"name":"a",}`), []byte(`{}`), []byte(`{`),
-		[]byte(`{"unknown":"x"}`), []byte(`{"name":"\xff"}`), []byte("{\"name\":\"a\x01\"}"), []byte(`[]`), []byte(``), []byte(`{"slot":}`))
+		[]byte(`{"unknown":"x"}`), []byte(`{"name":"\xff"}`), []byte("{\"name\":\"a\x01\"}"), []byte(`[]`), []byte(``), []byte(`{"slot":}`),
+		[]byte(`{"certSerial":"0"}`), []byte(`{"certSerial":"00ABcd"}`), []byte(`{"certSerial":"-1"}`), []byte(`{"certSerial":"+1"}`),
+		[]byte(`{"certSerial":"xyz"}`), []byte(`{"certSerial":"1ffffffffffffffffffffffffffffffff"}`), []byte(`{"certSerial":""}`),
+		[]byte(`{"certKey":"abcdef"}`), []byte(`{"certKey":""}`), []byte(`{"certKey":"`+strings.Repeat("Ag", 32)+`"}`),
+		[]byte(`{"certKey":"`+strings.Repeat("zz", 32)+`"}`))
 }
 
 // The hand decoder agrees with encoding/json on everything it accepts.

@@ -99,11 +99,11 @@ type NodeRecord struct {
 	TokenID        string         `json:"tokenID"`
 	EnrolledAt     time.Time      `json:"enrolledAt"`
 	// CertSerial is the serial of the node's current client certificate.
-	CertSerial string `json:"certSerial"`
+	CertSerial CertSerial `json:"certSerial"`
 	// CertKey is the SHA-256 of the current certificate's public key
 	// (SubjectPublicKeyInfo, hex): a node retrying its enrollment proves
 	// it is the same node by signing its request with that key.
-	CertKey string `json:"certKey,omitempty"`
+	CertKey KeyDigest `json:"certKey,omitzero"`
 	// AKArea is the TPM attestation key proved at enrollment (strong
 	// nodes): re-attestation quotes must verify with it.
 	AKArea []byte `json:"akArea,omitempty"`

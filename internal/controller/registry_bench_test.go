@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -62,10 +63,20 @@ func benchNode(c *plan.Cluster, slot, i int, now time.Time) *NodeRecord {
 	copy(k[:], strconv.Itoa(i))
 	rec := NodeRecord{Name: fmt.Sprintf("%s-%s-n%04d", c.Region, c.Name, slot), Region: c.Region, Cluster: c.Name, Role: "node",
 		Class: "weak", State: topology.StateActive, PublicKey: k, Slot: slot, TokenID: "bench", EnrolledAt: now,
-		CertSerial: fmt.Sprintf("%032x", uint64(i)*0x9e3779b97f4a7c15), CertKey: fmt.Sprintf("%064x", i),
+		CertSerial: benchSerial(i), CertKey: sha256.Sum256([]byte(strconv.Itoa(i))),
 		Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 51820)}
 	rec.OverlayIPv4, rec.OverlayIPv6, rec.PodIPv4, rec.PodIPv6 = c.NodeAddresses(slot)
 	return &rec
+}
+
+// benchSerial is a 127-bit serial like the CA's random ones (32 hex
+// digits in the record), derived from i.
+func benchSerial(i int) CertSerial {
+	sum := sha256.Sum256([]byte(fmt.Sprint("serial", i)))
+	var s CertSerial
+	copy(s[:], sum[:])
+	s[0] = s[0]&0x7f | 0x40
+	return s
 }
 
 // seedDesignLimit writes n enrolled nodes spread over the design-limit

@@ -170,7 +170,7 @@ func (f *storeLoadFixture) ops() []storeOp {
 		}},
 		// Renew (health.go): the node record with a new serial and key.
 		{"renew", func(ctx context.Context, st Store, r *rand.Rand, w int) error {
-			return rewrite(ctx, st, node(r, w).Name, func(n *NodeRecord) { n.CertSerial = strconv.FormatUint(r.Uint64(), 10) })
+			return rewrite(ctx, st, node(r, w).Name, func(n *NodeRecord) { n.CertSerial = benchSerial(r.Int()) })
 		}},
 		// Heartbeat (health.go): a gateway's health record.
 		{"heartbeat", func(ctx context.Context, st Store, r *rand.Rand, w int) error {

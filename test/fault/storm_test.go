@@ -166,7 +166,7 @@ func checkRecords(t testing.TB, kvs []store.KV, acked map[string]ack) map[string
 		case strings.HasPrefix(kv.Key, "nodes/"):
 			var n controller.NodeRecord
 			if strict(kv, &n) {
-				if n.Name != strings.TrimPrefix(kv.Key, "nodes/") || n.PublicKey.IsZero() || !n.OverlayIPv4.IsValid() || n.CertSerial == "" {
+				if n.Name != strings.TrimPrefix(kv.Key, "nodes/") || n.PublicKey.IsZero() || !n.OverlayIPv4.IsValid() || n.CertSerial.IsZero() {
 					t.Errorf("node record %s is incomplete: %+v", kv.Key, n)
 				}
 				nodes[n.Name] = n
