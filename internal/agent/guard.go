@@ -333,26 +333,42 @@ func (a *Agent) dataplaneStatus() string {
 // underlayInterface is the interface carrying this node's endpoint, or its
 // route to the controller.
 func (a *Agent) underlayInterface() (string, error) {
-	var local netip.Addr
 	if ap, err := netip.ParseAddrPort(a.cfg.Endpoint); err == nil {
-		local = ap.Addr().Unmap()
-	} else {
-		u, err := url.Parse(a.cfg.Controller)
-		if err != nil || u.Host == "" {
-			return "", fmt.Errorf("no endpoint and no controller URL to find it from")
+		if ifname, err := interfaceWith(ap.Addr().Unmap()); err == nil {
+			return ifname, nil
 		}
-		host := u.Host
-		if u.Port() == "" {
-			host = net.JoinHostPort(u.Hostname(), "443")
-		}
-		c, err := net.Dial("udp", host) // no packet is sent: this picks a route
+		// The address has moved (a new lease, a roaming host): the
+		// interface this host reaches it through is where it was.
+		local, err := routeFrom(ap.String())
 		if err != nil {
-			return "", err
+			return "", fmt.Errorf("no interface has address %s, and no route to it: %w", ap.Addr(), err)
 		}
-		local = c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
-		c.Close()
+		return interfaceWith(local)
+	}
+	u, err := url.Parse(a.cfg.Controller)
+	if err != nil || u.Host == "" {
+		return "", fmt.Errorf("no endpoint and no controller URL to find it from")
+	}
+	host := u.Host
+	if u.Port() == "" {
+		host = net.JoinHostPort(u.Hostname(), "443")
+	}
+	local, err := routeFrom(host)
+	if err != nil {
+		return "", err
 	}
 	return interfaceWith(local)
+}
+
+// routeFrom is the local address this host sends to hostport from (no
+// packet is sent: connecting a UDP socket picks the route).
+func routeFrom(hostport string) (netip.Addr, error) {
+	c, err := net.Dial("udp", hostport)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), nil
 }
 
 // interfaceWith is the interface that has the address.

@@ -172,6 +172,36 @@ func TestGuardOnGatewayWAN(t *testing.T) {
 	}
 }
 
+// A node whose address moved since its agent started (--endpoint names
+// the old one: a new lease, a roaming host) still finds its underlay
+// interface, through the route to the old address; the guard attached
+// nowhere before (found by the lab's roaming test, issue 22).
+func TestGuardAfterTheAddressMoved(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := fmt.Sprintf("smx-%d-moved", os.Getpid())
+	for _, c := range [][]string{
+		{"ip", "netns", "add", ns},
+		{"ip", "-n", ns, "link", "add", "u0", "type", "veth", "peer", "name", "u1"},
+		{"ip", "-n", ns, "addr", "add", "10.98.0.120/24", "dev", "u0"},
+		{"ip", "-n", ns, "link", "set", "u0", "up"},
+		{"ip", "-n", ns, "link", "set", "u1", "up"},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", c, err, out)
+		}
+		if c[1] == "netns" {
+			t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		}
+	}
+	a := &Agent{cfg: Config{Endpoint: "10.98.0.20:51820"}, log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	defer a.closeGuard()
+	m := netmap.Map{Self: netmap.Self{Dataplane: DataplaneEBPF}, Interface: netmap.Interface{ListenPort: 51820}}
+	inNamespace(t, ns, func() { a.syncGuard(context.Background(), m) })
+	if st := a.dataplaneStatus(); !strings.HasPrefix(st, "ebpf: XDP guard on u0") {
+		t.Fatalf("status %q", st)
+	}
+}
+
 // The eBPF firewall follows the same choice: with a policy and the
 // WireGuard interface (an L3 TUN device here) it attaches and nftables'
 // overlay chain gets the mark; nftables chosen removes both.
