@@ -39,7 +39,8 @@ import (
 //   - a node whose underlay address moves keeps its session through its
 //     gateway with the guard on: the gateway's guard passes the node's
 //     handshake from the unknown address, WireGuard moves the endpoint, the
-//     agent teaches it to the guard, and traffic flows again.
+//     agent teaches it to the guard, and traffic flows again (the outage is
+//     printed beside another node's move without the guard).
 //
 // The subtests run in order and share the lab (CI time): each leaves the
 // data plane the next expects.
@@ -47,7 +48,6 @@ func TestLabEBPF(t *testing.T) {
 	testenv.RequireBinary(t, "iperf3")
 	l := upLabWith(t, lab.Config{Regions: 2, Clusters: 2, Nodes: 1, Gateways: 2, GatewayTimeout: 1500 * time.Millisecond,
 		Policy: true, Clients: 1, Dataplane: "ebpf"})
-	ctx := context.Background()
 	var withEBPF *lab.Matrix
 
 	t.Run("EBPFAttachedAndJudgesTheMatrix", func(t *testing.T) {
@@ -98,9 +98,9 @@ func TestLabEBPF(t *testing.T) {
 		none, victim, control []float64
 		sent                  int
 	}
-	rounds := func(t *testing.T) (f figures) {
+	rounds := func(t *testing.T, f *figures, n int) {
 		iperf(t, srcPre, dst.Overlay.String()) // warm up
-		for round := range 3 {
+		for round := range n {
 			for i := range 3 {
 				switch (round + i) % 3 {
 				case 0:
@@ -118,14 +118,21 @@ func TestLabEBPF(t *testing.T) {
 				}
 			}
 		}
-		return f
 	}
 	var ebpfFig figures
 
 	t.Run("FloodWithGuard", func(t *testing.T) {
 		before := guardJSON(t, l, victim)
 		beforeCtl := guardJSON(t, l, offPath)
-		ebpfFig = rounds(t)
+		rounds(t, &ebpfFig, 3)
+		if r := pairedMedian(ebpfFig.victim, ebpfFig.control); r < 0.9 {
+			// Borderline on a busy machine (a 4 s iperf3 swings by tens
+			// of percent here): 3 more rounds, and the verdict is the
+			// median of all 6. A gateway that pays for the flood stays
+			// far below (nftables: 0.4-0.8).
+			t.Logf("victim ÷ off path %.3f after 3 rounds (%v %v): 3 more", r, ebpfFig.victim, ebpfFig.control)
+			rounds(t, &ebpfFig, 3)
+		}
 		after := guardJSON(t, l, victim)
 		afterCtl := guardJSON(t, l, offPath)
 		dropped := after.Counters["wg_ratelimited"] - before.Counters["wg_ratelimited"] + afterCtl.Counters["wg_ratelimited"] - beforeCtl.Counters["wg_ratelimited"]
@@ -136,8 +143,8 @@ func TestLabEBPF(t *testing.T) {
 			t.Errorf("the guards dropped %d of %d flood packets: the flood did not meet them", dropped, ebpfFig.sent)
 		}
 		f := ebpfFig
-		t.Logf("cross-region throughput, data plane ebpf: no flood %.2f Gbit/s, flood at the victim with the XDP guard %.2f (%.3f of no flood), the same flood off the path %.2f (%.3f of no flood); the victim's own share: %.3f (medians of 3, paired ratios; all %v %v %v)",
-			median(f.none), median(f.victim), pairedMedian(f.victim, f.none), median(f.control), pairedMedian(f.control, f.none), pairedMedian(f.victim, f.control), f.none, f.victim, f.control)
+		t.Logf("cross-region throughput, data plane ebpf: no flood %.2f Gbit/s, flood at the victim with the XDP guard %.2f (%.3f of no flood), the same flood off the path %.2f (%.3f of no flood); the victim's own share: %.3f (medians of %d, paired ratios; all %v %v %v)",
+			median(f.none), median(f.victim), pairedMedian(f.victim, f.none), median(f.control), pairedMedian(f.control, f.none), pairedMedian(f.victim, f.control), len(f.none), f.none, f.victim, f.control)
 		if r := pairedMedian(f.victim, f.control); r < 0.9 {
 			t.Errorf("with the XDP guard the flood at the victim leaves %.3f of the throughput the same flood leaves when it hits a gateway off the path, want ≥ 0.9", r)
 		}
@@ -180,7 +187,8 @@ func TestLabEBPF(t *testing.T) {
 		if out := hostOut(t, l, victim, "ip", "link", "show", "wan0"); strings.Contains(out, "prog/xdp") {
 			t.Fatalf("nftables chosen, but %s still has an XDP program:\n%s", victim, out)
 		}
-		f := rounds(t)
+		var f figures
+		rounds(t, &f, 3)
 		t.Logf("cross-region throughput, data plane nftables: no flood %.2f Gbit/s, flood at the victim without a guard %.2f (%.3f of no flood), the same flood off the path %.2f (%.3f of no flood); the victim's own share %.3f (all %v %v %v; %d junk initiations at %d/s)",
 			median(f.none), median(f.victim), pairedMedian(f.victim, f.none), median(f.control), pairedMedian(f.control, f.none), pairedMedian(f.victim, f.control), f.none, f.victim, f.control, f.sent, floodRate)
 		if e := ebpfFig; len(e.none) > 0 {
@@ -190,47 +198,78 @@ func TestLabEBPF(t *testing.T) {
 		}
 	})
 
+	var noGuardOutage time.Duration
+	t.Run("RoamingWithoutGuard", func(t *testing.T) {
+		// The reference, still on nftables: us-east-c1-n1 (frontend) to
+		// eu-central-c2-n1 (backend, tcp/7000 allowed) through us-east's
+		// gateway for c1. WireGuard roams on the first authenticated
+		// packet from the new address.
+		setDataplane(t, l, "nftables")
+		r := roam(t, l, "us-east-c1-n1", "eu-central-c2-n1", "us-east")
+		noGuardOutage = r.outage
+		t.Logf("without the guard: %s moved %s → %s, traffic through %s back after an outage of %s (%d probes failed)",
+			r.node, r.old, r.moved, r.gw, r.outage.Round(time.Millisecond), r.failed)
+	})
+
 	t.Run("RoamingPeerKeepsItsSession", func(t *testing.T) {
 		setDataplane(t, l, "ebpf")
 		// eu-central-c1-n1 (frontend) to us-east-c2-n1 (backend, tcp/7000
 		// allowed): through eu-central's gateway for c1, whose guard
 		// knows the node at its map's endpoint only.
-		node := host(t, l, "eu-central-c1-n1")
-		to := host(t, l, "us-east-c2-n1")
 		gw := designated(t, l, "eu-central", "c1")
-		s, err := l.Stream(ctx, node.Name, false, to.Overlay, 100*time.Millisecond)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Stop()
-		if !s.WaitOK(time.Time{}, 10, 20*time.Second) {
-			t.Fatal("no traffic before the move")
-		}
 		before := guardJSON(t, l, gw)
-		// The node's underlay address moves (a new DHCP lease, a NAT
-		// rebinding): its WireGuard sends from an address no map has.
-		old := node.Underlay
-		moved := netip.AddrFrom4([4]byte{172, 16, byte(node.RegionIdx), byte(node.Index + 100)})
-		start := time.Now()
-		hostOut(t, l, node.Name, "sh", "-c", fmt.Sprintf("ip addr del %s/24 dev eth0 && ip addr add %s/24 dev eth0", old, moved))
-		if !s.WaitOK(start, 30, 45*time.Second) {
-			t.Fatalf("the session did not survive the move; guard counters %v", guardJSON(t, l, gw).Counters)
+		r := roam(t, l, "eu-central-c1-n1", "us-east-c2-n1", "eu-central")
+		if r.gw != gw {
+			t.Fatalf("the designated gateway changed from %s to %s meanwhile", gw, r.gw)
 		}
-		outage, failed := s.Outage(start)
 		after := guardJSON(t, l, gw)
-		if !slices.ContainsFunc(after.Sources, func(s guardSource) bool { return s.Prefix == moved.String()+"/32" }) {
-			t.Errorf("the guard on %s did not learn %s: sources %v", gw, moved, after.Sources)
+		if !slices.ContainsFunc(after.Sources, func(s guardSource) bool { return s.Prefix == r.moved.String()+"/32" }) {
+			t.Errorf("the guard on %s did not learn %s: sources %v", gw, r.moved, after.Sources)
 		}
 		if n := after.Counters["wg_handshake"] - before.Counters["wg_handshake"]; n == 0 {
 			t.Errorf("no handshake from an unknown source passed the guard on %s", gw)
 		}
-		if out := hostOut(t, l, gw, "wg", "show", "sm0", "endpoints"); !strings.Contains(out, moved.String()+":51820") {
-			t.Errorf("%s's WireGuard did not move the node's endpoint to %s:\n%s", gw, moved, out)
-		}
-		t.Logf("%s moved %s → %s: traffic through %s back after an outage of %s (%d probes failed); the guard dropped %d of its packets from the new address before it knew it (wg_unknown), passed %d handshakes from unknown sources",
-			node.Name, old, moved, gw, outage.Round(time.Millisecond), failed,
+		t.Logf("with the guard: %s moved %s → %s, traffic through %s back after an outage of %s (%d probes failed; without the guard: %s); the guard dropped %d of its packets from the new address before it knew it (wg_unknown), passed %d handshakes from unknown sources",
+			r.node, r.old, r.moved, gw, r.outage.Round(time.Millisecond), r.failed, noGuardOutage.Round(time.Millisecond),
 			after.Counters["wg_unknown"]-before.Counters["wg_unknown"], after.Counters["wg_handshake"]-before.Counters["wg_handshake"])
 	})
+}
+
+type roamed struct {
+	node, gw   string
+	old, moved netip.Addr
+	outage     time.Duration
+	failed     int
+}
+
+// roam moves a node's underlay address (a new lease, a NAT rebinding: the
+// controller's map keeps the old endpoint) while it probes a host of
+// another region every 100 ms through its region's designated gateway,
+// and waits until 30 probes in a row succeed again (45 s at most); the
+// gateway's WireGuard must have the node at its new address.
+func roam(t *testing.T, l *lab.Lab, from, to, region string) roamed {
+	t.Helper()
+	node := host(t, l, from)
+	r := roamed{node: from, gw: designated(t, l, region, node.Cluster), old: node.Underlay,
+		moved: netip.AddrFrom4([4]byte{172, 16, byte(node.RegionIdx), byte(node.Index + 100)})}
+	s, err := l.Stream(context.Background(), from, false, host(t, l, to).Overlay, 100*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	if !s.WaitOK(time.Time{}, 10, 20*time.Second) {
+		t.Fatal("no traffic before the move")
+	}
+	start := time.Now()
+	hostOut(t, l, from, "sh", "-c", fmt.Sprintf("ip addr del %s/24 dev eth0 && ip addr add %s/24 dev eth0", r.old, r.moved))
+	if !s.WaitOK(start, 30, 45*time.Second) {
+		t.Fatalf("the session of %s did not survive its move to %s", from, r.moved)
+	}
+	r.outage, r.failed = s.Outage(start)
+	if out := hostOut(t, l, r.gw, "wg", "show", "sm0", "endpoints"); !strings.Contains(out, r.moved.String()+":51820") {
+		t.Errorf("%s's WireGuard did not move %s's endpoint to %s:\n%s", r.gw, from, r.moved, out)
+	}
+	return r
 }
 
 // floodRate is the junk-handshake flood's rate (packets a second).
@@ -320,7 +359,11 @@ func pairedMedian(a, b []float64) float64 {
 	if len(r) == 0 {
 		return 0
 	}
-	return median(r)
+	slices.Sort(r)
+	if len(r)%2 == 0 { // the mean of the middle two, not the upper one
+		return (r[len(r)/2-1] + r[len(r)/2]) / 2
+	}
+	return r[len(r)/2]
 }
 
 // designated is a region's designated gateway for a cluster.
