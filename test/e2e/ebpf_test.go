@@ -467,7 +467,7 @@ func waitDataplane(t *testing.T, l *lab.Lab, dp string) {
 	t.Helper()
 	ctx := context.Background()
 	var why string
-	took := waitForQuiet(30*time.Second, func() bool {
+	took := waitForQuiet(60*time.Second, func() bool {
 		nodes, err := l.Admin.Nodes(ctx, "", "")
 		if err != nil {
 			why = err.Error()
@@ -511,7 +511,7 @@ func waitDataplane(t *testing.T, l *lab.Lab, dp string) {
 		return true
 	})
 	if took < 0 {
-		t.Fatalf("data plane %s not on every host within 30s: %s", dp, why)
+		t.Fatalf("data plane %s not on every host within 60s: %s", dp, why)
 	}
 	t.Logf("data plane %s on every host (kernel and status reports) after %s", dp, took.Round(time.Millisecond))
 }
