@@ -153,18 +153,16 @@ func (a *Agent) syncFirewallPartLocked(ctx context.Context, m netmap.Map, mode s
 
 func (a *Agent) startGuardLocked() error {
 	h := &a.guard
-	ifname := a.cfg.Guard.Interface
-	if ifname == "" {
-		var err error
-		if ifname, err = a.underlayInterface(); err != nil {
-			return fmt.Errorf("finding the underlay interface (set --guard-interface): %w", err)
-		}
+	ifnames, err := a.guardInterfaces()
+	if err != nil {
+		return err
 	}
 	// Pinned, so that statemesh guard and bpftool can read the maps; where
-	// /sys/fs/bpf is no bpf filesystem, unpinned.
+	// /sys/fs/bpf is no bpf filesystem, unpinned. A gateway's one set of
+	// maps is pinned under its underlay interface's name.
 	pins := a.cfg.Guard.PinDir
 	if pins == "" {
-		pins = filepath.Join(xdpguard.DefaultPinDir, ifname)
+		pins = filepath.Join(xdpguard.DefaultPinDir, ifnames[0])
 	}
 	g, err := xdpguard.Load(xdpguard.Options{Log: a.log, PinDir: pins})
 	if err != nil && !errors.Is(err, xdpguard.ErrUnavailable) {
@@ -181,14 +179,38 @@ func (a *Agent) startGuardLocked() error {
 		h.g = nil
 		return err
 	}
-	if err := g.Attach(ifname, a.cfg.Guard.AttachMode); err != nil {
-		g.Close()
-		h.g = nil
-		return err
+	for _, ifname := range ifnames {
+		if err := g.Attach(ifname, a.cfg.Guard.AttachMode); err != nil {
+			g.Close()
+			h.g = nil
+			return err
+		}
 	}
-	h.state = "ebpf: XDP guard on " + ifname
-	a.log.Info("XDP guard attached", "interface", ifname)
+	h.state = "ebpf: XDP guard on " + strings.Join(ifnames, ", ")
+	a.log.Info("XDP guard attached", "interfaces", ifnames)
 	return nil
+}
+
+// guardInterfaces are the interfaces the guard runs on: --guard-interface,
+// else the one carrying --endpoint (or the route to the controller) and,
+// on a gateway whose --public-endpoint is an address of another interface
+// of this host (its WAN: where the internet's floods arrive), that one too.
+func (a *Agent) guardInterfaces() ([]string, error) {
+	if a.cfg.Guard.Interface != "" {
+		return []string{a.cfg.Guard.Interface}, nil
+	}
+	ifname, err := a.underlayInterface()
+	if err != nil {
+		return nil, fmt.Errorf("finding the underlay interface (set --guard-interface): %w", err)
+	}
+	out := []string{ifname}
+	if ap, err := netip.ParseAddrPort(a.cfg.PublicEndpoint); err == nil {
+		// A public address behind NAT is no interface's: nothing to add.
+		if wan, err := interfaceWith(ap.Addr().Unmap()); err == nil && wan != ifname {
+			out = append(out, wan)
+		}
+	}
+	return out, nil
 }
 
 func (a *Agent) stopGuardLocked() {
@@ -208,14 +230,13 @@ func (a *Agent) setGuardLocked(context.Context) error {
 	n := guardplan.Node{WireGuardFrom: a.cfg.Guard.Allow, ManagementFrom: a.cfg.Guard.ManagementFrom, Open: a.cfg.UnderlayAllow,
 		HandshakesPerSource: a.cfg.Guard.HandshakesPerSource, HandshakesTotal: a.cfg.Guard.HandshakesTotal}
 	n.Learned = a.learnedEndpoints()
-	ifname := a.cfg.Guard.Interface
-	if h.g.Interface() != "" {
-		ifname = h.g.Interface()
+	ifnames := h.g.Interfaces()
+	if len(ifnames) == 0 { // maps first, then attach
+		ifnames, _ = a.guardInterfaces()
 	}
-	if ifname == "" {
-		ifname, _ = a.underlayInterface()
+	for _, ifname := range ifnames {
+		n.Local = append(n.Local, interfaceAddrs(ifname)...)
 	}
-	n.Local = interfaceAddrs(ifname)
 	e, err := guardplan.Compile(guardplan.FromMap(h.last, n))
 	if err != nil {
 		a.log.Error("XDP guard entries", "err", err)
@@ -312,25 +333,46 @@ func (a *Agent) dataplaneStatus() string {
 // underlayInterface is the interface carrying this node's endpoint, or its
 // route to the controller.
 func (a *Agent) underlayInterface() (string, error) {
-	var local netip.Addr
 	if ap, err := netip.ParseAddrPort(a.cfg.Endpoint); err == nil {
-		local = ap.Addr().Unmap()
-	} else {
-		u, err := url.Parse(a.cfg.Controller)
-		if err != nil || u.Host == "" {
-			return "", fmt.Errorf("no endpoint and no controller URL to find it from")
+		if ifname, err := interfaceWith(ap.Addr().Unmap()); err == nil {
+			return ifname, nil
 		}
-		host := u.Host
-		if u.Port() == "" {
-			host = net.JoinHostPort(u.Hostname(), "443")
-		}
-		c, err := net.Dial("udp", host) // no packet is sent: this picks a route
+		// The address has moved (a new lease, a roaming host): the
+		// interface this host reaches it through is where it was.
+		local, err := routeFrom(ap.String())
 		if err != nil {
-			return "", err
+			return "", fmt.Errorf("no interface has address %s, and no route to it: %w", ap.Addr(), err)
 		}
-		local = c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
-		c.Close()
+		return interfaceWith(local)
 	}
+	u, err := url.Parse(a.cfg.Controller)
+	if err != nil || u.Host == "" {
+		return "", fmt.Errorf("no endpoint and no controller URL to find it from")
+	}
+	host := u.Host
+	if u.Port() == "" {
+		host = net.JoinHostPort(u.Hostname(), "443")
+	}
+	local, err := routeFrom(host)
+	if err != nil {
+		return "", err
+	}
+	return interfaceWith(local)
+}
+
+// routeFrom is the local address this host sends to hostport from (no
+// packet is sent: connecting a UDP socket picks the route).
+func routeFrom(hostport string) (netip.Addr, error) {
+	c, err := net.Dial("udp", hostport)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), nil
+}
+
+// interfaceWith is the interface that has the address.
+func interfaceWith(local netip.Addr) (string, error) {
 	ifs, err := net.Interfaces()
 	if err != nil {
 		return "", err

@@ -117,6 +117,91 @@ func TestGuardHook(t *testing.T) {
 	}
 }
 
+// A gateway whose public endpoint is an address of another interface (its
+// WAN) runs the guard there too: the floods of the internet arrive there,
+// not on its region's underlay. Both interfaces' addresses are local in
+// the guard's maps.
+func TestGuardOnGatewayWAN(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := fmt.Sprintf("smx-%d-gwwan", os.Getpid())
+	for _, c := range [][]string{
+		{"ip", "netns", "add", ns},
+		{"ip", "-n", ns, "link", "add", "u0", "type", "veth", "peer", "name", "u1"},
+		{"ip", "-n", ns, "link", "add", "w0", "type", "veth", "peer", "name", "w1"},
+		{"ip", "-n", ns, "addr", "add", "10.98.0.1/24", "dev", "u0"},
+		{"ip", "-n", ns, "addr", "add", "203.0.113.9/24", "dev", "w0"},
+		{"ip", "-n", ns, "link", "set", "u0", "up"},
+		{"ip", "-n", ns, "link", "set", "w0", "up"},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", c, err, out)
+		}
+		if c[1] == "netns" {
+			t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		}
+	}
+	a := &Agent{cfg: Config{Endpoint: "10.98.0.1:51820", PublicEndpoint: "203.0.113.9:51820"},
+		log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	defer a.closeGuard()
+	m := netmap.Map{Self: netmap.Self{Dataplane: DataplaneEBPF}, Interface: netmap.Interface{ListenPort: 51820}}
+	inNamespace(t, ns, func() { a.syncGuard(context.Background(), m) })
+	if st := a.dataplaneStatus(); !strings.HasPrefix(st, "ebpf: XDP guard on u0, w0") {
+		t.Fatalf("status %q", st)
+	}
+	for _, ifc := range []string{"u0", "w0"} {
+		if out, _ := exec.Command("ip", "-n", ns, "link", "show", ifc).CombinedOutput(); !strings.Contains(string(out), "prog/xdp") {
+			t.Errorf("no XDP program on %s:\n%s", ifc, out)
+		}
+	}
+	c, err := a.guard.g.Dump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"10.98.0.1", "203.0.113.9"} {
+		if !slices.ContainsFunc(c.Local, func(a netip.Addr) bool { return a.Unmap() == netip.MustParseAddr(want) }) {
+			t.Errorf("%s is not local in the guard: %v", want, c.Local)
+		}
+	}
+	// A public address behind NAT (no interface has it): the underlay only.
+	a.closeGuard()
+	a.guard = guardHook{}
+	a.cfg.PublicEndpoint = "198.51.100.7:51820"
+	inNamespace(t, ns, func() { a.syncGuard(context.Background(), m) })
+	if st := a.dataplaneStatus(); !strings.HasPrefix(st, "ebpf: XDP guard on u0;") {
+		t.Errorf("public address behind NAT: status %q", st)
+	}
+}
+
+// A node whose address moved since its agent started (--endpoint names
+// the old one: a new lease, a roaming host) still finds its underlay
+// interface, through the route to the old address; the guard attached
+// nowhere before (found by the lab's roaming test, issue 22).
+func TestGuardAfterTheAddressMoved(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := fmt.Sprintf("smx-%d-moved", os.Getpid())
+	for _, c := range [][]string{
+		{"ip", "netns", "add", ns},
+		{"ip", "-n", ns, "link", "add", "u0", "type", "veth", "peer", "name", "u1"},
+		{"ip", "-n", ns, "addr", "add", "10.98.0.120/24", "dev", "u0"},
+		{"ip", "-n", ns, "link", "set", "u0", "up"},
+		{"ip", "-n", ns, "link", "set", "u1", "up"},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", c, err, out)
+		}
+		if c[1] == "netns" {
+			t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		}
+	}
+	a := &Agent{cfg: Config{Endpoint: "10.98.0.20:51820"}, log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	defer a.closeGuard()
+	m := netmap.Map{Self: netmap.Self{Dataplane: DataplaneEBPF}, Interface: netmap.Interface{ListenPort: 51820}}
+	inNamespace(t, ns, func() { a.syncGuard(context.Background(), m) })
+	if st := a.dataplaneStatus(); !strings.HasPrefix(st, "ebpf: XDP guard on u0") {
+		t.Fatalf("status %q", st)
+	}
+}
+
 // The eBPF firewall follows the same choice: with a policy and the
 // WireGuard interface (an L3 TUN device here) it attaches and nftables'
 // overlay chain gets the mark; nftables chosen removes both.

@@ -97,7 +97,7 @@ agent restarts; either way 'wg show' works.`,
 	f.BoolVar(&withFirewall, "firewall", true, "enforce the mesh policy and underlay protection with StateMesh's nftables table")
 	f.StringSliceVar(&underlayAllow, "underlay-allow", nil, "ports left open on the underlay besides WireGuard, e.g. tcp/22")
 	f.StringVar(&cfg.Guard.Dataplane, "dataplane", "", "ebpf (the XDP guard on the underlay interface and the eBPF firewall on the WireGuard interface, in front of nftables), nftables, or auto (eBPF where it loads); default: the spec's dataplane.firewall, else nftables")
-	f.StringVar(&cfg.Guard.Interface, "guard-interface", "", "underlay interface the XDP guard attaches to (default: the one carrying --endpoint, or the route to the controller)")
+	f.StringVar(&cfg.Guard.Interface, "guard-interface", "", "underlay interface the XDP guard attaches to (default: the one carrying --endpoint, or the route to the controller, and on a gateway also the one carrying --public-endpoint)")
 	f.StringSliceVar(&guardAllow, "guard-allow", nil, "prefixes WireGuard may always come from besides peers' endpoints (the underlay ranges, operators' clients), e.g. 10.0.0.0/16")
 	f.StringSliceVar(&guardManagement, "guard-management-from", nil, "restrict the --underlay-allow ports to these source prefixes in the XDP guard (default: open to all)")
 	f.Uint32Var(&cfg.Guard.HandshakesPerSource, "guard-handshakes-per-source", 0, "WireGuard handshake initiations per second the guard lets through from one unknown source (default 20)")

@@ -80,6 +80,7 @@ checks the mesh with real packets.
 	f.DurationVar(&cfg.ReattestInterval, "reattest-interval", 5*time.Second, "re-attestation interval of the lab's policy")
 	f.StringVar(&cfg.PodFamily, "pods", lab.FamilyIPv4, "pod addresses: ipv4, ipv6 (IPv6 pod ranges and IPv6 overlay addresses beside the IPv4 ones) or dual")
 	f.StringVar(&cfg.UnderlayFamily, "underlay", lab.FamilyIPv4, "family of the WAN and the regions' underlays: ipv4 or ipv6 (endpoints [addr]:port)")
+	f.StringVar(&cfg.Dataplane, "dataplane", "", "the spec's dataplane.firewall: ebpf (XDP guard and eBPF firewall in front of nftables), nftables or auto; default: not set (nftables)")
 
 	var timeout time.Duration
 	check := &cobra.Command{

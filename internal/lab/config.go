@@ -77,6 +77,11 @@ type Config struct {
 	// WireGuard endpoints are [addr]:port). The management network to the
 	// controller stays IPv4 either way.
 	UnderlayFamily string `json:"underlayFamily,omitempty" yaml:"underlayFamily"`
+	// Dataplane is the spec's dataplane.firewall: ebpf (the XDP guard on
+	// every host's underlay interfaces and the eBPF firewall on sm0, in
+	// front of nftables), nftables or auto; empty: the spec says nothing
+	// and the agents run nftables (docs/ebpf.md).
+	Dataplane string `json:"dataplane,omitempty" yaml:"dataplane"`
 }
 
 // Families.
@@ -191,6 +196,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("pods: ipv4, ipv6 or dual (got %q)", c.PodFamily)
 	case c.UnderlayFamily != FamilyIPv4 && c.UnderlayFamily != FamilyIPv6:
 		return fmt.Errorf("underlay: ipv4 or ipv6 (got %q)", c.UnderlayFamily)
+	case c.Dataplane != "" && c.Dataplane != "ebpf" && c.Dataplane != "nftables" && c.Dataplane != "auto":
+		return fmt.Errorf("dataplane: ebpf, nftables or auto (got %q)", c.Dataplane)
 	}
 	return nil
 }
@@ -392,6 +399,9 @@ func (c *Config) Spec(ekRoots ...string) string {
 			iv = 100 * time.Millisecond
 		}
 		s += fmt.Sprintf("routing:\n  bgp: true\n  bfd: {interval: %s, multiplier: 3}\n", iv)
+	}
+	if c.Dataplane != "" {
+		s += "dataplane:\n  firewall: " + c.Dataplane + "\n"
 	}
 	if c.Attestation {
 		s += "attestation:\n" + trustYAML("  ", ekRoots)

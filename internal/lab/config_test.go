@@ -288,3 +288,35 @@ func TestPrintByFamily(t *testing.T) {
 		t.Errorf("failures %d, families %q %q", m.Failures(), m.Family("eu-central-c1-n1/pod/v6"), m.Family("eu-central-c1-n1"))
 	}
 }
+
+// TestDataplaneInSpec: --dataplane reaches the spec's dataplane.firewall
+// (so the plan hands it to every node), no value leaves the spec silent,
+// and an unknown one is refused before anything is built.
+func TestDataplaneInSpec(t *testing.T) {
+	for _, dp := range []string{"", spec.DataplaneEBPF, spec.DataplaneNFTables, spec.DataplaneAuto} {
+		c := Config{Dataplane: dp, Policy: true}
+		c.SetDefaults()
+		if err := c.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		m, err := spec.Parse([]byte(c.Spec()))
+		if err != nil {
+			t.Fatalf("%v\n%s", err, c.Spec())
+		}
+		if err := m.Validate(); err != nil {
+			t.Fatalf("%v\n%s", err, c.Spec())
+		}
+		got := ""
+		if m.Dataplane != nil {
+			got = m.Dataplane.Firewall
+		}
+		if got != dp {
+			t.Errorf("--dataplane %q: the spec says %q", dp, got)
+		}
+	}
+	c := Config{Dataplane: "xdp"}
+	c.SetDefaults()
+	if err := c.Validate(); err == nil {
+		t.Error("dataplane xdp accepted")
+	}
+}

@@ -352,3 +352,19 @@ func (l *Lab) WANLoss(host string, percent int) error {
 	}
 	return nil
 }
+
+// StrangerNS is the namespace AddStranger makes.
+const StrangerNS = nsPrefix + "stranger"
+
+// AddStranger adds a machine on the WAN that is nobody's peer: a namespace
+// with an address on the WAN switch (203.0.113.250, 2001:db8:113::250 on
+// an IPv6 underlay), no agent and no WireGuard key. Tests send junk from
+// it (a handshake flood at a gateway). `lab down` removes it.
+func (l *Lab) AddStranger() (ns string, addr netip.Addr, err error) {
+	cfg := l.State.Config
+	addr = wanAddr(cfg.Underlay6(), 250)
+	if err := l.addNS(StrangerNS); err != nil {
+		return "", addr, err
+	}
+	return StrangerNS, addr, veth(StrangerNS, "wan0", wanSwitch, "stranger", cfg.WANMTU, withBits(addr))
+}

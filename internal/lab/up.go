@@ -311,10 +311,13 @@ func (l *Lab) hosts(ctx context.Context) error {
 
 // startHolder starts the process that holds a host's namespaces: its
 // network namespace, and a mount namespace with a private /run/wireguard
-// (each host's WireGuard control sockets).
+// (each host's WireGuard control sockets) and, where the kernel has one, a
+// bpf filesystem of its own on /sys/fs/bpf, where the agent pins its eBPF
+// maps (statemesh lab exec HOST -- statemesh guard reads that host's).
 func startHolder(ns, log string) (int, error) {
 	return startDetached([]string{"ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
-		"sh", "-c", "mkdir -p /run/wireguard && mount -t tmpfs -o mode=0755 tmpfs /run/wireguard && exec sleep infinity"}, log, nil)
+		"sh", "-c", "mkdir -p /run/wireguard && mount -t tmpfs -o mode=0755 tmpfs /run/wireguard && " +
+			"{ mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true; } && exec sleep infinity"}, log, nil)
 }
 
 // waitHolder waits until a holder has its private /run/wireguard.

@@ -190,14 +190,14 @@ func TestFloodDropCost(t *testing.T) {
 	}
 }
 
-// detach removes the guard from its interface, keeping program and maps.
+// detach removes the guard from its interfaces, keeping program and maps.
 func (g *Guard) detach() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.lnk != nil {
-		g.lnk.Close()
-		g.lnk, g.ifc = nil, ""
+	for _, l := range g.lnks {
+		l.Close()
 	}
+	g.lnks, g.ifcs = nil, nil
 }
 
 // dropAll is an XDP program that drops every packet.

@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -106,14 +107,15 @@ func Inspect(dir string) (Contents, error) {
 	return m.dump()
 }
 
-// Guard is a loaded guard program and its maps, attached to at most one
-// interface.
+// Guard is a loaded guard program and its maps, attached to any number of
+// interfaces (a gateway's underlay and WAN interfaces share one program
+// and one set of maps).
 type Guard struct {
 	mu   sync.Mutex
 	m    maps
 	prog *ebpf.Program
-	lnk  link.Link
-	ifc  string
+	lnks []link.Link
+	ifcs []string
 	cur  guardplan.Entries
 	log  *slog.Logger
 	// pinned is the directory the maps are pinned in ("" if not).
@@ -191,12 +193,13 @@ func (g *Guard) pin(dir string) error {
 }
 
 // Attach attaches the program to an interface (a bpf_link: it goes away
-// with the process, and nothing else can replace it meanwhile).
+// with the process, and nothing else can replace it meanwhile). A guard
+// may be attached to several interfaces, each once.
 func (g *Guard) Attach(ifname string, mode string) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.lnk != nil {
-		return fmt.Errorf("the guard is already attached to %s", g.ifc)
+	if slices.Contains(g.ifcs, ifname) {
+		return fmt.Errorf("the guard is already attached to %s", ifname)
 	}
 	ifi, err := net.InterfaceByName(ifname)
 	if err != nil {
@@ -213,26 +216,39 @@ func (g *Guard) Attach(ifname string, mode string) error {
 	if err != nil {
 		return fmt.Errorf("%w: attaching XDP to %s: %v", ErrUnavailable, ifname, err)
 	}
-	g.lnk, g.ifc = l, ifname
+	g.lnks, g.ifcs = append(g.lnks, l), append(g.ifcs, ifname)
 	return nil
 }
 
-// Interface is the interface the guard is attached to ("" when detached).
+// Interface is the first interface the guard was attached to ("" when
+// detached).
 func (g *Guard) Interface() string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.ifc
+	if len(g.ifcs) == 0 {
+		return ""
+	}
+	return g.ifcs[0]
+}
+
+// Interfaces are the interfaces the guard is attached to, in the order
+// they were attached.
+func (g *Guard) Interfaces() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.ifcs)
 }
 
 // Close detaches the program and frees it and its maps.
 func (g *Guard) Close() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	var err error
-	if g.lnk != nil {
-		err = g.lnk.Close()
-		g.lnk, g.ifc = nil, ""
+	var errs []error
+	for _, l := range g.lnks {
+		errs = append(errs, l.Close())
 	}
+	g.lnks, g.ifcs = nil, nil
+	err := errors.Join(errs...)
 	if g.prog != nil {
 		g.prog.Close()
 		g.prog = nil
@@ -347,6 +363,8 @@ func (m *maps) counts() (map[Verdict]uint64, error) {
 
 // Contents is what the guard's maps hold, for `statemesh guard` and tests.
 type Contents struct {
+	// Interface names the interfaces the guard is attached to, separated
+	// by commas.
 	Interface string
 	Sources   []guardplan.SourceEntry
 	Ports     []guardplan.PortEntry
@@ -360,7 +378,7 @@ type Contents struct {
 // Dump reads the maps back from the kernel (not from the agent's memory).
 func (g *Guard) Dump() (Contents, error) {
 	c, err := g.m.dump()
-	c.Interface = g.Interface()
+	c.Interface = strings.Join(g.Interfaces(), ",")
 	return c, err
 }
 

@@ -225,3 +225,40 @@ func to(from string) string {
 	}
 	return "10.99.0.1"
 }
+
+// TestGuardOnTwoInterfaces: one guard (one program, one set of maps) runs
+// on a gateway's underlay and WAN interfaces at once; each interface takes
+// it once; Close detaches it from both.
+func TestGuardOnTwoInterfaces(t *testing.T) {
+	a, b := vethPair(t, "two")
+	sh(t, "ip", "-n", a, "link", "add", "a1", "type", "veth", "peer", "name", "b1", "netns", b)
+	sh(t, "ip", "-n", b, "link", "set", "b1", "up")
+	g := loadGuard(t, guardplan.Input{WireGuardPorts: []int{51820}, Local: []netip.Addr{netip.MustParseAddr("10.99.0.1")}, HandshakesPerSource: 1, HandshakesTotal: 1, WindowNanos: 1e9})
+	inNS(t, b, func() error { return g.Attach("b0", "") })
+	inNS(t, b, func() error { return g.Attach("b1", "") })
+	inNS(t, b, func() error {
+		if err := g.Attach("b1", ""); err == nil {
+			return fmt.Errorf("attached twice to b1")
+		}
+		return nil
+	})
+	if got := g.Interfaces(); len(got) != 2 || got[0] != "b0" || got[1] != "b1" || g.Interface() != "b0" {
+		t.Fatalf("attached to %v (first %q)", got, g.Interface())
+	}
+	if c, err := g.Dump(); err != nil || c.Interface != "b0,b1" {
+		t.Errorf("dump says %q (%v)", c.Interface, err)
+	}
+	for _, ifc := range []string{"b0", "b1"} {
+		if out := sh(t, "ip", "-n", b, "link", "show", ifc); !strings.Contains(out, "prog/xdp") {
+			t.Errorf("no XDP program on %s:\n%s", ifc, out)
+		}
+	}
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, ifc := range []string{"b0", "b1"} {
+		if out := sh(t, "ip", "-n", b, "link", "show", ifc); strings.Contains(out, "prog/xdp") {
+			t.Errorf("XDP program left on %s after Close:\n%s", ifc, out)
+		}
+	}
+}
