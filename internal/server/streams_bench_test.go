@@ -1,21 +1,15 @@
 package server_test
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,14 +30,6 @@ func streamBenchEnv(tb testing.TB, name string, def int) int {
 		tb.Fatalf("%s=%q: want an integer ≥ 2", name, v)
 	}
 	return n
-}
-
-// streamChild is what the parent tells the client process.
-type streamChild struct {
-	URLs    []string `json:"urls"`
-	Tokens  []string `json:"tokens"` // per cluster
-	Counts  []int    `json:"counts"` // streams per cluster
-	Workers int      `json:"workers"`
 }
 
 // BenchmarkWatchStreams measures what an open watch stream costs the
@@ -96,66 +82,33 @@ func watchStreams(b *testing.B, held bool, streams, size int) {
 		left -= n
 	}
 	var spec strings.Builder
-	spec.WriteString("apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata: {name: streams}\naddressing: {podIPv6: [\"fd00:10::/48\"]}\nregions:\n  - name: r\n    clusters:\n")
+	spec.WriteString("apiVersion: statemesh.dev/v1alpha1\nkind: Mesh\nmetadata: {name: streams}\naddressing: {podIPv6: [\"fd00:10::/48\"]}\nregions:\n")
 	for i := range counts {
-		fmt.Fprintf(&spec, "      - {name: c%d, maxNodes: %d}\n", i, size)
+		if i%10 == 0 { // at most 10 clusters a region
+			fmt.Fprintf(&spec, "  - name: r%d\n    clusters:\n", i/10)
+		}
+		fmt.Fprintf(&spec, "      - {name: c%d, maxNodes: %d}\n", i%10, size)
+	}
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && uint64(streams)+500 > lim.Cur {
+		b.Fatalf("%d streams need as many descriptors in this process and the client process: the limit is %d (ulimit -n)", streams, lim.Cur)
 	}
 	inst := ctltest.Start(b, ctltest.Options{Spec: []byte(spec.String()), Listeners: (streams + 19_999) / 20_000,
 		HeldStreams: held, PingEvery: 15 * time.Second})
-	cfg := streamChild{URLs: inst.URLs, Counts: counts, Workers: 16}
+	var tokens []string
 	for i := range counts {
-		cfg.Tokens = append(cfg.Tokens, inst.Token(b, api.CreateTokenRequest{Cluster: fmt.Sprintf("r/c%d", i), Uses: size + 1}))
+		tokens = append(tokens, inst.Token(b, api.CreateTokenRequest{Cluster: fmt.Sprintf("r%d/c%d", i/10, i%10), Uses: size + 1}))
 	}
-	js, _ := json.Marshal(cfg)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestWatchStreamsChild$", "-test.v")
-	cmd.Env = append(os.Environ(), "STATEMESH_STREAM_CHILD="+string(js))
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		stdin.Close()
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	}()
-	lines := bufio.NewScanner(stdout)
-	expect := func(prefix string, within time.Duration) []string {
-		got := make(chan []string, 1)
-		go func() {
-			for lines.Scan() {
-				if f := strings.Fields(lines.Text()); len(f) > 0 && f[0] == prefix {
-					got <- f[1:]
-					return
-				}
-			}
-			got <- nil
-		}()
-		select {
-		case f := <-got:
-			if f == nil {
-				b.Fatalf("client process ended before %s", prefix)
-			}
-			return f
-		case <-time.After(within):
-			b.Fatalf("client process: no %s within %s", prefix, within)
-		}
-		return nil
-	}
+	clients := ctltest.StartStreamClients(b, "TestWatchStreamsChild", ctltest.StreamClientsConfig{
+		URLs: inst.URLs, Tokens: tokens, Counts: counts, Prefix: "n", Joiner: "joiner", Workers: 16})
+	expect := func(word string, within time.Duration) []string { return clients.Expect(b, word, within) }
 	start := time.Now()
 	expect("ENROLLED", 30*time.Minute)
 	b.Logf("%d nodes enrolled in %s", streams, time.Since(start).Round(time.Millisecond))
 	before := controllerMem()
 	writeHeapProfile(b, mode, "before")
 	start = time.Now()
-	fmt.Fprintf(stdin, "OPEN %d\n", inst.Controller.Revision())
+	clients.Send("OPEN %d", inst.Controller.Revision())
 	expect("READY", 30*time.Minute)
 	b.Logf("%d streams opened in %s", streams, time.Since(start).Round(time.Millisecond))
 	time.Sleep(2 * time.Second) // let the handshakes' garbage go
@@ -171,25 +124,26 @@ func watchStreams(b *testing.B, held bool, streams, size int) {
 
 	b.ResetTimer()
 	t0 := time.Now()
-	fmt.Fprintf(stdin, "JOIN %d\n", t0.UnixNano())
+	clients.Send("JOIN %d", t0.UnixNano())
 	k, _ := netmap.GeneratePrivateKey()
-	if _, err := apiclient.Enroll(context.Background(), inst.URL, cfg.Tokens[0], api.EnrollRequest{Name: "joiner", Role: "node", PublicKey: k.PublicKey(), Endpoint: "192.0.2.2:51820"}); err != nil {
+	if _, err := apiclient.Enroll(context.Background(), inst.URL, tokens[0], api.EnrollRequest{Name: "joiner", Role: "node", PublicKey: k.PublicKey(), Endpoint: "192.0.2.2:51820"}); err != nil {
 		b.Fatal(err)
 	}
-	res := expect("RESULT", 2*time.Minute)
+	got := ctltest.Arrivals(expect("RESULT", 2*time.Minute))
 	b.StopTimer()
-	ms := func(s string) float64 { v, _ := strconv.ParseFloat(s, 64); return v / 1e6 }
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	p50, p99, pmax := got[len(got)/2], got[len(got)*99/100], got[len(got)-1]
 	ctl := inst.Controller.LastFrameWritten().Sub(t0)
 	// (ReportMetric after ResetTimer: it clears them.)
 	b.ReportMetric(memo, "heap+stack-KiB/stream")
 	b.ReportMetric(rss, "rss-KiB/stream")
 	b.ReportMetric(gor, "goroutines/stream")
-	b.ReportMetric(ms(res[0]), "e2e-p50-ms")
-	b.ReportMetric(ms(res[1]), "e2e-p99-ms")
-	b.ReportMetric(ms(res[2]), "e2e-max-ms")
+	b.ReportMetric(ms(p50), "e2e-p50-ms")
+	b.ReportMetric(ms(p99), "e2e-p99-ms")
+	b.ReportMetric(ms(pmax), "e2e-max-ms")
 	b.ReportMetric(float64(ctl.Microseconds())/1000, "ctl-last-write-ms")
 	b.Logf("join to the %d streams of its cluster: p50 %.1f ms p99 %.1f ms max %.1f ms; controller wrote the last frame after %s",
-		counts[0], ms(res[0]), ms(res[1]), ms(res[2]), ctl.Round(time.Microsecond))
+		counts[0], ms(p50), ms(p99), ms(pmax), ctl.Round(time.Microsecond))
 }
 
 // writeHeapProfile writes STATEMESH_BENCH_HEAPPROFILE-MODE-WHEN.pprof
@@ -235,121 +189,9 @@ func controllerMem() procMem {
 }
 
 // TestWatchStreamsChild is the client process of BenchmarkWatchStreams
-// (it does nothing unless started by it): it enrolls the nodes, opens
-// their streams when told, and times the join's arrival.
+// (it does nothing unless started by it).
 func TestWatchStreamsChild(t *testing.T) {
-	js := os.Getenv("STATEMESH_STREAM_CHILD")
-	if js == "" {
+	if !ctltest.RunStreamClients(t) {
 		t.Skip("the client process of BenchmarkWatchStreams")
 	}
-	var cfg streamChild
-	if err := json.Unmarshal([]byte(js), &cfg); err != nil {
-		t.Fatal(err)
-	}
-	type node struct {
-		id      *apiclient.Identity
-		cluster int
-	}
-	var nodes []node
-	for c, n := range cfg.Counts {
-		for range n {
-			nodes = append(nodes, node{cluster: c})
-		}
-	}
-	var wg sync.WaitGroup
-	var failed atomic.Int64
-	sem := make(chan struct{}, cfg.Workers)
-	for i := range nodes {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			url := cfg.URLs[i%len(cfg.URLs)]
-			k, _ := netmap.GeneratePrivateKey()
-			for try := 0; ; try++ {
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				id, err := apiclient.Enroll(ctx, url, cfg.Tokens[nodes[i].cluster], api.EnrollRequest{
-					Name: fmt.Sprintf("n%d-%06d", nodes[i].cluster, i), Role: "node", PublicKey: k.PublicKey(), Endpoint: "192.0.2.1:51820"})
-				cancel()
-				if err == nil {
-					id.Server = url
-					nodes[i].id = id
-					return
-				}
-				if try == 5 {
-					fmt.Fprintf(os.Stderr, "enrolling node %d: %v\n", i, err)
-					failed.Add(1)
-					return
-				}
-				time.Sleep(time.Second)
-			}
-		}()
-	}
-	wg.Wait()
-	if failed.Load() > 0 {
-		t.Fatalf("%d enrollments failed", failed.Load())
-	}
-	fmt.Println("ENROLLED")
-	in := bufio.NewScanner(os.Stdin)
-	var rev int64
-	for in.Scan() {
-		if f := strings.Fields(in.Text()); len(f) == 2 && f[0] == "OPEN" {
-			rev, _ = strconv.ParseInt(f[1], 10, 64)
-			break
-		}
-	}
-	var t0 atomic.Int64
-	arrived := make([]time.Duration, cfg.Counts[0])
-	var got sync.WaitGroup
-	got.Add(cfg.Counts[0])
-	ready := make(chan struct{}, len(nodes))
-	opening := make(chan struct{}, 64) // streams being opened at once
-	for i, n := range nodes {
-		c, err := n.id.Client()
-		if err != nil {
-			t.Fatal(err)
-		}
-		opening <- struct{}{}
-		go func() {
-			opened, seen := false, false
-			for {
-				err := c.Watch(context.Background(), rev, func(f api.Frame) error {
-					if !opened {
-						opened = true
-						<-opening
-						ready <- struct{}{}
-					}
-					if !seen && n.cluster == 0 && f.Type == api.FrameDelta && f.Delta != nil && slices.ContainsFunc(f.Delta.Upsert, func(p netmap.Peer) bool { return p.Name == "joiner" }) {
-						seen = true
-						arrived[i] = time.Since(time.Unix(0, t0.Load()))
-						got.Done()
-					}
-					return nil
-				})
-				if !opened {
-					fmt.Fprintf(os.Stderr, "stream %d: %v (retrying)\n", i, err)
-					time.Sleep(time.Second)
-					continue
-				}
-				fmt.Fprintf(os.Stderr, "stream %d ended: %v\n", i, err)
-				return
-			}
-		}()
-	}
-	for range nodes {
-		<-ready
-	}
-	fmt.Println("READY")
-	for in.Scan() {
-		if f := strings.Fields(in.Text()); len(f) == 2 && f[0] == "JOIN" {
-			v, _ := strconv.ParseInt(f[1], 10, 64)
-			t0.Store(v)
-			break
-		}
-	}
-	got.Wait()
-	slices.Sort(arrived)
-	fmt.Printf("RESULT %d %d %d\n", arrived[len(arrived)/2], arrived[len(arrived)*99/100], arrived[len(arrived)-1])
-	io.Copy(io.Discard, os.Stdin) // until the parent is done
 }
