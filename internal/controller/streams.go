@@ -27,25 +27,22 @@ type StreamsConfig struct {
 	// WriteTimeout bounds one write to a stream; a client that stops
 	// reading is disconnected when it passes.
 	WriteTimeout time.Duration
-	// Writers is the number of goroutines writing to streams (default 64):
-	// a stalled client holds one for up to WriteTimeout.
-	Writers int
 }
 
 // Streams serves detached watch streams: a stream that has been opened
-// has no goroutine of its own. Its queue, when frames arrive, puts it on a
-// run queue that a small pool of writers drains (each writer batches a
-// stream's frames into one buffer of its own and writes them at once); a
-// ticker schedules pings and, at each, notices clients that closed their
-// end. A stream then costs its connection, its subscriber and its queue:
-// no goroutine stacks and no per-connection HTTP buffers.
+// has no goroutine of its own while it waits. When frames arrive its queue
+// starts a goroutine that writes everything queued in one write (from a
+// pooled buffer) and ends; a ticker schedules pings and, at each, notices
+// clients that closed their end. A stream then costs its connection, its
+// subscriber and its queue: no goroutine stacks and no per-connection HTTP
+// buffers. (A fixed pool of writers would cost less to start, but a few
+// clients that stop reading would hold every writer for the write timeout
+// and stall everyone's fan-out.)
 type Streams struct {
 	c   *Controller
 	cfg StreamsConfig
 
 	mu     sync.Mutex
-	cond   *sync.Cond
-	runq   []*stream
 	all    map[*stream]struct{}
 	next   int // bucket of the next stream
 	closed bool
@@ -62,15 +59,15 @@ type stream struct {
 	conn   StreamConn
 	last   int64 // revision of the last snapshot sent
 	bucket int
-	// state: 0 idle, 1 queued or being written, 2 the same and more work
-	// arrived meanwhile (written again before going idle).
+	// state: 0 idle, 1 being written, 2 the same and more work arrived
+	// meanwhile (written again before going idle).
 	state   atomic.Int32
 	pingDue atomic.Bool
 	checkUp atomic.Bool // at the ping: has the client closed its end?
 	ended   atomic.Bool
 }
 
-// NewStreams starts the writers of detached streams; Close stops them and
+// NewStreams starts the pinger of detached streams; Close stops it and
 // ends every stream.
 func (c *Controller) NewStreams(cfg StreamsConfig) *Streams {
 	if cfg.PingEvery <= 0 {
@@ -79,15 +76,7 @@ func (c *Controller) NewStreams(cfg StreamsConfig) *Streams {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 60 * time.Second
 	}
-	if cfg.Writers <= 0 {
-		cfg.Writers = 64
-	}
 	s := &Streams{c: c, cfg: cfg, all: map[*stream]struct{}{}, stop: make(chan struct{})}
-	s.cond = sync.NewCond(&s.mu)
-	for range cfg.Writers {
-		s.wg.Add(1)
-		go s.writer()
-	}
 	s.wg.Add(1)
 	go s.pinger()
 	return s
@@ -140,19 +129,15 @@ func (s *Streams) Len() int {
 	return len(s.all)
 }
 
-// schedule puts st on the run queue unless it is there already.
+// schedule starts a writer for st unless one is running.
 func (s *Streams) schedule(st *stream) {
 	for {
 		switch v := st.state.Load(); v {
 		case 0:
-			if !st.state.CompareAndSwap(0, 1) {
-				continue
+			if st.state.CompareAndSwap(0, 1) {
+				go s.writer(st)
+				return
 			}
-			s.mu.Lock()
-			s.runq = append(s.runq, st)
-			s.mu.Unlock()
-			s.cond.Signal()
-			return
 		case 1:
 			if st.state.CompareAndSwap(1, 2) {
 				return
@@ -163,40 +148,25 @@ func (s *Streams) schedule(st *stream) {
 	}
 }
 
-func (s *Streams) writer() {
-	defer s.wg.Done()
-	var buf []byte
+var writeBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// writer writes st's queue until it is empty and no more work arrived.
+func (s *Streams) writer(st *stream) {
+	bp := writeBufs.Get().(*[]byte)
 	for {
-		s.mu.Lock()
-		for len(s.runq) == 0 && !s.closed {
-			s.cond.Wait()
+		*bp = s.write(st, (*bp)[:0])
+		if st.state.CompareAndSwap(1, 0) {
+			break
 		}
-		if s.closed {
-			s.mu.Unlock()
-			return
-		}
-		st := s.runq[0]
-		s.runq[0] = nil
-		s.runq = s.runq[1:]
-		if len(s.runq) == 0 {
-			s.runq = nil
-		}
-		s.mu.Unlock()
-		for {
-			buf = s.write(st, buf[:0])
-			if cap(buf) > 1<<20 {
-				buf = nil // a snapshot of a large cluster: do not keep it
-			}
-			if st.state.CompareAndSwap(1, 0) {
-				break
-			}
-			st.state.Store(1)
-		}
+		st.state.Store(1)
+	}
+	if cap(*bp) <= 64<<10 { // a large snapshot's buffer is not kept
+		writeBufs.Put(bp)
 	}
 }
 
-// write sends what st has queued (and a ping when one is due); buf is the
-// writer's own buffer.
+// write sends what st has queued (and a ping when one is due) in one
+// write; buf is a pooled buffer.
 func (s *Streams) write(st *stream, buf []byte) []byte {
 	if st.ended.Load() {
 		return buf
@@ -304,7 +274,6 @@ func (s *Streams) Close() {
 	}
 	s.mu.Unlock()
 	close(s.stop)
-	s.cond.Broadcast()
 	s.wg.Wait()
 	for _, st := range all {
 		s.end(st)
