@@ -165,7 +165,7 @@ func RunStreamClients(t *testing.T) bool {
 					nodes[i].id = id
 					return
 				}
-				if try == 5 {
+				if try == 20 { // a loaded store answers unavailable for a while
 					fmt.Fprintf(os.Stderr, "enrolling node %d: %v\n", i, err)
 					failed.Add(1)
 					return
