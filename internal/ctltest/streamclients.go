@@ -155,10 +155,17 @@ func RunStreamClients(t *testing.T) bool {
 			defer func() { <-sem }()
 			url := cfg.URLs[i%len(cfg.URLs)]
 			k, _ := netmap.GeneratePrivateKey()
+			// One certificate key for every try: a retry after an answer
+			// that was lost (unavailable: committed or not) gets the
+			// same enrollment back.
+			keyPEM, err := apiclient.NewNodeKey()
+			if err != nil {
+				panic(err)
+			}
 			for try := 0; ; try++ {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				id, err := apiclient.Enroll(ctx, url, cfg.Tokens[nodes[i].cluster], api.EnrollRequest{
-					Name: fmt.Sprintf("%s%d-%06d", cfg.Prefix, nodes[i].cluster, i), Role: "node", PublicKey: k.PublicKey(), Endpoint: "192.0.2.1:51820"})
+				id, err := apiclient.EnrollWithKey(ctx, url, cfg.Tokens[nodes[i].cluster], api.EnrollRequest{
+					Name: fmt.Sprintf("%s%d-%06d", cfg.Prefix, nodes[i].cluster, i), Role: "node", PublicKey: k.PublicKey(), Endpoint: "192.0.2.1:51820"}, nil, keyPEM)
 				cancel()
 				if err == nil {
 					id.Server = url
