@@ -154,10 +154,12 @@ type Controller struct {
 	backends    []api.BackendStatus
 	backendKick chan struct{}
 	// fenced is set while the store does not answer (storeMonitor).
-	fenced  atomic.Bool
-	hub     *hub
-	metrics *metrics
-	events  []api.Event
+	fenced atomic.Bool
+	// lastWrite is when a stream last wrote queued frames (UnixNano).
+	lastWrite atomic.Int64
+	hub       *hub
+	metrics   *metrics
+	events    []api.Event
 
 	ready chan struct{}
 	// started is when Run began: gateways get a heartbeat timeout's grace

@@ -13,6 +13,9 @@ type frameQueue struct {
 	max    int
 	closed bool
 	ready  chan struct{} // one token: frames were queued, or the queue closed
+	// notify, when set, is called instead of signalling ready (a detached
+	// stream, which no goroutine waits for: see Streams).
+	notify func()
 }
 
 func newFrameQueue(max int) *frameQueue {
@@ -20,6 +23,13 @@ func newFrameQueue(max int) *frameQueue {
 }
 
 func (q *frameQueue) signal() {
+	q.mu.Lock()
+	fn := q.notify
+	q.mu.Unlock()
+	if fn != nil {
+		fn()
+		return
+	}
 	select {
 	case q.ready <- struct{}{}:
 	default:
@@ -87,4 +97,16 @@ func (q *frameQueue) close() {
 	q.buf, q.head = nil, 0
 	q.mu.Unlock()
 	q.signal()
+}
+
+// setNotify makes pushes and close call fn rather than signal ready; fn is
+// called at once when frames are already queued or the queue is closed.
+func (q *frameQueue) setNotify(fn func()) {
+	q.mu.Lock()
+	q.notify = fn
+	pending := q.closed || q.head < len(q.buf)
+	q.mu.Unlock()
+	if pending {
+		fn()
+	}
 }

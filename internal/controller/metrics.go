@@ -82,15 +82,16 @@ var (
 		[]string{"region", "gateway"}, nil)
 	descDesignated = prometheus.NewDesc("statemesh_gateway_designated_clusters", "Clusters a gateway is the designated gateway of.",
 		[]string{"region", "gateway"}, nil)
-	descStreams  = prometheus.NewDesc("statemesh_watch_streams", "Open watch streams (agents following their map).", nil, nil)
-	descRevision = prometheus.NewDesc("statemesh_registry_revision", "Store revision the registry reflects.", nil, nil)
-	descLag      = prometheus.NewDesc("statemesh_nodes_behind", "Nodes whose last status report names a map older than the last change sent to them (a rollout in progress, or a node that stopped applying).",
+	descStreams   = prometheus.NewDesc("statemesh_watch_streams", "Open watch streams (agents following their map).", nil, nil)
+	descLastWrite = prometheus.NewDesc("statemesh_watch_last_write_timestamp_seconds", "When a watch stream last finished writing queued frames (deltas, snapshots; not pings) to its connection, in Unix seconds.", nil, nil)
+	descRevision  = prometheus.NewDesc("statemesh_registry_revision", "Store revision the registry reflects.", nil, nil)
+	descLag       = prometheus.NewDesc("statemesh_nodes_behind", "Nodes whose last status report names a map older than the last change sent to them (a rollout in progress, or a node that stopped applying).",
 		nil, nil)
 	descClients = prometheus.NewDesc("statemesh_clients", "External clients by region and segment.", []string{"region", "segment"}, nil)
 )
 
 func (r *registryCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descNodes, descGatewayHealthy, descDesignated, descStreams, descRevision, descLag, descClients} {
+	for _, d := range []*prometheus.Desc{descNodes, descGatewayHealthy, descDesignated, descStreams, descLastWrite, descRevision, descLag, descClients} {
 		ch <- d
 	}
 }
@@ -124,6 +125,7 @@ func (r *registryCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(c.hub.len()))
+	ch <- prometheus.MustNewConstMetric(descLastWrite, prometheus.GaugeValue, float64(c.lastWrite.Load())/1e9)
 	ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, float64(c.rev))
 	behind := 0
 	for name, st := range c.status {

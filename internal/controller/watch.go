@@ -56,61 +56,11 @@ type Sink interface {
 // pingEvery. It returns when ctx ends, the sink fails, the node is removed,
 // or a newer stream of the same node replaces it.
 func (c *Controller) Watch(ctx context.Context, name string, from int64, sink Sink, pingEvery time.Duration) error {
-	if c.fenced.Load() {
-		return ErrStoreUnreachable
+	sub, initial, last, err := c.openStream(ctx, name, from)
+	if err != nil {
+		return err
 	}
-	// The node may have enrolled a moment ago on this or another replica:
-	// wait (briefly) for the registry to know it.
-	deadline := time.Now().Add(10 * time.Second)
-	var initial [][]byte
-	var sub *subscriber
-	var last int64 // revision of the last snapshot sent; frames up to it are skipped
-	for {
-		c.mu.Lock()
-		n, ok := c.lookupLocked(name)
-		if ok {
-			frames, covered := []frame(nil), false
-			if from > 0 && from <= c.rev {
-				frames, covered = c.hub.since(from, n)
-			}
-			if covered {
-				for _, f := range frames {
-					initial = append(initial, f.data)
-				}
-				if len(frames) == 0 {
-					// Nothing missed: a ping tells the client where it is.
-					initial = append(initial, pingFrame(c.rev))
-				}
-			} else {
-				m, _, err := c.snapshotLocked(name)
-				if err != nil {
-					c.mu.Unlock()
-					return err
-				}
-				initial = append(initial, encodeSnapshot(m))
-				last = m.Revision
-			}
-			sub = c.hub.subscribe(n)
-			c.mu.Unlock()
-			break
-		}
-		ch := c.revWait
-		c.mu.Unlock()
-		if time.Now().After(deadline) {
-			return ErrNodeGone
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-ch:
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	defer func() {
-		c.mu.Lock()
-		c.hub.unsubscribe(sub)
-		c.mu.Unlock()
-	}()
+	defer c.closeStream(sub)
 	for _, f := range initial {
 		if err := sink.Write(f); err != nil {
 			return err
@@ -149,8 +99,76 @@ func (c *Controller) Watch(ctx context.Context, name string, from int64, sink Si
 			if err := sink.Flush(); err != nil {
 				return err
 			}
+			c.lastWrite.Store(time.Now().UnixNano())
 		}
 	}
+}
+
+// LastFrameWritten is when a watch stream last finished writing queued
+// frames to its connection (benchmarks: a fan-out's controller side).
+func (c *Controller) LastFrameWritten() time.Time {
+	return time.Unix(0, c.lastWrite.Load())
+}
+
+// openStream subscribes node name's stream and returns the frames it
+// starts with: a snapshot or, when from > 0 and history covers it, only
+// the missed deltas (a ping when none), and the revision of the snapshot
+// sent (frames up to it are skipped).
+func (c *Controller) openStream(ctx context.Context, name string, from int64) (sub *subscriber, initial [][]byte, last int64, err error) {
+	if c.fenced.Load() {
+		return nil, nil, 0, ErrStoreUnreachable
+	}
+	// The node may have enrolled a moment ago on this or another replica:
+	// wait (briefly) for the registry to know it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		n, ok := c.lookupLocked(name)
+		if ok {
+			frames, covered := []frame(nil), false
+			if from > 0 && from <= c.rev {
+				frames, covered = c.hub.since(from, n)
+			}
+			if covered {
+				for _, f := range frames {
+					initial = append(initial, f.data)
+				}
+				if len(frames) == 0 {
+					// Nothing missed: a ping tells the client where it is.
+					initial = append(initial, pingFrame(c.rev))
+				}
+			} else {
+				m, _, err := c.snapshotLocked(name)
+				if err != nil {
+					c.mu.Unlock()
+					return nil, nil, 0, err
+				}
+				initial = append(initial, encodeSnapshot(m))
+				last = m.Revision
+			}
+			sub = c.hub.subscribe(n)
+			c.mu.Unlock()
+			return sub, initial, last, nil
+		}
+		ch := c.revWait
+		c.mu.Unlock()
+		if time.Now().After(deadline) {
+			return nil, nil, 0, ErrNodeGone
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, 0, ctx.Err()
+		case <-ch:
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// closeStream unsubscribes a stream (a no-op once a newer one replaced it).
+func (c *Controller) closeStream(sub *subscriber) {
+	c.mu.Lock()
+	c.hub.unsubscribe(sub)
+	c.mu.Unlock()
 }
 
 // deliver writes one frame; a resync frame, or a stream that overflowed,

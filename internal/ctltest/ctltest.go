@@ -3,6 +3,7 @@
 package ctltest
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"net"
@@ -24,6 +25,7 @@ type Instance struct {
 	Controller *controller.Controller
 	Store      store.Store
 	URL        string
+	URLs       []string // every port the server listens on; URL is the first
 	Admin      *apiclient.Client
 	AdminCfg   api.AdminConfig
 	Cancel     context.CancelFunc
@@ -40,6 +42,15 @@ type Options struct {
 	// Netmaker, when set, runs a Netmaker sync beside the controller (as
 	// the controller command does); Store and Logger are filled in.
 	Netmaker *netmakersync.Config
+	// Listeners is the number of loopback ports the server listens on
+	// (default 1; Instance.URLs): one client address reaches ~28,000
+	// connections to one port.
+	Listeners int
+	// HeldStreams serves watch streams the way before detached streams
+	// (server.Config.HeldStreams).
+	HeldStreams bool
+	// PingEvery is the watch keepalive interval (default 1s).
+	PingEvery time.Duration
 	// Logger defaults to t.Logf at warn level (set STATEMESH_TEST_LOG=debug
 	// for everything).
 	Logger *slog.Logger
@@ -79,12 +90,22 @@ func Start(t testing.TB, opts Options) *Instance {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var ls []net.Listener
+	var urls []string
+	for range max(1, opts.Listeners) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		urls = append(urls, "https://"+l.Addr().String())
 	}
-	inst := &Instance{Controller: c, Store: opts.Store, URL: "https://" + l.Addr().String(), Cancel: cancel, done: make(chan struct{})}
-	srv := server.New(server.Config{Controller: c, Logger: opts.Logger, PingEvery: time.Second})
+	l := ls[0]
+	if len(ls) > 1 {
+		l = newFanIn(ls)
+	}
+	inst := &Instance{Controller: c, Store: opts.Store, URL: urls[0], URLs: urls, Cancel: cancel, done: make(chan struct{})}
+	srv := server.New(server.Config{Controller: c, Logger: opts.Logger, PingEvery: cmp.Or(opts.PingEvery, time.Second), HeldStreams: opts.HeldStreams})
 	go c.Run(ctx)
 	go func() {
 		srv.Serve(ctx, l)
@@ -123,3 +144,45 @@ func (i *Instance) Token(t testing.TB, req api.CreateTokenRequest) string {
 	}
 	return tok.Secret
 }
+
+// fanIn accepts on several listeners as one.
+type fanIn struct {
+	ls    []net.Listener
+	conns chan net.Conn
+	errs  chan error
+}
+
+func newFanIn(ls []net.Listener) *fanIn {
+	f := &fanIn{ls: ls, conns: make(chan net.Conn), errs: make(chan error, len(ls))}
+	for _, l := range ls {
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					f.errs <- err
+					return
+				}
+				f.conns <- c
+			}
+		}()
+	}
+	return f
+}
+
+func (f *fanIn) Accept() (net.Conn, error) {
+	select {
+	case c := <-f.conns:
+		return c, nil
+	case err := <-f.errs:
+		return nil, err
+	}
+}
+
+func (f *fanIn) Close() error {
+	for _, l := range f.ls {
+		l.Close()
+	}
+	return nil
+}
+
+func (f *fanIn) Addr() net.Addr { return f.ls[0].Addr() }

@@ -66,6 +66,7 @@ type Registry interface {
 	// A node's status and its map stream.
 	ReportStatus(ctx context.Context, name string, r api.StatusReport) error
 	Watch(ctx context.Context, name string, from int64, sink controller.Sink, pingEvery time.Duration) error
+	NewStreams(cfg controller.StreamsConfig) *controller.Streams
 }
 
 var _ Registry = (*controller.Controller)(nil)

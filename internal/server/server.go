@@ -36,6 +36,11 @@ type Config struct {
 	PingEvery time.Duration
 	// Limits are the per-source rate limits and the timeouts.
 	Limits Limits
+	// HeldStreams serves every watch stream on its HTTP connection's
+	// goroutine, as before detached streams (comparison benchmarks). By
+	// default an HTTP/1.1 watch stream is detached: its connection is taken
+	// over once the stream is open and written by a shared pool of writers.
+	HeldStreams bool
 }
 
 // Server is the HTTPS API server.
@@ -47,6 +52,7 @@ type Server struct {
 	mux     *http.ServeMux
 	limiter *rateLimiter // unauthenticated calls, per source
 	nodes   *rateLimiter // node calls, per node
+	streams *controller.Streams
 }
 
 // New builds a server.
@@ -101,12 +107,18 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+	if !s.cfg.HeldStreams {
+		s.streams = s.c.NewStreams(controller.StreamsConfig{PingEvery: s.cfg.PingEvery, WriteTimeout: s.cfg.Limits.StreamWriteTimeout})
+	}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		s.http.Shutdown(sctx)
 		s.http.Close()
+		if s.streams != nil {
+			s.streams.Close() // hijacked connections are the server's no more
+		}
 	}()
 	err = s.http.Serve(tls.NewListener(l, tc))
 	if errors.Is(err, http.ErrServerClosed) {
@@ -682,6 +694,9 @@ func (s *Server) watchMap(w http.ResponseWriter, r *http.Request, name string) e
 		json.NewEncoder(w).Encode(api.Frame{Type: api.FrameSnapshot, Revision: m.Revision, Map: &m})
 		return nil
 	}
+	if hj, ok := w.(http.Hijacker); ok && s.streams != nil && r.ProtoMajor == 1 {
+		return s.detachedWatch(w, r, hj, name, from)
+	}
 	if _, ok := w.(http.Flusher); !ok {
 		return errors.New("response writer cannot stream")
 	}
@@ -695,3 +710,45 @@ func (s *Server) watchMap(w http.ResponseWriter, r *http.Request, name string) e
 	}
 	return nil
 }
+
+// streamHeader starts a detached watch stream's response: its body is the
+// frames until the connection closes (HTTP/1.1 without a length).
+const streamHeader = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+
+// detachedWatch opens a watch stream that keeps no goroutine: once its
+// first frames are computed the connection is hijacked and handed to the
+// controller's stream writers (controller.Streams).
+func (s *Server) detachedWatch(w http.ResponseWriter, r *http.Request, hj http.Hijacker, name string, from int64) error {
+	hijacked := false
+	err := s.streams.Open(r.Context(), name, from, func() (controller.StreamConn, []byte, error) {
+		conn, _, err := hj.Hijack()
+		hijacked = err == nil
+		if err != nil {
+			return nil, nil, err
+		}
+		tc, ok := conn.(*tls.Conn)
+		if !ok {
+			conn.Close()
+			return nil, nil, errors.New("watch stream without TLS")
+		}
+		return rawClose{tc}, []byte(streamHeader), nil
+	})
+	if err != nil && !errors.Is(err, context.Canceled) {
+		s.log.Debug("watch stream ended", "node", name, "err", err)
+	}
+	if err != nil && !hijacked {
+		// Not hijacked (the stream did not open): as a held stream that
+		// ends at once.
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusOK)
+	}
+	return nil
+}
+
+// rawClose closes a detached stream's TCP connection without TLS's
+// close_notify, which could wait seconds on a client that stopped reading
+// (and would hold a stream writer meanwhile).
+type rawClose struct{ *tls.Conn }
+
+func (c rawClose) Close() error { return c.Conn.NetConn().Close() }

@@ -31,6 +31,8 @@ type controllerProc struct {
 	args    []string
 	env     []string
 	logPath string
+	// metricsAddr serves /metrics when procOptions.metrics was set.
+	metricsAddr string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -46,6 +48,8 @@ type procOptions struct {
 	etcd       []string
 	etcdPrefix string
 	kekFile    string
+	// metrics serves the controller's metrics (controllerProc.metric).
+	metrics bool
 }
 
 func freeAddr(t testing.TB) string {
@@ -65,7 +69,10 @@ func startController(t testing.TB, name string, o procOptions) *controllerProc {
 		o.dataDir = t.TempDir()
 	}
 	p := &controllerProc{t: t, name: name, dataDir: o.dataDir, addr: freeAddr(t), logPath: filepath.Join(t.TempDir(), name+".log")}
-	p.args = []string{"controller", "--data-dir", o.dataDir, "--listen", p.addr, "--metrics-listen", "", "--log-level", "warn", "--gateway-timeout", "1h"}
+	if o.metrics {
+		p.metricsAddr = freeAddr(t)
+	}
+	p.args = []string{"controller", "--data-dir", o.dataDir, "--listen", p.addr, "--metrics-listen", p.metricsAddr, "--log-level", "warn", "--gateway-timeout", "1h"}
 	if o.spec != "" {
 		path := filepath.Join(t.TempDir(), "spec.yaml")
 		if err := os.WriteFile(path, []byte(o.spec), 0o600); err != nil {
