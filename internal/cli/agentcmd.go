@@ -102,7 +102,7 @@ agent restarts; either way 'wg show' works.`,
 	f.StringSliceVar(&guardManagement, "guard-management-from", nil, "restrict the --underlay-allow ports to these source prefixes in the XDP guard (default: open to all)")
 	f.Uint32Var(&cfg.Guard.HandshakesPerSource, "guard-handshakes-per-source", 0, "WireGuard handshake initiations per second the guard lets through from one unknown source (default 20)")
 	f.Uint32Var(&cfg.Guard.HandshakesTotal, "guard-handshakes-total", 0, "WireGuard handshake initiations per second the guard lets through from all unknown sources together (default 1000)")
-	f.StringVar(&cfg.Guard.AttachMode, "guard-xdp-mode", "", "XDP attach mode: native, generic, or empty (native where the driver supports it)")
+	f.StringVar(&cfg.Guard.AttachMode, "guard-xdp-mode", "", "XDP attach mode: native, generic, or empty (native where the driver supports it, generic on a veth: native XDP costs a veth its GRO)")
 	f.StringToStringVar(&cfg.Labels, "labels", nil, "node labels for policy selectors, k=v,k2=v2 (sent at enrollment)")
 	f.StringVar(&kekFile, "kek-file", "", "keyring encrypting the WireGuard key at rest when there is no TPM (or $STATEMESH_KEK)")
 	f.StringVar(&cfg.Name, "name", "", "node name (default: the hostname)")

@@ -104,6 +104,10 @@ func TestGuardOnVeth(t *testing.T) {
 	}
 	if out := sh(t, "ip", "-n", b, "link", "show", "b0"); !strings.Contains(out, "xdp") {
 		t.Errorf("ip link shows no XDP program on b0:\n%s", out)
+	} else if !strings.Contains(out, " xdpgeneric ") {
+		// The default mode on a veth is generic: a native program would
+		// cost the veth its GRO.
+		t.Errorf("the default mode attached natively to a veth:\n%s", out)
 	}
 
 	// Receivers in b: WireGuard's port and a TCP service.
