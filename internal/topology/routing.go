@@ -56,6 +56,41 @@ func linkAddrs(a, b int) (netip.Prefix, netip.Addr) {
 	return netip.PrefixFrom(mine, 31), theirs
 }
 
+// backboneLinked reports whether gateways a and b (their global numbers)
+// have a backbone link. Gateways of one region always do (iBGP). Between
+// two regions the one with more planned gateways is L (the lower slot on
+// a tie), the other S, and L's gateway i links S's gateways i, i+1, …,
+// i+K−1 (mod S's gateway count), K the smaller of the two regions'
+// peers per region: each gateway of L has min(K, n_S) links into S, each
+// gateway of S about K·n_L/n_S into L (exactly K when the regions are the
+// same size), and every gateway of either has at least one into the
+// other. The relation is symmetric, so both ends plan the same links.
+// pa and pb are the gateways' regions' plans.
+func backboneLinked(pa, pb *plan.Region, a, b int) bool {
+	ra, rb := a/plan.GatewaySlots, b/plan.GatewaySlots
+	if ra == rb {
+		return true
+	}
+	if pa == nil || pb == nil || pa.BGP == nil || pb.BGP == nil {
+		return false
+	}
+	k := min(pa.BGP.PeersPerRegion, pb.BGP.PeersPerRegion)
+	if k <= 0 { // a plan from before the field: the full mesh it planned
+		return true
+	}
+	ia, ib := a%plan.GatewaySlots, b%plan.GatewaySlots
+	na, nb := len(pa.Gateways), len(pb.Gateways)
+	// Orient: l is the larger region (lower slot on a tie).
+	il, is, ns := ia, ib, nb
+	if nb > na || nb == na && rb < ra {
+		il, is, ns = ib, ia, na
+	}
+	if ns == 0 {
+		return false
+	}
+	return ((is-il)%ns+ns)%ns < k
+}
+
 // bgp returns the region's BIRD-mode settings, or nil in baseline mode.
 func (ix *Index) bgp(region string) *plan.RegionBGP {
 	if pr, ok := ix.plan.Region(region); ok {
@@ -111,17 +146,19 @@ func (ix *Index) routing(g *Node) *netmap.Routing {
 		rt.External = append(rt.External, netmap.ExternalPeer{Name: x.Name, Address: x.Address, ASN: x.ASN, Password: x.Password, BFD: x.BFD, Multihop: x.Multihop})
 	}
 	mtu := ix.mtu(g)
+	mine, _ := ix.plan.Region(g.Region)
 	for _, other := range ix.regions {
 		ob := ix.bgp(other.name)
 		if ob == nil {
 			continue
 		}
+		theirs, _ := ix.plan.Region(other.name)
 		if other.name != g.Region {
 			rt.Accept = append(rt.Accept, netmap.RegionPrefixes{Region: other.name, ASN: ob.ASN, Prefixes: ix.regionPrefixes(other)})
 		}
 		for _, peer := range other.gateways {
 			n := ix.gatewayNumber(peer)
-			if peer.Name == g.Name || !peer.active() || n < 0 {
+			if peer.Name == g.Name || !peer.active() || n < 0 || !backboneLinked(mine, theirs, me, n) {
 				continue
 			}
 			ep := peer.Endpoint
