@@ -59,8 +59,9 @@ func linkAddrs(a, b int) (netip.Prefix, netip.Addr) {
 // backboneLinked reports whether gateways a and b (their global numbers)
 // have a backbone link. Gateways of one region always do (iBGP). Between
 // two regions the one with more planned gateways is L (the lower slot on
-// a tie), the other S, and L's gateway i links S's gateways i, i+1, …,
-// i+K−1 (mod S's gateway count), K the smaller of the two regions'
+// a tie), the other S, and L's gateway i links S's gateways r+i, r+i+1,
+// …, r+i+K−1 (mod S's gateway count; r the sum of the two regions'
+// slots), K the smaller of the two regions'
 // peers per region: each gateway of L has min(K, n_S) links into S, each
 // gateway of S about K·n_L/n_S into L (exactly K when the regions are the
 // same size), and every gateway of either has at least one into the
@@ -88,7 +89,52 @@ func backboneLinked(pa, pb *plan.Region, a, b int) bool {
 	if ns == 0 {
 		return false
 	}
-	return ((is-il)%ns+ns)%ns < k
+	// Rotated by the pair's slots, so gateway i is not linked to gateway
+	// i of every region (and a region's first gateways do not carry
+	// every region pair's first links).
+	return ((is-il-ra-rb)%ns+ns)%ns < k
+}
+
+// spareLink returns the extra link between regions a and b (a's gateway,
+// b's gateway) when no planned link joins a healthy gateway of a with a
+// healthy gateway of b (a region without one: any of its gateways, as
+// the designation does) — the gateways a planned link would join are dead
+// or not registered, e.g. gateway 1 of one region and gateway 2 of the
+// other with peersPerRegion 1 — so BGP could not carry traffic between
+// the regions although both have healthy gateways: it joins the healthy
+// gateways with the lowest numbers. Such a link exists only while it is
+// needed (it is built after the failure, so traffic between the two
+// regions waits for its handshake and BGP session); none otherwise.
+func (ix *Index) spareLink(a, b *region, pa, pb *plan.Region) [2]string {
+	if a == b || pa == nil || pb == nil || pa.BGP == nil || pb.BGP == nil {
+		return [2]string{}
+	}
+	type gw struct {
+		name string
+		n    int
+	}
+	live := func(r *region) []gw {
+		var out []gw
+		for _, name := range r.candidates() { // healthy ones, else every one
+			if n := ix.gatewayNumber(ix.nodes[name]); n >= 0 {
+				out = append(out, gw{name, n})
+			}
+		}
+		slices.SortFunc(out, func(x, y gw) int { return x.n - y.n })
+		return out
+	}
+	la, lb := live(a), live(b)
+	if len(la) == 0 || len(lb) == 0 {
+		return [2]string{}
+	}
+	for _, x := range la {
+		for _, y := range lb {
+			if backboneLinked(pa, pb, x.n, y.n) {
+				return [2]string{}
+			}
+		}
+	}
+	return [2]string{la[0].name, lb[0].name}
 }
 
 // bgp returns the region's BIRD-mode settings, or nil in baseline mode.
@@ -153,12 +199,13 @@ func (ix *Index) routing(g *Node) *netmap.Routing {
 			continue
 		}
 		theirs, _ := ix.plan.Region(other.name)
+		spare := ix.spareLink(r, other, mine, theirs)
 		if other.name != g.Region {
 			rt.Accept = append(rt.Accept, netmap.RegionPrefixes{Region: other.name, ASN: ob.ASN, Prefixes: ix.regionPrefixes(other)})
 		}
 		for _, peer := range other.gateways {
 			n := ix.gatewayNumber(peer)
-			if peer.Name == g.Name || !peer.active() || n < 0 || !backboneLinked(mine, theirs, me, n) {
+			if peer.Name == g.Name || !peer.active() || n < 0 || !backboneLinked(mine, theirs, me, n) && spare != [2]string{g.Name, peer.Name} {
 				continue
 			}
 			ep := peer.Endpoint

@@ -186,3 +186,44 @@ func TestBoundedBackboneReachesEverything(t *testing.T) {
 	}
 	w.checkInvariants(w.maps())
 }
+
+// When the only healthy gateways of two regions are not linked (with
+// peersPerRegion 1 every region keeps one gateway, the wrong one), the
+// plan adds a spare link between them so BGP still joins the regions,
+// and drops it once the planned links have healthy ends again.
+func TestSpareLinkJoinsUnlinkedSurvivors(t *testing.T) {
+	w := newWorldWith(t, 5, 2, 1, "routing: {bgp: true, backbone: {peersPerRegion: 1}}\n")
+	w.populate(3, 1)
+	linked := func(a, b string) bool {
+		m, _ := w.ix.Map(a)
+		return m.Routing != nil && slices.ContainsFunc(m.Routing.Links, func(l netmap.BackboneLink) bool { return l.Peer == b })
+	}
+	r0, r1 := w.ix.Gateways("r0"), w.ix.Gateways("r1")
+	x, y := "", ""
+	for _, a := range r0 {
+		for _, b := range r1 {
+			if x == "" && !linked(a, b) {
+				x, y = a, b
+			}
+		}
+	}
+	if x == "" {
+		t.Fatal("every pair of gateways is linked with peersPerRegion 1")
+	}
+	for _, g := range append(slices.Clone(r0), r1...) {
+		if g != x && g != y {
+			w.ix.SetHealth(g, false)
+		}
+	}
+	if !linked(x, y) || !linked(y, x) {
+		t.Fatalf("%s and %s are the regions' only healthy gateways and have no link both ways", x, y)
+	}
+	w.checkInvariants(w.maps())
+	for _, g := range append(slices.Clone(r0), r1...) {
+		w.ix.SetHealth(g, true)
+	}
+	if linked(x, y) || linked(y, x) {
+		t.Errorf("the spare link %s–%s outlived the failure", x, y)
+	}
+	w.checkInvariants(w.maps())
+}

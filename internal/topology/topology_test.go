@@ -280,8 +280,9 @@ func (w *world) walk(maps map[string]netmap.Map, from string, src, dst netip.Add
 // this region with a link to the originator (iBGP, its AS path of 1 beats
 // the prepended 3 of the originator's region's other gateways); else any
 // linked gateway of the originator's region (prepended), which forwards it
-// over iBGP (table 5200). A bounded backbone (peersPerRegion) needs the
-// last two; the full mesh only the first.
+// over iBGP (table 5200); else a gateway of this region with such a link.
+// A bounded backbone (peersPerRegion) needs the last three; the full mesh
+// only the first.
 func bgpNext(maps map[string]netmap.Map, m netmap.Map, dst netip.Addr) (string, bool) {
 	originates := func(name string) bool {
 		pm, ok := maps[name]
@@ -308,6 +309,14 @@ func bgpNext(maps map[string]netmap.Map, m netmap.Map, dst netip.Addr) (string, 
 	}
 	for _, l := range m.Routing.Links {
 		if l.PeerRegion == maps[origin].Self.Region {
+			return l.Peer, true
+		}
+	}
+	// No link into the originator's region at all (its gateways that
+	// would link this one are not there): a gateway of this region that
+	// has one, over iBGP.
+	for _, l := range m.Routing.Links {
+		if l.PeerRegion == m.Self.Region && slices.ContainsFunc(maps[l.Peer].Routing.Links, func(b netmap.BackboneLink) bool { return b.PeerRegion == maps[origin].Self.Region }) {
 			return l.Peer, true
 		}
 	}

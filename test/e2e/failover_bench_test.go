@@ -86,7 +86,7 @@ func BenchmarkFailoverModes(b *testing.B) {
 				ok := err == nil && n.Healthy != nil && *n.Healthy
 				if ok && mode == "bird" {
 					out, _ := l.Birdc(ctx, v, "show", "protocols")
-					ok = backboneEstablished(out) == 3
+					ok = backboneEstablished(out) == backboneLinks(l)
 				}
 				if ok {
 					break
