@@ -96,17 +96,21 @@ func TestLabBGP(t *testing.T) {
 	l := upLabWith(t, lab.Config{BGP: true, BFDInterval: 100 * time.Millisecond, GatewayTimeout: 1500 * time.Millisecond,
 		Nodes: 1, Clients: 0, WeakNodes: 0, PeersPerRegion: 1})
 	t.Run("BackboneIsNotAFullMesh", func(t *testing.T) {
-		testBoundedBackbone(t, l)
+		testBoundedBackbone(t, l, false)
 	})
 	testBGPLab(t, l)
+	// Last: it may kill a gateway to get an unlinked pair.
+	t.Run("UnlinkedDesignatedGatewaysCarryTraffic", func(t *testing.T) {
+		testBoundedBackbone(t, l, true)
+	})
 }
 
 // testBoundedBackbone checks that each gateway has exactly the planned
-// links (fewer than a full mesh's) as interfaces, that the links pair
-// up, and that at least one pair of designated gateways of different
-// regions has no link of its own (so the lab's matrix and streams cross
-// an iBGP hop): it logs that pair's path.
-func testBoundedBackbone(t *testing.T, l *lab.Lab) {
+// links (fewer than a full mesh's) as interfaces and that the links pair
+// up; with relay, that the lab's matrix is as the policy expects while the
+// designated gateways of eu-central/c1 and us-east/c1 have no link of
+// their own (traffic between them crosses an iBGP hop).
+func testBoundedBackbone(t *testing.T, l *lab.Lab, relay bool) {
 	ctx := context.Background()
 	var gateways []string
 	for _, h := range l.State.Hosts {
@@ -125,6 +129,10 @@ func testBoundedBackbone(t *testing.T, l *lab.Lab) {
 		if n != links {
 			t.Errorf("%s has %d backbone interfaces, want %d (a full mesh would have %d)", g, n, links, len(gateways)-1)
 		}
+		// Loose reverse-path filtering: a reply may come over another link.
+		if rp := hostOut(t, l, g, "sh", "-c", "cat /proc/sys/net/ipv4/conf/smbb*/rp_filter | sort -u"); strings.TrimSpace(rp) != "2" {
+			t.Errorf("%s: rp_filter of the backbone links %q, want 2 (loose)", g, rp)
+		}
 		for _, h := range l.State.Hosts {
 			if h.Role == "gateway" && h.Name != g && (strings.Contains(out, h.WAN.String()+":") || strings.Contains(out, h.Underlay.String()+":")) {
 				peers[g] = append(peers[g], h.Name)
@@ -138,28 +146,55 @@ func testBoundedBackbone(t *testing.T, l *lab.Lab) {
 			}
 		}
 	}
-	regions, err := l.Admin.Regions(ctx)
-	if err != nil {
-		t.Fatal(err)
+	if !relay {
+		return
 	}
-	relayed := 0
-	for _, a := range regions {
-		for _, b := range regions {
-			if a.Name >= b.Name {
-				continue
-			}
-			for ca, ga := range a.Designation {
-				for cb, gb := range b.Designation {
-					if !slices.Contains(peers[ga], gb) {
-						relayed++
-						t.Logf("%s/%s (designated %s) and %s/%s (designated %s) have no link of their own: BGP carries them over an iBGP hop", a.Name, ca, ga, b.Name, cb, gb)
-					}
-				}
+	// The streams' pair, eu-central/c1 and us-east/c1: their designated
+	// gateways are linked or not depending on the gateways' numbers (the
+	// order they enrolled in). When they are, killing eu-central's moves
+	// c1 to its other gateway, which with one link per region is linked to
+	// us-east's other gateway only: then they are not.
+	designated := func() (string, string) {
+		regions, err := l.Admin.Regions(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ga, gb string
+		for _, r := range regions {
+			switch r.Name {
+			case "eu-central":
+				ga = r.Designation["c1"]
+			case "us-east":
+				gb = r.Designation["c1"]
 			}
 		}
+		return ga, gb
 	}
-	if relayed == 0 {
-		t.Errorf("every pair of designated gateways is linked directly: the lab does not exercise the relayed path (links %v)", peers)
+	ga, gb := designated()
+	killed := ""
+	if slices.Contains(peers[ga], gb) {
+		killed = ga
+		if err := l.KillHost(ga); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "eu-central/c1 off "+ga, 20*time.Second, func() bool { a, _ := designated(); return a != ga })
+		ga, gb = designated()
+	}
+	if slices.Contains(peers[ga], gb) {
+		t.Fatalf("eu-central/c1 (designated %s) and us-east/c1 (designated %s) are linked (links %v): nothing crosses an iBGP hop", ga, gb, peers)
+	}
+	m := check(t, l)
+	t.Logf("eu-central/c1 (designated %s) and us-east/c1 (designated %s) have no link of their own (links %v; killed %q to get there): all %d probes as the policy expects",
+		ga, gb, peers, killed, len(m.Results))
+	if killed != "" {
+		if err := l.StartAgent(killed); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, killed+" back with its sessions", 30*time.Second, func() bool {
+			out, _ := l.Birdc(ctx, killed, "show", "protocols")
+			n, err := l.Admin.Node(ctx, killed)
+			return err == nil && n.Healthy != nil && *n.Healthy && backboneEstablished(out) == links
+		})
 	}
 }
 
