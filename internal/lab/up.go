@@ -551,8 +551,16 @@ func (l *Lab) startAgent(h *Host, token string) error {
 	return l.State.addProc(Proc{Name: "agent", Host: h.Name, PID: pid, Log: logPath, Argv: l.agentArgv(h, "")})
 }
 
+// sizeWait is how long the lab waits for something every host does:
+// base, or 3 s per host in large labs (a 20-region lab on 2 cores starts
+// hundreds of processes: agents, wireguard-go per backbone link, BIRDs).
+func (l *Lab) sizeWait(base time.Duration) time.Duration {
+	return max(base, time.Duration(len(l.State.Hosts))*3*time.Second)
+}
+
 func (l *Lab) waitEnrolled(ctx context.Context) error {
-	deadline := time.Now().Add(60 * time.Second)
+	wait := l.sizeWait(60 * time.Second)
+	deadline := time.Now().Add(wait)
 	for {
 		nodes, err := l.Admin.Nodes(ctx, "", "")
 		if err == nil {
@@ -585,7 +593,7 @@ func (l *Lab) waitEnrolled(ctx context.Context) error {
 				return l.State.save()
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("%d hosts not enrolled, %d gateways not healthy after 60s; see %s/hosts/*/agent.log", missing, unhealthy, l.State.Config.Dir)
+				return fmt.Errorf("%d hosts not enrolled, %d gateways not healthy after %s; see %s/hosts/*/agent.log", missing, unhealthy, wait, l.State.Config.Dir)
 			}
 		}
 		select {
@@ -683,7 +691,7 @@ func podNetwork(h *Host) [][]string {
 }
 
 func (l *Lab) waitConverged(ctx context.Context) error {
-	deadline := time.Now().Add(90 * time.Second)
+	deadline := time.Now().Add(l.sizeWait(90 * time.Second))
 	for {
 		m, err := l.Check(ctx, CheckOptions{Timeout: time.Second})
 		if err == nil && m.Failures() == 0 {
@@ -709,7 +717,7 @@ func (l *Lab) waitConverged(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			return fmt.Errorf("%d of %d probes still fail after 90s (statemesh lab check shows which)", m.Failures(), len(m.Results))
+			return fmt.Errorf("%d of %d probes still fail after %s (statemesh lab check shows which)", m.Failures(), len(m.Results), l.sizeWait(90*time.Second))
 		}
 		select {
 		case <-ctx.Done():

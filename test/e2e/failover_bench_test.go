@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -127,4 +129,104 @@ func round2(xs []float64) []float64 {
 		out[i] = float64(int(x*100+0.5)) / 100
 	}
 	return out
+}
+
+// BenchmarkFailoverRegions measures failover at several lab sizes (issue
+// 20): for each size in STATEMESH_FAILOVER_REGIONS (default "2,10,20"
+// regions; 1 cluster of 1 node and 2 gateways per region), in baseline
+// and BIRD mode (default peersPerRegion), the lab's bring-up time, then
+// `reps` times (STATEMESH_FAILOVER_REPS, default 2) the outage between
+// eu-central/c1 and us-east/c1 pods when eu-central/c1's designated
+// gateway is killed and when its WAN link is cut, and how long the killed
+// gateway takes to be back in service (BIRD: every backbone session
+// Established again, the re-convergence). Minutes per size: opt-in
+// (-run '^$' -bench BenchmarkFailoverRegions -benchtime=1x), not in CI.
+func BenchmarkFailoverRegions(b *testing.B) {
+	testenv.RequireBinary(b, "bird")
+	sizes := []int{2, 10, 20}
+	if s := os.Getenv("STATEMESH_FAILOVER_REGIONS"); s != "" {
+		sizes = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				b.Fatalf("STATEMESH_FAILOVER_REGIONS: %v", err)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	reps := 2
+	if s := os.Getenv("STATEMESH_FAILOVER_REPS"); s != "" {
+		reps, _ = strconv.Atoi(s)
+	}
+	modes := []string{"baseline", "bird"}
+	if s := os.Getenv("STATEMESH_FAILOVER_MODES"); s != "" {
+		modes = strings.Split(s, ",")
+	}
+	var t strings.Builder
+	fmt.Fprintf(&t, "%-8s %-9s %-8s %-20s %-20s %-20s %-20s %s\n", "REGIONS", "MODE", "UP (s)", "KILL FWD (s)", "KILL BACK (s)", "CUT FWD (s)", "CUT BACK (s)", "KILLED GATEWAY BACK IN SERVICE (s)")
+	for _, regions := range sizes {
+		for _, mode := range modes {
+			cfg := lab.Config{Regions: regions, Clusters: 1, Nodes: 1, Gateways: 2, BGP: mode == "bird", BFDInterval: 100 * time.Millisecond,
+				GatewayTimeout: 1500 * time.Millisecond, WeakNodes: 0}
+			lab.ForceClean(nil)
+			cfg.Dir, cfg.Binary, cfg.Pods = b.TempDir(), binary, true
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+			start := time.Now()
+			l, err := lab.Up(ctx, cfg, nil)
+			cancel()
+			up := time.Since(start)
+			if err != nil {
+				lab.Down(cfg.Dir, nil)
+				b.Fatalf("%d regions, %s: %v", regions, mode, err)
+			}
+			links := backboneLinks(l)
+			victim := func() string {
+				regions, err := l.Admin.Regions(context.Background())
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, r := range regions {
+					if r.Name == "eu-central" {
+						return r.Designation["c1"]
+					}
+				}
+				b.Fatal("no eu-central")
+				return ""
+			}
+			var kf, kb, cf, cb, back []float64
+			for range reps {
+				v := victim()
+				f, r, _ := outage(b, l, func() { l.KillHost(v) }, 30*time.Second, nil)
+				kf, kb = append(kf, f.Seconds()), append(kb, r.Seconds())
+				started := time.Now()
+				l.StartAgent(v)
+				for time.Since(started) < 120*time.Second {
+					n, err := l.Admin.Node(context.Background(), v)
+					ok := err == nil && n.Healthy != nil && *n.Healthy
+					if ok && mode == "bird" {
+						out, _ := l.Birdc(context.Background(), v, "show", "protocols")
+						ok = backboneEstablished(out) == links
+					}
+					if ok {
+						break
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+				back = append(back, time.Since(started).Seconds())
+				time.Sleep(2 * time.Second)
+				v = victim()
+				f, r, _ = outage(b, l, func() { l.WANLink(v, 0, false) }, 10*time.Second,
+					func() { l.WANLink(v, l.State.Config.WANMTU, true) })
+				cf, cb = append(cf, f.Seconds()), append(cb, r.Seconds())
+				time.Sleep(3 * time.Second)
+			}
+			fmt.Fprintf(&t, "%-8d %-9s %-8.1f %-20s %-20s %-20s %-20s %.2f %v\n", regions, mode, up.Seconds(),
+				fmt.Sprintf("%.2f %v", median(kf), round2(kf)), fmt.Sprintf("%.2f %v", median(kb), round2(kb)),
+				fmt.Sprintf("%.2f %v", median(cf), round2(cf)), fmt.Sprintf("%.2f %v", median(cb), round2(cb)), median(back), round2(back))
+			b.Logf("%d regions, %s: up in %s; kill %v/%v, cut %v/%v, back %v", regions, mode, up.Round(time.Second), round2(kf), round2(kb), round2(cf), round2(cb), round2(back))
+			lab.Down(cfg.Dir, nil)
+			lab.ForceClean(nil)
+		}
+	}
+	b.Log("\n" + t.String())
 }
