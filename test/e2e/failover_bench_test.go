@@ -134,7 +134,8 @@ func round2(xs []float64) []float64 {
 // BenchmarkFailoverRegions measures failover at several lab sizes (issue
 // 20): for each size in STATEMESH_FAILOVER_REGIONS (default "2,10,20"
 // regions; 1 cluster of 1 node and 2 gateways per region), in baseline
-// and BIRD mode (default peersPerRegion), the lab's bring-up time, then
+// and BIRD mode (peersPerRegion STATEMESH_FAILOVER_PEERS, default 1: with
+// two gateways per region 2 is a full mesh), the lab's bring-up time, then
 // `reps` times (STATEMESH_FAILOVER_REPS, default 2) the outage between
 // eu-central/c1 and us-east/c1 pods when eu-central/c1's designated
 // gateway is killed and when its WAN link is cut, and how long the killed
@@ -158,6 +159,10 @@ func BenchmarkFailoverRegions(b *testing.B) {
 	if s := os.Getenv("STATEMESH_FAILOVER_REPS"); s != "" {
 		reps, _ = strconv.Atoi(s)
 	}
+	peers := 1 // a bounded backbone (with 2 gateways per region, 2 is a full mesh)
+	if s := os.Getenv("STATEMESH_FAILOVER_PEERS"); s != "" {
+		peers, _ = strconv.Atoi(s)
+	}
 	modes := []string{"baseline", "bird"}
 	if s := os.Getenv("STATEMESH_FAILOVER_MODES"); s != "" {
 		modes = strings.Split(s, ",")
@@ -168,6 +173,9 @@ func BenchmarkFailoverRegions(b *testing.B) {
 		for _, mode := range modes {
 			cfg := lab.Config{Regions: regions, Clusters: 1, Nodes: 1, Gateways: 2, BGP: mode == "bird", BFDInterval: 100 * time.Millisecond,
 				GatewayTimeout: 1500 * time.Millisecond, WeakNodes: 0}
+			if cfg.BGP {
+				cfg.PeersPerRegion = peers
+			}
 			lab.ForceClean(nil)
 			cfg.Dir, cfg.Binary, cfg.Pods = b.TempDir(), binary, true
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
