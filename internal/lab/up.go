@@ -18,6 +18,7 @@ import (
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/apiclient"
 	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/spec"
 	"github.com/statemesh/statemesh/internal/swtpm"
 )
 
@@ -555,7 +556,18 @@ func (l *Lab) startAgent(h *Host, token string) error {
 // base, or 3 s per host in large labs (a 20-region lab on 2 cores starts
 // hundreds of processes: agents, wireguard-go per backbone link, BIRDs).
 func (l *Lab) sizeWait(base time.Duration) time.Duration {
-	return max(base, time.Duration(len(l.State.Hosts))*3*time.Second)
+	w := time.Duration(len(l.State.Hosts)) * 3 * time.Second
+	if c := l.State.Config; c.BGP && c.Regions > 2 {
+		// A gateway brings its backbone links up one after the other, each
+		// a wireguard-go process where the kernel has no WireGuard: seconds
+		// each on a loaded machine.
+		k := c.PeersPerRegion
+		if k == 0 {
+			k = spec.DefaultPeersPerRegion
+		}
+		w += time.Duration(c.Gateways-1+(c.Regions-1)*min(k, c.Gateways)) * 10 * time.Second
+	}
+	return max(base, w)
 }
 
 func (l *Lab) waitEnrolled(ctx context.Context) error {
