@@ -105,7 +105,12 @@ func Up(ctx context.Context, cfg Config, out io.Writer) (*Lab, error) {
 		}},
 		{"software TPMs", l.tpms},
 		{"controller", l.controller},
-		{"agents", l.agents},
+		{"agents", func(ctx context.Context) error {
+			if err := l.raiseInotifyInstances(); err != nil {
+				return err
+			}
+			return l.agents(ctx)
+		}},
 		{"enrollment", l.waitEnrolled},
 		{"pods and probe servers", l.workloads},
 		{fmt.Sprintf("%d external clients (wg-quick)", cfg.Clients), func(ctx context.Context) error {
@@ -568,6 +573,29 @@ func (l *Lab) sizeWait(base time.Duration) time.Duration {
 		w += time.Duration(c.Gateways-1+(c.Regions-1)*min(k, c.Gateways)) * 10 * time.Second
 	}
 	return max(base, w)
+}
+
+// inotifyInstances is where the lab raises fs.inotify.max_user_instances
+// when it is lower: every wireguard-go device holds an inotify instance
+// (its UAPI socket watch), and the kernel's default of 128 per user is
+// reached by a 10-region BIRD-mode lab (a wireguard-go per backbone link
+// and host), after which new devices fail with "too many open files".
+const inotifyInstances = 8192
+
+func (l *Lab) raiseInotifyInstances() error {
+	const path = "/proc/sys/fs/inotify/max_user_instances"
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil // no such limit here
+	}
+	if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n >= inotifyInstances {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte(strconv.Itoa(inotifyInstances)), 0o644); err != nil {
+		return fmt.Errorf("raising fs.inotify.max_user_instances to %d (each wireguard-go device needs one): %w", inotifyInstances, err)
+	}
+	l.progress("      raised fs.inotify.max_user_instances to %d (one per wireguard-go device)", inotifyInstances)
+	return nil
 }
 
 func (l *Lab) waitEnrolled(ctx context.Context) error {
