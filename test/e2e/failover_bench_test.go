@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,6 +164,10 @@ func BenchmarkFailoverRegions(b *testing.B) {
 	if s := os.Getenv("STATEMESH_FAILOVER_PEERS"); s != "" {
 		peers, _ = strconv.Atoi(s)
 	}
+	upTimeout := 20 * time.Minute
+	if s := os.Getenv("STATEMESH_FAILOVER_UP_TIMEOUT"); s != "" {
+		upTimeout, _ = time.ParseDuration(s)
+	}
 	modes := []string{"baseline", "bird"}
 	if s := os.Getenv("STATEMESH_FAILOVER_MODES"); s != "" {
 		modes = strings.Split(s, ",")
@@ -178,7 +183,8 @@ func BenchmarkFailoverRegions(b *testing.B) {
 			}
 			lab.ForceClean(nil)
 			cfg.Dir, cfg.Binary, cfg.Pods = b.TempDir(), binary, true
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+			ctx, cancel := context.WithTimeout(context.Background(), upTimeout)
+			availBefore := memAvailableMiB()
 			start := time.Now()
 			l, err := lab.Up(ctx, cfg, nil)
 			cancel()
@@ -187,7 +193,13 @@ func BenchmarkFailoverRegions(b *testing.B) {
 				lab.Down(cfg.Dir, nil)
 				b.Fatalf("%d regions, %s: %v", regions, mode, err)
 			}
-			links := backboneLinks(l)
+			links := 0
+			if cfg.BGP {
+				links = backboneLinks(l)
+			}
+			rss, pss, procs := labMemory()
+			b.Logf("%d regions, %s: up in %s; %d processes in the lab's namespaces: RSS %.0f MiB, PSS %.0f MiB; MemAvailable %.0f → %.0f MiB (−%.0f); %d backbone links per gateway; load %s",
+				regions, mode, up.Round(100*time.Millisecond), procs, rss, pss, availBefore, memAvailableMiB(), availBefore-memAvailableMiB(), links, loadavg())
 			victim := func() string {
 				regions, err := l.Admin.Regions(context.Background())
 				if err != nil {
@@ -237,4 +249,75 @@ func BenchmarkFailoverRegions(b *testing.B) {
 		}
 	}
 	b.Log("\n" + t.String())
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
+// labMemory sums the resident and proportional memory (smaps_rollup Rss,
+// Pss) of every process in the lab's network namespaces (/run/netns: the
+// hosts, pods and switches) and in this process's own (the controller),
+// and counts them.
+func labMemory() (rssMiB, pssMiB float64, procs int) {
+	netns := map[uint64]bool{}
+	ino := func(path string) (uint64, bool) {
+		var st syscall.Stat_t
+		if err := syscall.Stat(path, &st); err != nil {
+			return 0, false
+		}
+		return st.Ino, true
+	}
+	if i, ok := ino("/proc/self/ns/net"); ok {
+		netns[i] = true
+	}
+	if ents, err := os.ReadDir("/run/netns"); err == nil {
+		for _, e := range ents {
+			if i, ok := ino("/run/netns/" + e.Name()); ok {
+				netns[i] = true
+			}
+		}
+	}
+	self := os.Getpid()
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		if i, ok := ino("/proc/" + e.Name() + "/ns/net"); !ok || !netns[i] {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/smaps_rollup")
+		if err != nil {
+			continue
+		}
+		procs++
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 2 {
+				kb, _ := strconv.ParseFloat(f[1], 64)
+				switch f[0] {
+				case "Rss:":
+					rssMiB += kb / 1024
+				case "Pss:":
+					pssMiB += kb / 1024
+				}
+			}
+		}
+	}
+	return rssMiB, pssMiB, procs
+}
+
+// memAvailableMiB is /proc/meminfo's MemAvailable.
+func memAvailableMiB() float64 {
+	b, _ := os.ReadFile("/proc/meminfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemAvailable:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
 }
