@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -79,6 +80,9 @@ func (a *Agent) syncBackbone(ctx context.Context, rt *netmap.Routing) error {
 			continue
 		}
 		a.linkMaps[name] = m
+		if err := looseReversePath(name); err != nil {
+			errs = append(errs, fmt.Errorf("backbone link %s: %w", name, err))
+		}
 	}
 	if err := syncDetourRules(rt); err != nil {
 		errs = append(errs, err)
@@ -191,4 +195,18 @@ func syncDetourFamily(family int, want map[string]bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// looseReversePath sets the link's reverse-path filter to loose (2). With
+// a bounded backbone a reply can arrive over another link than the one
+// the gateway routes its source through (the request crossed a gateway of
+// this region, the reply one of the other: docs/routing.md#the-backbone);
+// a host's strict rp_filter (1) would drop it. The kernel applies the
+// larger of conf/all and the interface's value, so 2 wins over all=1.
+func looseReversePath(ifname string) error {
+	path := "/proc/sys/net/ipv4/conf/" + ifname + "/rp_filter"
+	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == "2" {
+		return nil
+	}
+	return os.WriteFile(path, []byte("2"), 0o644)
 }

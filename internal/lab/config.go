@@ -68,6 +68,10 @@ type Config struct {
 	// BGP with BFD (BFDInterval × 3) on each.
 	BGP         bool          `json:"bgp,omitempty" yaml:"bgp"`
 	BFDInterval time.Duration `json:"bfdInterval,omitempty" yaml:"bfdInterval"`
+	// PeersPerRegion is the spec's routing.backbone.peersPerRegion: how
+	// many gateways of each other region a gateway links to (0: the
+	// spec's default, 2).
+	PeersPerRegion int `json:"peersPerRegion,omitempty" yaml:"peersPerRegion"`
 	// PodFamily is what the pods speak: ipv4 (default), ipv6 (IPv6 pod
 	// ranges; nodes get an IPv6 overlay address beside their IPv4 one) or
 	// dual (both pod ranges, both overlay addresses).
@@ -182,6 +186,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("nodes: 1..20 per cluster")
 	case c.Gateways < 2 || c.Gateways > 9:
 		return fmt.Errorf("gateways: 2..9 per region (HA needs 2)")
+	case c.PeersPerRegion < 0 || c.PeersPerRegion > 32:
+		return fmt.Errorf("peersPerRegion: 1..32 (0: the spec's default)")
+	case c.PeersPerRegion > 0 && !c.BGP:
+		return fmt.Errorf("peersPerRegion needs bgp (it shapes the BIRD-mode backbone)")
 	case c.WANMTU < 1280 || c.UnderlayMTU < 1280:
 		return fmt.Errorf("MTUs must be at least 1280")
 	case c.WeakNodes < 0 || c.WeakNodes > c.Nodes:
@@ -202,7 +210,11 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-var regionNames = []string{"eu-central", "us-east", "ap-south", "eu-north", "us-west", "sa-east"}
+// regionNames are the lab's regions, in order (--regions N takes the
+// first N).
+var regionNames = []string{"eu-central", "us-east", "ap-south", "eu-north", "us-west", "sa-east",
+	"eu-west", "us-central", "ap-east", "ap-north", "me-central", "af-south", "ca-central", "eu-south",
+	"us-south", "ap-southeast", "au-east", "sa-west", "mx-central", "in-west"}
 
 // Host is one lab machine.
 type Host struct {
@@ -399,6 +411,9 @@ func (c *Config) Spec(ekRoots ...string) string {
 			iv = 100 * time.Millisecond
 		}
 		s += fmt.Sprintf("routing:\n  bgp: true\n  bfd: {interval: %s, multiplier: 3}\n", iv)
+		if c.PeersPerRegion > 0 {
+			s += fmt.Sprintf("  backbone: {peersPerRegion: %d}\n", c.PeersPerRegion)
+		}
 	}
 	if c.Dataplane != "" {
 		s += "dataplane:\n  firewall: " + c.Dataplane + "\n"

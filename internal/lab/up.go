@@ -18,6 +18,7 @@ import (
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/apiclient"
 	"github.com/statemesh/statemesh/internal/plan"
+	"github.com/statemesh/statemesh/internal/spec"
 	"github.com/statemesh/statemesh/internal/swtpm"
 )
 
@@ -104,7 +105,12 @@ func Up(ctx context.Context, cfg Config, out io.Writer) (*Lab, error) {
 		}},
 		{"software TPMs", l.tpms},
 		{"controller", l.controller},
-		{"agents", l.agents},
+		{"agents", func(ctx context.Context) error {
+			if err := l.raiseInotifyInstances(); err != nil {
+				return err
+			}
+			return l.agents(ctx)
+		}},
 		{"enrollment", l.waitEnrolled},
 		{"pods and probe servers", l.workloads},
 		{fmt.Sprintf("%d external clients (wg-quick)", cfg.Clients), func(ctx context.Context) error {
@@ -554,8 +560,50 @@ func (l *Lab) startAgent(h *Host, token string) error {
 	return l.State.addProc(Proc{Name: "agent", Host: h.Name, PID: pid, Log: logPath, Argv: l.agentArgv(h, "")})
 }
 
+// sizeWait is how long the lab waits for something every host does:
+// base, or 3 s per host in large labs (a 20-region lab on 2 cores starts
+// hundreds of processes: agents, wireguard-go per backbone link, BIRDs).
+func (l *Lab) sizeWait(base time.Duration) time.Duration {
+	w := time.Duration(len(l.State.Hosts)) * 3 * time.Second
+	if c := l.State.Config; c.BGP && c.Regions > 2 {
+		// A gateway brings its backbone links up one after the other, each
+		// a wireguard-go process where the kernel has no WireGuard: seconds
+		// each on a loaded machine.
+		k := c.PeersPerRegion
+		if k == 0 {
+			k = spec.DefaultPeersPerRegion
+		}
+		w += time.Duration(c.Gateways-1+(c.Regions-1)*min(k, c.Gateways)) * 10 * time.Second
+	}
+	return max(base, w)
+}
+
+// inotifyInstances is where the lab raises fs.inotify.max_user_instances
+// when it is lower: every wireguard-go device holds an inotify instance
+// (its UAPI socket watch), and the kernel's default of 128 per user is
+// reached by a 10-region BIRD-mode lab (a wireguard-go per backbone link
+// and host), after which new devices fail with "too many open files".
+const inotifyInstances = 8192
+
+func (l *Lab) raiseInotifyInstances() error {
+	const path = "/proc/sys/fs/inotify/max_user_instances"
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil // no such limit here
+	}
+	if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n >= inotifyInstances {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte(strconv.Itoa(inotifyInstances)), 0o644); err != nil {
+		return fmt.Errorf("raising fs.inotify.max_user_instances to %d (each wireguard-go device needs one): %w", inotifyInstances, err)
+	}
+	l.progress("      raised fs.inotify.max_user_instances to %d (one per wireguard-go device)", inotifyInstances)
+	return nil
+}
+
 func (l *Lab) waitEnrolled(ctx context.Context) error {
-	deadline := time.Now().Add(60 * time.Second)
+	wait := l.sizeWait(60 * time.Second)
+	deadline := time.Now().Add(wait)
 	for {
 		nodes, err := l.Admin.Nodes(ctx, "", "")
 		if err == nil {
@@ -588,7 +636,7 @@ func (l *Lab) waitEnrolled(ctx context.Context) error {
 				return l.State.save()
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("%d hosts not enrolled, %d gateways not healthy after 60s; see %s/hosts/*/agent.log", missing, unhealthy, l.State.Config.Dir)
+				return fmt.Errorf("%d hosts not enrolled, %d gateways not healthy after %s; see %s/hosts/*/agent.log", missing, unhealthy, wait, l.State.Config.Dir)
 			}
 		}
 		select {
@@ -686,7 +734,7 @@ func podNetwork(h *Host) [][]string {
 }
 
 func (l *Lab) waitConverged(ctx context.Context) error {
-	deadline := time.Now().Add(90 * time.Second)
+	deadline := time.Now().Add(l.sizeWait(90 * time.Second))
 	for {
 		m, err := l.Check(ctx, CheckOptions{Timeout: time.Second})
 		if err == nil && m.Failures() == 0 {
@@ -712,7 +760,7 @@ func (l *Lab) waitConverged(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			return fmt.Errorf("%d of %d probes still fail after 90s (statemesh lab check shows which)", m.Failures(), len(m.Results))
+			return fmt.Errorf("%d of %d probes still fail after %s (statemesh lab check shows which)", m.Failures(), len(m.Results), l.sizeWait(90*time.Second))
 		}
 		select {
 		case <-ctx.Done():

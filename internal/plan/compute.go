@@ -128,7 +128,7 @@ func (c *computer) regions() {
 		r := Region{Name: sr.Name, Slot: rslots[sr.Name]}
 		if c.m.BGPEnabled(ri) {
 			iv, mult := c.m.BFDTimers()
-			r.BGP = &RegionBGP{ASN: c.m.RegionASN(ri), BFDIntervalMs: int(iv.Milliseconds()), BFDMultiplier: mult}
+			r.BGP = &RegionBGP{ASN: c.m.RegionASN(ri), BFDIntervalMs: int(iv.Milliseconds()), BFDMultiplier: mult, PeersPerRegion: c.m.PeersPerRegion()}
 			if sr.BGP != nil {
 				for _, x := range sr.BGP.ExternalPeers {
 					a, _ := netip.ParseAddr(x.Address) // validated

@@ -72,10 +72,13 @@ type Region struct {
 // RegionBGP is a region's dynamic routing: its AS number, the BFD timers
 // of every session, and the operator's routers to announce to.
 type RegionBGP struct {
-	ASN           uint32         `json:"asn"`
-	BFDIntervalMs int            `json:"bfdIntervalMs"`
-	BFDMultiplier int            `json:"bfdMultiplier"`
-	ExternalPeers []ExternalPeer `json:"externalPeers,omitempty"`
+	ASN           uint32 `json:"asn"`
+	BFDIntervalMs int    `json:"bfdIntervalMs"`
+	BFDMultiplier int    `json:"bfdMultiplier"`
+	// PeersPerRegion is how many gateways of each other region each of
+	// the region's gateways links to (routing.backbone.peersPerRegion).
+	PeersPerRegion int            `json:"peersPerRegion,omitempty"`
+	ExternalPeers  []ExternalPeer `json:"externalPeers,omitempty"`
 }
 
 // ExternalPeer is an operator's BGP router.

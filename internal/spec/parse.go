@@ -187,6 +187,7 @@ var zeroMeansDefault = map[string]string{
 	"clusterID":            "the lowest free ID, assigned by the plan",
 	"multiplier":           fmt.Sprint(DefaultBFDMultiples),
 	"maxConnectedClusters": "255",
+	"peersPerRegion":       fmt.Sprint(DefaultPeersPerRegion),
 }
 
 // lastField returns the last field name of a path (regions[0].gateways ->

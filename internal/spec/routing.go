@@ -13,6 +13,12 @@ const (
 	DefaultASNBase      = 4200000000
 	DefaultBFDInterval  = "100ms"
 	DefaultBFDMultiples = 3
+	// DefaultPeersPerRegion is how many gateways of each other region a
+	// gateway has a backbone link to (routing.backbone.peersPerRegion).
+	DefaultPeersPerRegion = 2
+	// MaxPeersPerRegion bounds routing.backbone.peersPerRegion: a region
+	// has at most 32 gateway slots.
+	MaxPeersPerRegion = 32
 )
 
 // Routing selects how traffic crosses regions. Without it (or with bgp
@@ -25,6 +31,17 @@ type Routing struct {
 	// both have it).
 	BGP bool `yaml:"bgp" json:"bgp"`
 	BFD BFD  `yaml:"bfd" json:"bfd"`
+	// Backbone bounds the links between gateways of different regions.
+	Backbone Backbone `yaml:"backbone" json:"backbone"`
+}
+
+// Backbone shapes the BIRD-mode backbone (docs/routing.md#the-backbone).
+type Backbone struct {
+	// PeersPerRegion is how many gateways of each other region a gateway
+	// has a link (and an eBGP session) to: 1..32, default 2. Inside its
+	// own region a gateway links to every gateway (iBGP). A value at least
+	// as large as every region's gateway count makes a full mesh.
+	PeersPerRegion int `yaml:"peersPerRegion" json:"peersPerRegion,omitempty"`
 }
 
 // BFD timers of every session.
@@ -95,6 +112,14 @@ func (m *Mesh) BFDTimers() (time.Duration, int) {
 	return d, mult
 }
 
+// PeersPerRegion returns routing.backbone.peersPerRegion (default applied).
+func (m *Mesh) PeersPerRegion() int {
+	if m.Routing != nil && m.Routing.Backbone.PeersPerRegion != 0 {
+		return m.Routing.Backbone.PeersPerRegion
+	}
+	return DefaultPeersPerRegion
+}
+
 // validASN refuses 0, AS_TRANS (23456, RFC 6793) and the reserved last
 // 2- and 4-byte numbers (65535, 4294967295, RFC 7300).
 func validASN(a uint32) bool {
@@ -120,6 +145,9 @@ func (m *Mesh) checkRouting(e *errs) {
 		}
 		if r.BFD.Multiplier < 0 || r.BFD.Multiplier > 255 {
 			e.add("routing.bfd.multiplier", "use 1 to 255 (default 3)", "invalid BFD multiplier %d", r.BFD.Multiplier)
+		}
+		if k := r.Backbone.PeersPerRegion; k < 0 || k > MaxPeersPerRegion {
+			e.add("routing.backbone.peersPerRegion", fmt.Sprintf("use 1 to %d (default %d)", MaxPeersPerRegion, DefaultPeersPerRegion), "invalid peers per region %d", k)
 		}
 	}
 	asns := map[uint32]int{}

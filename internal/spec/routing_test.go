@@ -52,10 +52,10 @@ func TestRoutingRefusesBadBGPSettings(t *testing.T) {
         - {name: core, address: not-an-ip, asn: 0, password: "has space", multihop: 300}
 `, 1)
 	in = strings.Replace(in, "  - name: eu\n", "  - name: eu\n    bgp: {asn: 65001}\n", 1)
-	in += "routing:\n  bgp: true\n  bfd: {interval: 1ms, multiplier: 300}\n"
+	in += "routing:\n  bgp: true\n  bfd: {interval: 1ms, multiplier: 300}\n  backbone: {peersPerRegion: 33}\n"
 	_, err := Parse([]byte(in))
 	want := []string{
-		"routing.bfd.interval", "routing.bfd.multiplier",
+		"routing.bfd.interval", "routing.bfd.multiplier", "routing.backbone.peersPerRegion",
 		"regions[1].bgp.asn",
 		"regions[1].bgp.externalPeers[1].name", "regions[1].bgp.externalPeers[1].address", "regions[1].bgp.externalPeers[1].asn",
 		"regions[1].bgp.externalPeers[1].password", "regions[1].bgp.externalPeers[1].multihop",

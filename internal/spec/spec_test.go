@@ -368,6 +368,7 @@ func TestIssue18ExplicitZerosRefused(t *testing.T) {
 		{"roles: {operator: {underlayMTU: 0}}", "roles.operator.underlayMTU"},
 		{"cilium: {maxConnectedClusters: 0}", "cilium.maxConnectedClusters"},
 		{"routing: {bgp: true, bfd: {multiplier: 0}}", "routing.bfd.multiplier"},
+		{"routing: {bgp: true, backbone: {peersPerRegion: 0}}", "routing.backbone.peersPerRegion"},
 		{"regions: [{name: eu, gateways: 0, clusters: [{name: a}]}]", "regions[0].gateways"},
 		{"regions: [{name: eu, underlayMTU: 0, clusters: [{name: a}]}]", "regions[0].underlayMTU"},
 		{"regions: [{name: eu, clusters: [{name: a, maxNodes: 0}]}]", "regions[0].clusters[0].maxNodes"},

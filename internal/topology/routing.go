@@ -56,6 +56,87 @@ func linkAddrs(a, b int) (netip.Prefix, netip.Addr) {
 	return netip.PrefixFrom(mine, 31), theirs
 }
 
+// backboneLinked reports whether gateways a and b (their global numbers)
+// have a backbone link. Gateways of one region always do (iBGP). Between
+// two regions the one with more planned gateways is L (the lower slot on
+// a tie), the other S, and L's gateway i links S's gateways r+i, r+i+1,
+// …, r+i+K−1 (mod S's gateway count; r the sum of the two regions'
+// slots), K the smaller of the two regions'
+// peers per region: each gateway of L has min(K, n_S) links into S, each
+// gateway of S about K·n_L/n_S into L (exactly K when the regions are the
+// same size), and every gateway of either has at least one into the
+// other. The relation is symmetric, so both ends plan the same links.
+// pa and pb are the gateways' regions' plans.
+func backboneLinked(pa, pb *plan.Region, a, b int) bool {
+	ra, rb := a/plan.GatewaySlots, b/plan.GatewaySlots
+	if ra == rb {
+		return true
+	}
+	if pa == nil || pb == nil || pa.BGP == nil || pb.BGP == nil {
+		return false
+	}
+	k := min(pa.BGP.PeersPerRegion, pb.BGP.PeersPerRegion)
+	if k <= 0 { // a plan from before the field: the full mesh it planned
+		return true
+	}
+	ia, ib := a%plan.GatewaySlots, b%plan.GatewaySlots
+	na, nb := len(pa.Gateways), len(pb.Gateways)
+	// Orient: l is the larger region (lower slot on a tie).
+	il, is, ns := ia, ib, nb
+	if nb > na || nb == na && rb < ra {
+		il, is, ns = ib, ia, na
+	}
+	if ns == 0 {
+		return false
+	}
+	// Rotated by the pair's slots, so gateway i is not linked to gateway
+	// i of every region (and a region's first gateways do not carry
+	// every region pair's first links).
+	return ((is-il-ra-rb)%ns+ns)%ns < k
+}
+
+// spareLink returns the extra link between regions a and b (a's gateway,
+// b's gateway) when no planned link joins a healthy gateway of a with a
+// healthy gateway of b (a region without one: any of its gateways, as
+// the designation does) — the gateways a planned link would join are dead
+// or not registered, e.g. gateway 1 of one region and gateway 2 of the
+// other with peersPerRegion 1 — so BGP could not carry traffic between
+// the regions although both have healthy gateways: it joins the healthy
+// gateways with the lowest numbers. Such a link exists only while it is
+// needed (it is built after the failure, so traffic between the two
+// regions waits for its handshake and BGP session); none otherwise.
+func (ix *Index) spareLink(a, b *region, pa, pb *plan.Region) [2]string {
+	if a == b || pa == nil || pb == nil || pa.BGP == nil || pb.BGP == nil {
+		return [2]string{}
+	}
+	type gw struct {
+		name string
+		n    int
+	}
+	live := func(r *region) []gw {
+		var out []gw
+		for _, name := range r.candidates() { // healthy ones, else every one
+			if n := ix.gatewayNumber(ix.nodes[name]); n >= 0 {
+				out = append(out, gw{name, n})
+			}
+		}
+		slices.SortFunc(out, func(x, y gw) int { return x.n - y.n })
+		return out
+	}
+	la, lb := live(a), live(b)
+	if len(la) == 0 || len(lb) == 0 {
+		return [2]string{}
+	}
+	for _, x := range la {
+		for _, y := range lb {
+			if backboneLinked(pa, pb, x.n, y.n) {
+				return [2]string{}
+			}
+		}
+	}
+	return [2]string{la[0].name, lb[0].name}
+}
+
 // bgp returns the region's BIRD-mode settings, or nil in baseline mode.
 func (ix *Index) bgp(region string) *plan.RegionBGP {
 	if pr, ok := ix.plan.Region(region); ok {
@@ -111,17 +192,20 @@ func (ix *Index) routing(g *Node) *netmap.Routing {
 		rt.External = append(rt.External, netmap.ExternalPeer{Name: x.Name, Address: x.Address, ASN: x.ASN, Password: x.Password, BFD: x.BFD, Multihop: x.Multihop})
 	}
 	mtu := ix.mtu(g)
+	mine, _ := ix.plan.Region(g.Region)
 	for _, other := range ix.regions {
 		ob := ix.bgp(other.name)
 		if ob == nil {
 			continue
 		}
+		theirs, _ := ix.plan.Region(other.name)
+		spare := ix.spareLink(r, other, mine, theirs)
 		if other.name != g.Region {
 			rt.Accept = append(rt.Accept, netmap.RegionPrefixes{Region: other.name, ASN: ob.ASN, Prefixes: ix.regionPrefixes(other)})
 		}
 		for _, peer := range other.gateways {
 			n := ix.gatewayNumber(peer)
-			if peer.Name == g.Name || !peer.active() || n < 0 {
+			if peer.Name == g.Name || !peer.active() || n < 0 || !backboneLinked(mine, theirs, me, n) && spare != [2]string{g.Name, peer.Name} {
 				continue
 			}
 			ep := peer.Endpoint

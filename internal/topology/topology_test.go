@@ -226,6 +226,7 @@ func lookup(m netmap.Map, a netip.Addr) (string, bool) {
 func (w *world) walk(maps map[string]netmap.Map, from string, src, dst netip.Addr) ([]string, error) {
 	cur := from
 	hops := []string{cur}
+	viaBackbone := false
 	for range 8 {
 		if w.owner(dst) == cur {
 			return hops, nil
@@ -235,7 +236,13 @@ func (w *world) walk(maps map[string]netmap.Map, from string, src, dst netip.Add
 			return hops, fmt.Errorf("%s has no route to %s", cur, dst)
 		}
 		next, ok := lookup(m, dst)
-		if !ok && m.Routing != nil {
+		// Traffic from a backbone link to this region's prefixes looks up
+		// the detour table (5200) first: BGP's route to the prefix's
+		// originator over iBGP, unless this gateway originates it.
+		detour := viaBackbone && m.Routing != nil && slices.ContainsFunc(m.Routing.Local, func(p netip.Prefix) bool { return p.Contains(dst) }) &&
+			!slices.ContainsFunc(m.Routing.Originate, func(p netip.Prefix) bool { return p.Contains(dst) })
+		viaBackbone = false
+		if (!ok || detour) && m.Routing != nil {
 			// BIRD mode: the route BGP selects, from the cluster's
 			// originator (its designated gateway) over a backbone link.
 			if next, ok = bgpNext(maps, m, dst); ok {
@@ -244,6 +251,7 @@ func (w *world) walk(maps map[string]netmap.Map, from string, src, dst netip.Add
 				}
 				cur = next
 				hops = append(hops, cur)
+				viaBackbone = true
 				continue
 			}
 		}
@@ -267,11 +275,48 @@ func (w *world) walk(maps map[string]netmap.Map, from string, src, dst netip.Add
 	return hops, fmt.Errorf("loop: %v", hops)
 }
 
-// bgpNext is the backbone neighbour that originates dst.
+// bgpNext is the backbone neighbour BGP forwards dst to: the neighbour
+// that originates it (AS path of 1, over eBGP or iBGP); else a gateway of
+// this region with a link to the originator (iBGP, its AS path of 1 beats
+// the prepended 3 of the originator's region's other gateways); else any
+// linked gateway of the originator's region (prepended), which forwards it
+// over iBGP (table 5200); else a gateway of this region with such a link.
+// A bounded backbone (peersPerRegion) needs the last three; the full mesh
+// only the first.
 func bgpNext(maps map[string]netmap.Map, m netmap.Map, dst netip.Addr) (string, bool) {
+	originates := func(name string) bool {
+		pm, ok := maps[name]
+		return ok && pm.Routing != nil && slices.ContainsFunc(pm.Routing.Originate, func(p netip.Prefix) bool { return p.Contains(dst) })
+	}
+	origin := ""
+	for name, pm := range maps {
+		if pm.Routing != nil && originates(name) {
+			origin = name
+		}
+	}
+	if origin == "" {
+		return "", false
+	}
 	for _, l := range m.Routing.Links {
-		pm, ok := maps[l.Peer]
-		if ok && pm.Routing != nil && slices.ContainsFunc(pm.Routing.Originate, func(p netip.Prefix) bool { return p.Contains(dst) }) {
+		if l.Peer == origin {
+			return l.Peer, true
+		}
+	}
+	for _, l := range m.Routing.Links {
+		if l.PeerRegion == m.Self.Region && slices.ContainsFunc(maps[l.Peer].Routing.Links, func(b netmap.BackboneLink) bool { return b.Peer == origin }) {
+			return l.Peer, true
+		}
+	}
+	for _, l := range m.Routing.Links {
+		if l.PeerRegion == maps[origin].Self.Region {
+			return l.Peer, true
+		}
+	}
+	// No link into the originator's region at all (its gateways that
+	// would link this one are not there): a gateway of this region that
+	// has one, over iBGP.
+	for _, l := range m.Routing.Links {
+		if l.PeerRegion == m.Self.Region && slices.ContainsFunc(maps[l.Peer].Routing.Links, func(b netmap.BackboneLink) bool { return b.PeerRegion == maps[origin].Self.Region }) {
 			return l.Peer, true
 		}
 	}

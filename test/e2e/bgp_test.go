@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/statemesh/statemesh/internal/lab"
+	"github.com/statemesh/statemesh/internal/spec"
 	"github.com/statemesh/statemesh/internal/testenv"
 )
 
@@ -71,13 +72,130 @@ func backboneBFDUp(out string) int {
 	return n
 }
 
-// TestLabBGP runs the lab in BIRD mode: backbone links between all four
-// gateways, BGP with BFD on each.
+// backboneLinks is how many backbone links (BGP sessions) each gateway of
+// a lab has: every other gateway of its region, and min(K, gateways) of
+// each other region (the lab's regions are all the same size).
+func backboneLinks(l *lab.Lab) int {
+	c := l.State.Config
+	k := c.PeersPerRegion
+	if k == 0 {
+		k = spec.DefaultPeersPerRegion
+	}
+	return c.Gateways - 1 + (c.Regions-1)*min(k, c.Gateways)
+}
+
+// TestLabBGP runs the lab in BIRD mode on a backbone that is not a full
+// mesh (issue 20): peersPerRegion 1, so each of the four gateways links
+// its region's other gateway and one gateway of the other region (2
+// links, not 3), and traffic between designated gateways without a link
+// of their own crosses an iBGP hop; BGP with BFD on each link, failover
+// within a second. TestLabBGPIPv6 runs the default (2: with two gateways
+// per region a full mesh).
 func TestLabBGP(t *testing.T) {
 	testenv.RequireBinary(t, "bird")
 	l := upLabWith(t, lab.Config{BGP: true, BFDInterval: 100 * time.Millisecond, GatewayTimeout: 1500 * time.Millisecond,
-		Nodes: 1, Clients: 0, WeakNodes: 0})
+		Nodes: 1, Clients: 0, WeakNodes: 0, PeersPerRegion: 1})
+	t.Run("BackboneIsNotAFullMesh", func(t *testing.T) {
+		testBoundedBackbone(t, l, false)
+	})
 	testBGPLab(t, l)
+	// Last: it may kill a gateway to get an unlinked pair.
+	t.Run("UnlinkedDesignatedGatewaysCarryTraffic", func(t *testing.T) {
+		testBoundedBackbone(t, l, true)
+	})
+}
+
+// testBoundedBackbone checks that each gateway has exactly the planned
+// links (fewer than a full mesh's) as interfaces and that the links pair
+// up; with relay, that the lab's matrix is as the policy expects while the
+// designated gateways of eu-central/c1 and us-east/c1 have no link of
+// their own (traffic between them crosses an iBGP hop).
+func testBoundedBackbone(t *testing.T, l *lab.Lab, relay bool) {
+	ctx := context.Background()
+	var gateways []string
+	for _, h := range l.State.Hosts {
+		if h.Role == "gateway" {
+			gateways = append(gateways, h.Name)
+		}
+	}
+	links := backboneLinks(l)
+	if links >= len(gateways)-1 {
+		t.Fatalf("the lab's backbone is a full mesh: %d links per gateway, %d gateways", links, len(gateways))
+	}
+	peers := map[string][]string{}
+	for _, g := range gateways {
+		out := hostOut(t, l, g, "wg", "show", "all", "endpoints")
+		n := strings.Count(hostOut(t, l, g, "sh", "-c", "ip -o link show | grep ': smbb' || true"), "smbb")
+		if n != links {
+			t.Errorf("%s has %d backbone interfaces, want %d (a full mesh would have %d)", g, n, links, len(gateways)-1)
+		}
+		// Loose reverse-path filtering: a reply may come over another link.
+		if rp := hostOut(t, l, g, "sh", "-c", "cat /proc/sys/net/ipv4/conf/smbb*/rp_filter | sort -u"); strings.TrimSpace(rp) != "2" {
+			t.Errorf("%s: rp_filter of the backbone links %q, want 2 (loose)", g, rp)
+		}
+		for _, h := range l.State.Hosts {
+			if h.Role == "gateway" && h.Name != g && (strings.Contains(out, h.WAN.String()+":") || strings.Contains(out, h.Underlay.String()+":")) {
+				peers[g] = append(peers[g], h.Name)
+			}
+		}
+	}
+	for g, ps := range peers {
+		for _, p := range ps {
+			if !slices.Contains(peers[p], g) {
+				t.Errorf("%s links to %s, not back (%v)", g, p, peers[p])
+			}
+		}
+	}
+	if !relay {
+		return
+	}
+	// The streams' pair, eu-central/c1 and us-east/c1: their designated
+	// gateways are linked or not depending on the gateways' numbers (the
+	// order they enrolled in). When they are, killing eu-central's moves
+	// c1 to its other gateway, which with one link per region is linked to
+	// us-east's other gateway only: then they are not.
+	designated := func() (string, string) {
+		regions, err := l.Admin.Regions(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ga, gb string
+		for _, r := range regions {
+			switch r.Name {
+			case "eu-central":
+				ga = r.Designation["c1"]
+			case "us-east":
+				gb = r.Designation["c1"]
+			}
+		}
+		return ga, gb
+	}
+	ga, gb := designated()
+	killed := ""
+	if slices.Contains(peers[ga], gb) {
+		killed = ga
+		if err := l.KillHost(ga); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "eu-central/c1 off "+ga, 20*time.Second, func() bool { a, _ := designated(); return a != ga })
+		ga, gb = designated()
+	}
+	if slices.Contains(peers[ga], gb) {
+		t.Fatalf("eu-central/c1 (designated %s) and us-east/c1 (designated %s) are linked (links %v): nothing crosses an iBGP hop", ga, gb, peers)
+	}
+	m := check(t, l)
+	t.Logf("eu-central/c1 (designated %s) and us-east/c1 (designated %s) have no link of their own (links %v; killed %q to get there): all %d probes as the policy expects",
+		ga, gb, peers, killed, len(m.Results))
+	if killed != "" {
+		if err := l.StartAgent(killed); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, killed+" back with its sessions", 30*time.Second, func() bool {
+			out, _ := l.Birdc(ctx, killed, "show", "protocols")
+			n, err := l.Admin.Node(ctx, killed)
+			return err == nil && n.Healthy != nil && *n.Healthy && backboneEstablished(out) == links
+		})
+	}
 }
 
 // TestLabBGPIPv6 runs the lab of examples/lab/ipv6-bgp.yaml (IPv6 pods
@@ -147,6 +265,8 @@ func testBGPLab(t *testing.T, l *lab.Lab) {
 			gateways = append(gateways, h.Name)
 		}
 	}
+	// Each gateway's backbone links (= BGP sessions, BFD sessions).
+	links := backboneLinks(l)
 
 	t.Run("SessionsEstablishedWithBFD", func(t *testing.T) {
 		for _, g := range gateways {
@@ -156,13 +276,13 @@ func testBGPLab(t *testing.T, l *lab.Lab) {
 			for !ok && time.Now().Before(deadline) {
 				out, _ = l.Birdc(ctx, g, "show", "protocols")
 				bfd, _ = l.Birdc(ctx, g, "show", "bfd", "sessions")
-				ok = backboneEstablished(out) == len(gateways)-1 && backboneBFDUp(bfd) == len(gateways)-1
+				ok = backboneEstablished(out) == links && backboneBFDUp(bfd) == links
 				if !ok {
 					time.Sleep(200 * time.Millisecond)
 				}
 			}
 			if !ok {
-				t.Errorf("%s: want %d BGP sessions Established with BFD Up:\n%s\n%s", g, len(gateways)-1, out, bfd)
+				t.Errorf("%s: want %d BGP sessions Established with BFD Up:\n%s\n%s", g, links, out, bfd)
 			}
 		}
 		// The other region's cluster prefixes, learned through BIRD.
@@ -204,7 +324,7 @@ func testBGPLab(t *testing.T, l *lab.Lab) {
 						}
 					}
 				}
-				if g.Routing == nil || g.Routing.BIRD != "running" || backbone != len(gateways)-1 {
+				if g.Routing == nil || g.Routing.BIRD != "running" || backbone != links {
 					t.Errorf("status of %s: %+v", g.Name, g.Routing)
 				}
 			}
@@ -302,7 +422,7 @@ func testBGPLab(t *testing.T, l *lab.Lab) {
 		waitFor(t, victim+" back with its sessions", 30*time.Second, func() bool {
 			out, _ := l.Birdc(ctx, victim, "show", "protocols")
 			n, err := l.Admin.Node(ctx, victim)
-			return err == nil && n.Healthy != nil && *n.Healthy && backboneEstablished(out) == len(gateways)-1
+			return err == nil && n.Healthy != nil && *n.Healthy && backboneEstablished(out) == links
 		})
 	})
 
@@ -336,7 +456,7 @@ func testBGPLab(t *testing.T, l *lab.Lab) {
 		}
 		waitFor(t, "sessions back after the flapping", 30*time.Second, func() bool {
 			for _, g := range gateways {
-				if out, _ := l.Birdc(ctx, g, "show", "protocols"); backboneEstablished(out) != len(gateways)-1 {
+				if out, _ := l.Birdc(ctx, g, "show", "protocols"); backboneEstablished(out) != links {
 					return false
 				}
 			}
@@ -398,11 +518,11 @@ func testBGPLab(t *testing.T, l *lab.Lab) {
 				}
 			}
 		}
-		if n := strings.TrimSpace(hostOut(t, l, victim, "sh", "-c", "ip -o link show 2>/dev/null | grep -c ': smbb'")); n != fmt.Sprint(len(gateways)-1) {
-			t.Errorf("%s backbone links after 5 crashes, want %d:\n%s", n, len(gateways)-1, hostOut(t, l, victim, "ip", "-br", "link"))
+		if n := strings.TrimSpace(hostOut(t, l, victim, "sh", "-c", "ip -o link show 2>/dev/null | grep -c ': smbb'")); n != fmt.Sprint(links) {
+			t.Errorf("%s backbone links after 5 crashes, want %d:\n%s", n, links, hostOut(t, l, victim, "ip", "-br", "link"))
 		}
-		if n := strings.TrimSpace(hostOut(t, l, victim, "sh", "-c", "ip rule | grep -c 'lookup 5200'")); n != "2" {
-			t.Errorf("%s detour rules after 5 crashes, want 2 (one per link to the other region):\n%s", n, hostOut(t, l, victim, "ip", "rule"))
+		if n := strings.TrimSpace(hostOut(t, l, victim, "sh", "-c", "ip rule | grep -c 'lookup 5200'")); n != fmt.Sprint(links-(l.State.Config.Gateways-1)) {
+			t.Errorf("%s detour rules after 5 crashes, want %d (one per link to another region):\n%s", n, links-(l.State.Config.Gateways-1), hostOut(t, l, victim, "ip", "rule"))
 		}
 		if n := strings.TrimSpace(hostOut(t, l, victim, "sh", "-c", "nft list tables | wc -l")); n != "1" {
 			t.Errorf("%s nftables tables after 5 crashes:\n%s", n, hostOut(t, l, victim, "nft", "list", "tables"))
@@ -421,9 +541,9 @@ func testBGPLab(t *testing.T, l *lab.Lab) {
 				wgs++
 			}
 		}
-		if birds != 1 || (wgs != 0 && wgs != len(gateways)) {
+		if birds != 1 || (wgs != 0 && wgs != links+1) {
 			t.Errorf("after 5 crashes: %d bird processes (want 1), %d wireguard-go processes (want %d: sm0 and the links); processes in %s:\n%s",
-				birds, wgs, len(gateways), victim, strings.Join(procs, "\n"))
+				birds, wgs, links+1, victim, strings.Join(procs, "\n"))
 		}
 	})
 }
@@ -446,7 +566,7 @@ func wanCutOutage(t *testing.T, l *lab.Lab) map[string]time.Duration {
 		}
 		waitFor(t, "BGP back on "+victim, 20*time.Second, func() bool {
 			out, _ := l.Birdc(ctx, victim, "show", "protocols")
-			return backboneEstablished(out) == 3
+			return backboneEstablished(out) == backboneLinks(l)
 		})
 		time.Sleep(time.Second)
 	})

@@ -3,7 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -86,7 +89,7 @@ func BenchmarkFailoverModes(b *testing.B) {
 				ok := err == nil && n.Healthy != nil && *n.Healthy
 				if ok && mode == "bird" {
 					out, _ := l.Birdc(ctx, v, "show", "protocols")
-					ok = backboneEstablished(out) == 3
+					ok = backboneEstablished(out) == backboneLinks(l)
 				}
 				if ok {
 					break
@@ -127,4 +130,194 @@ func round2(xs []float64) []float64 {
 		out[i] = float64(int(x*100+0.5)) / 100
 	}
 	return out
+}
+
+// BenchmarkFailoverRegions measures failover at several lab sizes (issue
+// 20): for each size in STATEMESH_FAILOVER_REGIONS (default "2,10,20"
+// regions; 1 cluster of 1 node and 2 gateways per region), in baseline
+// and BIRD mode (peersPerRegion STATEMESH_FAILOVER_PEERS, default 1: with
+// two gateways per region 2 is a full mesh), the lab's bring-up time, then
+// `reps` times (STATEMESH_FAILOVER_REPS, default 2) the outage between
+// eu-central/c1 and us-east/c1 pods when eu-central/c1's designated
+// gateway is killed and when its WAN link is cut, and how long the killed
+// gateway takes to be back in service (BIRD: every backbone session
+// Established again, the re-convergence). Minutes per size: opt-in
+// (-run '^$' -bench BenchmarkFailoverRegions -benchtime=1x), not in CI.
+func BenchmarkFailoverRegions(b *testing.B) {
+	testenv.RequireBinary(b, "bird")
+	sizes := []int{2, 10, 20}
+	if s := os.Getenv("STATEMESH_FAILOVER_REGIONS"); s != "" {
+		sizes = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				b.Fatalf("STATEMESH_FAILOVER_REGIONS: %v", err)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	reps := 2
+	if s := os.Getenv("STATEMESH_FAILOVER_REPS"); s != "" {
+		reps, _ = strconv.Atoi(s)
+	}
+	peers := 1 // a bounded backbone (with 2 gateways per region, 2 is a full mesh)
+	if s := os.Getenv("STATEMESH_FAILOVER_PEERS"); s != "" {
+		peers, _ = strconv.Atoi(s)
+	}
+	upTimeout := 20 * time.Minute
+	if s := os.Getenv("STATEMESH_FAILOVER_UP_TIMEOUT"); s != "" {
+		upTimeout, _ = time.ParseDuration(s)
+	}
+	modes := []string{"baseline", "bird"}
+	if s := os.Getenv("STATEMESH_FAILOVER_MODES"); s != "" {
+		modes = strings.Split(s, ",")
+	}
+	var t strings.Builder
+	fmt.Fprintf(&t, "%-8s %-9s %-8s %-20s %-20s %-20s %-20s %s\n", "REGIONS", "MODE", "UP (s)", "KILL FWD (s)", "KILL BACK (s)", "CUT FWD (s)", "CUT BACK (s)", "KILLED GATEWAY BACK IN SERVICE (s)")
+	for _, regions := range sizes {
+		for _, mode := range modes {
+			cfg := lab.Config{Regions: regions, Clusters: 1, Nodes: 1, Gateways: 2, BGP: mode == "bird", BFDInterval: 100 * time.Millisecond,
+				GatewayTimeout: 1500 * time.Millisecond, WeakNodes: 0}
+			if cfg.BGP {
+				cfg.PeersPerRegion = peers
+			}
+			lab.ForceClean(nil)
+			cfg.Dir, cfg.Binary, cfg.Pods = b.TempDir(), binary, true
+			ctx, cancel := context.WithTimeout(context.Background(), upTimeout)
+			availBefore := memAvailableMiB()
+			start := time.Now()
+			l, err := lab.Up(ctx, cfg, nil)
+			cancel()
+			up := time.Since(start)
+			if err != nil {
+				lab.Down(cfg.Dir, nil)
+				b.Fatalf("%d regions, %s: %v", regions, mode, err)
+			}
+			links := 0
+			if cfg.BGP {
+				links = backboneLinks(l)
+			}
+			rss, pss, procs := labMemory()
+			b.Logf("%d regions, %s: up in %s; %d processes in the lab's namespaces: RSS %.0f MiB, PSS %.0f MiB; MemAvailable %.0f → %.0f MiB (−%.0f); %d backbone links per gateway; load %s",
+				regions, mode, up.Round(100*time.Millisecond), procs, rss, pss, availBefore, memAvailableMiB(), availBefore-memAvailableMiB(), links, loadavg())
+			victim := func() string {
+				regions, err := l.Admin.Regions(context.Background())
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, r := range regions {
+					if r.Name == "eu-central" {
+						return r.Designation["c1"]
+					}
+				}
+				b.Fatal("no eu-central")
+				return ""
+			}
+			var kf, kb, cf, cb, back []float64
+			for range reps {
+				v := victim()
+				f, r, _ := outage(b, l, func() { l.KillHost(v) }, 30*time.Second, nil)
+				kf, kb = append(kf, f.Seconds()), append(kb, r.Seconds())
+				started := time.Now()
+				l.StartAgent(v)
+				for time.Since(started) < 120*time.Second {
+					n, err := l.Admin.Node(context.Background(), v)
+					ok := err == nil && n.Healthy != nil && *n.Healthy
+					if ok && mode == "bird" {
+						out, _ := l.Birdc(context.Background(), v, "show", "protocols")
+						ok = backboneEstablished(out) == links
+					}
+					if ok {
+						break
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+				back = append(back, time.Since(started).Seconds())
+				time.Sleep(2 * time.Second)
+				v = victim()
+				f, r, _ = outage(b, l, func() { l.WANLink(v, 0, false) }, 10*time.Second,
+					func() { l.WANLink(v, l.State.Config.WANMTU, true) })
+				cf, cb = append(cf, f.Seconds()), append(cb, r.Seconds())
+				time.Sleep(3 * time.Second)
+			}
+			fmt.Fprintf(&t, "%-8d %-9s %-8.1f %-20s %-20s %-20s %-20s %.2f %v\n", regions, mode, up.Seconds(),
+				fmt.Sprintf("%.2f %v", median(kf), round2(kf)), fmt.Sprintf("%.2f %v", median(kb), round2(kb)),
+				fmt.Sprintf("%.2f %v", median(cf), round2(cf)), fmt.Sprintf("%.2f %v", median(cb), round2(cb)), median(back), round2(back))
+			b.Logf("%d regions, %s: up in %s; kill %v/%v, cut %v/%v, back %v", regions, mode, up.Round(time.Second), round2(kf), round2(kb), round2(cf), round2(cb), round2(back))
+			lab.Down(cfg.Dir, nil)
+			lab.ForceClean(nil)
+		}
+	}
+	b.Log("\n" + t.String())
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
+// labMemory sums the resident and proportional memory (smaps_rollup Rss,
+// Pss) of every process in the lab's network namespaces (/run/netns: the
+// hosts, pods and switches) and in this process's own (the controller),
+// and counts them.
+func labMemory() (rssMiB, pssMiB float64, procs int) {
+	netns := map[uint64]bool{}
+	ino := func(path string) (uint64, bool) {
+		var st syscall.Stat_t
+		if err := syscall.Stat(path, &st); err != nil {
+			return 0, false
+		}
+		return st.Ino, true
+	}
+	if i, ok := ino("/proc/self/ns/net"); ok {
+		netns[i] = true
+	}
+	if ents, err := os.ReadDir("/run/netns"); err == nil {
+		for _, e := range ents {
+			if i, ok := ino("/run/netns/" + e.Name()); ok {
+				netns[i] = true
+			}
+		}
+	}
+	self := os.Getpid()
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		if i, ok := ino("/proc/" + e.Name() + "/ns/net"); !ok || !netns[i] {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/smaps_rollup")
+		if err != nil {
+			continue
+		}
+		procs++
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 2 {
+				kb, _ := strconv.ParseFloat(f[1], 64)
+				switch f[0] {
+				case "Rss:":
+					rssMiB += kb / 1024
+				case "Pss:":
+					pssMiB += kb / 1024
+				}
+			}
+		}
+	}
+	return rssMiB, pssMiB, procs
+}
+
+// memAvailableMiB is /proc/meminfo's MemAvailable.
+func memAvailableMiB() float64 {
+	b, _ := os.ReadFile("/proc/meminfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemAvailable:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
 }
