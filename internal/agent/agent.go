@@ -135,6 +135,7 @@ type Agent struct {
 	linkMaps   map[string]netmap.Map
 	linksSwept bool
 	routingErr error
+	linkErr    error // backbone links that could not be set up
 	bird       *birdcfg.Runner
 	reportKick chan struct{}
 	// stopWatch ends the current map stream (the controller failed

@@ -122,13 +122,17 @@ func staleBackbone(existing []string, rt *netmap.Routing) []string {
 
 // syncRouting brings the backbone links and BIRD in line with the map.
 func (a *Agent) syncRouting(ctx context.Context, m netmap.Map) {
-	err := a.syncBackbone(ctx, m.Routing)
-	if err == nil {
-		err = a.syncBIRD(ctx, m)
-	}
+	// A link that cannot be set up does not stop BIRD: its session stays
+	// down and the gateway routes over the others (a bounded backbone has
+	// other paths; the link is retried with the next map or sync).
+	linkErr := a.syncBackbone(ctx, m.Routing)
+	err := a.syncBIRD(ctx, m)
 	a.mu.Lock()
-	a.routingErr = err
+	a.routingErr, a.linkErr = err, linkErr
 	a.mu.Unlock()
+	if linkErr != nil {
+		a.log.Error("backbone links", "err", linkErr)
+	}
 	if err != nil {
 		a.log.Error("dynamic routing", "err", err)
 	}

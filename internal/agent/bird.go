@@ -60,7 +60,7 @@ func (a *Agent) routingStatus(ctx context.Context, m netmap.Map) *api.RoutingSta
 		return nil
 	}
 	a.mu.Lock()
-	rerr, runner := a.routingErr, a.bird
+	rerr, lerr, runner := a.routingErr, a.linkErr, a.bird
 	a.mu.Unlock()
 	if rerr != nil {
 		return &api.RoutingStatus{BIRD: rerr.Error()}
@@ -73,6 +73,9 @@ func (a *Agent) routingStatus(ctx context.Context, m netmap.Map) *api.RoutingSta
 		return &api.RoutingStatus{BIRD: err.Error()}
 	}
 	rs := &api.RoutingStatus{BIRD: "running"}
+	if lerr != nil {
+		rs.Links = lerr.Error()
+	}
 	bfd := map[string]string{}
 	for _, s := range st.BFD {
 		bfd[s.Address] = s.State

@@ -386,7 +386,10 @@ type RoutingStatus struct {
 	// BIRD is "running", or why it is not (missing, crashed, a
 	// configuration it refused); a gateway without a running BIRD is
 	// unhealthy, so designation moves away from it.
-	BIRD     string       `json:"bird"`
+	BIRD string `json:"bird"`
+	// Links says which backbone links could not be set up (their
+	// sessions stay down; BIRD routes over the others).
+	Links    string       `json:"links,omitempty"`
 	Sessions []BGPSession `json:"sessions,omitempty"`
 }
 

@@ -88,6 +88,7 @@ func (r StatusReport) Clean() StatusReport {
 	if r.Routing != nil {
 		rt := *r.Routing
 		rt.BIRD = CleanText(rt.BIRD, MaxReportText)
+		rt.Links = CleanText(rt.Links, MaxReportText)
 		rt.Sessions = nil
 		if r.Routing.Sessions != nil {
 			rt.Sessions = make([]BGPSession, len(r.Routing.Sessions))

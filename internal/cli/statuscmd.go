@@ -179,7 +179,11 @@ func bgpSummary(rs *api.RoutingStatus) string {
 			bfd++
 		}
 	}
-	return fmt.Sprintf("%d/%d established, BFD up %d", est, len(rs.Sessions), bfd)
+	sum := fmt.Sprintf("%d/%d established, BFD up %d", est, len(rs.Sessions), bfd)
+	if rs.Links != "" {
+		sum += "; links: " + rs.Links
+	}
+	return sum
 }
 
 // bytesText is a byte count for people (1.2 MB).
