@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
 
@@ -194,7 +195,9 @@ func syncDetourFamily(family int, want map[string]bool) error {
 		}
 		r := netlink.NewRule()
 		r.IifName, r.Table, r.Priority, r.Family = iface, birdcfg.DetourTable, detourRulePriority, family
-		if err := netlink.RuleAdd(r); err != nil {
+		// EEXIST: the rule is there though the listing missed it (seen in
+		// a loaded 10-region lab); it is what we want.
+		if err := netlink.RuleAdd(r); err != nil && !errors.Is(err, syscall.EEXIST) {
 			errs = append(errs, fmt.Errorf("%s rule iif %s lookup %d: %w", ip, iface, birdcfg.DetourTable, err))
 		}
 	}
