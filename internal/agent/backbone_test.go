@@ -25,19 +25,7 @@ import (
 func TestIssue15DetourRulesBothFamilies(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireBinary(t, "ip")
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	defer netns.Set(orig)
+	defer onNewNetns(t)()
 	rules := func(family string) string {
 		// ip runs on this thread's namespace (exec forks from it).
 		out, err := exec.Command("ip", family, "rule", "show", "table", "5200").CombinedOutput()
@@ -81,19 +69,7 @@ func TestIssue15DetourRulesBothFamilies(t *testing.T) {
 func TestBIRDRunsWhenALinkFails(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireBinary(t, "bird")
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	defer netns.Set(orig)
+	defer onNewNetns(t)()
 	if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
@@ -126,5 +102,29 @@ func TestBIRDRunsWhenALinkFails(t *testing.T) {
 	}
 	if len(rs.Sessions) != 1 || rs.Sessions[0].BGPState == "Established" {
 		t.Fatalf("sessions = %+v, want the failed link's session, not established", rs.Sessions)
+	}
+}
+
+// onNewNetns moves the calling goroutine, locked to its thread, into a new
+// network namespace; the returned func moves it back.
+func onNewNetns(t *testing.T) func() {
+	t.Helper()
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	ns, err := netns.New()
+	if err != nil {
+		orig.Close()
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	return func() {
+		netns.Set(orig)
+		ns.Close()
+		orig.Close()
+		runtime.UnlockOSThread()
 	}
 }
