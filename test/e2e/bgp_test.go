@@ -220,22 +220,7 @@ func TestLabBGPIPv6(t *testing.T) {
 
 	t.Run("MeasuredMatrixEqualsPolicyOverIPv6", func(t *testing.T) {
 		m := check(t, l)
-		count := map[string]int{}
-		for _, r := range m.Results {
-			fam := m.Family(r.From)
-			kind := "node"
-			switch {
-			case strings.HasPrefix(r.From, "client "):
-				kind = "client"
-			case strings.Contains(r.From, "/pod"):
-				kind = "pod"
-			}
-			verdict := "denied"
-			if e := m.Expected[[2]string{r.From, r.To}]; e.ICMP || e.TCP {
-				verdict = "allowed"
-			}
-			count[fam+" "+kind+" "+verdict]++
-		}
+		count := probeCounts(m)
 		t.Logf("probes by family, kind and verdict: %v", count)
 		for _, k := range []string{"IPv4 node allowed", "IPv4 node denied", "IPv6 node allowed", "IPv6 node denied",
 			"IPv6 pod allowed", "IPv6 pod denied", "IPv6 client allowed", "IPv6 client denied"} {

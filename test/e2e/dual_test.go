@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -31,21 +30,7 @@ func TestLabDual(t *testing.T) {
 
 	t.Run("MeasuredMatrixEqualsPolicyInBothFamilies", func(t *testing.T) {
 		m := check(t, l)
-		count := map[string]int{}
-		for _, r := range m.Results {
-			kind := "node"
-			switch {
-			case strings.HasPrefix(r.From, "client "):
-				kind = "client"
-			case strings.Contains(r.From, "/pod"):
-				kind = "pod"
-			}
-			verdict := "denied"
-			if e := m.Expected[[2]string{r.From, r.To}]; e.ICMP || e.TCP {
-				verdict = "allowed"
-			}
-			count[m.Family(r.From)+" "+kind+" "+verdict]++
-		}
+		count := probeCounts(m)
 		t.Logf("probes by family, kind and verdict: %v", count)
 		for _, fam := range []string{"IPv4", "IPv6"} {
 			for _, kind := range []string{"node", "pod", "client"} {

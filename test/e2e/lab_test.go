@@ -101,6 +101,27 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// probeCounts counts a matrix's probes by "FAMILY KIND VERDICT" (kind:
+// node, pod or client; verdict: what the policy expects, allowed or denied).
+func probeCounts(m *lab.Matrix) map[string]int {
+	count := map[string]int{}
+	for _, r := range m.Results {
+		kind := "node"
+		switch {
+		case strings.HasPrefix(r.From, "client "):
+			kind = "client"
+		case strings.Contains(r.From, "/pod"):
+			kind = "pod"
+		}
+		verdict := "denied"
+		if e := m.Expected[[2]string{r.From, r.To}]; e.ICMP || e.TCP {
+			verdict = "allowed"
+		}
+		count[m.Family(r.From)+" "+kind+" "+verdict]++
+	}
+	return count
+}
+
 func check(t *testing.T, l *lab.Lab) *lab.Matrix {
 	t.Helper()
 	var m *lab.Matrix
