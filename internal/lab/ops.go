@@ -366,5 +366,11 @@ func (l *Lab) AddStranger() (ns string, addr netip.Addr, err error) {
 	if err := l.addNS(StrangerNS); err != nil {
 		return "", addr, err
 	}
-	return StrangerNS, addr, veth(StrangerNS, "wan0", wanSwitch, "stranger", cfg.WANMTU, withBits(addr))
+	return StrangerNS, addr, veth(StrangerNS, "wan0", wanSwitch, strangerPort, cfg.WANMTU, withBits(addr))
 }
+
+const strangerPort = "stranger"
+
+// StrangerPort is the WAN switch's end of the stranger's link: its
+// namespace and interface.
+func StrangerPort() (ns, ifname string) { return wanSwitch, strangerPort }
