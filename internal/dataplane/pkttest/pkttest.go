@@ -58,7 +58,7 @@ func TCP(src, dst netip.Addr, sport, dport uint16, flags uint8) []byte {
 	return IPPacket(src, dst, 6, t)
 }
 
-// handshakeInitiation is shaped like a WireGuard handshake initiation
+// HandshakeInitiation is shaped like a WireGuard handshake initiation
 // (type 1, 148 bytes); its contents are junk.
 func HandshakeInitiation() []byte {
 	b := make([]byte, 148)
@@ -69,9 +69,65 @@ func HandshakeInitiation() []byte {
 	return b
 }
 
-// transportData is shaped like WireGuard transport data (type 4).
+// TransportData is shaped like WireGuard transport data (type 4).
 func TransportData() []byte {
 	b := make([]byte, 64)
 	b[0] = 4
 	return b
+}
+
+// HandshakeResponse is shaped like a WireGuard handshake response (type 2,
+// 92 bytes).
+func HandshakeResponse() []byte {
+	b := make([]byte, 92)
+	b[0] = 2
+	return b
+}
+
+// Datagram is an Ethernet frame carrying a UDP datagram from src to dst,
+// with every checksum a receiving stack verifies filled in (the IPv4
+// header's; UDP's, which IPv6 requires), so that it is delivered, not only
+// seen by XDP.
+func Datagram(srcMAC, dstMAC [6]byte, src, dst netip.AddrPort, payload []byte) []byte {
+	f := UDP(src.Addr(), dst.Addr(), src.Port(), dst.Port(), payload)
+	copy(f[0:6], dstMAC[:])
+	copy(f[6:12], srcMAC[:])
+	ip := f[14:]
+	var l4 []byte
+	var pseudo uint32
+	if src.Addr().Is4() {
+		binary.BigEndian.PutUint16(ip[10:], checksum(ip[:20], 0))
+		l4 = ip[20:]
+		pseudo = sum(ip[12:20], 0) + 17 + uint32(len(l4))
+	} else {
+		l4 = ip[40:]
+		pseudo = sum(ip[8:40], 0) + 17 + uint32(len(l4))
+	}
+	c := checksum(l4, pseudo)
+	if c == 0 {
+		c = 0xffff // zero means "no checksum" to UDP
+	}
+	binary.BigEndian.PutUint16(l4[6:], c)
+	return f
+}
+
+// sum adds b as big-endian 16-bit words to acc (RFC 1071).
+func sum(b []byte, acc uint32) uint32 {
+	for len(b) >= 2 {
+		acc += uint32(binary.BigEndian.Uint16(b))
+		b = b[2:]
+	}
+	if len(b) == 1 {
+		acc += uint32(b[0]) << 8
+	}
+	return acc
+}
+
+// checksum is the Internet checksum of b over the partial sum acc.
+func checksum(b []byte, acc uint32) uint16 {
+	acc = sum(b, acc)
+	for acc>>16 != 0 {
+		acc = acc&0xffff + acc>>16
+	}
+	return ^uint16(acc)
 }

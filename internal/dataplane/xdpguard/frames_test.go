@@ -11,6 +11,7 @@ var (
 	tcp                 = pkttest.TCP
 	handshakeInitiation = pkttest.HandshakeInitiation
 	transportData       = pkttest.TransportData
+	handshakeResponse   = pkttest.HandshakeResponse
 )
 
 const (

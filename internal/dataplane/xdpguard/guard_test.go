@@ -75,7 +75,10 @@ func TestVerdicts(t *testing.T) {
 		{"wireguard from a peer", udp(peer, self, 51820, 51820, transportData()), VerdictWGKnown},
 		{"wireguard from a peer over IPv6", udp(peer6, self6, 51820, 51820, transportData()), VerdictWGKnown},
 		{"wireguard from the underlay range", udp(inRange, self, 40000, 51820, transportData()), VerdictWGKnown},
-		{"transport data from a stranger", udp(stranger, self, 40000, 51820, transportData()), VerdictWGUnknown},
+		{"transport data from a stranger (a roaming peer?)", udp(stranger, self, 40000, 51820, transportData()), VerdictWGRoam},
+		{"transport data too short for its tag", udp(stranger, self, 40000, 51820, transportData()[:31]), VerdictWGUnknown},
+		{"handshake response from a stranger", udp(stranger, self, 40000, 51820, handshakeResponse()), VerdictWGUnknown},
+		{"handshake initiation of the wrong length", udp(stranger, self, 40000, 51820, handshakeInitiation()[:140]), VerdictWGUnknown},
 		{"handshake from a stranger", udp(stranger, self, 40000, 51820, handshakeInitiation()), VerdictWGHandshake},
 		{"handshake from a stranger over IPv6", udp(stranger6, self6, 40000, 51820, handshakeInitiation()), VerdictWGHandshake},
 		{"bgp from the router", tcp(bgpPeer, self, 40000, 179, tcpSYN), VerdictService},
@@ -186,8 +189,10 @@ func TestUpdateInPlace(t *testing.T) {
 		}
 		return pass
 	}
-	if data(roamed) {
-		t.Fatal("data from the roamed endpoint passed before it was learned")
+	// Unknown, its data passes up to the per-source limit (3): enough for
+	// WireGuard to authenticate one and move the peer's endpoint.
+	if got := []bool{data(roamed), data(roamed), data(roamed), data(roamed)}; !equalBools(got, []bool{true, true, true, false}) {
+		t.Fatalf("data from the roamed endpoint before it was learned passed %v, want the first 3 only", got)
 	}
 	in.Learned = []netip.Addr{roamed}
 	in.Peers = []netip.Addr{peer6}
@@ -203,8 +208,14 @@ func TestUpdateInPlace(t *testing.T) {
 	if !data(roamed) {
 		t.Error("data from the learned endpoint is dropped")
 	}
-	if data(peer) {
-		t.Error("data from the removed peer passes")
+	// The removed peer is a stranger now: its data is judged as an
+	// unknown source's, within the per-source limit and then not at all.
+	before, _ := g.Counters()
+	if got := []bool{data(peer), data(peer), data(peer), data(peer)}; !equalBools(got, []bool{true, true, true, false}) {
+		t.Errorf("data from the removed peer passed %v, want the first 3 only (an unknown source's limit)", got)
+	}
+	if after, _ := g.Counters(); after[VerdictWGKnown] != before[VerdictWGKnown] || after[VerdictWGRoam] != before[VerdictWGRoam]+3 {
+		t.Errorf("the removed peer's data: wg_known %d → %d, wg_roam %d → %d; want it unknown", before[VerdictWGKnown], after[VerdictWGKnown], before[VerdictWGRoam], after[VerdictWGRoam])
 	}
 	if pass, _ := g.Test(tcp(stranger, self, 40000, 443, tcpSYN)); pass {
 		t.Error("the closed port still passes")

@@ -30,10 +30,12 @@ import (
 //  9. restricted port: the source has one of its classes     → pass  service
 //     otherwise                                              → drop  source
 // 10. WireGuard port: known source                           → pass  wg_known
-//     unknown source, not a handshake initiation              → drop  wg_unknown
 //     unknown source, initiation within the per-source and
 //     the total limit of the window                          → pass  wg_handshake
+//     unknown source, transport data within the same limits
+//     (a roaming peer's first packets from its new address)  → pass  wg_roam
 //     over either limit                                      → drop  wg_ratelimited
+//     unknown source, any other message                      → drop  wg_unknown
 //
 // Everything that passes meets the node's nftables table next.
 
@@ -57,11 +59,12 @@ const (
 	VerdictWGUnknown
 	VerdictWGHandshake
 	VerdictWGRateLimited
+	VerdictWGRoam
 	numVerdicts
 )
 
 var verdictNames = [numVerdicts]string{"not_ip", "malformed", "protocol", "not_local", "fragment", "ipv6_ext", "icmp",
-	"reply", "closed", "service", "source", "wg_known", "wg_unknown", "wg_handshake", "wg_ratelimited"}
+	"reply", "closed", "service", "source", "wg_known", "wg_unknown", "wg_handshake", "wg_ratelimited", "wg_roam"}
 
 var verdictDrops = [numVerdicts]bool{VerdictMalformed: true, VerdictProtocol: true, VerdictClosed: true, VerdictSource: true,
 	VerdictWGUnknown: true, VerdictWGRateLimited: true}
@@ -277,18 +280,27 @@ func program(m *maps) asm.Instructions {
 		asm.JNE.Imm(R2, 0, verdict(VerdictService)).WithSymbol("restricted"),
 		asm.Ja.Label(verdict(VerdictSource)),
 	)
-	// WireGuard from an unknown source: only handshake initiations (type 1,
-	// three reserved zero bytes, 148 bytes), under the limits.
+	// WireGuard from an unknown source: handshake initiations (type 1,
+	// three reserved zero bytes, 148 bytes) and transport data (type 4,
+	// at least a 16-byte header and a 16-byte tag: a roaming peer's data,
+	// which WireGuard authenticates and then moves the peer's endpoint
+	// for), each under the per-source and the total limit.
 	emits(at("wg_unknown", bounds(R9, 8+4)))
 	emit(
 		asm.JEq.Imm(R6, 17, "wg_udp"),
 		asm.Ja.Label(verdict(VerdictWGUnknown)),
-		asm.LoadMem(R2, R9, 4, asm.Half).WithSymbol("wg_udp"),
-		asm.JNE.Imm(R2, wgInitLen, verdict(VerdictWGUnknown)),
-		asm.LoadMem(R2, R9, 8, asm.Word),
+		asm.LoadMem(R2, R9, 8, asm.Word).WithSymbol("wg_udp"),
+		asm.LoadMem(R3, R9, 4, asm.Half),
+		asm.JEq.Imm(R2, 4, "wg_data"),
 		asm.JNE.Imm(R2, 1, verdict(VerdictWGUnknown)),
+		asm.JNE.Imm(R3, wgInitLen, verdict(VerdictWGUnknown)),
+		asm.StoreImm(FP, stCounter, int64(VerdictWGHandshake), asm.Word), // the verdict within the limits
+		asm.Ja.Label("wg_limits"),
+		asm.HostTo(asm.BE, R3, asm.Half).WithSymbol("wg_data"),
+		asm.JLT.Imm(R3, 8+32, verdict(VerdictWGUnknown)),
+		asm.StoreImm(FP, stCounter, int64(VerdictWGRoam), asm.Word),
 	)
-	emits(lookup(m.config, stZero))
+	emits(at("wg_limits", lookup(m.config, stZero)))
 	emit(
 		asm.JEq.Imm(R0, 0, verdict(VerdictWGRateLimited)),
 		asm.LoadMem(R2, R0, cfgWindow, asm.DWord),
@@ -299,7 +311,12 @@ func program(m *maps) asm.Instructions {
 		asm.StoreMem(FP, stLimitAll, R2, asm.Word),
 	)
 	emits(rateLimit("src", m.rate, stSrcAddr, stLimitSrc, verdict(VerdictWGRateLimited), "total"))
-	emits(at("total", rateLimit("all", m.total, stZero, stLimitAll, verdict(VerdictWGRateLimited), verdict(VerdictWGHandshake))))
+	emits(at("total", rateLimit("all", m.total, stZero, stLimitAll, verdict(VerdictWGRateLimited), "wg_within")))
+	emit(
+		asm.LoadMem(R2, FP, stCounter, asm.Word).WithSymbol("wg_within"),
+		asm.JEq.Imm(R2, int32(VerdictWGRoam), verdict(VerdictWGRoam)),
+		asm.Ja.Label(verdict(VerdictWGHandshake)),
+	)
 
 	// Verdicts: count (per CPU), then pass or drop.
 	for _, v := range Verdicts() {
