@@ -126,7 +126,13 @@ type Agent struct {
 	saveKick chan struct{}
 	// fw is the node's nftables table (nil: not enforcing); fwErr the last
 	// failure; fwState says why it is nil.
-	fw      nodeFirewall
+	fw nodeFirewall
+	// fwMu serializes the table's writers (the apply path, drift repair,
+	// the eBPF firewall's mark rule) and guards fwMap, the map the table
+	// was last made to match: a writer that runs late must restore that
+	// map's table, not an older one it read before.
+	fwMu    sync.Mutex
+	fwMap   netmap.Map
 	metrics *agentMetrics
 	paths   []api.PathProbe
 	// BIRD mode: backbone link devices and their applied maps (used by

@@ -129,9 +129,18 @@ func (a *Agent) ebpfFirewallState(m netmap.Map, udpWarm bool) ebpffw.State {
 	return s
 }
 
-// rerenderFirewall re-applies nftables' table (the mark rule changed).
+// rerenderFirewall re-applies nftables' table (the mark rule changed), for
+// the map last applied to it (m until there is one).
 func (a *Agent) rerenderFirewall(ctx context.Context, m netmap.Map) {
-	if a.fw == nil || m.Interface.Name == "" {
+	if a.fw == nil {
+		return
+	}
+	a.fwMu.Lock()
+	defer a.fwMu.Unlock()
+	if a.fwMap.Interface.Name != "" {
+		m = a.fwMap
+	}
+	if m.Interface.Name == "" {
 		return
 	}
 	if err := a.fw.Apply(ctx, a.firewallState(m)); err != nil {

@@ -23,6 +23,9 @@ func (a *Agent) syncFirewall(ctx context.Context, prev, next netmap.Map, d *netm
 	if a.fw == nil {
 		return
 	}
+	a.fwMu.Lock()
+	defer a.fwMu.Unlock()
+	a.fwMap = next
 	var err error
 	switch {
 	case d != nil && !d.FirewallChanged && d.Interface == nil && d.Self == nil:
@@ -63,22 +66,28 @@ func (a *Agent) firewallLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		a.repairDrift(ctx)
+	}
+}
+
+// repairDrift restores the table if it no longer matches the last map
+// applied to it.
+func (a *Agent) repairDrift(ctx context.Context) {
+	a.fwMu.Lock()
+	defer a.fwMu.Unlock()
+	m := a.fwMap
+	if m.Interface.Name == "" {
+		return
+	}
+	if err := a.fw.Check(ctx); err != nil {
+		a.log.Warn("nftables drift: restoring StateMesh's table", "reason", err)
+		if err := a.fw.Apply(ctx, a.firewallState(m)); err != nil {
+			a.log.Error("restoring the firewall", "err", err)
+			return
+		}
 		a.mu.Lock()
-		m, ok := a.prev, a.ok
+		a.driftRepairs++
 		a.mu.Unlock()
-		if !ok || m.Interface.Name == "" {
-			continue
-		}
-		if err := a.fw.Check(ctx); err != nil {
-			a.log.Warn("nftables drift: restoring StateMesh's table", "reason", err)
-			if err := a.fw.Apply(ctx, a.firewallState(m)); err != nil {
-				a.log.Error("restoring the firewall", "err", err)
-				continue
-			}
-			a.mu.Lock()
-			a.driftRepairs++
-			a.mu.Unlock()
-			a.metrics.driftRepairs.Inc()
-		}
+		a.metrics.driftRepairs.Inc()
 	}
 }
