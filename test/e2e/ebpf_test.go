@@ -306,7 +306,7 @@ func newFlooder(t *testing.T, l *lab.Lab) *flooder {
 		t.Fatal(err)
 	}
 	f := &flooder{ns: ns, src: netip.AddrPortFrom(addr, 40000), socket: os.Getenv("STATEMESH_FLOOD_SENDER") == "socket"}
-	inNetNS(t, ns, func() error {
+	pkttest.InNS(t, ns, func() error {
 		ifc, err := net.InterfaceByName("wan0")
 		if err == nil {
 			f.srcMAC = [6]byte(ifc.HardwareAddr)
@@ -316,7 +316,7 @@ func newFlooder(t *testing.T, l *lab.Lab) *flooder {
 	if !f.socket {
 		swNS, port := lab.StrangerPort()
 		var napi link.Link
-		inNetNS(t, swNS, func() error {
+		pkttest.InNS(t, swNS, func() error {
 			ifc, err := net.InterfaceByName(port)
 			if err == nil {
 				napi, err = pkttest.PassXDP(ifc.Index)
@@ -439,30 +439,6 @@ func socketSender(target netip.AddrPort) (func(int) (int, error), error) {
 		}
 		return sent, nil
 	}, nil
-}
-
-// inNetNS runs f on a thread in network namespace ns; the thread is not
-// returned to the pool afterwards.
-func inNetNS(t *testing.T, ns string, f func() error) {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		h, err := netns.GetFromName(ns)
-		if err != nil {
-			done <- err
-			return
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			done <- err
-			return
-		}
-		done <- f()
-	}()
-	if err := <-done; err != nil {
-		t.Fatalf("in %s: %v", ns, err)
-	}
 }
 
 // wanMAC is the MAC address of a host's wan0.

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/statemesh/statemesh/internal/dataplane/firewall"
 	"github.com/statemesh/statemesh/internal/dataplane/fwplan"
+	"github.com/statemesh/statemesh/internal/dataplane/pkttest"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/testenv"
 )
@@ -206,42 +206,11 @@ func (f *Firewall) detach() {
 	f.links, f.ifc = nil, ""
 }
 
-func ksoftirqd(cpu int) int {
-	ents, _ := os.ReadDir("/proc")
-	want := fmt.Sprintf("ksoftirqd/%d", cpu)
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm")); err == nil && strings.TrimSpace(string(b)) == want {
-			return pid
-		}
-	}
-	return 0
-}
-
-func schedNS(pid int) int64 {
-	if pid == 0 {
-		return 0
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 0
-	}
-	n, _ := strconv.ParseInt(f[0], 10, 64)
-	return n
-}
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
+// Namespaces and CPU time: package pkttest.
+var (
+	sh        = pkttest.Sh
+	inNS      = pkttest.InNS
+	ksoftirqd = pkttest.Ksoftirqd
+	schedNS   = pkttest.TaskCPU
+	median    = pkttest.Median
+)

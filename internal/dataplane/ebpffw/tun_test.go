@@ -9,12 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
 
@@ -22,35 +20,6 @@ import (
 	"github.com/statemesh/statemesh/internal/dataplane/fwplan"
 	"github.com/statemesh/statemesh/internal/testenv"
 )
-
-func sh(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-func inNS(t *testing.T, name string, fn func() error) {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread leaves with the goroutine
-		h, err := netns.GetFromName(name)
-		if err == nil {
-			defer h.Close()
-			err = netns.Set(h)
-		}
-		if err == nil {
-			err = fn()
-		}
-		done <- err
-	}()
-	if err := <-done; err != nil {
-		t.Fatalf("in %s: %v", name, err)
-	}
-}
 
 // ipv4Checksum fills in an IPv4 header's checksum (the stack checks it).
 func ipv4Checksum(pkt []byte) []byte {

@@ -5,13 +5,11 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf/link"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/statemesh/statemesh/internal/testenv"
@@ -26,14 +24,14 @@ func TestGeneratorDeliversDatagrams(t *testing.T) {
 	a, b := "smx-gen-a", "smx-gen-b"
 	for _, ns := range []string{a, b} {
 		exec.Command("ip", "netns", "del", ns).Run()
-		run(t, "ip", "netns", "add", ns)
+		Sh(t, "ip", "netns", "add", ns)
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 	}
-	run(t, "ip", "-n", a, "link", "add", "g0", "type", "veth", "peer", "name", "g1", "netns", b)
-	run(t, "ip", "-n", a, "addr", "add", "10.98.0.1/24", "dev", "g0")
-	run(t, "ip", "-n", b, "addr", "add", "10.98.0.2/24", "dev", "g1")
-	run(t, "ip", "-n", a, "link", "set", "g0", "up")
-	run(t, "ip", "-n", b, "link", "set", "g1", "up")
+	Sh(t, "ip", "-n", a, "link", "add", "g0", "type", "veth", "peer", "name", "g1", "netns", b)
+	Sh(t, "ip", "-n", a, "addr", "add", "10.98.0.1/24", "dev", "g0")
+	Sh(t, "ip", "-n", b, "addr", "add", "10.98.0.2/24", "dev", "g1")
+	Sh(t, "ip", "-n", a, "link", "set", "g0", "up")
+	Sh(t, "ip", "-n", b, "link", "set", "g1", "up")
 
 	for _, fam := range []struct {
 		src, dst netip.AddrPort
@@ -42,14 +40,14 @@ func TestGeneratorDeliversDatagrams(t *testing.T) {
 		{netip.MustParseAddrPort("[fd98::1]:40000"), netip.MustParseAddrPort("[fd98::2]:51820")},
 	} {
 		if fam.src.Addr().Is6() {
-			run(t, "ip", "-n", a, "addr", "add", "fd98::1/64", "dev", "g0", "nodad")
-			run(t, "ip", "-n", b, "addr", "add", "fd98::2/64", "dev", "g1", "nodad")
+			Sh(t, "ip", "-n", a, "addr", "add", "fd98::1/64", "dev", "g0", "nodad")
+			Sh(t, "ip", "-n", b, "addr", "add", "fd98::2/64", "dev", "g1", "nodad")
 		}
 		payload := []byte("a datagram from the generator, " + fam.dst.String())
 		frame := Datagram(mac(t, a, "g0"), mac(t, b, "g1"), fam.src, fam.dst, payload)
 
 		var conn *net.UDPConn
-		inNS(t, b, func() (err error) {
+		InNS(t, b, func() (err error) {
 			if conn, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(fam.dst)); err != nil {
 				return err
 			}
@@ -70,7 +68,7 @@ func TestGeneratorDeliversDatagrams(t *testing.T) {
 		// The veth delivers XDP frames only to a peer that runs NAPI: an
 		// XDP program that passes everything, in native mode.
 		var l link.Link
-		inNS(t, b, func() error {
+		InNS(t, b, func() error {
 			ifc, err := net.InterfaceByName("g1")
 			if err != nil {
 				return err
@@ -84,7 +82,7 @@ func TestGeneratorDeliversDatagrams(t *testing.T) {
 			t.Fatal(err)
 		}
 		const n = 1000
-		inNS(t, a, func() error {
+		InNS(t, a, func() error {
 			ifc, err := net.InterfaceByName("g0")
 			if err != nil {
 				return err
@@ -113,42 +111,9 @@ func TestGeneratorDeliversDatagrams(t *testing.T) {
 	}
 }
 
-// inNS runs f on a thread in network namespace ns; the thread is not
-// returned to the pool afterwards.
-func inNS(t *testing.T, ns string, f func() error) {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		h, err := netns.GetFromName(ns)
-		if err != nil {
-			done <- err
-			return
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			done <- err
-			return
-		}
-		done <- f()
-	}()
-	if err := <-done; err != nil {
-		t.Fatalf("in %s: %v", ns, err)
-	}
-}
-
-func run(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%v: %v: %s", args, err, out)
-	}
-	return string(out)
-}
-
 func mac(t *testing.T, ns, ifname string) [6]byte {
 	t.Helper()
-	f := strings.Fields(run(t, "ip", "-n", ns, "-o", "link", "show", ifname))
+	f := strings.Fields(Sh(t, "ip", "-n", ns, "-o", "link", "show", ifname))
 	for i, w := range f {
 		if w == "link/ether" && i+1 < len(f) {
 			hw, err := net.ParseMAC(f[i+1])

@@ -1,16 +1,11 @@
 package pkttest
 
 import (
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
-	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -40,24 +35,24 @@ func TestFloodSenderCost(t *testing.T) {
 	s, w, d := "smx-fs-s", "smx-fs-w", "smx-fs-d"
 	for _, ns := range []string{s, w, d} {
 		exec.Command("ip", "netns", "del", ns).Run()
-		run(t, "ip", "netns", "add", ns)
+		Sh(t, "ip", "netns", "add", ns)
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 	}
-	run(t, "ip", "-n", w, "link", "add", "br0", "type", "bridge")
-	run(t, "ip", "-n", w, "link", "set", "br0", "up")
+	Sh(t, "ip", "-n", w, "link", "add", "br0", "type", "bridge")
+	Sh(t, "ip", "-n", w, "link", "set", "br0", "up")
 	for _, h := range []struct{ ns, addr, port string }{{s, "10.97.0.1/24", "ps"}, {d, "10.97.0.2/24", "pd"}} {
-		run(t, "ip", "-n", h.ns, "link", "add", "wan0", "type", "veth", "peer", "name", h.port, "netns", w)
-		run(t, "ip", "-n", h.ns, "addr", "add", h.addr, "dev", "wan0")
-		run(t, "ip", "-n", h.ns, "link", "set", "wan0", "up")
-		run(t, "ip", "-n", w, "link", "set", h.port, "master", "br0")
-		run(t, "ip", "-n", w, "link", "set", h.port, "up")
+		Sh(t, "ip", "-n", h.ns, "link", "add", "wan0", "type", "veth", "peer", "name", h.port, "netns", w)
+		Sh(t, "ip", "-n", h.ns, "addr", "add", h.addr, "dev", "wan0")
+		Sh(t, "ip", "-n", h.ns, "link", "set", "wan0", "up")
+		Sh(t, "ip", "-n", w, "link", "set", h.port, "master", "br0")
+		Sh(t, "ip", "-n", w, "link", "set", h.port, "up")
 	}
 	dmac := mac(t, d, "wan0")
-	run(t, "ip", "-n", s, "neigh", "replace", "10.97.0.2", "lladdr", net.HardwareAddr(dmac[:]).String(), "dev", "wan0", "nud", "permanent")
-	run(t, "ip", "-n", w, "link", "set", "ps", "type", "bridge_slave", "learning", "on")
-	run(t, "bridge", "-n", w, "fdb", "replace", net.HardwareAddr(dmac[:]).String(), "dev", "pd", "master", "static")
+	Sh(t, "ip", "-n", s, "neigh", "replace", "10.97.0.2", "lladdr", net.HardwareAddr(dmac[:]).String(), "dev", "wan0", "nud", "permanent")
+	Sh(t, "ip", "-n", w, "link", "set", "ps", "type", "bridge_slave", "learning", "on")
+	Sh(t, "bridge", "-n", w, "fdb", "replace", net.HardwareAddr(dmac[:]).String(), "dev", "pd", "master", "static")
 	var napi, drop link.Link
-	inNS(t, w, func() (err error) {
+	InNS(t, w, func() (err error) {
 		ifc, err := net.InterfaceByName("ps")
 		if err == nil {
 			napi, err = PassXDP(ifc.Index)
@@ -65,7 +60,7 @@ func TestFloodSenderCost(t *testing.T) {
 		return err
 	})
 	defer napi.Close()
-	inNS(t, d, func() error {
+	InNS(t, d, func() error {
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "Apache-2.0", Instructions: asm.Instructions{
 			asm.Mov.Imm(asm.R0, 1), asm.Return(), // XDP_DROP
 		}})
@@ -142,11 +137,11 @@ func TestFloodSenderCost(t *testing.T) {
 		ratios = append(ratios, sock[i]/kern[i])
 	}
 	t.Logf("CPU per flood packet, sent and dropped (sending thread + ksoftirqd on CPU %d, %d packets a measurement): UDP socket %v ns, generator %v ns; socket ÷ generator, per round %v, median %.2f",
-		cpu, packets, rounded(sock), rounded(kern), rounded(ratios), medianOf(ratios))
-	if r := medianOf(ratios); r < 1 {
+		cpu, packets, rounded(sock), rounded(kern), rounded(ratios), Median(ratios))
+	if r := Median(ratios); r < 1 {
 		t.Errorf("the generator costs more than a socket (%.2f)", r)
 	}
-	rx := run(t, "ip", "-n", d, "-s", "-o", "link", "show", "wan0")
+	rx := Sh(t, "ip", "-n", d, "-s", "-o", "link", "show", "wan0")
 	t.Logf("target: %s", rx)
 }
 
@@ -156,7 +151,7 @@ func TestFloodSenderCost(t *testing.T) {
 func sendCost(t *testing.T, ns string, cpu, n int, open func() (func(int) error, error)) float64 {
 	t.Helper()
 	var per float64
-	inNS(t, ns, func() error {
+	InNS(t, ns, func() error {
 		var set unix.CPUSet
 		set.Set(cpu)
 		if err := unix.SchedSetaffinity(0, &set); err != nil {
@@ -166,53 +161,19 @@ func sendCost(t *testing.T, ns string, cpu, n int, open func() (func(int) error,
 		if err != nil {
 			return err
 		}
-		soft := ksoftirqd(cpu)
+		soft := Ksoftirqd(cpu)
 		var t0, t1 unix.Timespec
 		unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &t0)
-		s0 := schedNS(soft)
+		s0 := TaskCPU(soft)
 		if err := send(n); err != nil {
 			return err
 		}
 		unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &t1)
 		time.Sleep(50 * time.Millisecond)
-		per = float64(t1.Nano()-t0.Nano()+schedNS(soft)-s0) / float64(n)
+		per = float64(t1.Nano()-t0.Nano()+TaskCPU(soft)-s0) / float64(n)
 		return nil
 	})
 	return per
-}
-
-func ksoftirqd(cpu int) int {
-	ents, _ := os.ReadDir("/proc")
-	want := fmt.Sprintf("ksoftirqd/%d", cpu)
-	for _, e := range ents {
-		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm")); err == nil && strings.TrimSpace(string(b)) == want {
-			pid, _ := strconv.Atoi(e.Name())
-			return pid
-		}
-	}
-	return 0
-}
-
-func schedNS(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 0
-	}
-	v, _ := strconv.ParseInt(f[0], 10, 64)
-	return v
-}
-
-func medianOf(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	return s[len(s)/2]
 }
 
 func rounded(xs []float64) []float64 {

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -272,39 +271,6 @@ func flood(t *testing.T, ns string, cpu, n int) float64 {
 	return perPacket
 }
 
-// ksoftirqd returns the pid of ksoftirqd/cpu.
-func ksoftirqd(cpu int) int {
-	ents, _ := os.ReadDir("/proc")
-	want := fmt.Sprintf("ksoftirqd/%d", cpu)
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm")); err == nil && strings.TrimSpace(string(b)) == want {
-			return pid
-		}
-	}
-	return 0
-}
-
-// schedNS is a task's CPU time in nanoseconds (/proc/PID/schedstat).
-func schedNS(pid int) int64 {
-	if pid == 0 {
-		return 0
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 0
-	}
-	n, _ := strconv.ParseInt(f[0], 10, 64)
-	return n
-}
-
 // counterPackets sums the "counter packets N" of an nft listing.
 func counterPackets(listing string) uint64 {
 	var total uint64
@@ -316,13 +282,4 @@ func counterPackets(listing string) uint64 {
 		}
 	}
 	return total
-}
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
 }

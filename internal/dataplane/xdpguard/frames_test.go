@@ -14,6 +14,15 @@ var (
 	handshakeResponse   = pkttest.HandshakeResponse
 )
 
+// Namespaces and CPU time (package pkttest too).
+var (
+	sh        = pkttest.Sh
+	inNS      = pkttest.InNS
+	ksoftirqd = pkttest.Ksoftirqd
+	schedNS   = pkttest.TaskCPU
+	median    = pkttest.Median
+)
+
 const (
 	tcpSYN = pkttest.TCPSYN
 	tcpACK = pkttest.TCPACK

@@ -6,52 +6,14 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/statemesh/statemesh/internal/dataplane/guardplan"
 	"github.com/statemesh/statemesh/internal/netmap"
 	"github.com/statemesh/statemesh/internal/testenv"
 )
-
-func sh(t testing.TB, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-// inNS runs fn on a thread switched into the named namespace (sockets
-// made there stay there).
-func inNS(t testing.TB, name string, fn func() error) {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// The thread is not unlocked: it dies with the goroutine rather
-		// than go back to the pool in the wrong namespace.
-		target, err := netns.GetFromName(name)
-		if err != nil {
-			done <- err
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			done <- err
-			return
-		}
-		done <- fn()
-	}()
-	if err := <-done; err != nil {
-		t.Fatalf("in namespace %s: %v", name, err)
-	}
-}
 
 // vethPair makes two namespaces, smx-<pid>-<tag>-{a,b}, joined by a veth
 // pair a0—b0: a has 10.99.0.2 (a peer), 10.99.0.3 (a stranger) and
