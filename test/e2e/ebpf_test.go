@@ -289,9 +289,10 @@ const floodRate = 50000
 // XDP live frames out of the stranger's wan0, one system call per batch;
 // the switch's end of its link runs NAPI for them), because the flood's
 // sender is the attacker's machine, not the system measured, and here it
-// shares that system's two cores: a UDP socket's sendmmsg costs about
-// three times as much per packet (STATEMESH_FLOOD_SENDER=socket uses one,
-// to compare).
+// shares that system's two cores: sending and dropping a packet costs
+// 1.1-1.7 times as much from a UDP socket with sendmmsg
+// (pkttest.TestFloodSenderCost; STATEMESH_FLOOD_SENDER=socket floods from
+// one, to compare).
 type flooder struct {
 	ns     string
 	src    netip.AddrPort
