@@ -268,7 +268,8 @@ func (x *restartFixture) restart(between func()) {
 	}
 }
 
-// resumes reads statemesh_watch_resumes_total by result.
+// resumes reads statemesh_watch_resumes_total by result, and
+// statemesh_map_changes_unmarked_total as result "unmarked".
 func resumes(t *testing.T, c *controller.Controller) map[string]int {
 	t.Helper()
 	rec := httptest.NewRecorder()
@@ -277,11 +278,14 @@ func resumes(t *testing.T, c *controller.Controller) map[string]int {
 	sc := bufio.NewScanner(rec.Body)
 	for sc.Scan() {
 		line := sc.Text()
-		rest, ok := strings.CutPrefix(line, `statemesh_watch_resumes_total{result="`)
-		if !ok {
+		var result, value string
+		if rest, ok := strings.CutPrefix(line, `statemesh_watch_resumes_total{result="`); ok {
+			result, value, _ = strings.Cut(rest, `"} `)
+		} else if rest, ok := strings.CutPrefix(line, "statemesh_map_changes_unmarked_total "); ok {
+			result, value = "unmarked", rest
+		} else {
 			continue
 		}
-		result, value, _ := strings.Cut(rest, `"} `)
 		n, err := strconv.Atoi(value)
 		if err != nil {
 			t.Fatalf("metric line %q: %v", line, err)
@@ -308,7 +312,9 @@ func (x *restartFixture) expectResumes(what string, snapshots ...string) {
 			x.t.Errorf("%s: %s received %d snapshots after resuming, want %d", what, a.name, got, want)
 		}
 	}
-	want := map[string]int{"current": len(x.agents) - len(snapshots), "deltas": 0, "snapshot": len(snapshots)}
+	// unmarked: the markers alone cover every change (not the replica's
+	// check of them).
+	want := map[string]int{"current": len(x.agents) - len(snapshots), "deltas": 0, "snapshot": len(snapshots), "unmarked": 0}
 	if got := resumes(x.t, x.inst.Controller); fmt.Sprint(got) != fmt.Sprint(want) {
 		x.t.Errorf("%s: resumes %v, want %v", what, got, want)
 	}
