@@ -82,7 +82,18 @@ func errCode(err error) string {
 	if errors.As(err, &ae) {
 		return ae.Code
 	}
+	if storeUnavailable(err) {
+		return api.CodeUnavailable
+	}
 	return api.CodeInternal
+}
+
+// storeUnavailable reports whether err is the store failing to answer
+// (unreachable, overloaded, or the caller's deadline passing while it was
+// slow) or giving up on conflicting writers: the API answers `unavailable`
+// (retry) to those, not `internal` (internal/server).
+func storeUnavailable(err error) bool {
+	return errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, store.ErrConflict)
 }
 
 // registryCollector reports the registry's state at scrape time.

@@ -138,13 +138,16 @@ func mapErr(parent context.Context, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrGRPCNoLeader) ||
 		errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrGRPCTimeout) || errors.Is(err, rpctypes.ErrGRPCLeaderChanged) ||
 		errors.Is(err, rpctypes.ErrLeaderChanged) || errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) || errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) ||
-		errors.Is(err, rpctypes.ErrGRPCTimeoutDueToLeaderFail) || errors.Is(err, rpctypes.ErrGRPCTimeoutDueToConnectionLost) {
+		errors.Is(err, rpctypes.ErrGRPCTimeoutDueToLeaderFail) || errors.Is(err, rpctypes.ErrGRPCTimeoutDueToConnectionLost) ||
+		errors.Is(err, rpctypes.ErrTooManyRequests) || errors.Is(err, rpctypes.ErrGRPCRequestTooManyRequests) {
 		return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
 	}
 	// Any other error of a member going away (leader election, a killed
-	// member) is the store being unavailable, not a bug.
+	// member) or overloaded ("etcdserver: too many requests": its applied
+	// index too far behind its committed one) is the store being
+	// unavailable, not a bug.
 	switch status.Code(err) {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted, codes.ResourceExhausted:
 		return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
 	}
 	return err
