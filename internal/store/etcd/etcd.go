@@ -215,16 +215,26 @@ func (s *Store) Revision(ctx context.Context) (int64, error) {
 // tx buffers writes and records what was read.
 type tx struct {
 	s      *Store
-	ctx    context.Context    // bounded by the attempt's timeout
-	parent context.Context    // the caller's
-	rev    int64              // snapshot revision of the reads
-	reads  map[string]int64   // key -> mod revision seen (0: absent)
-	ranges map[string]bool    // prefixes listed
-	writes map[string]*[]byte // nil value: delete
+	ctx    context.Context     // bounded by the attempt's timeout
+	parent context.Context     // the caller's
+	rev    int64               // snapshot revision of the reads
+	reads  map[string]int64    // key -> mod revision seen (0: absent)
+	got    map[string]store.KV // keys read, as read (reads at one revision: the same every time)
+	ranges map[string]bool     // prefixes listed
+	writes map[string]*[]byte  // nil value: delete
 	order  []string
 }
 
 func (t *tx) get(key string) (store.KV, error) {
+	// Read before in this attempt (Get, not List): the same answer, without
+	// a round trip.
+	if kv, ok := t.got[key]; ok {
+		kv.Value = slices.Clone(kv.Value)
+		return kv, nil
+	}
+	if mod, ok := t.reads[key]; ok && mod == 0 {
+		return store.KV{}, store.ErrNotFound
+	}
 	opts := []clientv3.OpOption{}
 	if t.rev > 0 {
 		opts = append(opts, clientv3.WithRev(t.rev))
@@ -242,6 +252,10 @@ func (t *tx) get(key string) (store.KV, error) {
 	}
 	kv := t.s.kv(resp.Kvs[0])
 	t.reads[key] = kv.ModRev
+	if t.got == nil {
+		t.got = map[string]store.KV{}
+	}
+	t.got[key] = kv
 	return kv, nil
 }
 
