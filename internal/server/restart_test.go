@@ -296,8 +296,9 @@ func resumes(t *testing.T, c *controller.Controller) map[string]int {
 }
 
 // expectResumes checks which agents resumed with a snapshot (the others
-// must have got none) once every agent has its replica's map.
-func (x *restartFixture) expectResumes(what string, snapshots ...string) {
+// must have got none) and how many with deltas, once every agent has its
+// replica's map.
+func (x *restartFixture) expectResumes(what string, deltas int, snapshots ...string) {
 	x.t.Helper()
 	for _, a := range x.agents {
 		a.f.waitFor(x.t, "first frame at "+a.name, func(api.Frame) bool { return true })
@@ -314,7 +315,7 @@ func (x *restartFixture) expectResumes(what string, snapshots ...string) {
 	}
 	// unmarked: the markers alone cover every change (not the replica's
 	// check of them).
-	want := map[string]int{"current": len(x.agents) - len(snapshots), "deltas": 0, "snapshot": len(snapshots), "unmarked": 0}
+	want := map[string]int{"current": len(x.agents) - deltas - len(snapshots), "deltas": deltas, "snapshot": len(snapshots), "unmarked": 0}
 	if got := resumes(x.t, x.inst.Controller); fmt.Sprint(got) != fmt.Sprint(want) {
 		x.t.Errorf("%s: resumes %v, want %v", what, got, want)
 	}
@@ -354,7 +355,7 @@ func TestRestartResumesWithoutSnapshots(t *testing.T) {
 			x := newRestartFixture(t, s.open(t))
 			x.writeNoMapChanges()
 			x.restart(nil)
-			x.expectResumes("after the restart")
+			x.expectResumes("after the restart", 0)
 			for _, a := range x.agents {
 				if fr := a.f.all(); len(fr) == 0 || fr[0].Type != api.FramePing {
 					t.Errorf("%s's resumed stream did not start with a ping: %v", a.name, fr)
@@ -402,7 +403,7 @@ func TestRestartAfterChangesWhileDown(t *testing.T) {
 			})
 			// s1 is gone: its stream is refused, its map not followed.
 			x.agents = slices.DeleteFunc(x.agents, func(a *restartAgent) bool { return a.name == "s1" })
-			x.expectResumes("after changes while down", "gw-eu", "p0", "p1", "p2", "s0")
+			x.expectResumes("after changes while down", 0, "gw-eu", "p0", "p1", "p2", "s0")
 			for _, a := range x.agents {
 				m := a.current()
 				_, hasP9 := m.Peer("p9")
@@ -434,7 +435,7 @@ func TestRestartAfterSpecChange(t *testing.T) {
 	for _, a := range x.agents {
 		all = append(all, a.name)
 	}
-	x.expectResumes("after a spec change while down", all...)
+	x.expectResumes("after a spec change while down", 0, all...)
 	if after := x.agents[len(x.agents)-1].current().Interface.MTU; after == before {
 		t.Errorf("u1's MTU is still %d after the spec lowered the underlay MTU", after)
 	}
@@ -465,8 +466,33 @@ func TestRestartResumeOlderThanFloor(t *testing.T) {
 		}
 		a.f = stream(t, x.ctx, x.at(a), from)
 	}
-	x.expectResumes("resuming p0 from before p3 joined", "p0")
+	x.expectResumes("resuming p0 from before p3 joined", 0, "p0")
 	if _, ok := x.agents[2].current().Peer("p3"); !ok {
 		t.Error("p0's snapshot lacks p3")
+	}
+}
+
+// TestRestartJoinBeforeResumes: a node joins right after the restart,
+// before the agents resume: those of its cluster (and its region's
+// gateway) get the join as a delta from the replica's history, which
+// reaches back to the load, where their revision was current; the others
+// resume current.
+func TestRestartJoinBeforeResumes(t *testing.T) {
+	x := newRestartFixture(t, boltStore(t))
+	x.writeNoMapChanges()
+	x.inst.Stop()
+	x.start(nil)
+	x.enroll(api.CreateTokenRequest{Cluster: "eu-central/prod"}, "p3", "node")
+	x.agents = x.agents[:len(x.agents)-1] // p3 does not stream
+	for _, a := range x.agents {
+		<-a.f.done
+		x.open(a, a.current().Revision)
+	}
+	x.expectResumes("resuming after a join on the restarted replica", 4)
+	for _, a := range x.agents {
+		_, has := a.current().Peer("p3")
+		if want := a.name[0] == 'p' || a.name == "gw-eu"; has != want {
+			t.Errorf("%s: p3 in its map: %v, want %v", a.name, has, want)
+		}
 	}
 }
