@@ -93,7 +93,10 @@ func smallSpec(t *testing.T) []byte {
 func newRestartFixture(t *testing.T, st store.Store) *restartFixture {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	x := &restartFixture{t: t, ctx: ctx, st: st}
+	// A gateway is marked down after 6 s without a heartbeat (sent every
+	// 200 ms): a loaded machine must not flip its health, which would move
+	// the markers; a heartbeat is still written every 2 s.
+	x := &restartFixture{t: t, ctx: ctx, st: st, cfg: controller.Config{HeartbeatTimeout: 6 * time.Second}}
 	x.start(smallSpec(t))
 	for _, gw := range []struct{ name, region string }{{"gw-eu", "eu-central"}, {"gw-us", "us-east"}} {
 		x.enroll(api.CreateTokenRequest{Region: gw.region, Role: "gateway"}, gw.name, "gateway")
@@ -231,7 +234,7 @@ func (x *restartFixture) writeNoMapChanges() {
 		}
 		a.id = id
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		kv, err := x.st.Get(x.ctx, "health/gw-eu")
 		if err == nil && kv.ModRev > top {
