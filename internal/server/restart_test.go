@@ -98,10 +98,11 @@ func newRestartFixture(t *testing.T, st store.Store) *restartFixture {
 	// the markers; a heartbeat is still written every 2 s.
 	x := &restartFixture{t: t, ctx: ctx, st: st, cfg: controller.Config{HeartbeatTimeout: 6 * time.Second}}
 	x.start(smallSpec(t))
+	var gws []*apiclient.Identity
 	for _, gw := range []struct{ name, region string }{{"gw-eu", "eu-central"}, {"gw-us", "us-east"}} {
-		x.enroll(api.CreateTokenRequest{Region: gw.region, Role: "gateway"}, gw.name, "gateway")
+		gws = append(gws, x.enroll(api.CreateTokenRequest{Region: gw.region, Role: "gateway"}, gw.name, "gateway").id)
 	}
-	go x.heartbeats()
+	go x.heartbeats(gws)
 	x.waitHealthy("gw-eu", "gw-us")
 	for _, n := range []struct{ name, cluster string }{
 		{"p0", "eu-central/prod"}, {"p1", "eu-central/prod"}, {"p2", "eu-central/prod"},
@@ -150,13 +151,10 @@ func (x *restartFixture) open(a *restartAgent, from int64) {
 }
 
 // heartbeats keeps the gateways healthy on whichever replica runs.
-func (x *restartFixture) heartbeats() {
+func (x *restartFixture) heartbeats(gws []*apiclient.Identity) {
 	for x.ctx.Err() == nil {
-		for _, a := range x.agents {
-			if !strings.HasPrefix(a.name, "gw-") {
-				continue
-			}
-			id := *a.id
+		for _, gw := range gws {
+			id := *gw
 			id.Server = *x.url.Load()
 			if c, err := id.Client(); err == nil {
 				c.ReportStatus(x.ctx, api.StatusReport{Healthy: true})
