@@ -50,10 +50,10 @@ func shortFingerprint(hexSum string) string {
 }
 
 func (c *Controller) auditRefused(ctx context.Context, what, node, tokenID string, wgKey netmap.Key, certKey KeyDigest, err error) {
-	code, msg := api.CodeInternal, err.Error()
+	code, msg := errCode(err), err.Error()
 	var ae *api.Error
 	if errors.As(err, &ae) {
-		code, msg = ae.Code, ae.Message
+		msg = ae.Message
 	}
 	c.log.LogAttrs(ctx, slog.LevelWarn, what+" refused", slog.Bool("audit", true),
 		slog.String("node", node), slog.String("token", tokenID), slog.String("wgKey", KeyFingerprint(wgKey)),

@@ -78,6 +78,11 @@ type Config struct {
 	// again, so nodes resume on a replica that knows the mesh.
 	StoreProbeEvery time.Duration
 	StoreFenceAfter time.Duration
+	// ResumeFromHistoryOnly answers a resuming stream from the replica's
+	// history alone, ignoring the persisted map revisions (maprev.go): the
+	// behaviour before them, kept as benchmarks' baseline. The markers are
+	// written either way.
+	ResumeFromHistoryOnly bool
 }
 
 func (c *Config) setDefaults() {
@@ -158,8 +163,16 @@ type Controller struct {
 	// lastWrite is when a stream last wrote queued frames (UnixNano).
 	lastWrite atomic.Int64
 	hub       *hub
-	metrics   *metrics
-	events    []api.Event
+	// mapRevs are the scopes' last map-relevant revisions (maprev.go);
+	// loadedRevs what they were at loadRev, the revision the registry was
+	// last loaded at (history starts there).
+	mapRevs    *mapRevs
+	loadedRevs *mapRevs
+	loadRev    int64
+	// unmarked counts revisions that published changes no marker covered.
+	unmarked atomic.Int64
+	metrics  *metrics
+	events   []api.Event
 
 	ready chan struct{}
 	// started is when Run began: gateways get a heartbeat timeout's grace
@@ -190,13 +203,14 @@ func New(cfg Config) (*Controller, error) {
 		vouchLogged: map[string]bool{},
 		backendKick: make(chan struct{}, 1),
 		hub:         newHub(cfg.HistoryLen, cfg.QueueLen),
+		mapRevs:     newMapRevs(),
 		ready:       make(chan struct{}),
 	}
 	if cfg.TPM != nil {
 		c.self = &selfAttest{tpm: cfg.TPM, window: BatchWindow}
 	}
 	c.metrics = newMetrics(c)
-	c.st = timedStore{Store: cfg.Store, h: c.metrics.storeOps}
+	c.st = markingStore{timedStore{Store: cfg.Store, h: c.metrics.storeOps}}
 	return c, nil
 }
 
@@ -250,6 +264,16 @@ func (c *Controller) Bootstrap(ctx context.Context, mesh string) (adminToken str
 				}
 			}
 		}
+		// A store without map revisions (new, or written by an older
+		// version): from here on every map-relevant write is marked; what
+		// came before is older than this marker.
+		if _, err := tx.Get(keyMapRevAll); errors.Is(err, store.ErrNotFound) {
+			if err := tx.Put(keyMapRevAll, []byte("1")); err != nil {
+				return err
+			}
+		} else if err != nil {
+			return err
+		}
 		admins, err := tx.List(prefixAdmin)
 		if err != nil {
 			return err
@@ -292,6 +316,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.loadLocked(kvs)
 	c.setRevLocked(rev)
 	c.hub.floor = rev
+	c.loadedMapRevsLocked(rev)
 	nodes := len(c.nodes)
 	c.mu.Unlock()
 	c.log.Info("registry loaded", "revision", rev, "nodes", nodes)
@@ -344,6 +369,13 @@ func (c *Controller) follow(ctx context.Context, from int64) error {
 			return resp.Err
 		}
 		c.mu.Lock()
+		// Markers first: the changes of this revision are checked
+		// against them as they are published.
+		for _, ev := range resp.Events {
+			if ev.Type != store.EventDelete {
+				c.mapRevs.set(ev.KV.Key, resp.Revision)
+			}
+		}
 		for _, ev := range resp.Events {
 			c.applyLocked(ev.KV.Key, ev.KV.Value, ev.Type == store.EventDelete, resp.Revision)
 		}
@@ -362,9 +394,11 @@ func (c *Controller) reload(kvs []store.KV, rev int64) {
 	c.slots = map[string]slotTable{}
 	c.plan, c.ix, c.specYAML = nil, nil, ""
 	c.labels = nil
+	c.mapRevs = newMapRevs()
 	c.loadLocked(kvs)
 	c.setRevLocked(rev)
 	c.hub.resyncAll(rev)
+	c.loadedMapRevsLocked(rev)
 }
 
 func (c *Controller) setRevLocked(rev int64) {
@@ -596,6 +630,7 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 		c.slots[ck] = c.slots[ck].set(n, slotState(s))
 	}
 	if len(changes) > 0 && rev > 0 {
+		c.checkMarkedLocked(rev, changes)
 		c.hub.publish(rev, changes)
 	}
 }

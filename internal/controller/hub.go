@@ -240,10 +240,11 @@ func (h *hub) record(rev int64, ch topology.Change) {
 }
 
 // since returns the frames node n missed after revision from, or ok=false
-// when history does not cover it or a resync is among them (then the stream
-// starts with a snapshot).
-func (h *hub) since(from int64, n *topology.Node) ([]frame, bool) {
-	if from < h.floor {
+// when history does not cover it (from < floor: the caller passes h.floor,
+// or lower when it knows n missed nothing below it) or a resync is among
+// them (then the stream starts with a snapshot).
+func (h *hub) since(from, floor int64, n *topology.Node) ([]frame, bool) {
+	if from < floor {
 		return nil, false
 	}
 	var out []frame

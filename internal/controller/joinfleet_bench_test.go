@@ -100,11 +100,18 @@ func joinFleet(b *testing.B, specYAML []byte, p *plan.Plan, fleet int) {
 	nodeRec := encode(joiner)
 	rev := int64(1)
 	apply := func(key string, value []byte, deleted bool) { c.applyLocked(key, value, deleted, rev) }
+	// The enrollment's and the removal's map-revision markers, as the
+	// watch loop applies them before the revision's other events.
+	mark := func() {
+		c.mapRevs.set(prefixMapRevClus+joiner.Region+"/"+joiner.Cluster, rev)
+		c.mapRevs.set(keyMapRevSets, rev)
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
 		rev++
 		c.mu.Lock()
+		mark()
 		apply(tokenKey("bench"), tok, false)
 		apply(wgKeyKey(joiner.PublicKey), []byte(nodeOwner(joiner.Name)), false)
 		apply(slotKey(joiner.Region, joiner.Cluster, joiner.Slot), slotHeld, false)
@@ -115,6 +122,7 @@ func joinFleet(b *testing.B, specYAML []byte, p *plan.Plan, fleet int) {
 		b.StopTimer()
 		rev++
 		c.mu.Lock()
+		mark()
 		apply(nodeKey(joiner.Name), nil, true)
 		apply(slotKey(joiner.Region, joiner.Cluster, joiner.Slot), encode(SlotRecord{Node: joiner.Name, ReleasedAt: now}), false)
 		apply(wgKeyKey(joiner.PublicKey), nil, true)
@@ -125,6 +133,9 @@ func joinFleet(b *testing.B, specYAML []byte, p *plan.Plan, fleet int) {
 		}
 		c.mu.Unlock()
 		b.StartTimer()
+	}
+	if n := c.unmarked.Load(); n > 0 {
+		b.Fatalf("%d joins or removals published changes their markers do not cover", n)
 	}
 	b.ReportMetric(float64(c.hub.published.Load())/float64(b.N)/2, "frames/join")
 	b.StopTimer()

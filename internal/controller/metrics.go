@@ -24,6 +24,8 @@ type metrics struct {
 	fanout       prometheus.Histogram
 	storeOps     *prometheus.HistogramVec
 	overflows    prometheus.CounterFunc
+	resumes      *prometheus.CounterVec
+	unmarked     prometheus.CounterFunc
 }
 
 func newMetrics(c *Controller) *metrics {
@@ -50,7 +52,18 @@ func newMetrics(c *Controller) *metrics {
 		Name: "statemesh_watch_overflows_total",
 		Help: "Watch streams that fell behind and were resynchronized with a snapshot.",
 	}, func() float64 { return float64(c.hub.dropped.Load()) })
-	m.reg.MustRegister(m.enrollments, m.attestations, m.fanout, m.storeOps, m.overflows,
+	m.resumes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "statemesh_watch_resumes_total",
+		Help: "Watch streams that resumed from a revision, by how they were answered: current (nothing missed), deltas (the missed deltas), snapshot.",
+	}, []string{"result"})
+	for _, r := range []string{resumeCurrent, resumeDeltas, resumeSnapshot} {
+		m.resumes.WithLabelValues(r)
+	}
+	m.unmarked = prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "statemesh_map_changes_unmarked_total",
+		Help: "Store revisions that changed maps without the map-revision marker of every scope they changed (a writer that bypassed the controller); each makes every older revision resume with a snapshot.",
+	}, func() float64 { return float64(c.unmarked.Load()) })
+	m.reg.MustRegister(m.enrollments, m.attestations, m.fanout, m.storeOps, m.overflows, m.resumes, m.unmarked,
 		&registryCollector{c: c},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -69,7 +82,18 @@ func errCode(err error) string {
 	if errors.As(err, &ae) {
 		return ae.Code
 	}
+	if storeUnavailable(err) {
+		return api.CodeUnavailable
+	}
 	return api.CodeInternal
+}
+
+// storeUnavailable reports whether err is the store failing to answer
+// (unreachable, overloaded, or the caller's deadline passing while it was
+// slow) or giving up on conflicting writers: the API answers `unavailable`
+// (retry) to those, not `internal` (internal/server).
+func storeUnavailable(err error) bool {
+	return errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, store.ErrConflict)
 }
 
 // registryCollector reports the registry's state at scrape time.

@@ -1,12 +1,16 @@
 package controller
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/netmap"
+	"github.com/statemesh/statemesh/internal/store"
 )
 
 // TestMetricsScrape scrapes a controller with a node, a gateway and
@@ -38,6 +42,8 @@ func TestMetricsScrape(t *testing.T) {
 		`statemesh_gateway_designated_clusters{gateway="gw0",region="eu-central"} 2`,
 		"statemesh_watch_streams 0", "statemesh_registry_revision", "statemesh_nodes_behind 0",
 		`statemesh_store_operation_seconds_count{op="update",result="ok"}`,
+		`statemesh_watch_resumes_total{result="current"} 0`, `statemesh_watch_resumes_total{result="snapshot"} 0`,
+		"statemesh_map_changes_unmarked_total 0",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("scrape lacks %q", want)
@@ -45,5 +51,23 @@ func TestMetricsScrape(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Log(body)
+	}
+}
+
+// TestErrCodeStoreOverload: refusals because the store is unavailable,
+// overloaded or slow count (statemesh_enrollments_total, the audit log)
+// as `unavailable`, as the API answers them, not `internal`.
+func TestErrCodeStoreOverload(t *testing.T) {
+	for err, want := range map[error]string{
+		fmt.Errorf("enrolling: %w", store.ErrUnavailable):     api.CodeUnavailable,
+		fmt.Errorf("enrolling: %w", context.DeadlineExceeded): api.CodeUnavailable,
+		fmt.Errorf("enrolling: %w", store.ErrConflict):        api.CodeUnavailable,
+		apiErr(api.CodeTokenInvalid, "bogus"):                 api.CodeTokenInvalid,
+		errors.New("boom"):                                    api.CodeInternal,
+		nil:                                                   "ok",
+	} {
+		if got := errCode(err); got != want {
+			t.Errorf("errCode(%v) = %q, want %q", err, got, want)
+		}
 	}
 }

@@ -22,6 +22,9 @@ func (c *Controller) loadLocked(kvs []store.KV) {
 			nodeKVs = append(nodeKVs, int32(i))
 			continue
 		}
+		if c.mapRevs.set(kv.Key, kv.ModRev) {
+			continue
+		}
 		c.applyLocked(kv.Key, kv.Value, false, 0)
 	}
 	if len(c.nodes) == 0 {

@@ -127,7 +127,9 @@ func (c *Controller) openStream(ctx context.Context, name string, from int64) (s
 		if ok {
 			frames, covered := []frame(nil), false
 			if from > 0 && from <= c.rev {
-				frames, covered = c.hub.since(from, n)
+				var result string
+				frames, result, covered = c.resumeLocked(n, from)
+				c.metrics.resumes.WithLabelValues(result).Inc()
 			}
 			if covered {
 				for _, f := range frames {

@@ -29,7 +29,8 @@ type Instance struct {
 	Admin      *apiclient.Client
 	AdminCfg   api.AdminConfig
 	Cancel     context.CancelFunc
-	done       chan struct{}
+	done       chan struct{} // the server stopped
+	ran        chan struct{} // the controller's Run returned
 }
 
 // Options configure Start.
@@ -104,17 +105,17 @@ func Start(t testing.TB, opts Options) *Instance {
 	if len(ls) > 1 {
 		l = newFanIn(ls)
 	}
-	inst := &Instance{Controller: c, Store: opts.Store, URL: urls[0], URLs: urls, Cancel: cancel, done: make(chan struct{})}
+	inst := &Instance{Controller: c, Store: opts.Store, URL: urls[0], URLs: urls, Cancel: cancel, done: make(chan struct{}), ran: make(chan struct{})}
 	srv := server.New(server.Config{Controller: c, Logger: opts.Logger, PingEvery: cmp.Or(opts.PingEvery, time.Second), HeldStreams: opts.HeldStreams})
-	go c.Run(ctx)
+	go func() {
+		c.Run(ctx)
+		close(inst.ran)
+	}()
 	go func() {
 		srv.Serve(ctx, l)
 		close(inst.done)
 	}()
-	t.Cleanup(func() {
-		cancel()
-		<-inst.done
-	})
+	t.Cleanup(inst.Stop)
 	<-c.Ready()
 	inst.AdminCfg = api.AdminConfig{Server: inst.URL, CA: c.CA().CertPEM(), Token: admin}
 	if admin != "" {
@@ -133,6 +134,14 @@ func Start(t testing.TB, opts Options) *Instance {
 		go netmakersync.New(c, nm).Run(ctx)
 	}
 	return inst
+}
+
+// Stop stops the controller and its server (a replica going down; its
+// store stays open for the next Start) and waits for both to end.
+func (i *Instance) Stop() {
+	i.Cancel()
+	<-i.done
+	<-i.ran
 }
 
 // Token creates a join token.

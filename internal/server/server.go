@@ -225,10 +225,16 @@ func (s *Server) wrap(h handler) http.Handler {
 			} else if errors.Is(err, store.ErrNoSpace) {
 				s.log.Error("store out of disk space", "method", r.Method, "path", r.URL.Path, "err", err)
 				ae = &api.Error{Code: api.CodeUnavailable, Message: "the controller's store is out of disk space; nothing was written. Retry once space is freed"}
-			} else if errors.Is(err, store.ErrUnavailable) {
+			} else if errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+				// DeadlineExceeded: the request's own deadline passed
+				// while the store was slow to answer (an overloaded etcd).
 				s.log.Warn("store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
 				w.Header().Set("Retry-After", "1")
-				ae = &api.Error{Code: api.CodeUnavailable, Message: "the controller's store is unavailable (etcd unreachable or without quorum); a write may or may not have been committed: retry, here or on another replica"}
+				ae = &api.Error{Code: api.CodeUnavailable, Message: "the controller's store is unavailable (etcd unreachable, without quorum or overloaded); a write may or may not have been committed: retry, here or on another replica"}
+			} else if errors.Is(err, store.ErrConflict) {
+				s.log.Warn("store transaction kept conflicting", "method", r.Method, "path", r.URL.Path, "err", err)
+				w.Header().Set("Retry-After", "1")
+				ae = &api.Error{Code: api.CodeUnavailable, Message: "too many concurrent writes to the controller's store; nothing was written: retry"}
 			} else if errors.Is(err, context.Canceled) {
 				return
 			} else {

@@ -138,13 +138,16 @@ func mapErr(parent context.Context, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrGRPCNoLeader) ||
 		errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrGRPCTimeout) || errors.Is(err, rpctypes.ErrGRPCLeaderChanged) ||
 		errors.Is(err, rpctypes.ErrLeaderChanged) || errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) || errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) ||
-		errors.Is(err, rpctypes.ErrGRPCTimeoutDueToLeaderFail) || errors.Is(err, rpctypes.ErrGRPCTimeoutDueToConnectionLost) {
+		errors.Is(err, rpctypes.ErrGRPCTimeoutDueToLeaderFail) || errors.Is(err, rpctypes.ErrGRPCTimeoutDueToConnectionLost) ||
+		errors.Is(err, rpctypes.ErrTooManyRequests) || errors.Is(err, rpctypes.ErrGRPCRequestTooManyRequests) {
 		return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
 	}
 	// Any other error of a member going away (leader election, a killed
-	// member) is the store being unavailable, not a bug.
+	// member) or overloaded ("etcdserver: too many requests": its applied
+	// index too far behind its committed one) is the store being
+	// unavailable, not a bug.
 	switch status.Code(err) {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted, codes.ResourceExhausted:
 		return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
 	}
 	return err
@@ -212,16 +215,26 @@ func (s *Store) Revision(ctx context.Context) (int64, error) {
 // tx buffers writes and records what was read.
 type tx struct {
 	s      *Store
-	ctx    context.Context    // bounded by the attempt's timeout
-	parent context.Context    // the caller's
-	rev    int64              // snapshot revision of the reads
-	reads  map[string]int64   // key -> mod revision seen (0: absent)
-	ranges map[string]bool    // prefixes listed
-	writes map[string]*[]byte // nil value: delete
+	ctx    context.Context     // bounded by the attempt's timeout
+	parent context.Context     // the caller's
+	rev    int64               // snapshot revision of the reads
+	reads  map[string]int64    // key -> mod revision seen (0: absent)
+	got    map[string]store.KV // keys read, as read (reads at one revision: the same every time)
+	ranges map[string]bool     // prefixes listed
+	writes map[string]*[]byte  // nil value: delete
 	order  []string
 }
 
 func (t *tx) get(key string) (store.KV, error) {
+	// Read before in this attempt (Get, not List): the same answer, without
+	// a round trip.
+	if kv, ok := t.got[key]; ok {
+		kv.Value = slices.Clone(kv.Value)
+		return kv, nil
+	}
+	if mod, ok := t.reads[key]; ok && mod == 0 {
+		return store.KV{}, store.ErrNotFound
+	}
 	opts := []clientv3.OpOption{}
 	if t.rev > 0 {
 		opts = append(opts, clientv3.WithRev(t.rev))
@@ -239,6 +252,10 @@ func (t *tx) get(key string) (store.KV, error) {
 	}
 	kv := t.s.kv(resp.Kvs[0])
 	t.reads[key] = kv.ModRev
+	if t.got == nil {
+		t.got = map[string]store.KV{}
+	}
+	t.got[key] = kv
 	return kv, nil
 }
 
