@@ -2,12 +2,14 @@ package lab
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -318,5 +320,34 @@ func TestDataplaneInSpec(t *testing.T) {
 	c.SetDefaults()
 	if err := c.Validate(); err == nil {
 		t.Error("dataplane xdp accepted")
+	}
+}
+
+// TestBigLabDriftInterval: above BigLabRegions regions the agents check
+// their nftables table every 10 s (an nft process per check and agent: a
+// fifth of 2 cores in a 10-region lab at one a second); smaller labs keep
+// the agent's 1 s (TestLab/FlushedTableIsRestored times the repair); a
+// value given stays.
+func TestBigLabDriftInterval(t *testing.T) {
+	for _, tc := range []struct {
+		regions int
+		given   time.Duration
+		want    string
+	}{
+		{regions: 2, want: "1s"},
+		{regions: BigLabRegions, want: "1s"},
+		{regions: BigLabRegions + 1, want: "10s"},
+		{regions: 20, want: "10s"},
+		{regions: 20, given: 2 * time.Second, want: "2s"},
+	} {
+		t.Run(fmt.Sprintf("%d regions, %s given", tc.regions, tc.given), func(t *testing.T) {
+			c := Config{Regions: tc.regions, Clusters: 1, Nodes: 1, Gateways: 2, DriftInterval: tc.given}
+			c.SetDefaults()
+			l := &Lab{State: &State{Config: c, Holders: map[string]int{}}}
+			argv := strings.Join(l.agentArgv(c.Hosts()[0], ""), " ")
+			if !strings.Contains(argv, " --drift-interval "+tc.want) {
+				t.Errorf("agent argv %q: want --drift-interval %s", argv, tc.want)
+			}
+		})
 	}
 }

@@ -487,6 +487,9 @@ func (l *Lab) agentArgv(h *Host, token string) []string {
 		"--name", h.Name, "--role", h.Role, "--data-dir", filepath.Join(cfg.Dir, "hosts", h.Name),
 		"--endpoint", netip.AddrPortFrom(h.Underlay, 51820).String(), "--wireguard", "auto",
 		"--probe-interval", "3s")
+	if cfg.DriftInterval > 0 {
+		argv = append(argv, "--drift-interval", cfg.DriftInterval.String())
+	}
 	if h.Role == "gateway" {
 		argv = append(argv, "--public-endpoint", netip.AddrPortFrom(h.WAN, 51820).String())
 	}
