@@ -57,6 +57,13 @@ type Config struct {
 	// its nftables table (each check runs the nft binary). Default: 1 s
 	// (the agent's default) up to BigLabRegions regions, 10 s above.
 	DriftInterval time.Duration `json:"driftInterval,omitempty" yaml:"driftInterval"`
+	// GoMaxProcs, when above 0, is the GOMAXPROCS of every agent and of
+	// its wireguard-go daemon (inherited). Default: the Go runtime's (the
+	// machine's cores) up to BigLabRegions regions, 1 above: on a 2-core
+	// machine a large lab is a hundred Go processes, and each one's idle
+	// Ps spinning and waking (futex, context switches) cost more than
+	// their parallelism gives.
+	GoMaxProcs int `json:"goMaxProcs,omitempty" yaml:"goMaxProcs"`
 	// Policy adds the lab's segmentation (docs/lab.md): frontend (every
 	// c1), backend (every c2), vault (sensitive: nodes labelled app=vault,
 	// the c2 nodes; weak ones are never members), rules frontend→backend
@@ -146,7 +153,8 @@ const (
 // BigLabRegions is the size above which the lab trims what every host
 // costs: agents check their nftables table every 10 s, not every second
 // (an nft process per check: 30 a second in a 10-region lab, a fifth of
-// the 2 cores while it came up).
+// the 2 cores while it came up), and agents and their wireguard-go run
+// with GOMAXPROCS 1.
 const BigLabRegions = 4
 
 func (c *Config) SetDefaults() {
@@ -182,6 +190,9 @@ func (c *Config) SetDefaults() {
 		if c.Regions > BigLabRegions {
 			c.DriftInterval = 10 * time.Second
 		}
+	}
+	if c.GoMaxProcs == 0 && c.Regions > BigLabRegions {
+		c.GoMaxProcs = 1
 	}
 	if c.PodFamily == "" {
 		c.PodFamily = FamilyIPv4

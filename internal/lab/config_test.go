@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -323,30 +324,42 @@ func TestDataplaneInSpec(t *testing.T) {
 	}
 }
 
-// TestBigLabDriftInterval: above BigLabRegions regions the agents check
-// their nftables table every 10 s (an nft process per check and agent: a
-// fifth of 2 cores in a 10-region lab at one a second); smaller labs keep
-// the agent's 1 s (TestLab/FlushedTableIsRestored times the repair); a
+// TestBigLabTrims: above BigLabRegions regions the agents check their
+// nftables table every 10 s (an nft process per check and agent: a fifth
+// of 2 cores in a 10-region lab at one a second) and run, with their
+// wireguard-go, with GOMAXPROCS 1; smaller labs keep the agent's 1 s
+// (TestLab/FlushedTableIsRestored times the repair) and Go's default; a
 // value given stays.
-func TestBigLabDriftInterval(t *testing.T) {
+func TestBigLabTrims(t *testing.T) {
 	for _, tc := range []struct {
-		regions int
-		given   time.Duration
-		want    string
+		regions    int
+		drift      time.Duration
+		procs      int
+		wantDrift  string
+		wantEnvArg string // "" : no env
 	}{
-		{regions: 2, want: "1s"},
-		{regions: BigLabRegions, want: "1s"},
-		{regions: BigLabRegions + 1, want: "10s"},
-		{regions: 20, want: "10s"},
-		{regions: 20, given: 2 * time.Second, want: "2s"},
+		{regions: 2, wantDrift: "1s"},
+		{regions: BigLabRegions, wantDrift: "1s"},
+		{regions: BigLabRegions + 1, wantDrift: "10s", wantEnvArg: "GOMAXPROCS=1"},
+		{regions: 20, wantDrift: "10s", wantEnvArg: "GOMAXPROCS=1"},
+		{regions: 20, drift: 2 * time.Second, procs: 2, wantDrift: "2s", wantEnvArg: "GOMAXPROCS=2"},
+		{regions: 2, procs: 1, wantDrift: "1s", wantEnvArg: "GOMAXPROCS=1"},
 	} {
-		t.Run(fmt.Sprintf("%d regions, %s given", tc.regions, tc.given), func(t *testing.T) {
-			c := Config{Regions: tc.regions, Clusters: 1, Nodes: 1, Gateways: 2, DriftInterval: tc.given}
+		t.Run(fmt.Sprintf("%d regions, %s %d given", tc.regions, tc.drift, tc.procs), func(t *testing.T) {
+			c := Config{Regions: tc.regions, Clusters: 1, Nodes: 1, Gateways: 2, DriftInterval: tc.drift, GoMaxProcs: tc.procs}
 			c.SetDefaults()
 			l := &Lab{State: &State{Config: c, Holders: map[string]int{}}}
-			argv := strings.Join(l.agentArgv(c.Hosts()[0], ""), " ")
-			if !strings.Contains(argv, " --drift-interval "+tc.want) {
-				t.Errorf("agent argv %q: want --drift-interval %s", argv, tc.want)
+			argv := l.agentArgv(c.Hosts()[0], "")
+			s := strings.Join(argv, " ")
+			if !strings.Contains(s, " --drift-interval "+tc.wantDrift) {
+				t.Errorf("agent argv %q: want --drift-interval %s", s, tc.wantDrift)
+			}
+			i := slices.Index(argv, "env")
+			switch {
+			case tc.wantEnvArg == "" && i >= 0:
+				t.Errorf("agent argv %q: want no env", s)
+			case tc.wantEnvArg != "" && (i < 0 || argv[i+1] != tc.wantEnvArg || argv[i+2] != c.Binary):
+				t.Errorf("agent argv %q: want env %s %s agent ...", s, tc.wantEnvArg, c.Binary)
 			}
 		})
 	}
