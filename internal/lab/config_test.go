@@ -364,3 +364,25 @@ func TestBigLabTrims(t *testing.T) {
 		})
 	}
 }
+
+// TestBFDIntervalInSpec: the lab's BFD interval (--bfd-interval, lab file
+// bfdInterval) is the spec's routing.bfd.interval, 100 ms by default.
+func TestBFDIntervalInSpec(t *testing.T) {
+	for _, tc := range []struct {
+		given time.Duration
+		want  time.Duration
+	}{{0, 100 * time.Millisecond}, {250 * time.Millisecond, 250 * time.Millisecond}} {
+		c := Config{Regions: 10, Clusters: 1, Nodes: 1, Gateways: 2, BGP: true, PeersPerRegion: 1, BFDInterval: tc.given}
+		c.SetDefaults()
+		m, err := spec.Parse([]byte(c.Spec()))
+		if err != nil {
+			t.Fatalf("%v\n%s", err, c.Spec())
+		}
+		if err := m.Validate(); err != nil {
+			t.Fatalf("%v\n%s", err, c.Spec())
+		}
+		if iv, mult := m.BFDTimers(); iv != tc.want || mult != 3 {
+			t.Errorf("bfdInterval %s: the spec says %s × %d, want %s × 3", tc.given, iv, mult, tc.want)
+		}
+	}
+}
