@@ -153,8 +153,8 @@ const (
 // BigLabRegions is the size above which the lab trims what every host
 // costs: agents check their nftables table every 10 s, not every second
 // (an nft process per check: 30 a second in a 10-region lab, a fifth of
-// the 2 cores while it came up), and agents and their wireguard-go run
-// with GOMAXPROCS 1.
+// the 2 cores while it came up), agents and their wireguard-go run with
+// GOMAXPROCS 1, and BFD (BIRD mode) runs at 200 ms, not 100 ms.
 const BigLabRegions = 4
 
 func (c *Config) SetDefaults() {
@@ -193,6 +193,12 @@ func (c *Config) SetDefaults() {
 	}
 	if c.GoMaxProcs == 0 && c.Regions > BigLabRegions {
 		c.GoMaxProcs = 1
+	}
+	if c.BGP && c.BFDInterval == 0 && c.Regions > BigLabRegions {
+		// A third fewer BFD packets than at 100 ms, detection in 0.6 s:
+		// the 10-region lab comes up and fails over in 0.95 s (median);
+		// at 100 ms it does not converge on 2 cores (BENCHMARKS.md).
+		c.BFDInterval = 200 * time.Millisecond
 	}
 	if c.PodFamily == "" {
 		c.PodFamily = FamilyIPv4
