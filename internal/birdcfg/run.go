@@ -454,12 +454,12 @@ func (r *Runner) Status(ctx context.Context) (Status, error) {
 		}
 		return Status{}, errors.New("bird is not running")
 	}
-	out, err := r.birdc(ctx, "show", "protocols")
+	out, err := query(ctx, r.socket(), "show protocols")
 	if err != nil {
 		return Status{}, err
 	}
 	st := Status{Protocols: ParseProtocols(out)}
-	if out, err := r.birdc(ctx, "show", "bfd", "sessions"); err == nil {
+	if out, err := query(ctx, r.socket(), "show bfd sessions"); err == nil {
 		st.BFD = ParseBFD(out)
 	}
 	return st, nil

@@ -40,7 +40,8 @@ changed peer), addresses, MTU, routes, forwarding on gateways.
 
 WireGuard is the kernel module when the kernel has it, otherwise embedded wireguard-go,
 which runs as its own process (statemesh wireguard-go IFNAME) so the data plane survives
-agent restarts; either way 'wg show' works.`,
+agent restarts: one process for all of the host's devices (sm0 and a gateway's backbone
+links), each with its own UAPI socket; either way 'wg show' works.`,
 		// The flags are checked before anything runs, so a wrong command
 		// line (from the Helm chart, say) fails at once with the flag's name.
 		PreRunE: func(cmd *cobra.Command, args []string) error {

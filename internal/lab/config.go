@@ -53,6 +53,17 @@ type Config struct {
 	WeakNodes int `json:"weakNodes" yaml:"weakNodes"`
 	// ReattestInterval for the lab's policy.
 	ReattestInterval time.Duration `json:"reattestInterval" yaml:"reattestInterval"`
+	// DriftInterval is the agents' --drift-interval: how often each checks
+	// its nftables table (each check runs the nft binary). Default: 1 s
+	// (the agent's default) up to BigLabRegions regions, 10 s above.
+	DriftInterval time.Duration `json:"driftInterval,omitempty" yaml:"driftInterval"`
+	// GoMaxProcs, when above 0, is the GOMAXPROCS of every agent and of
+	// its wireguard-go daemon (inherited). Default: the Go runtime's (the
+	// machine's cores) up to BigLabRegions regions, 1 above: on a 2-core
+	// machine a large lab is a hundred Go processes, and each one's idle
+	// Ps spinning and waking (futex, context switches) cost more than
+	// their parallelism gives.
+	GoMaxProcs int `json:"goMaxProcs,omitempty" yaml:"goMaxProcs"`
 	// Policy adds the lab's segmentation (docs/lab.md): frontend (every
 	// c1), backend (every c2), vault (sensitive: nodes labelled app=vault,
 	// the c2 nodes; weak ones are never members), rules frontend→backend
@@ -139,6 +150,13 @@ const (
 )
 
 // SetDefaults fills unset fields.
+// BigLabRegions is the size above which the lab trims what every host
+// costs: agents check their nftables table every 10 s, not every second
+// (an nft process per check: 30 a second in a 10-region lab, a fifth of
+// the 2 cores while it came up), agents and their wireguard-go run with
+// GOMAXPROCS 1, and BFD (BIRD mode) runs at 200 ms, not 100 ms.
+const BigLabRegions = 4
+
 func (c *Config) SetDefaults() {
 	if c.Regions == 0 {
 		c.Regions = 2
@@ -166,6 +184,21 @@ func (c *Config) SetDefaults() {
 	}
 	if c.ReattestInterval == 0 {
 		c.ReattestInterval = 5 * time.Second
+	}
+	if c.DriftInterval == 0 {
+		c.DriftInterval = time.Second
+		if c.Regions > BigLabRegions {
+			c.DriftInterval = 10 * time.Second
+		}
+	}
+	if c.GoMaxProcs == 0 && c.Regions > BigLabRegions {
+		c.GoMaxProcs = 1
+	}
+	if c.BGP && c.BFDInterval == 0 && c.Regions > BigLabRegions {
+		// A third fewer BFD packets than at 100 ms, detection in 0.6 s:
+		// the 10-region lab comes up and fails over in 0.95 s (median);
+		// at 100 ms it does not converge on 2 cores (BENCHMARKS.md).
+		c.BFDInterval = 200 * time.Millisecond
 	}
 	if c.PodFamily == "" {
 		c.PodFamily = FamilyIPv4

@@ -2,12 +2,15 @@ package lab
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -318,5 +321,78 @@ func TestDataplaneInSpec(t *testing.T) {
 	c.SetDefaults()
 	if err := c.Validate(); err == nil {
 		t.Error("dataplane xdp accepted")
+	}
+}
+
+// TestBigLabTrims: above BigLabRegions regions the agents check their
+// nftables table every 10 s (an nft process per check and agent: a fifth
+// of 2 cores in a 10-region lab at one a second) and run, with their
+// wireguard-go, with GOMAXPROCS 1; smaller labs keep the agent's 1 s
+// (TestLab/FlushedTableIsRestored times the repair) and Go's default; a
+// value given stays.
+func TestBigLabTrims(t *testing.T) {
+	for _, tc := range []struct {
+		regions    int
+		drift      time.Duration
+		procs      int
+		wantDrift  string
+		wantEnvArg string // "" : no env
+	}{
+		{regions: 2, wantDrift: "1s"},
+		{regions: BigLabRegions, wantDrift: "1s"},
+		{regions: BigLabRegions + 1, wantDrift: "10s", wantEnvArg: "GOMAXPROCS=1"},
+		{regions: 20, wantDrift: "10s", wantEnvArg: "GOMAXPROCS=1"},
+		{regions: 20, drift: 2 * time.Second, procs: 2, wantDrift: "2s", wantEnvArg: "GOMAXPROCS=2"},
+		{regions: 2, procs: 1, wantDrift: "1s", wantEnvArg: "GOMAXPROCS=1"},
+	} {
+		t.Run(fmt.Sprintf("%d regions, %s %d given", tc.regions, tc.drift, tc.procs), func(t *testing.T) {
+			c := Config{Regions: tc.regions, Clusters: 1, Nodes: 1, Gateways: 2, DriftInterval: tc.drift, GoMaxProcs: tc.procs}
+			c.SetDefaults()
+			l := &Lab{State: &State{Config: c, Holders: map[string]int{}}}
+			argv := l.agentArgv(c.Hosts()[0], "")
+			s := strings.Join(argv, " ")
+			if !strings.Contains(s, " --drift-interval "+tc.wantDrift) {
+				t.Errorf("agent argv %q: want --drift-interval %s", s, tc.wantDrift)
+			}
+			i := slices.Index(argv, "env")
+			switch {
+			case tc.wantEnvArg == "" && i >= 0:
+				t.Errorf("agent argv %q: want no env", s)
+			case tc.wantEnvArg != "" && (i < 0 || argv[i+1] != tc.wantEnvArg || argv[i+2] != c.Binary):
+				t.Errorf("agent argv %q: want env %s %s agent ...", s, tc.wantEnvArg, c.Binary)
+			}
+		})
+	}
+}
+
+// TestBFDIntervalInSpec: the lab's BFD interval (--bfd-interval, lab file
+// bfdInterval) is the spec's routing.bfd.interval: 100 ms by default, 200 ms
+// above BigLabRegions regions (the 10-region BIRD lab does not converge on
+// 2 cores at 100 ms), what is given otherwise.
+func TestBFDIntervalInSpec(t *testing.T) {
+	for _, tc := range []struct {
+		regions int
+		given   time.Duration
+		want    time.Duration
+	}{
+		{2, 0, 100 * time.Millisecond},
+		{BigLabRegions, 0, 100 * time.Millisecond},
+		{BigLabRegions + 1, 0, 200 * time.Millisecond},
+		{20, 0, 200 * time.Millisecond},
+		{10, 250 * time.Millisecond, 250 * time.Millisecond},
+		{10, 100 * time.Millisecond, 100 * time.Millisecond},
+	} {
+		c := Config{Regions: tc.regions, Clusters: 1, Nodes: 1, Gateways: 2, BGP: true, PeersPerRegion: 1, BFDInterval: tc.given}
+		c.SetDefaults()
+		m, err := spec.Parse([]byte(c.Spec()))
+		if err != nil {
+			t.Fatalf("%v\n%s", err, c.Spec())
+		}
+		if err := m.Validate(); err != nil {
+			t.Fatalf("%v\n%s", err, c.Spec())
+		}
+		if iv, mult := m.BFDTimers(); iv != tc.want || mult != 3 {
+			t.Errorf("%d regions, bfdInterval %s: the spec says %s × %d, want %s × 3", tc.regions, tc.given, iv, mult, tc.want)
+		}
 	}
 }

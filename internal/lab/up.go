@@ -483,10 +483,19 @@ func (l *Lab) waitController(ctx context.Context) error {
 // enrolled: the identity is in its data dir).
 func (l *Lab) agentArgv(h *Host, token string) []string {
 	cfg := l.State.Config
-	argv := append(nsenterArgs(l.State.Holders[h.Name]), cfg.Binary, "agent", "--controller", ControllerURL,
+	argv := nsenterArgs(l.State.Holders[h.Name])
+	if cfg.GoMaxProcs > 0 {
+		// In the command line, so that a restarted agent has it too; its
+		// wireguard-go daemon inherits it.
+		argv = append(argv, "env", "GOMAXPROCS="+strconv.Itoa(cfg.GoMaxProcs))
+	}
+	argv = append(argv, cfg.Binary, "agent", "--controller", ControllerURL,
 		"--name", h.Name, "--role", h.Role, "--data-dir", filepath.Join(cfg.Dir, "hosts", h.Name),
 		"--endpoint", netip.AddrPortFrom(h.Underlay, 51820).String(), "--wireguard", "auto",
 		"--probe-interval", "3s")
+	if cfg.DriftInterval > 0 {
+		argv = append(argv, "--drift-interval", cfg.DriftInterval.String())
+	}
 	if h.Role == "gateway" {
 		argv = append(argv, "--public-endpoint", netip.AddrPortFrom(h.WAN, 51820).String())
 	}

@@ -141,7 +141,8 @@ func round2(xs []float64) []float64 {
 // eu-central/c1 and us-east/c1 pods when eu-central/c1's designated
 // gateway is killed and when its WAN link is cut, and how long the killed
 // gateway takes to be back in service (BIRD: every backbone session
-// Established again, the re-convergence). Minutes per size: opt-in
+// Established again, the re-convergence). BFD runs at
+// STATEMESH_FAILOVER_BFD (default 100ms) × 3. Minutes per size: opt-in
 // (-run '^$' -bench BenchmarkFailoverRegions -benchtime=1x), not in CI.
 func BenchmarkFailoverRegions(b *testing.B) {
 	testenv.RequireBinary(b, "bird")
@@ -168,6 +169,13 @@ func BenchmarkFailoverRegions(b *testing.B) {
 	if s := os.Getenv("STATEMESH_FAILOVER_UP_TIMEOUT"); s != "" {
 		upTimeout, _ = time.ParseDuration(s)
 	}
+	bfd := 100 * time.Millisecond
+	if s := os.Getenv("STATEMESH_FAILOVER_BFD"); s != "" {
+		var err error
+		if bfd, err = time.ParseDuration(s); err != nil {
+			b.Fatalf("STATEMESH_FAILOVER_BFD: %v", err)
+		}
+	}
 	modes := []string{"baseline", "bird"}
 	if s := os.Getenv("STATEMESH_FAILOVER_MODES"); s != "" {
 		modes = strings.Split(s, ",")
@@ -176,7 +184,7 @@ func BenchmarkFailoverRegions(b *testing.B) {
 	fmt.Fprintf(&t, "%-8s %-9s %-8s %-20s %-20s %-20s %-20s %s\n", "REGIONS", "MODE", "UP (s)", "KILL FWD (s)", "KILL BACK (s)", "CUT FWD (s)", "CUT BACK (s)", "KILLED GATEWAY BACK IN SERVICE (s)")
 	for _, regions := range sizes {
 		for _, mode := range modes {
-			cfg := lab.Config{Regions: regions, Clusters: 1, Nodes: 1, Gateways: 2, BGP: mode == "bird", BFDInterval: 100 * time.Millisecond,
+			cfg := lab.Config{Regions: regions, Clusters: 1, Nodes: 1, Gateways: 2, BGP: mode == "bird", BFDInterval: bfd,
 				GatewayTimeout: 1500 * time.Millisecond, WeakNodes: 0}
 			if cfg.BGP {
 				cfg.PeersPerRegion = peers

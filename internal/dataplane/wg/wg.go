@@ -162,7 +162,26 @@ func (d *Device) ensure(ctx context.Context, mtu int) (created bool, err error) 
 	return true, nil
 }
 
+// startUserspace creates a userspace device: in the namespace's running
+// wireguard-go daemon when there is one (one process for all of a host's
+// devices), otherwise in a new daemon process.
 func (d *Device) startUserspace(ctx context.Context, mtu int) error {
+	var ino uint64
+	err := link.Do(d.cfg.NetNS, func() (err error) { ino, err = netnsInode(); return err })
+	if err != nil {
+		return err
+	}
+	pid, err := addToDaemon(ino, d.cfg.Interface, mtu)
+	switch {
+	case err == nil:
+		if err := d.waitUserspace(ctx, "the daemon's log"); err != nil {
+			return err
+		}
+		d.log.Info("added userspace WireGuard device to the host's wireguard-go", "interface", d.cfg.Interface, "pid", pid)
+		return nil
+	case !errors.Is(err, errNoDaemon):
+		return err
+	}
 	argv := d.cfg.UserspaceCommand
 	if len(argv) == 0 {
 		exe, err := os.Executable()
@@ -192,8 +211,18 @@ func (d *Device) startUserspace(ctx context.Context, mtu int) error {
 	if err != nil {
 		return fmt.Errorf("starting userspace WireGuard (%v): %w", argv, err)
 	}
-	pid := cmd.Process.Pid
+	pid = cmd.Process.Pid
 	go cmd.Wait() // reap if it exits while we run
+	if err := d.waitUserspace(ctx, logPath); err != nil {
+		return err
+	}
+	d.log.Info("started userspace WireGuard", "interface", d.cfg.Interface, "pid", pid, "log", logPath)
+	return nil
+}
+
+// waitUserspace waits (10 s at most) until the device answers on its UAPI
+// socket.
+func (d *Device) waitUserspace(ctx context.Context, logPath string) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for !d.exists() {
 		if time.Now().After(deadline) {
@@ -205,7 +234,6 @@ func (d *Device) startUserspace(ctx context.Context, mtu int) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	d.log.Info("started userspace WireGuard", "interface", d.cfg.Interface, "pid", pid, "log", logPath)
 	return nil
 }
 

@@ -101,7 +101,10 @@ func newPairWith(t testing.TB, ua, ub netip.Addr) (*host, *host) {
 			t.Fatal(err)
 		}
 		h.dev = d
-		t.Cleanup(func() { d.Delete(); d.Close() })
+		// h.dev, not d: tests that restart the applier replace it, and a
+		// closed one deletes nothing (the daemon then outlived the test,
+		// holding the namespace, and any lock the test inherited).
+		t.Cleanup(func() { h.dev.Delete(); h.dev.Close() })
 	}
 	return a, b
 }
