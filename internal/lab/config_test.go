@@ -31,17 +31,7 @@ func TestShapesPlan(t *testing.T) {
 				}
 				t.Run(name, func(t *testing.T) {
 					c := Config{PodFamily: pods, UnderlayFamily: underlay, BGP: bgp, Policy: true}
-					c.SetDefaults()
-					if err := c.Validate(); err != nil {
-						t.Fatal(err)
-					}
-					m, err := spec.Parse([]byte(c.Spec()))
-					if err != nil {
-						t.Fatalf("%v\n%s", err, c.Spec())
-					}
-					if err := m.Validate(); err != nil {
-						t.Fatalf("%v\n%s", err, c.Spec())
-					}
+					m := labSpec(t, &c)
 					if _, err := plan.Compute(m, nil); err != nil {
 						t.Fatalf("plan: %v\n%s", err, c.Spec())
 					}
@@ -298,17 +288,7 @@ func TestPrintByFamily(t *testing.T) {
 func TestDataplaneInSpec(t *testing.T) {
 	for _, dp := range []string{"", spec.DataplaneEBPF, spec.DataplaneNFTables, spec.DataplaneAuto} {
 		c := Config{Dataplane: dp, Policy: true}
-		c.SetDefaults()
-		if err := c.Validate(); err != nil {
-			t.Fatal(err)
-		}
-		m, err := spec.Parse([]byte(c.Spec()))
-		if err != nil {
-			t.Fatalf("%v\n%s", err, c.Spec())
-		}
-		if err := m.Validate(); err != nil {
-			t.Fatalf("%v\n%s", err, c.Spec())
-		}
+		m := labSpec(t, &c)
 		got := ""
 		if m.Dataplane != nil {
 			got = m.Dataplane.Firewall
@@ -383,16 +363,27 @@ func TestBFDIntervalInSpec(t *testing.T) {
 		{10, 100 * time.Millisecond, 100 * time.Millisecond},
 	} {
 		c := Config{Regions: tc.regions, Clusters: 1, Nodes: 1, Gateways: 2, BGP: true, PeersPerRegion: 1, BFDInterval: tc.given}
-		c.SetDefaults()
-		m, err := spec.Parse([]byte(c.Spec()))
-		if err != nil {
-			t.Fatalf("%v\n%s", err, c.Spec())
-		}
-		if err := m.Validate(); err != nil {
-			t.Fatalf("%v\n%s", err, c.Spec())
-		}
+		m := labSpec(t, &c)
 		if iv, mult := m.BFDTimers(); iv != tc.want || mult != 3 {
 			t.Errorf("%d regions, bfdInterval %s: the spec says %s × %d, want %s × 3", tc.regions, tc.given, iv, mult, tc.want)
 		}
 	}
+}
+
+// labSpec is the mesh spec lab up would apply for c (defaults set): c and
+// the spec are both valid.
+func labSpec(t *testing.T, c *Config) *spec.Mesh {
+	t.Helper()
+	c.SetDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	m, err := spec.Parse([]byte(c.Spec()))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.Spec())
+	}
+	if err := m.Validate(); err != nil {
+		t.Fatalf("%v\n%s", err, c.Spec())
+	}
+	return m
 }
