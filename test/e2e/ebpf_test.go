@@ -354,12 +354,16 @@ func (f *flooder) flood(t *testing.T, target netip.AddrPort, dstMAC [6]byte, rat
 			err = netns.Set(h)
 		}
 		var send func(n int) (int, error)
+		var done func()
 		if err == nil {
 			if f.socket {
-				send, err = socketSender(target)
+				send, done, err = socketSender(target)
 			} else {
-				send, err = kernelSender(pkttest.Datagram(f.srcMAC, dstMAC, f.src, target, junkInitiation()))
+				send, done, err = kernelSender(pkttest.Datagram(f.srcMAC, dstMAC, f.src, target, junkInitiation()))
 			}
+		}
+		if err == nil {
+			defer done()
 		}
 		ready <- err
 		if err != nil {
@@ -393,32 +397,30 @@ func (f *flooder) flood(t *testing.T, target netip.AddrPort, dstMAC [6]byte, rat
 }
 
 // kernelSender sends frame out of wan0 with a pkttest.Generator.
-func kernelSender(frame []byte) (func(int) (int, error), error) {
+func kernelSender(frame []byte) (send func(int) (int, error), done func(), err error) {
 	ifc, err := net.InterfaceByName("wan0")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	g, err := pkttest.NewGenerator(frame)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	runtime.SetFinalizer(g, (*pkttest.Generator).Close)
 	return func(n int) (int, error) {
 		if err := g.Send(ifc.Index, n); err != nil {
 			return 0, err
 		}
 		return max(n, 0), nil
-	}, nil
+	}, func() { g.Close() }, nil
 }
 
 // socketSender sends junk initiations to target from a UDP socket, in
 // batches of sendmmsg.
-func socketSender(target netip.AddrPort) (func(int) (int, error), error) {
+func socketSender(target netip.AddrPort) (send func(int) (int, error), done func(), err error) {
 	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(target))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	runtime.SetFinalizer(c, (*net.UDPConn).Close)
 	msgs := make([]ipv4.Message, 64)
 	for i := range msgs {
 		msgs[i].Buffers = [][]byte{junkInitiation()}
@@ -439,7 +441,7 @@ func socketSender(target netip.AddrPort) (func(int) (int, error), error) {
 			sent += k
 		}
 		return sent, nil
-	}, nil
+	}, func() { c.Close() }, nil
 }
 
 // wanMAC is the MAC address of a host's wan0.
