@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -74,5 +75,68 @@ func TestReachHysteresis(t *testing.T) {
 	// No remote gateways: never cut.
 	if st, _ := r.update(nil, now.Add(time.Hour)); st.Cut || st.Probed != 0 {
 		t.Fatalf("no peers: %+v", st)
+	}
+}
+
+// How many remote gateways a round echoes: few while answers come, many
+// when in doubt, so that the quiet cost is low and a cut is still
+// confirmed against many gateways within CutAfter.
+func TestReachTargetsPerRound(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	ms := time.Millisecond
+	peers := []string{"a", "b", "c"}
+	r := newReachTracker(t0)
+	r.update(peers, t0)
+	if n := r.targets(t0); n != maxReachTargets {
+		t.Fatalf("never heard back: %d targets a round, want %d", n, maxReachTargets)
+	}
+	r.observe("a", true, t0.Add(100*ms))
+	if n := r.targets(t0.Add(300 * ms)); n != reachQuietTargets {
+		t.Fatalf("answers coming: %d targets a round, want %d", n, reachQuietTargets)
+	}
+	if n := r.targets(t0.Add(100*ms + reachDoubtAfter)); n != maxReachTargets {
+		t.Fatalf("silent for reachDoubtAfter: %d targets a round, want %d", n, maxReachTargets)
+	}
+	// Doubt starts early enough that CutAfter sees at least three full
+	// rounds of it.
+	if rounds := (reachCutAfter - reachDoubtAfter) / reachEvery; rounds < 3 {
+		t.Fatalf("only %d rounds in doubt before a cut", rounds)
+	}
+	// An answer that arrives out of order does not move the last answer back.
+	r.observe("b", true, t0.Add(50*ms))
+	if n := r.targets(t0.Add(300 * ms)); n != reachQuietTargets {
+		t.Fatalf("an older answer counted as the latest: %d targets", n)
+	}
+	// Cut: many a round, to see its end.
+	r.cut = true
+	if n := r.targets(t0.Add(200 * ms)); n != maxReachTargets {
+		t.Fatalf("cut: %d targets a round, want %d", n, maxReachTargets)
+	}
+}
+
+// The rotation visits every remote gateway in turn, never one twice in a
+// round, and survives the list shrinking under its cursor.
+func TestPickTargetsRotates(t *testing.T) {
+	peers := []string{"a", "b", "c", "d", "e"}
+	var seen []string
+	cursor := 0
+	for range 5 {
+		var got []string
+		got, cursor = pickTargets(peers, cursor, 1)
+		seen = append(seen, got...)
+	}
+	if strings.Join(seen, "") != "abcde" {
+		t.Fatalf("one a round visits %v, want every peer once in order", seen)
+	}
+	got, cursor := pickTargets(peers, 3, 8)
+	if strings.Join(got, "") != "deabc" || cursor != 3 {
+		t.Fatalf("8 of 5 from 3: %v, cursor %d; want deabc, 3", got, cursor)
+	}
+	got, _ = pickTargets(peers[:2], 4, 1) // shrank under the cursor
+	if len(got) != 1 {
+		t.Fatalf("after the list shrank: %v", got)
+	}
+	if got, c := pickTargets([]string(nil), 7, 8); got != nil || c != 0 {
+		t.Fatalf("no peers: %v, %d", got, c)
 	}
 }
