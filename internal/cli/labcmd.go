@@ -81,6 +81,7 @@ checks the mesh with real packets.
 	f.IntVar(&cfg.Clients, "clients", 1, "external clients (ops segment) brought up with wg-quick from statemesh client add (0 without --policy)")
 	f.DurationVar(&cfg.ReattestInterval, "reattest-interval", 5*time.Second, "re-attestation interval of the lab's policy")
 	f.DurationVar(&cfg.DriftInterval, "drift-interval", 0, "how often every agent checks its nftables table (0: 1s, 10s above 4 regions)")
+	f.DurationVar(&cfg.ProbeInterval, "probe-interval", 0, "how often every agent measures its paths to the gateways (0: 3s, 30s above 4 regions)")
 	f.IntVar(&cfg.GoMaxProcs, "gomaxprocs", 0, "GOMAXPROCS of every agent and its wireguard-go (0: Go's default, 1 above 4 regions)")
 	f.StringVar(&cfg.PodFamily, "pods", lab.FamilyIPv4, "pod addresses: ipv4, ipv6 (IPv6 pod ranges and IPv6 overlay addresses beside the IPv4 ones) or dual")
 	f.StringVar(&cfg.UnderlayFamily, "underlay", lab.FamilyIPv4, "family of the WAN and the regions' underlays: ipv4 or ipv6 (endpoints [addr]:port)")

@@ -306,33 +306,40 @@ func TestDataplaneInSpec(t *testing.T) {
 
 // TestBigLabTrims: above BigLabRegions regions the agents check their
 // nftables table every 10 s (an nft process per check and agent: a fifth
-// of 2 cores in a 10-region lab at one a second) and run, with their
-// wireguard-go, with GOMAXPROCS 1; smaller labs keep the agent's 1 s
+// of 2 cores in a 10-region lab at one a second), measure their paths every
+// 30 s (at 3 s path echoes were most of a 20-region lab's gateway traffic)
+// and run, with their wireguard-go, with GOMAXPROCS 1; smaller labs keep
+// the agent's 1 s and 3 s probes
 // (TestLab/FlushedTableIsRestored times the repair) and Go's default; a
 // value given stays.
 func TestBigLabTrims(t *testing.T) {
 	for _, tc := range []struct {
 		regions    int
 		drift      time.Duration
+		probe      time.Duration
 		procs      int
 		wantDrift  string
+		wantProbe  string
 		wantEnvArg string // "" : no env
 	}{
-		{regions: 2, wantDrift: "1s"},
-		{regions: BigLabRegions, wantDrift: "1s"},
-		{regions: BigLabRegions + 1, wantDrift: "10s", wantEnvArg: "GOMAXPROCS=1"},
-		{regions: 20, wantDrift: "10s", wantEnvArg: "GOMAXPROCS=1"},
-		{regions: 20, drift: 2 * time.Second, procs: 2, wantDrift: "2s", wantEnvArg: "GOMAXPROCS=2"},
-		{regions: 2, procs: 1, wantDrift: "1s", wantEnvArg: "GOMAXPROCS=1"},
+		{regions: 2, wantDrift: "1s", wantProbe: "3s"},
+		{regions: BigLabRegions, wantDrift: "1s", wantProbe: "3s"},
+		{regions: BigLabRegions + 1, wantDrift: "10s", wantProbe: "30s", wantEnvArg: "GOMAXPROCS=1"},
+		{regions: 20, wantDrift: "10s", wantProbe: "30s", wantEnvArg: "GOMAXPROCS=1"},
+		{regions: 20, drift: 2 * time.Second, probe: 5 * time.Second, procs: 2, wantDrift: "2s", wantProbe: "5s", wantEnvArg: "GOMAXPROCS=2"},
+		{regions: 2, procs: 1, wantDrift: "1s", wantProbe: "3s", wantEnvArg: "GOMAXPROCS=1"},
 	} {
-		t.Run(fmt.Sprintf("%d regions, %s %d given", tc.regions, tc.drift, tc.procs), func(t *testing.T) {
-			c := Config{Regions: tc.regions, Clusters: 1, Nodes: 1, Gateways: 2, DriftInterval: tc.drift, GoMaxProcs: tc.procs}
+		t.Run(fmt.Sprintf("%d regions, %s %s %d given", tc.regions, tc.drift, tc.probe, tc.procs), func(t *testing.T) {
+			c := Config{Regions: tc.regions, Clusters: 1, Nodes: 1, Gateways: 2, DriftInterval: tc.drift, ProbeInterval: tc.probe, GoMaxProcs: tc.procs}
 			c.SetDefaults()
 			l := &Lab{State: &State{Config: c, Holders: map[string]int{}}}
 			argv := l.agentArgv(c.Hosts()[0], "")
 			s := strings.Join(argv, " ")
 			if !strings.Contains(s, " --drift-interval "+tc.wantDrift) {
 				t.Errorf("agent argv %q: want --drift-interval %s", s, tc.wantDrift)
+			}
+			if !strings.Contains(s, " --probe-interval "+tc.wantProbe) {
+				t.Errorf("agent argv %q: want --probe-interval %s", s, tc.wantProbe)
 			}
 			i := slices.Index(argv, "env")
 			switch {

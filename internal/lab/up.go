@@ -492,7 +492,7 @@ func (l *Lab) agentArgv(h *Host, token string) []string {
 	argv = append(argv, cfg.Binary, "agent", "--controller", ControllerURL,
 		"--name", h.Name, "--role", h.Role, "--data-dir", filepath.Join(cfg.Dir, "hosts", h.Name),
 		"--endpoint", netip.AddrPortFrom(h.Underlay, 51820).String(), "--wireguard", "auto",
-		"--probe-interval", "3s")
+		"--probe-interval", cfg.ProbeInterval.String())
 	if cfg.DriftInterval > 0 {
 		argv = append(argv, "--drift-interval", cfg.DriftInterval.String())
 	}
