@@ -151,24 +151,32 @@ func probes(src, dst *Endpoint) bool {
 	return dst.Pod == src.Pod
 }
 
+// newMatrix is an empty matrix over eps.
+func newMatrix(eps []*Endpoint) *Matrix {
+	m := &Matrix{kinds: map[string]*Endpoint{}}
+	for _, e := range eps {
+		m.Endpoints = append(m.Endpoints, e.Name)
+		m.kinds[e.Name] = e
+	}
+	return m
+}
+
 // Check probes every endpoint from every endpoint of the same kind (node
 // to node, pod to pod) with ICMP and TCP, from inside the source's
-// namespace, and returns the measured matrix.
+// namespace, and returns the measured matrix. A check that could not
+// probe every pair the lab should have is an error (ErrIncompleteCheck,
+// ErrNothingToProbe; see complete): it never passes with fewer probes.
 func (l *Lab) Check(ctx context.Context, opts CheckOptions) (*Matrix, error) {
 	if opts.Timeout == 0 {
 		opts.Timeout = 2 * time.Second
 	}
 	eps := l.endpoints()
-	m := &Matrix{kinds: map[string]*Endpoint{}}
+	m := newMatrix(eps)
 	exp, err := l.expectations(ctx, eps)
 	if err != nil {
 		return nil, err
 	}
 	m.Expected = exp
-	for _, e := range eps {
-		m.Endpoints = append(m.Endpoints, e.Name)
-		m.kinds[e.Name] = e
-	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	var firstErr error
@@ -219,7 +227,10 @@ func (l *Lab) Check(ctx context.Context, opts CheckOptions) (*Matrix, error) {
 		}
 		return strings.Compare(a.To, b.To)
 	})
-	return m, firstErr
+	if firstErr != nil {
+		return m, firstErr
+	}
+	return m, m.complete(wantEndpoints(l.State), opts.From)
 }
 
 // Print writes the summary by category and the full matrix.

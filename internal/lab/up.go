@@ -727,6 +727,11 @@ func (l *Lab) waitConverged(ctx context.Context) error {
 			l.progress("      %d probes answered", len(m.Results))
 			return nil
 		}
+		if errors.Is(err, ErrNothingToProbe) {
+			// One node and no clients: there is no pair to converge.
+			l.progress("      %v", err)
+			return nil
+		}
 		switch {
 		case err != nil:
 			l.progress("      not yet: %v", err)

@@ -26,6 +26,7 @@ func (p *pass) members(ctx context.Context) {
 			p.byKey[h.PublicKey] = h
 		}
 	}
+	p.hostsRead = true
 	for _, net := range p.names {
 		if p.down {
 			return
@@ -115,14 +116,30 @@ func (p *pass) pending(ctx context.Context) {
 				return
 			}
 			seen[ph.ID] = true
+			p.pendingKeys[ph.PublicKey] = true
 			p.decide(ctx, net, ph, ours)
 		}
 	}
+	p.pendingRead = complete
 	for id := range p.r.firstSeen {
 		if complete && !seen[id] {
 			delete(p.r.firstSeen, id)
 		}
 	}
+}
+
+// absent reports the keys of Desired.Removed that no host and no pending
+// host has (Report.Absent), when the pass read them all.
+func (p *pass) absent() {
+	if !p.netsRead || !p.hostsRead || !p.pendingRead {
+		return
+	}
+	for k := range p.d.Removed {
+		if _, ok := p.byKey[k]; !ok && !p.pendingKeys[k] {
+			p.rep.Absent = append(p.rep.Absent, k)
+		}
+	}
+	slices.Sort(p.rep.Absent)
 }
 
 // ourKeyValues lists the values of StateMesh's enrollment keys (nil when

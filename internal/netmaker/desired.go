@@ -116,6 +116,12 @@ type Report struct {
 	Removed map[string]time.Duration
 	// Removals are the removals one by one.
 	Removals []Removal
+	// Absent are the keys of Desired.Removed that Netmaker lists nowhere:
+	// no host and no pending host has them (sorted). Only a pass that read
+	// every host and every network's pending hosts says so: the caller
+	// may then forget the decision (netmakersync does once the node has
+	// also left its registry).
+	Absent []string
 	// Keys maps REGION/CLUSTER to the token netclient joins with
 	// (netclient join -t TOKEN). Secret: it prints as [REDACTED].
 	Keys map[string]Token

@@ -53,6 +53,12 @@ type pass struct {
 	keysRead bool
 	want     map[string]map[string]bool // network → StateMesh tag names wanted
 
+	// netsRead: networks read the server's networks; hostsRead: members
+	// read every host; pendingRead: pending read every network's pending
+	// hosts, whose keys are pendingKeys.
+	netsRead, hostsRead, pendingRead bool
+	pendingKeys                      map[string]bool
+
 	errs []error
 	down bool // Netmaker unavailable: stop the pass
 
@@ -105,6 +111,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, d Desired) (Report, error) {
 		}
 		s.run(ctx)
 	}
+	p.absent()
 	if ctx.Err() != nil && !p.down {
 		p.errs = append(p.errs, fmt.Errorf("netmaker pass: %w", ctx.Err()))
 	}
@@ -121,7 +128,7 @@ func (r *Reconciler) newPass(d Desired) *pass {
 		rep:  &Report{Removed: map[string]time.Duration{}, Keys: map[string]Token{}, Gateways: map[string]string{}},
 		nets: map[string]Network{}, hosts: map[string]Host{}, byKey: map[string]Host{},
 		nodes: map[string][]Node{}, tags: map[string]map[string]Tag{}, want: map[string]map[string]bool{},
-		autoJoin: map[string]bool{}}
+		autoJoin: map[string]bool{}, pendingKeys: map[string]bool{}}
 }
 
 func (r *Reconciler) passContext(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -181,6 +188,7 @@ func (p *pass) networks(ctx context.Context) {
 		p.fail(err)
 		return
 	}
+	p.netsRead = true
 	byName := map[string]Network{}
 	for _, n := range have {
 		byName[n.NetID] = n

@@ -1,8 +1,10 @@
 // Package netmakersync keeps a Netmaker server in line with StateMesh's
 // registry (docs/netmaker.md): attested nodes' hosts admitted, the hosts of
 // nodes StateMesh dropped removed (decisions kept in the store, so a
-// restart does not forget them), networks, enrollment keys, tags, ACL
-// policies and gateways as the mesh says. It runs beside the controller,
+// restart does not forget them, until they can no longer matter: the node
+// has left the registry and Netmaker lists no host or pending host with
+// its key), networks, enrollment keys, tags, ACL policies and gateways as
+// the mesh says. It runs beside the controller,
 // wired by the controller command: it reads the registry through the
 // small Registry interface the controller offers, and the controller knows
 // nothing of Netmaker.
@@ -96,11 +98,17 @@ const GatewayLabel = "netmaker-gateway"
 
 // netmakerState is what the loop remembers and reports. seen and gone
 // are kept in the store (prefixNetmaker) so that a restarted controller
-// still removes the hosts of nodes dropped before it restarted.
+// still removes the hosts of nodes dropped before it restarted. A
+// decision is forgotten (memory and store) once it can no longer matter:
+// its node has left the registry and the last pass found no host and no
+// pending host with its key in Netmaker (absent).
 type netmakerState struct {
 	seen   map[string]string    // public key → node, of attested nodes seen
 	gone   map[string]time.Time // public key → when StateMesh dropped it
 	status api.BackendStatus
+	// absent: keys of gone the last pass found nowhere in Netmaker
+	// (netmaker.Report.Absent); memory only.
+	absent []string
 
 	// saved is what the store holds (key → record), to write changes only.
 	saved map[string]netmakerDecision
@@ -215,23 +223,7 @@ func (s *Sync) Run(ctx context.Context) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		d, policyErr, err := s.desired(st)
-		var saveErr error
-		if err == nil {
-			// Kept before Netmaker is touched, so a restart does not
-			// forget a decision; a store that fails is reported, and
-			// the removal goes on from memory.
-			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			saveErr = s.saveState(sctx, st)
-			cancel()
-		}
-		var rep netmaker.Report
-		if err == nil {
-			pctx, cancel := context.WithTimeout(ctx, every+30*time.Second)
-			rep, err = r.Reconcile(pctx, d)
-			cancel()
-		}
-		s.record(st, rep, errors.Join(policyErr, saveErr, err))
+		s.pass(ctx, r, st, every)
 		select {
 		case <-ctx.Done():
 			return
@@ -239,6 +231,29 @@ func (s *Sync) Run(ctx context.Context) {
 		case <-s.reg.BackendChanges():
 		}
 	}
+}
+
+// pass is one round of Run: the desired state from the registry, the
+// decisions saved, one reconcile, its report recorded.
+func (s *Sync) pass(ctx context.Context, r *netmaker.Reconciler, st *netmakerState, every time.Duration) {
+	d, policyErr, err := s.desired(st)
+	var saveErr error
+	if err == nil {
+		// Kept before Netmaker is touched, so a restart does not
+		// forget a decision; a store that fails is reported, and
+		// the removal goes on from memory.
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		saveErr = s.saveState(sctx, st)
+		cancel()
+	}
+	var rep netmaker.Report
+	if err == nil {
+		pctx, cancel := context.WithTimeout(ctx, every+30*time.Second)
+		rep, err = r.Reconcile(pctx, d)
+		cancel()
+	}
+	st.absent = rep.Absent
+	s.record(st, rep, errors.Join(policyErr, saveErr, err))
 }
 
 // desired builds the state Netmaker should have from the registry. A
@@ -311,6 +326,20 @@ func (s *Sync) desiredFrom(v controller.RegistryView, st *netmakerState) (d netm
 			}
 		}
 	}
+	// A decision is forgotten once it can no longer matter: the node
+	// has left the registry (a node that comes back with the key is
+	// attested anew) and the last pass found no host and no pending
+	// host with its key in Netmaker (nothing left to remove or reject).
+	// saveState then deletes it from the store.
+	for _, k := range st.absent {
+		if _, dropped := st.gone[k]; dropped && !current[k] {
+			s.log.Info("netmaker: removal decision forgotten: the node left the registry and Netmaker lists no host with its key",
+				"node", st.seen[k], "dropped", st.gone[k])
+			delete(st.seen, k)
+			delete(st.gone, k)
+		}
+	}
+	st.absent = nil
 	for k, name := range st.seen {
 		if !current[k] {
 			if _, ok := st.gone[k]; !ok {

@@ -84,7 +84,10 @@ func newSync(t *testing.T, cfg Config) (*Sync, *fakeRegistry) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	cfg.Client, cfg.Store = cl, st
+	if cfg.Client == nil {
+		cfg.Client = cl
+	}
+	cfg.Store = st
 	if cfg.Networks == nil {
 		cfg.Networks = map[string]netmaker.NetworkSpec{"eu-central": {Name: "nm-eu", AddressRange: "10.201.0.0/16"}}
 	}
