@@ -72,6 +72,15 @@ type Firewall struct {
 	// detection.
 	expected map[string]int
 	sets     map[string]bool
+	// generation reads the kernel's ruleset generation (readGeneration);
+	// nil with a given knftables interface, whose rules the kernel does
+	// not hold. intactAt is the generation at which the table was last
+	// known to be as applied (intact: known at all): after Apply, or a
+	// Check that found no drift. genFailed: the failure was logged.
+	generation func(context.Context) (uint32, error)
+	intactAt   uint32
+	intact     bool
+	genFailed  bool
 }
 
 // New returns a manager; it fails (clearly) where nftables is missing.
@@ -80,10 +89,14 @@ func New(log *slog.Logger) (*Firewall, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables is not available (%v): this node does not enforce the policy", err)
 	}
-	return NewWith(nft, log), nil
+	f := NewWith(nft, log)
+	f.generation = readGeneration
+	return f, nil
 }
 
-// NewWith uses a given knftables interface (a fake in unit tests).
+// NewWith uses a given knftables interface (a fake in unit tests). Its
+// Check always lists the table: the kernel's ruleset generation says
+// nothing about a fake's rules.
 func NewWith(nft knftables.Interface, log *slog.Logger) *Firewall {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -363,14 +376,22 @@ func Script(s State) string {
 
 // Apply replaces the whole table with s in one transaction.
 func (f *Firewall) Apply(ctx context.Context, s State) error {
+	f.intact = false
 	existing, err := f.nft.List(ctx, "sets")
 	if err != nil && !knftables.IsNotFound(err) {
 		return fmt.Errorf("listing nftables sets: %w", err)
 	}
 	tx := f.nft.NewTransaction()
 	counts := Render(tx, s, existing)
+	before, beforeOK := f.readGen(ctx)
 	if err := f.nft.Run(ctx, tx); err != nil {
 		return fmt.Errorf("applying the nftables ruleset: %w", err)
+	}
+	// Read after the commit. Our transaction moved the generation on by
+	// one; more means someone else committed around it (maybe to our
+	// table), and the next Check lists the table.
+	if after, ok := f.readGen(ctx); ok && beforeOK && after == before+1 {
+		f.intact, f.intactAt = true, after
 	}
 	f.expected = counts
 	f.sets = map[string]bool{}
@@ -428,10 +449,22 @@ var ErrDrift = errors.New("nftables table changed behind the agent's back")
 
 // Check compares the table's chains with what was applied: a missing
 // table or chain, or a rule count that differs, is drift.
+//
+// While the kernel's ruleset generation is the one at which the table was
+// last known intact, nothing in the namespace has changed and Check is one
+// netlink read; otherwise (or when the generation cannot be read) it lists
+// the table with nft.
 func (f *Firewall) Check(ctx context.Context) error {
 	if f.expected == nil {
 		return nil
 	}
+	// Read before listing: a change after this read moves the generation
+	// on, and the next Check lists again.
+	gen, genOK := f.readGen(ctx)
+	if genOK && f.intact && gen == f.intactAt {
+		return nil
+	}
+	f.intact = false
 	// One listing of the whole table (without set elements).
 	rules, err := f.nft.ListRules(ctx, "")
 	if err != nil {
@@ -446,7 +479,28 @@ func (f *Firewall) Check(ctx context.Context) error {
 			return fmt.Errorf("%w: chain %s has %d rules, want %d", ErrDrift, chain, got[chain], want)
 		}
 	}
+	if genOK {
+		f.intact, f.intactAt = true, gen
+	}
 	return nil
+}
+
+// readGen reads the ruleset generation; ok is false without a reader or
+// when the read fails (logged once, at debug: checks then list the table
+// every time).
+func (f *Firewall) readGen(ctx context.Context) (gen uint32, ok bool) {
+	if f.generation == nil {
+		return 0, false
+	}
+	gen, err := f.generation(ctx)
+	if err != nil {
+		if !f.genFailed {
+			f.genFailed = true
+			f.log.Debug("nftables ruleset generation unreadable; drift checks list the table every time", "err", err)
+		}
+		return 0, false
+	}
+	return gen, true
 }
 
 // Track makes sure connection tracking sees this node's connections from
