@@ -38,7 +38,7 @@ import (
 // is closed (deleting a device's interface closes it), and removes the
 // interfaces' sockets on exit.
 func RunUserspace(ctx context.Context, ifname string, mtu int, log *slog.Logger) error {
-	d := &daemon{ctx: ctx, log: log, devs: map[string]*device.Device{}, empty: make(chan struct{})}
+	d := &daemon{ctx: ctx, log: log, devs: map[string]*device.Device{}, uapis: map[string]net.Listener{}, empty: make(chan struct{})}
 	if err := d.add(ifname, mtu); err != nil {
 		return err
 	}
@@ -73,6 +73,7 @@ type daemon struct {
 
 	mu     sync.Mutex // guards the fields below
 	devs   map[string]*device.Device
+	uapis  map[string]net.Listener // each device's UAPI socket
 	ln     net.Listener
 	closed bool          // no device is added any more
 	empty  chan struct{} // closed when the last device went
@@ -90,7 +91,17 @@ func (d *daemon) add(ifname string, mtu int) error {
 		return errors.New("the daemon is stopping")
 	}
 	if _, ok := d.devs[ifname]; ok {
-		return fmt.Errorf("%s: already a device of this daemon", ifname)
+		// Asked again for a device it has: the agent gave up on an
+		// earlier request that finished later (a starved host), or the
+		// device's UAPI socket is gone (an agent that saw no device
+		// removes a dead daemon's socket, and may have done so while
+		// this one came up). The device and its peers stay; its socket
+		// is served again when it does not answer.
+		if socketAlive(ifname) {
+			return nil
+		}
+		d.log.Warn("serving a device's lost UAPI socket again", "interface", ifname)
+		return d.serveUAPI(ifname, d.devs[ifname])
 	}
 	tdev, err := tun.CreateTUN(ifname, mtu)
 	if err != nil {
@@ -101,36 +112,24 @@ func (d *daemon) add(ifname string, mtu int) error {
 		tdev.Close()
 		return err
 	}
-	uapiFile, err := ipc.UAPIOpen(name)
-	if err != nil {
-		tdev.Close()
-		return fmt.Errorf("opening UAPI socket for %s: %w", name, err)
-	}
 	level := device.LogLevelError
 	if d.log.Enabled(d.ctx, slog.LevelDebug) {
 		level = device.LogLevelVerbose
 	}
 	dev := device.NewDevice(tdev, conn.NewDefaultBind(), device.NewLogger(level, "("+name+") "))
-	uapi, err := ipc.UAPIListen(name, uapiFile)
-	if err != nil {
+	if err := d.serveUAPI(name, dev); err != nil {
 		dev.Close()
-		return fmt.Errorf("listening on UAPI socket for %s: %w", name, err)
+		return err
 	}
-	go func() {
-		for {
-			c, err := uapi.Accept()
-			if err != nil {
-				return
-			}
-			go dev.IpcHandle(c)
-		}
-	}()
 	d.devs[name] = dev
 	go func() {
 		<-dev.Wait()
-		uapi.Close()
 		d.mu.Lock()
 		if d.devs[name] == dev {
+			if uapi := d.uapis[name]; uapi != nil {
+				uapi.Close()
+			}
+			delete(d.uapis, name)
 			delete(d.devs, name)
 			os.Remove(socketPath(name))
 			d.log.Info("userspace WireGuard device closed", "interface", name)
@@ -150,6 +149,37 @@ func (d *daemon) add(ifname string, mtu int) error {
 	return nil
 }
 
+// serveUAPI serves dev's UAPI socket (/var/run/wireguard/NAME.sock),
+// replacing one it served before. d.mu is held.
+func (d *daemon) serveUAPI(name string, dev *device.Device) error {
+	if old := d.uapis[name]; old != nil {
+		// First: closing a UAPI listener unlinks its path, which would be
+		// the new socket's.
+		old.Close()
+		delete(d.uapis, name)
+	}
+	uapiFile, err := ipc.UAPIOpen(name)
+	if err != nil {
+		return fmt.Errorf("opening UAPI socket for %s: %w", name, err)
+	}
+	uapi, err := ipc.UAPIListen(name, uapiFile)
+	uapiFile.Close() // the listener has its own descriptor
+	if err != nil {
+		return fmt.Errorf("listening on UAPI socket for %s: %w", name, err)
+	}
+	d.uapis[name] = uapi
+	go func() {
+		for {
+			c, err := uapi.Accept()
+			if err != nil {
+				return
+			}
+			go dev.IpcHandle(c)
+		}
+	}()
+	return nil
+}
+
 // closeAll closes every device and the control socket.
 func (d *daemon) closeAll() {
 	d.mu.Lock()
@@ -159,6 +189,10 @@ func (d *daemon) closeAll() {
 		os.Remove(socketPath(name))
 	}
 	d.devs = map[string]*device.Device{}
+	for _, uapi := range d.uapis {
+		uapi.Close()
+	}
+	d.uapis = map[string]net.Listener{}
 	if !d.closed {
 		d.closed = true
 		if d.ln != nil {

@@ -182,3 +182,60 @@ func TestUserspaceDevicesShareOneProcess(t *testing.T) {
 		t.Errorf("control socket %s left behind", ControlSocket(inoA))
 	}
 }
+
+// TestUserspaceDeviceAskedForAgain: an agent that asks the host's daemon
+// for a device it already runs (its earlier request finished after the
+// agent gave up, or the device's UAPI socket was removed by an agent that
+// saw no device while it came up) gets the device back, configurable, in
+// the same process, and traffic flows. Before, the daemon answered
+// "already a device of this daemon" for ever: seen on a starved 20-region
+// BIRD-mode lab's gateways ("backbone link smbb544 ... refused").
+func TestUserspaceDeviceAskedForAgain(t *testing.T) {
+	testenv.RequireBinary(t, "ping")
+	a, b := newPair(t)
+	ctx := context.Background()
+	if _, err := a.dev.Apply(ctx, mapFor(a, b), netmap.Map{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.dev.Apply(ctx, mapFor(b, a), netmap.Map{}); err != nil {
+		t.Fatal(err)
+	}
+	waitPing(t, a.ns, b.ovl)
+	daemons := daemonPIDs(t, nsInode(t, a.handle))
+	if len(daemons) != 1 {
+		t.Fatalf("daemons %v, want 1", daemons)
+	}
+	ino := nsInode(t, a.handle)
+
+	// Asked again while its socket answers: ok, the same device.
+	if _, err := addToDaemon(ino, a.ifname, 1420); err != nil {
+		t.Fatalf("asking for a running device again: %v", err)
+	}
+	// Its socket removed: asked again, the daemon serves it again.
+	if err := os.Remove(socketPath(a.ifname)); err != nil {
+		t.Fatal(err)
+	}
+	a.dev.Close()
+	d, err := Open(Config{Interface: a.ifname, Mode: ModeUserspace, PrivateKey: a.key, NetNS: a.handle,
+		UserspaceCommand: []string{os.Args[0]}, UserspaceEnv: []string{"STATEMESH_TEST_WG_DAEMON=1"}, LogDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.dev = d
+	m := mapFor(a, b)
+	m.Peers[0].PersistentKeepalive = 5 // a change the device must take
+	if _, err := a.dev.Apply(ctx, m.Normalize(), netmap.Map{}); err != nil {
+		t.Fatalf("applying after the device's socket was lost: %v", err)
+	}
+	if !socketAlive(a.ifname) {
+		t.Fatal("the device's UAPI socket does not answer")
+	}
+	dev, err := a.dev.wg.Device(a.ifname)
+	if err != nil || len(dev.Peers) != 1 || dev.Peers[0].PersistentKeepaliveInterval != 5*time.Second {
+		t.Fatalf("device after re-serving: %+v %v", dev, err)
+	}
+	if p := daemonPIDs(t, ino); len(p) != 1 || p[0] != daemons[0] {
+		t.Fatalf("daemons %v, want only %d", p, daemons[0])
+	}
+	waitPing(t, a.ns, b.ovl)
+}
