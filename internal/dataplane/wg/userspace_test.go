@@ -78,6 +78,21 @@ func daemonPIDs(t *testing.T, ino uint64) []int {
 	return pids
 }
 
+// connectedPair is two hosts with userspace devices that ping each other.
+func connectedPair(t *testing.T) (a, b *host) {
+	t.Helper()
+	testenv.RequireBinary(t, "ping")
+	a, b = newPair(t)
+	if _, err := a.dev.Apply(context.Background(), mapFor(a, b), netmap.Map{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.dev.Apply(context.Background(), mapFor(b, a), netmap.Map{}); err != nil {
+		t.Fatal(err)
+	}
+	waitPing(t, a.ns, b.ovl)
+	return a, b
+}
+
 // TestUserspaceDevicesShareOneProcess: a host's userspace devices run in one
 // wireguard-go process (the first one started serves the others), each
 // with its own UAPI socket and traffic; two namespaces sharing
@@ -87,16 +102,8 @@ func daemonPIDs(t *testing.T, ino uint64) []int {
 // device was a process of its own (200 on the gateways of a 10-region
 // BIRD-mode lab).
 func TestUserspaceDevicesShareOneProcess(t *testing.T) {
-	testenv.RequireBinary(t, "ping")
-	a, b := newPair(t)
+	a, b := connectedPair(t)
 	ctx := context.Background()
-	if _, err := a.dev.Apply(ctx, mapFor(a, b), netmap.Map{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.dev.Apply(ctx, mapFor(b, a), netmap.Map{}); err != nil {
-		t.Fatal(err)
-	}
-	waitPing(t, a.ns, b.ovl)
 	inoA, inoB := nsInode(t, a.handle), nsInode(t, b.handle)
 	if p := daemonPIDs(t, inoA); len(p) != 1 {
 		t.Fatalf("namespace a: daemons %v, want 1", p)
@@ -191,16 +198,8 @@ func TestUserspaceDevicesShareOneProcess(t *testing.T) {
 // "already a device of this daemon" for ever: seen on a starved 20-region
 // BIRD-mode lab's gateways ("backbone link smbb544 ... refused").
 func TestUserspaceDeviceAskedForAgain(t *testing.T) {
-	testenv.RequireBinary(t, "ping")
-	a, b := newPair(t)
+	a, b := connectedPair(t)
 	ctx := context.Background()
-	if _, err := a.dev.Apply(ctx, mapFor(a, b), netmap.Map{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.dev.Apply(ctx, mapFor(b, a), netmap.Map{}); err != nil {
-		t.Fatal(err)
-	}
-	waitPing(t, a.ns, b.ovl)
 	daemons := daemonPIDs(t, nsInode(t, a.handle))
 	if len(daemons) != 1 {
 		t.Fatalf("daemons %v, want 1", daemons)
