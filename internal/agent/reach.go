@@ -23,9 +23,11 @@ import (
 // while answers come, and maxReachTargets once it has heard none for
 // reachDoubtAfter (or never has, or reads as cut), so a cut is still
 // confirmed against many gateways before CutAfter. Echoing 8 a round all
-// the time made the echoes nearly all of a gateway's WireGuard traffic
-// (128 of its 165 packets a second in a 20-region lab, where the 40
-// gateways' echoes and their wireguard-go took most of the machine).
+// the time (32 echoes a second per gateway, and as many arriving from the
+// others) was, with the lab's path probes, nearly all of a gateway's
+// WireGuard traffic in a 20-region lab (133 ICMP messages a second each
+// way), where the 40 gateways' echoes through wireguard-go starved the
+// agents of the 2-core machine.
 //
 // Hysteresis, so that a lossy link does not flap designations: the
 // gateway is cut only after no remote gateway answered for CutAfter, and

@@ -54,7 +54,8 @@ type Config struct {
 	// ReattestInterval for the lab's policy.
 	ReattestInterval time.Duration `json:"reattestInterval" yaml:"reattestInterval"`
 	// DriftInterval is the agents' --drift-interval: how often each checks
-	// its nftables table (each check runs the nft binary). Default: 1 s
+	// its nftables table (a netlink read of the ruleset generation; the
+	// nft binary runs only after a change). Default: 1 s
 	// (the agent's default) up to BigLabRegions regions, 10 s above.
 	DriftInterval time.Duration `json:"driftInterval,omitempty" yaml:"driftInterval"`
 	// ProbeInterval is the agents' --probe-interval: how often each
