@@ -96,6 +96,21 @@ var outsideChanges = []struct {
 	{"add an element to our set", []string{"add", "element", "inet", Table, "seg_web_v4", "{ 100.64.32.99 }"}, false},
 }
 
+// applied is a Firewall on the kernel of the current network namespace
+// with the test state applied.
+func applied(t *testing.T) (*Firewall, context.Context) {
+	t.Helper()
+	f, err := New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := f.Apply(ctx, state()); err != nil {
+		t.Fatal(err)
+	}
+	return f, ctx
+}
+
 // TestCheckListsOnlyAfterAChange: after Apply, Check execs no nft while
 // nothing in the namespace changed; a change anywhere makes it list the
 // table once, which finds drift in our table and none elsewhere (and then
@@ -106,14 +121,7 @@ func TestCheckListsOnlyAfterAChange(t *testing.T) {
 	for _, c := range outsideChanges {
 		t.Run(c.name, func(t *testing.T) {
 			inNewNetns(t, func() {
-				f, err := New(nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				ctx := context.Background()
-				if err := f.Apply(ctx, state()); err != nil {
-					t.Fatal(err)
-				}
+				f, ctx := applied(t)
 				n := calls()
 				for range 3 {
 					if err := f.Check(ctx); err != nil {
@@ -125,7 +133,7 @@ func TestCheckListsOnlyAfterAChange(t *testing.T) {
 				}
 				outside(t, realNft, c.args...)
 				n = calls()
-				err = f.Check(ctx)
+				err := f.Check(ctx)
 				if got := calls() - n; got != 1 {
 					t.Errorf("Check ran nft %d times after an outside change, want 1 (one listing)", got)
 				}
@@ -156,14 +164,7 @@ func TestCheckAfterApplySets(t *testing.T) {
 	testenv.RequireRoot(t)
 	_, calls := countingNft(t)
 	inNewNetns(t, func() {
-		f, err := New(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx := context.Background()
-		if err := f.Apply(ctx, state()); err != nil {
-			t.Fatal(err)
-		}
+		f, ctx := applied(t)
 		if err := f.ApplySets(ctx, map[string][]netip.Prefix{"seg_web": {netip.MustParsePrefix("100.64.32.77/32")}}, nil); err != nil {
 			t.Fatal(err)
 		}
