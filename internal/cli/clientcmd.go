@@ -125,8 +125,13 @@ func newClientConfigCmd(e *env) *cobra.Command {
 		Use:   "config NAME",
 		Short: "Print a client's configuration as it is now, with a placeholder for its private key",
 		Long: `Print a client's wg-quick configuration as it is now. The private key is not
-known to StateMesh: the output has a placeholder. Use it when the region's clients
-gateway changed (a gateway failed): replace the [Peer] section of the client's file.`,
+known to StateMesh: the output has a placeholder.
+
+A region's clients stay on the gateway their files name (the clients gateway is
+pinned: health changes do not move it). When that gateway is unhealthy and another
+gateway of the region is healthy, this command moves the region's clients to the
+healthy one and prints its [Peer]: replace the [Peer] section of the client's file,
+and of the region's other clients' files (statemesh status shows the move among its events).`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, ctx, cancel, err := a.connect(cmd)

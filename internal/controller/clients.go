@@ -15,9 +15,29 @@ import (
 	"github.com/statemesh/statemesh/internal/topology"
 )
 
-const prefixClients = "clients/"
+const (
+	prefixClients   = "clients/"
+	prefixClientsGW = "clientsgw/"
+)
 
-func clientKey(name string) string { return prefixClients + name }
+func clientKey(name string) string           { return prefixClients + name }
+func clientsGatewayKey(region string) string { return prefixClientsGW + region }
+
+// ClientsGatewayRecord pins a region's clients gateway: the gateway its
+// clients' wg-quick files name. It stays the clients gateway while it is
+// an active gateway of the region, healthy or not, so a health flap does
+// not move the clients' peers to a gateway their files do not name (which
+// cut them off until they fetched a new file). It moves when an operator
+// adds a client or asks for a client's configuration while it is
+// unhealthy and another gateway is healthy; a pinned gateway that leaves
+// the mesh stops serving at once (rendezvous hashing picks until the next
+// pin).
+type ClientsGatewayRecord struct {
+	Gateway string    `json:"gateway"`
+	Since   time.Time `json:"since"`
+	// Was is the gateway pinned before ("" for the region's first pin).
+	Was string `json:"was,omitempty"`
+}
 
 // ClientRecord is a registered external client. Its private key was never
 // here.
@@ -74,9 +94,9 @@ func (c *Controller) AddClient(ctx context.Context, req api.AddClientRequest) (a
 	}
 	c.mu.RLock()
 	pl, pol, ix := c.plan, c.segPolicy, c.ix
-	var gw string
+	var gw, pinned string
 	if ix != nil {
-		gw = ix.ClientsGateway(req.Region)
+		gw, pinned = ix.ClientsGatewayToPin(req.Region), c.clientsGW[req.Region]
 	}
 	c.mu.RUnlock()
 	if pl == nil {
@@ -144,6 +164,11 @@ func (c *Controller) AddClient(ctx context.Context, req api.AddClientRequest) (a
 		if err := claimWGKey(tx, rec.PublicKey, clientOwner(rec.Name)); err != nil {
 			return err
 		}
+		if gw != pinned {
+			if err := c.pinClientsGatewayTx(tx, req.Region, gw); err != nil {
+				return err
+			}
+		}
 		return tx.Put(clientKey(req.Name), encode(rec))
 	})
 	if err != nil {
@@ -153,12 +178,63 @@ func (c *Controller) AddClient(ctx context.Context, req api.AddClientRequest) (a
 	if err := c.WaitRevision(ctx, rev); err != nil {
 		return api.ClientConfig{}, err
 	}
-	return c.ClientConfig(rec.Name)
+	return c.clientConfig(rec.Name)
 }
 
-// ClientConfig returns what a client's WireGuard configuration needs (its
-// peer is the region's clients gateway now).
-func (c *Controller) ClientConfig(name string) (api.ClientConfig, error) {
+// pinClientsGatewayTx pins region's clients gateway to gw in tx (see
+// ClientsGatewayRecord).
+func (c *Controller) pinClientsGatewayTx(tx store.Tx, region, gw string) error {
+	rec := ClientsGatewayRecord{Gateway: gw, Since: c.cfg.Now()}
+	switch kv, err := tx.Get(clientsGatewayKey(region)); {
+	case err == nil:
+		if old, err := decode[ClientsGatewayRecord](kv.Value); err == nil {
+			if old.Gateway == gw {
+				return nil
+			}
+			rec.Was = old.Gateway
+		}
+	case !errors.Is(err, store.ErrNotFound):
+		return err
+	}
+	return tx.Put(clientsGatewayKey(region), encode(rec))
+}
+
+// ClientConfig returns what a client's WireGuard configuration needs: its
+// peer is the region's clients gateway. Asked for while that gateway is
+// unhealthy and another gateway of the region is healthy, it first moves
+// the region's clients to the healthy one (ClientsGatewayRecord): the
+// operator gets a file that works; the region's other clients must then
+// fetch theirs again (the controller's events say so).
+func (c *Controller) ClientConfig(ctx context.Context, name string) (api.ClientConfig, error) {
+	c.mu.RLock()
+	var region, gw, pinned string
+	if r, ok := c.clients[name]; ok && c.ix != nil {
+		region = r.Region
+		gw, pinned = c.ix.ClientsGatewayToPin(region), c.clientsGW[region]
+	}
+	c.mu.RUnlock()
+	if gw != "" && gw != pinned {
+		rev, err := c.st.Update(ctx, func(tx store.Tx) error {
+			if _, err := tx.Get(clientKey(name)); err != nil {
+				if errors.Is(err, store.ErrNotFound) {
+					return apiErr(api.CodeNotFound, "no client %q", name)
+				}
+				return err
+			}
+			return c.pinClientsGatewayTx(tx, region, gw)
+		})
+		if err != nil {
+			return api.ClientConfig{}, err
+		}
+		if err := c.WaitRevision(ctx, rev); err != nil {
+			return api.ClientConfig{}, err
+		}
+	}
+	return c.clientConfig(name)
+}
+
+// clientConfig is ClientConfig without moving the clients gateway.
+func (c *Controller) clientConfig(name string) (api.ClientConfig, error) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	r, ok := c.clients[name]
@@ -249,4 +325,32 @@ func (c *Controller) applyClientLocked(key string, value []byte, deleted bool, r
 		return ch
 	}
 	return nil
+}
+
+// applyClientsGatewayLocked follows a region's clients gateway pin.
+func (c *Controller) applyClientsGatewayLocked(key string, value []byte, deleted bool, rev int64) []topology.Change {
+	region := strings.TrimPrefix(key, prefixClientsGW)
+	var gw string
+	if !deleted {
+		r, err := decode[ClientsGatewayRecord](value)
+		if err != nil {
+			c.log.Error("undecodable clients gateway record", "key", key, "err", err)
+			return nil
+		}
+		gw = r.Gateway
+	}
+	was := c.clientsGW[region]
+	if gw == "" {
+		delete(c.clientsGW, region)
+	} else {
+		c.clientsGW[region] = gw
+	}
+	if c.ix == nil || rev <= 0 || gw == was {
+		return nil
+	}
+	c.log.Info("clients gateway pinned", "region", region, "gateway", gw, "was", was)
+	if was != "" {
+		c.eventLocked("clients-gateway", region, "clients of %s are served by %s (was %s): a client whose file names %s needs its configuration again (statemesh client config NAME)", region, gw, was, was)
+	}
+	return c.ix.PinClientsGateway(region, gw)
 }

@@ -140,6 +140,8 @@ type Controller struct {
 	ix        *topology.Index
 	nodes     map[string]*NodeRecord
 	clients   map[string]*ClientRecord
+	// clientsGW: each region's pinned clients gateway (clients.go).
+	clientsGW map[string]string
 	health    map[string]HealthRecord
 	slots     map[string]slotTable // region/cluster -> slot -> held or released
 	status    map[string]statusEntry
@@ -195,6 +197,7 @@ func New(cfg Config) (*Controller, error) {
 		revWait:     make(chan struct{}),
 		nodes:       map[string]*NodeRecord{},
 		clients:     map[string]*ClientRecord{},
+		clientsGW:   map[string]string{},
 		health:      map[string]HealthRecord{},
 		slots:       map[string]slotTable{},
 		status:      map[string]statusEntry{},
@@ -390,6 +393,7 @@ func (c *Controller) reload(kvs []store.KV, rev int64) {
 	defer c.mu.Unlock()
 	c.nodes = map[string]*NodeRecord{}
 	c.clients = map[string]*ClientRecord{}
+	c.clientsGW = map[string]string{}
 	c.health = map[string]HealthRecord{}
 	c.slots = map[string]slotTable{}
 	c.plan, c.ix, c.specYAML = nil, nil, ""
@@ -479,6 +483,9 @@ func (c *Controller) rebuildIndexFromLocked(nodes []*NodeRecord) {
 	}
 	wg.Wait()
 	c.ix.Load(chunks, func(n *topology.Node, err error) { c.log.Warn("node outside the plan", "node", n.Name, "err", err) })
+	for region, gw := range c.clientsGW {
+		c.ix.PinClientsGateway(region, gw)
+	}
 	for _, r := range c.clients {
 		if _, err := c.ix.UpsertClient(r.topo()); err != nil {
 			c.log.Warn("client outside the plan", "client", r.Name, "err", err)
@@ -580,6 +587,8 @@ func (c *Controller) applyLocked(key string, value []byte, deleted bool, rev int
 		}
 	case strings.HasPrefix(key, prefixClients):
 		changes = c.applyClientLocked(key, value, deleted, rev)
+	case strings.HasPrefix(key, prefixClientsGW):
+		changes = c.applyClientsGatewayLocked(key, value, deleted, rev)
 	case strings.HasPrefix(key, prefixHealth):
 		name := strings.TrimPrefix(key, prefixHealth)
 		if deleted {

@@ -14,6 +14,12 @@ import (
 // has one) with examples/small.yaml applied, until the test ends.
 func runSmall(t *testing.T, cfg Config) (*Controller, context.Context) {
 	t.Helper()
+	return runSpec(t, cfg, "../../examples/small.yaml")
+}
+
+// runSpec is runSmall with another spec.
+func runSpec(t *testing.T, cfg Config, specPath string) (*Controller, context.Context) {
+	t.Helper()
 	if cfg.Store == nil {
 		st, err := bolt.Open(t.TempDir(), bolt.Options{NoSync: true})
 		if err != nil {
@@ -35,7 +41,7 @@ func runSmall(t *testing.T, cfg Config) (*Controller, context.Context) {
 	go func() { defer close(done); c.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	<-c.Ready()
-	spec, err := os.ReadFile("../../examples/small.yaml")
+	spec, err := os.ReadFile(specPath)
 	if err != nil {
 		t.Fatal(err)
 	}

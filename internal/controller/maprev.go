@@ -127,7 +127,8 @@ type markingTx struct {
 
 func mapRelevant(key string) bool {
 	return key == keySpec || key == keyPlan || strings.HasPrefix(key, prefixNodes) ||
-		strings.HasPrefix(key, prefixClients) || strings.HasPrefix(key, prefixHealth)
+		strings.HasPrefix(key, prefixClients) || strings.HasPrefix(key, prefixHealth) ||
+		strings.HasPrefix(key, prefixClientsGW)
 }
 
 func (t *markingTx) remember(key string) error {
@@ -254,7 +255,8 @@ func (t *markingTx) markersOf(key string, before, after *[]byte, markers map[str
 		}
 		nodeMarkers(&n, markers)
 	default:
-		// spec, plan, clients/: rare, and they reach across clusters.
+		// spec, plan, clients/, clientsgw/: rare, and they reach across
+		// clusters.
 		if !bytesPtrEqual(before, after) {
 			markers[keyMapRevAll] = true
 		}

@@ -28,6 +28,7 @@ import (
 //	ek/<sha256 of the EK>         the node a TPM is enrolled as
 //	wgkeys/<hex of the key>       the node (node/<name>) or client (client/<name>) a WireGuard key belongs to
 //	meta/wgkeys-indexed           present once every key is in wgkeys/ (new stores; older ones after their migration)
+//	clientsgw/<region>            ClientsGatewayRecord: the gateway the region's clients' files name (clients.go)
 //	meta/maprev/<scope>           written with every map-relevant change of its scope: its ModRev is that change's revision (maprev.go)
 const (
 	keySpec       = "spec"

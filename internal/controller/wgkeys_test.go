@@ -43,19 +43,20 @@ func TestOlderStoresGetTheirKeysIndexed(t *testing.T) {
 	}
 
 	c, ctx := runSmall(t, Config{Store: st})
+	// The migration writes the entries, then (in a transaction of its
+	// own) the marker: wait for both.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		kv, err := st.Get(ctx, wgKeyKey(old.PublicKey()))
 		if err == nil && string(kv.Value) == "node/old-1" {
-			break
+			if _, err = st.Get(ctx, keyWGIndexed); err == nil {
+				break
+			}
 		}
 		if err != nil && !errors.Is(err, store.ErrNotFound) || time.Now().After(deadline) {
-			t.Fatalf("old-1's key not indexed: %v", err)
+			t.Fatalf("old-1's key not indexed, or the store not marked indexed after the migration: %v", err)
 		}
 		time.Sleep(10 * time.Millisecond)
-	}
-	if _, err := st.Get(ctx, keyWGIndexed); err != nil {
-		t.Errorf("store not marked indexed after the migration: %v", err)
 	}
 	tok, err := c.CreateToken(ctx, api.CreateTokenRequest{Cluster: "eu-central/prod"})
 	if err != nil {

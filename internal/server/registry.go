@@ -51,7 +51,7 @@ type Registry interface {
 	// External clients.
 	AddClient(ctx context.Context, req api.AddClientRequest) (api.ClientConfig, error)
 	Clients() []api.Client
-	ClientConfig(name string) (api.ClientConfig, error)
+	ClientConfig(ctx context.Context, name string) (api.ClientConfig, error)
 	RemoveClient(ctx context.Context, name string) error
 
 	// Enrollment and attestation (nodes), and the controller's own

@@ -488,7 +488,7 @@ func (s *Server) addClient(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) clientConfig(w http.ResponseWriter, r *http.Request) error {
-	cfg, err := s.c.ClientConfig(r.PathValue("name"))
+	cfg, err := s.c.ClientConfig(r.Context(), r.PathValue("name"))
 	if err != nil {
 		return err
 	}

@@ -44,8 +44,61 @@ func (c *Client) entry() netmap.Peer {
 		Role: "client", Region: c.Region}
 }
 
-// clientsGateway is the gateway that serves the region's external clients.
-func (r *region) clientsGateway() string { return Rendezvous("clients", r.candidates()) }
+// clientsGateway is the gateway that serves the region's external clients:
+// the pinned one while it is an active gateway of the region, healthy or
+// not (a client's stock wg-quick file names one gateway; moving its peer
+// elsewhere cuts it off until it fetches a new file, so a flap must not
+// move it), else the one rendezvous hashing picks among the healthy.
+func (r *region) clientsGateway() string {
+	if g := r.gateway(r.clientsPin); g != nil && g.active() {
+		return g.Name
+	}
+	return Rendezvous("clients", r.candidates())
+}
+
+// gateway returns the region's gateway of that name, or nil.
+func (r *region) gateway(name string) *Node {
+	for _, g := range r.gateways {
+		if g.Name == name {
+			return g
+		}
+	}
+	return nil
+}
+
+// PinClientsGateway makes gw the region's clients gateway for as long as it
+// is an active gateway of the region ("" unpins: rendezvous hashing among
+// the healthy gateways decides), and returns the changes.
+func (ix *Index) PinClientsGateway(region, gw string) []Change {
+	r, ok := ix.regions[region]
+	if !ok || r.clientsPin == gw {
+		return nil
+	}
+	r.clientsPin = gw
+	return ix.refreshRegion(r)
+}
+
+// ClientsGatewayToPin is the gateway a region's clients should be pinned to
+// when an operator asks for a client's configuration: the clients gateway
+// while it is healthy (or while no gateway of the region is), else the
+// healthy gateway rendezvous hashing picks. "" when the region has no
+// active gateway.
+func (ix *Index) ClientsGatewayToPin(region string) string {
+	r, ok := ix.regions[region]
+	if !ok {
+		return ""
+	}
+	cur := r.clientsGateway()
+	if g := r.gateway(cur); g == nil || g.Healthy {
+		return cur
+	}
+	for _, g := range r.gateways {
+		if g.active() && g.Healthy {
+			return Rendezvous("clients", r.candidates())
+		}
+	}
+	return cur
+}
 
 // ClientsGateway returns the name of the gateway serving a region's
 // clients ("" when the region has no gateway).

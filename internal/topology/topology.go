@@ -178,8 +178,9 @@ type region struct {
 	// gateways of other regions see it; localView as its own gateways do.
 	remoteView map[string]netmap.Peer
 	localView  map[string]netmap.Peer
-	// clientsGW is the clients gateway the views were last computed with.
-	clientsGW string
+	// clientsGW is the clients gateway the views were last computed with;
+	// clientsPin the one the registry pinned (see clientsGateway).
+	clientsGW, clientsPin string
 }
 
 // New returns an empty index over a plan.

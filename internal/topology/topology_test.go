@@ -514,7 +514,7 @@ func TestIncrementalEqualsRecompute(t *testing.T) {
 				var what string
 				regions := []string{"r0", "r1"}
 				r := regions[w.r.IntN(2)]
-				switch op := w.r.IntN(8); op {
+				switch op := w.r.IntN(9); op {
 				case 0:
 					n := w.newNode(r, fmt.Sprintf("c%d", w.r.IntN(3)))
 					what = "add " + n.Name
@@ -586,6 +586,14 @@ func TestIncrementalEqualsRecompute(t *testing.T) {
 					c := cs[w.r.IntN(len(cs))]
 					what = "remove client " + c.Name
 					apply(w.ix.RemoveClient(c.Name))
+				case 8:
+					// Pin the clients gateway (or unpin: "").
+					gw := ""
+					if gws := w.ix.Gateways(r); len(gws) > 0 && w.r.IntN(4) > 0 {
+						gw = gws[w.r.IntN(len(gws))]
+					}
+					what = fmt.Sprintf("pin %s's clients gateway to %q", r, gw)
+					apply(w.ix.PinClientsGateway(r, gw))
 				}
 				fresh := w.maps()
 				for name, m := range fresh {
