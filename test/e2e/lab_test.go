@@ -259,6 +259,64 @@ func TestLab(t *testing.T) {
 		t.Logf("client (wg-quick): reached %d endpoints, denied %d, as the policy says", reached, denied)
 	})
 
+	t.Run("ClientStaysThroughGatewayHealthChange", func(t *testing.T) {
+		// The client's file names its clients gateway. The gateway's agent
+		// stops (its WireGuard keeps forwarding): the gateway is unhealthy
+		// and its clusters move, but the clients gateway is pinned, so the
+		// client still reaches what the policy allows. Before the pin the
+		// client's peer and the clients range moved to the other gateway,
+		// which the client's file does not name: every probe failed.
+		cls, err := l.Admin.Clients(ctx)
+		if err != nil || len(cls) == 0 {
+			t.Fatalf("clients: %v %v", cls, err)
+		}
+		gw := cls[0].Gateway
+		healthy := func(want bool) func() bool {
+			return func() bool {
+				regions, err := l.Admin.Regions(ctx)
+				if err != nil {
+					return false
+				}
+				for _, r := range regions {
+					for _, g := range r.Gateways {
+						if g.Name == gw {
+							return g.Healthy == want
+						}
+					}
+				}
+				return false
+			}
+		}
+		if err := l.KillAgent(gw); err != nil {
+			t.Fatal(err)
+		}
+		restarted := false
+		defer func() {
+			if !restarted {
+				l.StartAgent(gw)
+			}
+		}()
+		waitFor(t, gw+" unhealthy", 15*time.Second, healthy(false))
+		m, err := l.Check(ctx, lab.CheckOptions{Timeout: 2 * time.Second, From: []string{client}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Failures() > 0 {
+			var b strings.Builder
+			m.Print(&b)
+			t.Errorf("with %s unhealthy the client's probes differ from the policy:\n%s", gw, b.String())
+		}
+		if cls, _ = l.Admin.Clients(ctx); len(cls) == 0 || cls[0].Gateway != gw {
+			t.Fatalf("the clients moved off %s when it went unhealthy: %+v", gw, cls)
+		}
+		t.Logf("%s unhealthy (agent stopped): the client still reaches what the policy allows (%d probes)", gw, len(m.Results))
+		if err := l.StartAgent(gw); err != nil {
+			t.Fatal(err)
+		}
+		restarted = true
+		waitFor(t, gw+" healthy again", 30*time.Second, healthy(true))
+	})
+
 	t.Run("PolicyChangeReachesEveryNode", func(t *testing.T) {
 		specText, err := l.Admin.Spec(ctx)
 		if err != nil {
