@@ -88,6 +88,7 @@ checks the mesh with real packets.
 	f.StringVar(&cfg.Dataplane, "dataplane", "", "the spec's dataplane.firewall: ebpf (XDP guard and eBPF firewall in front of nftables), nftables or auto; default: not set (nftables)")
 
 	var timeout time.Duration
+	var checkFrom []string
 	check := &cobra.Command{
 		Use:   "check",
 		Short: "Probe node↔node and pod↔pod with ICMP and TCP; exit 1 on any unexpected result",
@@ -96,7 +97,7 @@ checks the mesh with real packets.
 			if err != nil {
 				return err
 			}
-			m, err := l.Check(context.Background(), lab.CheckOptions{Timeout: timeout})
+			m, err := l.Check(context.Background(), lab.CheckOptions{Timeout: timeout, From: checkFrom})
 			if err != nil {
 				return err
 			}
@@ -109,6 +110,7 @@ checks the mesh with real packets.
 		},
 	}
 	check.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "per-probe timeout")
+	check.Flags().StringSliceVar(&checkFrom, "from", nil, `probe only from these endpoints, as the matrix names them (e.g. "eu-central-c1-n1", "eu-central-c1-n1/pod", "client laptop1"); default: every endpoint`)
 
 	var force bool
 	down := &cobra.Command{

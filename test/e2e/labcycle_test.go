@@ -77,12 +77,13 @@ func TestLabDownThenUpAtOnce(t *testing.T) {
 	testenv.RequireBinary(t, "bird")
 	lab.ForceClean(nil)
 	dir := t.TempDir()
-	run := func(args ...string) {
+	run := func(args ...string) string {
 		t.Helper()
 		out, err := exec.Command(binary, append(append([]string{"lab"}, args...), "--dir", dir)...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("statemesh lab %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
+		return string(out)
 	}
 	t.Cleanup(func() { exec.Command(binary, "lab", "down", "--dir", dir).Run() })
 	for round := 1; round <= 2; round++ {
@@ -90,6 +91,10 @@ func TestLabDownThenUpAtOnce(t *testing.T) {
 		run("check")
 		if round == 1 {
 			checkRenderFirewall(t, dir)
+			// --from: the client's row only (8 nodes and their pods).
+			if out := run("check", "--from", "client laptop1"); !strings.Contains(out, "16 IPv4 probes") || strings.Contains(out, "node↔node") {
+				t.Errorf("lab check --from 'client laptop1':\n%s", out)
+			}
 		}
 		ids := labNSIDs(t)
 		if len(ids) == 0 {
