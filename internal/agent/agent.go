@@ -143,6 +143,10 @@ type Agent struct {
 	routingErr error
 	linkErr    error // backbone links that could not be set up
 	bird       *birdcfg.Runner
+	// bfdSeenUp: the BFD neighbours this runner's BIRD has been seen up
+	// with, and when the runner started (bfdReported). Under mu.
+	bfdSeenUp  map[string]bool
+	birdSince  time.Time
 	reportKick chan struct{}
 	// stopWatch ends the current map stream (the controller failed
 	// attestation).

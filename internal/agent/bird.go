@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/birdcfg"
@@ -40,7 +41,7 @@ func (a *Agent) syncBIRD(ctx context.Context, m netmap.Map) error {
 	if runner == nil {
 		runner = &birdcfg.Runner{Dir: filepath.Join(a.cfg.DataDir, "bird"), Log: a.log, OnChange: a.kickReport}
 		a.mu.Lock()
-		a.bird = runner
+		a.bird, a.bfdSeenUp, a.birdSince = runner, map[string]bool{}, time.Now()
 		a.mu.Unlock()
 	}
 	changed, err := runner.Apply(ctx, conf)
@@ -77,9 +78,14 @@ func (a *Agent) routingStatus(ctx context.Context, m netmap.Map) *api.RoutingSta
 		rs.Links = lerr.Error()
 	}
 	bfd := map[string]string{}
+	a.mu.Lock()
 	for _, s := range st.BFD {
-		bfd[s.Address] = s.State
+		if s.State == "Up" && a.bfdSeenUp != nil {
+			a.bfdSeenUp[s.Address] = true
+		}
+		bfd[s.Address] = bfdReported(s.State, a.bfdSeenUp[s.Address], time.Since(a.birdSince))
 	}
+	a.mu.Unlock()
 	links := map[string]netmap.BackboneLink{}
 	for _, l := range m.Routing.Links {
 		links["bb_"+l.Interface] = l
@@ -111,4 +117,25 @@ func (a *Agent) kickReport() {
 	case a.reportKick <- struct{}{}:
 	default:
 	}
+}
+
+// bfdStartGrace is how long after BIRD started a BFD session that has
+// never been up is reported as starting rather than down.
+const bfdStartGrace = 10 * time.Second
+
+// bfdReported is the BFD state a gateway reports for one session: BIRD's,
+// except that a session that has not been up since this BIRD started, in
+// its first bfdStartGrace, is "Starting". The controller counts "Down"
+// as a vote that the region peer at the other end is down (bfdvotes.go);
+// at a region's bring-up every session is Down until both ends' BIRDs
+// answer, and those votes marked healthy gateways down for a second or
+// two, moving their clusters back and forth. A peer that was seen up and
+// went down is voted down at once, as before; one never seen up is voted
+// down once the grace is over (a gateway that joins a running region is
+// not ready until its region peers see it).
+func bfdReported(state string, seenUp bool, sinceStart time.Duration) string {
+	if state == "Down" && !seenUp && sinceStart < bfdStartGrace {
+		return "Starting"
+	}
+	return state
 }

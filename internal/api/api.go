@@ -401,7 +401,9 @@ type BGPSession struct {
 	Peer string `json:"peer"`
 	// State is BIRD's protocol state (up, start, down), BGPState the BGP
 	// FSM state (Established, Active, ...), BFD the session's BFD state
-	// (Up, Down, Init, or "" without BFD).
+	// (Up, Down, Init, or "" without BFD; Starting: Down, but never up
+	// since the gateway's BIRD started, in its first 10 s: not a vote that
+	// the peer is down).
 	State    string `json:"state"`
 	BGPState string `json:"bgpState"`
 	BFD      string `json:"bfd,omitempty"`

@@ -28,6 +28,11 @@ func TestBFDVotes(t *testing.T) {
 	}
 	s := func(peer, bfd string) api.BGPSession { return api.BGPSession{Peer: peer, BFD: bfd} }
 
+	// A session the reporter's BIRD has not seen up yet (its first
+	// seconds) is no vote: a region's bring-up marks nobody down.
+	if ch := report("a2", now, s("a1", "Starting"), s("a3", "Starting")); len(ch) != 0 || len(c.bfdVotes["a1"]) != 0 {
+		t.Errorf("a starting session voted: %v %v", ch, c.bfdVotes)
+	}
 	// Another region's view does not count: a WAN cut is BGP's business.
 	if ch := report("b1", now, s("a1", "Down")); len(ch) != 0 {
 		t.Errorf("a gateway of another region voted: %v", ch)
