@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"strings"
 	"sync"
 	"testing"
@@ -144,5 +145,45 @@ func TestBFDVouchesForSilentGateway(t *testing.T) {
 	settle()
 	if h := health("gw0"); h.Healthy {
 		t.Fatalf("gw0 silent, nobody's BFD sees it, still healthy: %+v", h)
+	}
+}
+
+// TestBFDVerdictOutlivesTheReport: the report that turns a region peer's
+// BFD verdict to down may be cancelled (the agent's request timed out
+// under load) before the verdict is written; the verdict is written
+// anyway, so a dead gateway does not stay designated until its heartbeat
+// timeout. On the old code the write failed with "context canceled" and
+// the verdict, already taken in memory, was never written (the lab of 20
+// BIRD-mode regions logged it 255 times).
+func TestBFDVerdictOutlivesTheReport(t *testing.T) {
+	c, ctx := runSmall(t, Config{HeartbeatTimeout: 10 * time.Second})
+	for _, name := range []string{"gw0", "gw1"} {
+		enroll(t, ctx, c, api.CreateTokenRequest{Region: "eu-central", Role: "gateway"}, name, "gateway")
+	}
+	up := &api.RoutingStatus{BIRD: "running", Sessions: []api.BGPSession{{Peer: "gw1", BFD: "Up"}}}
+	for _, name := range []string{"gw0", "gw1"} {
+		if err := c.ReportStatus(ctx, name, api.StatusReport{Healthy: true, AppliedRevision: 1, Routing: up}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	healthy := func(name string) bool {
+		c.mu.RLock()
+		defer c.mu.RUnlock()
+		return c.health[name].Healthy
+	}
+	for deadline := time.Now().Add(3 * time.Second); !healthy("gw0"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("gw0 not healthy")
+		}
+	}
+	// gw0 dies; gw1's report that says so is cancelled as it arrives.
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	c.ReportStatus(cancelled, "gw1", api.StatusReport{Healthy: true, AppliedRevision: 1,
+		Routing: &api.RoutingStatus{BIRD: "running", Sessions: []api.BGPSession{{Peer: "gw0", BFD: "Down"}}}})
+	for deadline := time.Now().Add(2 * time.Second); healthy("gw0"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("gw0 still healthy 2 s after its region peer saw it down (heartbeat timeout 10 s): the verdict was lost with the report")
+		}
 	}
 }

@@ -243,8 +243,16 @@ func (c *Controller) Renew(ctx context.Context, node, csrPEM string) (string, er
 	return certPEM, c.WaitRevision(ctx, rev)
 }
 
+// votedDownWriteTimeout bounds the write of a BFD verdict.
+const votedDownWriteTimeout = 10 * time.Second
+
 // markVotedDown records gateway g unhealthy because its region's gateways
-// see it down over BFD (see bfdvotes.go).
+// see it down over BFD (see bfdvotes.go). The verdict is the controller's,
+// not the reporter's request's: the write outlives the report (an agent
+// whose report timed out under load cancelled it, and the verdict was
+// lost: the dead gateway stayed designated until its heartbeat timeout).
+// A write that fails anyway clears the verdict, so the next report that
+// still sees g down tries again.
 func (c *Controller) markVotedDown(ctx context.Context, g string, now time.Time) {
 	c.mu.RLock()
 	down, why := c.votedDownLocked(g, now)
@@ -252,6 +260,8 @@ func (c *Controller) markVotedDown(ctx context.Context, g string, now time.Time)
 	if !down {
 		return
 	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), votedDownWriteTimeout)
+	defer cancel()
 	_, err := c.st.Update(ctx, func(tx store.Tx) error {
 		cur := HealthRecord{}
 		if kv, err := tx.Get(healthKey(g)); err == nil {
@@ -266,6 +276,9 @@ func (c *Controller) markVotedDown(ctx context.Context, g string, now time.Time)
 	})
 	if err != nil {
 		c.log.Warn("recording a gateway its peers see down", "gateway", g, "err", err)
+		c.mu.Lock()
+		c.bfdDown[g] = false
+		c.mu.Unlock()
 		return
 	}
 	c.log.Info("gateway down by its region's BFD", "gateway", g, "reason", why)
