@@ -12,5 +12,6 @@ func FuzzDecodeRecords(f *testing.F) {
 		decode[NodeRecord](data)
 		decode[HealthRecord](data)
 		decode[SessionRecord](data)
+		decode[ClientsGatewayRecord](data)
 	})
 }
