@@ -18,29 +18,8 @@ import (
 // rebuild of the index.
 func TestClientsGatewayPinned(t *testing.T) {
 	c, ctx := runSpec(t, Config{HeartbeatTimeout: 5 * time.Second}, "../../examples/policy.yaml")
-	for _, name := range []string{"gw0", "gw1"} {
-		enroll(t, ctx, c, api.CreateTokenRequest{Region: "eu-central", Role: "gateway"}, name, "gateway")
-	}
-	report := func(name string, wan api.WANReach) {
-		t.Helper()
-		if err := c.ReportStatus(ctx, name, api.StatusReport{Healthy: true, AppliedRevision: 1, WAN: &wan}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	waitHealth := func(name string, healthy bool) {
-		t.Helper()
-		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			c.mu.RLock()
-			h := c.health[name]
-			c.mu.RUnlock()
-			if h.Healthy == healthy {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: health %+v, want healthy=%v", name, h, healthy)
-			}
-		}
-	}
+	gws := enrollGatewayPair(t, ctx, c)
+	report, waitHealth := gws.report, gws.waitHealth
 	reach, cut := api.WANReach{Probed: 2, Reached: 2}, api.WANReach{Probed: 2, Cut: true}
 	report("gw0", reach)
 	report("gw1", reach)

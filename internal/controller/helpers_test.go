@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/statemesh/statemesh/internal/api"
 	"github.com/statemesh/statemesh/internal/netmap"
@@ -61,5 +62,46 @@ func enroll(t *testing.T, ctx context.Context, c *Controller, req api.CreateToke
 	k, _ := netmap.GeneratePrivateKey()
 	if _, err := c.Enroll(ctx, api.EnrollRequest{Token: tok.Secret, Name: name, Role: role, PublicKey: k.PublicKey(), CSR: csr(t), Endpoint: "192.0.2.1:51820"}, nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// gatewayPair is two gateways of eu-central, gw0 and gw1, enrolled on c.
+type gatewayPair struct {
+	t   *testing.T
+	ctx context.Context
+	c   *Controller
+}
+
+func enrollGatewayPair(t *testing.T, ctx context.Context, c *Controller) gatewayPair {
+	t.Helper()
+	for _, name := range []string{"gw0", "gw1"} {
+		enroll(t, ctx, c, api.CreateTokenRequest{Region: "eu-central", Role: "gateway"}, name, "gateway")
+	}
+	return gatewayPair{t, ctx, c}
+}
+
+// report sends gateway name's status report (its heartbeat) with its WAN
+// reach.
+func (p gatewayPair) report(name string, wan api.WANReach) {
+	p.t.Helper()
+	if err := p.c.ReportStatus(p.ctx, name, api.StatusReport{Healthy: true, AppliedRevision: 1, WAN: &wan}); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// waitHealth waits up to 3 s for gateway name's health record to say
+// healthy, and returns it.
+func (p gatewayPair) waitHealth(name string, healthy bool) HealthRecord {
+	p.t.Helper()
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		p.c.mu.RLock()
+		h := p.c.health[name]
+		p.c.mu.RUnlock()
+		if h.Healthy == healthy {
+			return h
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("%s: health %+v, want healthy=%v", name, h, healthy)
+		}
 	}
 }

@@ -15,34 +15,8 @@ import (
 // healthy again once it reaches them.
 func TestWANCutMovesClusters(t *testing.T) {
 	c, ctx := runSmall(t, Config{HeartbeatTimeout: 5 * time.Second})
-	for _, name := range []string{"gw0", "gw1"} {
-		enroll(t, ctx, c, api.CreateTokenRequest{Region: "eu-central", Role: "gateway"}, name, "gateway")
-	}
-	report := func(name string, wan api.WANReach) {
-		t.Helper()
-		if err := c.ReportStatus(ctx, name, api.StatusReport{Healthy: true, AppliedRevision: 1, WAN: &wan}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	health := func(name string) HealthRecord {
-		c.mu.RLock()
-		defer c.mu.RUnlock()
-		return c.health[name]
-	}
-	waitHealth := func(name string, healthy bool) HealthRecord {
-		t.Helper()
-		deadline := time.Now().Add(3 * time.Second)
-		for {
-			h := health(name)
-			if h.Healthy == healthy {
-				return h
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: health %+v, want healthy=%v", name, h, healthy)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	gws := enrollGatewayPair(t, ctx, c)
+	report, waitHealth := gws.report, gws.waitHealth
 	reach, cut := api.WANReach{Probed: 2, Reached: 2}, api.WANReach{Probed: 2, Cut: true}
 	report("gw0", reach)
 	report("gw1", reach)
