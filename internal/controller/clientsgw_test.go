@@ -21,10 +21,6 @@ func TestClientsGatewayPinned(t *testing.T) {
 	gws := enrollGatewayPair(t, ctx, c)
 	report, waitHealth := gws.report, gws.waitHealth
 	reach, cut := api.WANReach{Probed: 2, Reached: 2}, api.WANReach{Probed: 2, Cut: true}
-	report("gw0", reach)
-	report("gw1", reach)
-	waitHealth("gw0", true)
-	waitHealth("gw1", true)
 	k, _ := netmap.GeneratePrivateKey()
 	cfg, err := c.AddClient(ctx, api.AddClientRequest{Name: "laptop", Region: "eu-central", PublicKey: k.PublicKey()})
 	if err != nil {

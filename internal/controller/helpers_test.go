@@ -65,7 +65,8 @@ func enroll(t *testing.T, ctx context.Context, c *Controller, req api.CreateToke
 	}
 }
 
-// gatewayPair is two gateways of eu-central, gw0 and gw1, enrolled on c.
+// gatewayPair is two gateways of eu-central, gw0 and gw1, enrolled on c
+// and healthy (enrollGatewayPair).
 type gatewayPair struct {
 	t   *testing.T
 	ctx context.Context
@@ -77,7 +78,14 @@ func enrollGatewayPair(t *testing.T, ctx context.Context, c *Controller) gateway
 	for _, name := range []string{"gw0", "gw1"} {
 		enroll(t, ctx, c, api.CreateTokenRequest{Region: "eu-central", Role: "gateway"}, name, "gateway")
 	}
-	return gatewayPair{t, ctx, c}
+	p := gatewayPair{t, ctx, c}
+	// Both reach the other regions: both healthy.
+	for _, name := range []string{"gw0", "gw1"} {
+		p.report(name, api.WANReach{Probed: 2, Reached: 2})
+	}
+	p.waitHealth("gw0", true)
+	p.waitHealth("gw1", true)
+	return p
 }
 
 // report sends gateway name's status report (its heartbeat) with its WAN
