@@ -71,9 +71,14 @@ func alive(pid int) bool {
 	return err == nil && !strings.Contains(string(b), ") Z ")
 }
 
-// killWait sends SIGKILL and waits (bounded) for the process to go.
+// killWait sends SIGKILL and waits (bounded) for the process to go. It
+// never kills the calling process: a Go program that entered a lab
+// namespace on a locked thread which then ended on the main thread keeps
+// that thread (Go parks the main thread rather than exiting it), so
+// 'ip netns pids' lists the program among the namespace's processes, and
+// lab down killed the e2e test binary that ran it ("signal: killed").
 func killWait(pid int) {
-	if pid <= 0 {
+	if pid <= 0 || pid == os.Getpid() {
 		return
 	}
 	syscall.Kill(pid, syscall.SIGKILL)

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,6 +30,14 @@ import (
 )
 
 var binary string
+
+// The main goroutine keeps the main thread to itself: the tests enter lab
+// namespaces on locked threads that end with their goroutines, and Go
+// parks, rather than ends, a main thread whose locked goroutine ended; the
+// process then belonged to a lab namespace, 'ip netns pids' listed it,
+// and lab down killed the test binary (CI: "signal: killed" after
+// TestLabEBPF's flood).
+func init() { runtime.LockOSThread() }
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "statemesh-e2e-")
