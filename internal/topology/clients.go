@@ -92,10 +92,9 @@ func (ix *Index) ClientsGatewayToPin(region string) string {
 	if g := r.gateway(cur); g == nil || g.Healthy {
 		return cur
 	}
-	for _, g := range r.gateways {
-		if g.active() && g.Healthy {
-			return Rendezvous("clients", r.candidates())
-		}
+	// candidates() are the healthy gateways, or every one when none is.
+	if to := r.gateway(Rendezvous("clients", r.candidates())); to != nil && to.Healthy {
+		return to.Name
 	}
 	return cur
 }
